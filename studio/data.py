@@ -1,0 +1,622 @@
+"""Load labelled images from a folder, a zip or a CSV, and report everything about them.
+
+Three layouts are understood:
+
+* a folder of class folders (``cats/1.jpg``, ``dogs/2.png``), split here into train/val/test;
+* the same with ``train/ val/ test/`` folders on top (any of val/test may be missing);
+* a CSV with columns ``path,labels`` (``labels`` may hold several tags: ``cat;indoor``), which makes
+  a multi-label dataset when any row has more than one tag. A folder holding ``labels.csv`` counts.
+
+A ``.zip`` of any of these is unpacked safely first (see :mod:`studio.safezip`).
+
+Every image is decoded once while loading, so a file that would crash training is found here and
+named in the :class:`DataReport` with its reason, never silently dropped. The report also lists
+exact and near duplicates and, worst of all, the same picture in train and in val/test (leakage),
+which makes held-out accuracy a lie. When this module makes the split itself, duplicates are kept
+in the same split so it never causes leakage.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import random
+import shutil
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import imagehash
+import numpy as np
+
+from .errors import DataError
+from .images import DEFAULT_MAX_PIXELS, ImageProblem, is_image_name, open_rgb
+from .paths import cache_dir
+from .safezip import extract_zip
+
+__all__ = [
+    "SPLITS",
+    "Sample",
+    "Skipped",
+    "DataReport",
+    "Dataset",
+    "load_dataset",
+    "split_hash",
+]
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+_SYSTEM_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
+_NEAR_DUPLICATE_BITS = 4  # of 64 dHash bits; resized or re-encoded copies differ by a few bits
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One usable image: where it is and which class indices it carries."""
+
+    path: str
+    labels: tuple[int, ...]
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file left out, and why, in words for the person who owns it."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class DataReport:
+    """What was found while loading; shown by the CLI, the app and saved with each run."""
+
+    source: str
+    layout: str
+    classes: list[str]
+    multilabel: bool
+    counts: dict[str, dict[str, int]]  # split -> class -> images
+    skipped: list[Skipped] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+    exact_duplicates: list[list[str]] = field(default_factory=list)
+    near_duplicates: list[list[str]] = field(default_factory=list)
+    leakage: list[list[str]] = field(default_factory=list)  # [path in train, path in val/test]
+    conflicting_labels: list[list[str]] = field(default_factory=list)
+    min_size: tuple[int, int] = (0, 0)
+    max_size: tuple[int, int] = (0, 0)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """Usable images over all splits."""
+        return sum(sum(per_class.values()) for per_class in self.counts.values())
+
+    def per_class(self) -> dict[str, int]:
+        """Usable images per class, all splits together."""
+        totals: Counter[str] = Counter()
+        for per_class in self.counts.values():
+            totals.update(per_class)
+        return {name: totals.get(name, 0) for name in self.classes}
+
+    def to_dict(self) -> dict:
+        """A JSON-ready copy."""
+        out = asdict(self)
+        out["total"] = self.total
+        return out
+
+    def summary(self) -> str:
+        """A few plain lines: what was loaded, what was left out and what to watch for."""
+        lines = [
+            f"{self.total} images in {len(self.classes)} classes "
+            f"({'multi-label' if self.multilabel else 'one label per image'}), from {self.source}",
+        ]
+        for split in SPLITS:
+            if self.counts.get(split):
+                parts = ", ".join(f"{k}: {v}" for k, v in self.counts[split].items())
+                lines.append(f"  {split:5s} {sum(self.counts[split].values()):5d}  ({parts})")
+        if self.total:
+            lines.append(
+                f"  image sizes from {self.min_size[0]}x{self.min_size[1]} "
+                f"to {self.max_size[0]}x{self.max_size[1]}"
+            )
+        if self.skipped:
+            lines.append(f"  {len(self.skipped)} file(s) skipped:")
+            lines.extend(f"    {s.path}: {s.reason}" for s in self.skipped)
+        lines.extend(f"  warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+@dataclass
+class Dataset:
+    """Samples per split plus the report; the only thing training needs to know about the data."""
+
+    classes: list[str]
+    splits: dict[str, list[Sample]]
+    multilabel: bool
+    report: DataReport
+    root: Path
+    seed: int
+
+    @property
+    def train(self) -> list[Sample]:
+        return self.splits.get("train", [])
+
+    @property
+    def val(self) -> list[Sample]:
+        return self.splits.get("val", [])
+
+    @property
+    def test(self) -> list[Sample]:
+        return self.splits.get("test", [])
+
+    def held_out(self) -> tuple[str, list[Sample]]:
+        """The split to report final metrics on: test when there is one, else val."""
+        return ("test", self.test) if self.test else ("val", self.val)
+
+    def split_rows(self) -> list[tuple[str, str, str]]:
+        """``(split, relative path, labels)`` for every sample, sorted: what went where."""
+        rows = []
+        for split, samples in self.splits.items():
+            for s in samples:
+                rel = os.path.relpath(s.path, self.root)
+                rows.append((split, rel, ";".join(self.classes[i] for i in s.labels)))
+        return sorted(rows)
+
+    def split_hash(self) -> str:
+        """A short fingerprint of the split; two runs with the same hash saw the same data."""
+        return split_hash(self.split_rows())
+
+
+def split_hash(rows: Sequence[tuple[str, str, str]]) -> str:
+    """SHA-256 (first 16 hex digits) of ``split, path, labels`` rows."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(("\t".join(row) + "\n").encode())
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- finding files
+
+
+@dataclass
+class _Candidate:
+    path: Path
+    labels: tuple[str, ...]
+    split: str | None
+
+
+def _is_system(path: Path) -> bool:
+    return any(part.lower() in _SYSTEM_NAMES or part.startswith("._") for part in path.parts)
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    """Every regular file below ``folder``, sorted, without following symbolic links."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames.sort()
+        found.extend(Path(dirpath) / name for name in sorted(filenames))
+    return found
+
+
+def _class_folders(
+    folder: Path, split: str | None, skipped: list[Skipped], empty: list[str]
+) -> list[_Candidate]:
+    candidates = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() or entry.is_symlink():
+            if not _is_system(entry):
+                skipped.append(Skipped(str(entry), "not inside a class folder"))
+            continue
+        if _is_system(entry):
+            continue
+        files = [f for f in _walk_files(entry)]
+        usable = 0
+        for f in files:
+            if _is_system(f.relative_to(folder)):
+                continue
+            if f.is_symlink():
+                skipped.append(Skipped(str(f), "symbolic link (not followed)"))
+            elif not is_image_name(f):
+                skipped.append(Skipped(str(f), f"not an image file ({f.suffix or 'no extension'})"))
+            else:
+                candidates.append(_Candidate(f, (entry.name,), split))
+                usable += 1
+        if usable == 0:
+            empty.append(entry.name if split is None else f"{split}/{entry.name}")
+    return candidates
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    found = {}
+    for entry in root.iterdir():
+        if entry.is_dir() and entry.name.lower() in _SPLIT_ALIASES:
+            found[_SPLIT_ALIASES[entry.name.lower()]] = entry
+    return found if "train" in found else {}
+
+
+def _read_csv(csv_path: Path, skipped: list[Skipped]) -> list[_Candidate]:
+    base = csv_path.parent.resolve()
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fields = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
+            path_key = fields.get("path") or fields.get("file") or fields.get("filename")
+            label_key = fields.get("labels") or fields.get("label") or fields.get("tags")
+            if not path_key or not label_key:
+                raise DataError(
+                    f"{csv_path.name} needs a header with columns 'path' and 'labels' "
+                    f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})"
+                )
+            split_key = fields.get("split")
+            rows = list(reader)
+    except UnicodeDecodeError:
+        raise DataError(f"{csv_path.name} is not a UTF-8 text CSV file") from None
+    candidates = []
+    for line_no, row in enumerate(rows, start=2):
+        raw_path = (row.get(path_key) or "").strip()
+        raw_labels = (row.get(label_key) or "").replace("|", ";").replace(",", ";")
+        labels = tuple(dict.fromkeys(t.strip() for t in raw_labels.split(";") if t.strip()))
+        where = f"{csv_path.name}:{line_no}"
+        if not raw_path:
+            skipped.append(Skipped(where, "row has no path"))
+            continue
+        path = (base / raw_path).resolve()
+        if not path.is_relative_to(base):
+            skipped.append(Skipped(f"{where} {raw_path}", "path points outside the CSV's folder"))
+            continue
+        if not labels:
+            skipped.append(Skipped(str(path), f"no label ({where})"))
+            continue
+        if not path.is_file():
+            skipped.append(Skipped(str(path), f"listed in {where} but not found"))
+            continue
+        split = _SPLIT_ALIASES.get((row.get(split_key) or "").strip().lower()) if split_key else None
+        candidates.append(_Candidate(path, labels, split))
+    return candidates
+
+
+# --------------------------------------------------------------------------- checking images
+
+
+@dataclass
+class _Checked:
+    candidate: _Candidate
+    width: int
+    height: int
+    sha1: str
+    dhash: int
+
+
+def _check(candidate: _Candidate, max_pixels: int) -> _Checked | Skipped:
+    try:
+        img = open_rgb(candidate.path, max_pixels=max_pixels)
+    except ImageProblem as exc:
+        return Skipped(str(candidate.path), str(exc))
+    sha1 = hashlib.sha1(candidate.path.read_bytes()).hexdigest()
+    bits = imagehash.dhash(img, hash_size=8).hash.flatten()
+    dhash = int("".join("1" if b else "0" for b in bits), 2)
+    return _Checked(candidate, img.width, img.height, sha1, dhash)
+
+
+def _near_duplicate_groups(checked: list[_Checked]) -> list[list[int]]:
+    """Groups (indices) of images whose dHashes differ by a few bits: resized or re-saved copies."""
+    if len(checked) < 2:
+        return []
+    hashes = np.array([c.dhash for c in checked], dtype=np.uint64)
+    parent = list(range(len(checked)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(checked) - 1):
+        distance = np.bitwise_count(hashes[i + 1 :] ^ hashes[i])
+        for j in np.nonzero(distance <= _NEAR_DUPLICATE_BITS)[0]:
+            parent[find(i + 1 + int(j))] = find(i)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(checked)):
+        groups[find(i)].append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def _assign_splits(
+    groups: list[list[int]],
+    group_key: list[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    want: set[str],
+) -> dict[int, str]:
+    """Stratified, seeded split of whole groups (duplicates never straddle splits).
+
+    Hand-rolled per class rather than scikit-learn's ``train_test_split`` because that refuses
+    classes with one or two images, which a classroom dataset often has.
+    """
+    rng = random.Random(seed)
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for g, key in enumerate(group_key):
+        by_key[key].append(g)
+    assignment: dict[int, str] = {}
+    for key in sorted(by_key):
+        members = by_key[key]
+        rng.shuffle(members)
+        n = len(members)
+        n_test = round(n * test_fraction) if "test" in want else 0
+        n_val = round(n * val_fraction) if "val" in want else 0
+        if "val" in want and n_val == 0 and n >= 3:
+            n_val = 1
+        if "test" in want and n_test == 0 and n >= 4:
+            n_test = 1
+        while n_test + n_val >= n and (n_test or n_val):  # always keep one to train on
+            if n_test >= n_val and n_test:
+                n_test -= 1
+            else:
+                n_val -= 1
+        for pos, g in enumerate(members):
+            split = "test" if pos < n_test else "val" if pos < n_test + n_val else "train"
+            for i in groups[g]:
+                assignment[i] = split
+    return assignment
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+def load_dataset(
+    source: str | Path,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+) -> Dataset:
+    """Load a labelled image collection and check every file in it.
+
+    Args:
+        source: A folder (class folders, optionally under ``train/ val/ test/``), a ``.zip`` of
+            one, a ``.csv`` with ``path,labels`` columns, or a folder holding ``labels.csv``.
+        val_fraction: Share of each class held out for validation when no split is given.
+        test_fraction: Share of each class held out for the final test when no split is given.
+        seed: Seed for the split; the same seed and files give the same split.
+        max_pixels: Larger images are skipped (decompression-bomb guard).
+        workers: Threads used to decode images.
+        progress: Called as ``progress(done, total)`` while images are checked.
+
+    Returns:
+        The :class:`Dataset`, whose ``report`` lists everything found.
+
+    Raises:
+        DataError: Nothing trainable: fewer than two classes with images, a missing path, a
+            broken zip or CSV. The message is one line, written for the user.
+
+    >>> ds = load_dataset("assets/example")  # doctest: +SKIP
+    >>> ds.classes
+    ['brick', 'grass', 'gravel']
+    """
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise DataError(f"{source} does not exist")
+    skipped: list[Skipped] = []
+    empty: list[str] = []
+
+    root = source
+    if source.is_file() and source.suffix.lower() == ".zip":
+        digest = hashlib.sha1(source.read_bytes()).hexdigest()[:16]
+        target = cache_dir("zips", digest)
+        marker = target / ".complete"
+        if not marker.exists():
+            for child in target.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+            content = extract_zip(source, target / "content")
+            marker.write_text(str(content.relative_to(target)))
+        root = target / marker.read_text()
+        if not root.is_dir():
+            raise DataError(f"{source.name} did not unpack to a folder")
+
+    if root.is_file() and root.suffix.lower() == ".csv":
+        csv_path: Path | None = root
+        root = root.parent
+    elif root.is_dir() and (root / "labels.csv").is_file():
+        csv_path = root / "labels.csv"
+    else:
+        csv_path = None
+
+    if csv_path is not None:
+        layout = "csv"
+        candidates = _read_csv(csv_path, skipped)
+    elif root.is_dir():
+        split_dirs = _split_folders(root)
+        if split_dirs:
+            layout = "split folders"
+            candidates = []
+            for split, folder in sorted(split_dirs.items(), key=lambda kv: SPLITS.index(kv[0])):
+                candidates += _class_folders(folder, split, skipped, empty)
+            for entry in sorted(root.iterdir()):
+                if entry not in split_dirs.values() and not _is_system(entry):
+                    skipped.append(Skipped(str(entry), "not inside train/, val/ or test/"))
+        else:
+            layout = "class folders"
+            candidates = _class_folders(root, None, skipped, empty)
+    else:
+        raise DataError(f"{source.name} is not a folder, a .zip or a .csv file")
+
+    # Decode every image once; threads overlap file I/O and PIL's GIL-free decoding.
+    checked: list[_Checked] = []
+    total = len(candidates)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for done, result in enumerate(pool.map(lambda c: _check(c, max_pixels), candidates), 1):
+            if isinstance(result, Skipped):
+                skipped.append(result)
+            else:
+                checked.append(result)
+            if progress is not None:
+                progress(done, total)
+
+    class_names = sorted({label for c in checked for label in c.candidate.labels})
+    # A class that exists as a folder but whose every image was skipped is empty too.
+    folder_classes = {c.labels[0] for c in candidates} if layout != "csv" else set()
+    for name in sorted(folder_classes - set(class_names)):
+        empty.append(name)
+    if not checked:
+        raise DataError(
+            f"no usable images in {source}"
+            + (f" ({len(skipped)} file(s) skipped, see the report)" if skipped else "")
+        )
+    if len(class_names) < 2:
+        raise DataError(
+            f"need at least two classes with images to train; found {len(class_names)} "
+            f"({', '.join(class_names)})"
+        )
+    index = {name: i for i, name in enumerate(class_names)}
+    multilabel = any(len(c.candidate.labels) > 1 for c in checked)
+
+    # Duplicates: identical bytes, then near-identical pictures.
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(checked):
+        by_sha[c.sha1].append(i)
+    exact_groups = [g for g in by_sha.values() if len(g) > 1]
+    near_groups = _near_duplicate_groups(checked)
+    exact_sets = [set(g) for g in exact_groups]
+    near_only = [g for g in near_groups if not any(set(g) <= s for s in exact_sets)]
+
+    # Split: given by folders/CSV column, otherwise made here with duplicates kept together.
+    given = {c.candidate.split for c in checked}
+    splits_of: dict[int, str] = {}
+    if given != {None}:
+        for i, c in enumerate(checked):
+            splits_of[i] = c.candidate.split or "train"
+    train_idx = [i for i in range(len(checked)) if splits_of.get(i, "train") == "train"]
+    want = {s for s in ("val", "test") if s not in set(splits_of.values())}
+    if want:
+        sub = {i: pos for pos, i in enumerate(train_idx)}
+        parent = {i: i for i in train_idx}
+        for group in exact_groups + near_groups:
+            members = [i for i in group if i in sub]
+            for i in members[1:]:
+                parent[i] = members[0]
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i in train_idx:
+            root_i = i
+            while parent[root_i] != root_i:
+                root_i = parent[root_i]
+            groups[root_i].append(i)
+        group_list = list(groups.values())
+        keys = [";".join(checked[g[0]].candidate.labels) for g in group_list]
+        if multilabel:
+            keys = ["all"] * len(group_list)  # random split: label combinations are too sparse
+        assignment = _assign_splits(
+            group_list,
+            keys,
+            val_fraction if "val" in want else 0.0,
+            test_fraction if "test" in want else 0.0,
+            seed,
+            want,
+        )
+        splits_of.update(assignment)
+
+    splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    for i, c in enumerate(checked):
+        labels = tuple(sorted(index[name] for name in c.candidate.labels))
+        sample = Sample(str(c.candidate.path), labels, c.width, c.height)
+        splits[splits_of.get(i, "train")].append(sample)
+    splits = {k: v for k, v in splits.items() if v}
+
+    def names(group: list[int]) -> list[str]:
+        return [str(checked[i].candidate.path) for i in group]
+
+    leakage = []
+    conflicting = []
+    for group in exact_groups + near_only:
+        in_train = [i for i in group if splits_of.get(i, "train") == "train"]
+        held = [i for i in group if splits_of.get(i, "train") != "train"]
+        leakage.extend([str(checked[a].candidate.path), str(checked[b].candidate.path)]
+                       for a in in_train[:1] for b in held)
+        if len({checked[i].candidate.labels for i in group}) > 1:
+            conflicting.append(names(group))
+
+    counts = {
+        split: {
+            name: sum(1 for s in samples if index[name] in s.labels) for name in class_names
+        }
+        for split, samples in splits.items()
+    }
+    widths = [c.width for c in checked]
+    heights = [c.height for c in checked]
+    areas = [w * h for w, h in zip(widths, heights)]
+    smallest, largest = int(np.argmin(areas)), int(np.argmax(areas))
+    report = DataReport(
+        source=str(source),
+        layout=layout,
+        classes=class_names,
+        multilabel=multilabel,
+        counts=counts,
+        skipped=sorted(skipped, key=lambda s: s.path),
+        empty_classes=sorted(set(empty)),
+        exact_duplicates=[names(g) for g in exact_groups],
+        near_duplicates=[names(g) for g in near_only],
+        leakage=leakage,
+        conflicting_labels=conflicting,
+        min_size=(widths[smallest], heights[smallest]),
+        max_size=(widths[largest], heights[largest]),
+    )
+    report.warnings = _warnings(report)
+    return Dataset(class_names, splits, multilabel, report, root.resolve(), seed)
+
+
+def _warnings(report: DataReport) -> list[str]:
+    """Plain-words warnings about problems that will not stop training but hurt its result."""
+    out = []
+    per_class = report.per_class()
+    few = [name for name, n in per_class.items() if n < 10]
+    if few:
+        out.append(
+            f"few images in {', '.join(few)} (under 10): results will be unreliable; "
+            "aim for at least 20 per class"
+        )
+    counts = [n for n in per_class.values() if n]
+    if counts and max(counts) >= 3 * min(counts):
+        big = max(per_class, key=per_class.get)
+        small = min((k for k in per_class if per_class[k]), key=per_class.get)
+        out.append(
+            f"classes are unbalanced: {big} has {per_class[big]} images but {small} only "
+            f"{per_class[small]}; the model may favour {big}"
+        )
+    if report.empty_classes:
+        out.append(f"left out empty class folder(s): {', '.join(report.empty_classes)}")
+    if report.leakage:
+        out.append(
+            f"{len(report.leakage)} image(s) appear in train and again in val/test: held-out "
+            "accuracy will look better than it really is"
+        )
+    if report.conflicting_labels:
+        out.append(f"{len(report.conflicting_labels)} picture(s) appear under different labels")
+    if report.total and min(report.min_size) < 32:
+        out.append(
+            f"some images are tiny ({report.min_size[0]}x{report.min_size[1]}); "
+            "they will be enlarged and look blurry to the model"
+        )
+    if "val" not in report.counts:
+        out.append("no validation images: early stopping and the best-model choice are disabled")
+    return out

@@ -1,0 +1,26 @@
+"""Errors the user can act on.
+
+Anything raised as :class:`StudioError` is bad input, not a bug: the CLI prints its message on one
+line and exits with status 2, the app shows it as a warning. Every other exception is an internal
+error (exit status 1).
+"""
+
+from __future__ import annotations
+
+__all__ = ["StudioError", "DataError", "BackboneError", "RunError"]
+
+
+class StudioError(Exception):
+    """Bad input with a message written for the person who gave it."""
+
+
+class DataError(StudioError):
+    """The images or labels cannot be used as given."""
+
+
+class BackboneError(StudioError):
+    """The backbone is unknown or its weights cannot be had."""
+
+
+class RunError(StudioError):
+    """A run folder is missing, incomplete or from an incompatible version."""

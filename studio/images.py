@@ -1,0 +1,107 @@
+"""Decode any image a person is likely to drop in, or say precisely why it cannot be used.
+
+Photos arrive as grayscale scans, palette GIFs, RGBA screenshots, CMYK print files, 16-bit TIFFs and
+phone pictures whose pixels are stored sideways with an EXIF rotation tag. A model wants plain 8-bit
+RGB the right way up, so every image passes through :func:`open_rgb`. Files that cannot be decoded
+(truncated, empty, not an image, or so large that decoding would exhaust memory) raise
+:class:`ImageProblem` with a short reason that ends up in the data report.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "ImageProblem", "open_rgb", "is_image_name"]
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+# 40 megapixels: a modern phone photo passes, a decompression bomb does not.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+# Truncated files must fail loudly instead of decoding into grey half-images.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageProblem(ValueError):
+    """An image file that cannot be used; ``str(exc)`` is the reason shown to the user."""
+
+
+def is_image_name(path: str | Path) -> bool:
+    """True when the file name has an image extension (the content is checked on decode)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``path`` into an upright 8-bit RGB image.
+
+    The pixel count is checked from the header before any pixel data is decoded, so an oversized
+    file costs nothing.
+
+    Args:
+        path: Image file.
+        max_pixels: Images with more pixels than this are refused.
+
+    Returns:
+        A fully loaded ``PIL.Image`` in mode ``"RGB"``.
+
+    Raises:
+        ImageProblem: The file is empty, not an image, truncated or too large.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageProblem(f"cannot read file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise ImageProblem("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageProblem(
+                        f"too large: {width}x{height} pixels (limit {max_pixels:,} pixels)"
+                    )
+                img.load()
+                return to_rgb(img)
+    except ImageProblem:
+        raise
+    except UnidentifiedImageError:
+        raise ImageProblem("not an image, or a format that cannot be read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageProblem("too large to decode safely (decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        message = str(exc).lower()
+        if "truncat" in message or isinstance(exc, EOFError):
+            raise ImageProblem("truncated or damaged image data") from None
+        raise ImageProblem(f"cannot decode image ({exc})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert an already loaded image of any mode to upright 8-bit RGB."""
+    img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # PIL's own I;16 -> L conversion clips at 255; rescale the real value range instead.
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+        mode = "L"
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels become white, as they look in a browser, not black.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode != "RGB":
+        return img.convert("RGB")
+    return img.copy() if img.readonly else img

@@ -1,0 +1,116 @@
+"""Extract an uploaded ``.zip`` without trusting it.
+
+A zip from the internet can hold names like ``../../.bashrc`` or ``/etc/passwd``, symbolic links
+that point outside the folder, or a few kilobytes that inflate to terabytes. :func:`extract_zip`
+refuses all of these before writing anything, and enforces the limits again while writing, since
+a zip's own size fields can lie.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .errors import DataError
+
+__all__ = ["ZipLimits", "extract_zip"]
+
+
+@dataclass(frozen=True)
+class ZipLimits:
+    """Upper bounds on what one archive may unpack to."""
+
+    max_files: int = 50_000
+    max_total_bytes: int = 4 * 1024**3
+    max_file_bytes: int = 256 * 1024**2
+    max_ratio: float = 200.0  # uncompressed/compressed, per file; photos compress far less
+
+
+def _safe_member_path(name: str) -> PurePosixPath | None:
+    """The relative path a member may be written to, or None when it would escape the folder."""
+    name = name.replace("\\", "/")
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return None
+    if any(part == ".." for part in path.parts):
+        return None
+    parts = [p for p in path.parts if p not in ("", ".")]
+    return PurePosixPath(*parts) if parts else None
+
+
+def extract_zip(zip_path: str | Path, dest: str | Path, limits: ZipLimits = ZipLimits()) -> Path:
+    """Extract ``zip_path`` into ``dest`` after checking every member.
+
+    Args:
+        zip_path: The archive.
+        dest: Folder to create; must not exist or be empty.
+        limits: Size and count limits.
+
+    Returns:
+        ``dest``, or its single top-level folder when the archive wraps everything in one.
+
+    Raises:
+        DataError: The archive is damaged, empty, or breaks a rule; nothing is left behind.
+    """
+    zip_path, dest = Path(zip_path), Path(dest)
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{zip_path.name} is not a readable zip file ({exc})") from None
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if not members:
+            raise DataError(f"{zip_path.name} is empty: it contains no files")
+        if len(members) > limits.max_files:
+            raise DataError(
+                f"{zip_path.name} holds {len(members):,} files; the limit is {limits.max_files:,}"
+            )
+        total = 0
+        plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+        for member in members:
+            mode = member.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise DataError(f"{zip_path.name} contains a symbolic link ({member.filename})")
+            rel = _safe_member_path(member.filename)
+            if rel is None:
+                raise DataError(
+                    f"{zip_path.name} contains an unsafe path ({member.filename!r}) "
+                    "that points outside the folder"
+                )
+            if member.file_size > limits.max_file_bytes:
+                raise DataError(f"{member.filename} in {zip_path.name} is too large to extract")
+            if member.compress_size and member.file_size / member.compress_size > limits.max_ratio:
+                raise DataError(
+                    f"{member.filename} in {zip_path.name} inflates suspiciously (zip bomb?)"
+                )
+            total += member.file_size
+            if total > limits.max_total_bytes:
+                raise DataError(f"{zip_path.name} unpacks to more than the size limit")
+            plan.append((member, rel))
+
+        dest.mkdir(parents=True, exist_ok=True)
+        written = 0
+        try:
+            for member, rel in plan:
+                target = dest.joinpath(*rel.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as src, open(target, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > limits.max_total_bytes:
+                            raise DataError(f"{zip_path.name} unpacks to more than the size limit")
+                        out.write(chunk)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise DataError(f"{zip_path.name} is damaged ({exc})") from None
+        except DataError:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+
+    entries = [p for p in dest.iterdir() if p.name != "__MACOSX"]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return dest
