@@ -1,0 +1,194 @@
+"""How good is the model, and where does it go wrong: metrics from scikit-learn, plus the mistakes.
+
+``metrics.json`` (written by :func:`evaluate_run` and at the end of training) holds ``accuracy``,
+``macro_f1``, ``labels``, ``confusion_matrix`` (rows = true class, columns = predicted),
+``per_class`` (precision, recall, f1, support), ``top_losses`` (the images the model got most
+confidently wrong) and ``most_confused`` (the class pairs mixed up most often).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    multilabel_confusion_matrix,
+    precision_recall_fscore_support,
+)
+
+from .data import Sample
+from .loaders import ImageSamples, image_loader
+
+__all__ = ["predict_probs", "compute_metrics", "evaluate_samples", "TOP_LOSSES"]
+
+TOP_LOSSES = 16
+
+
+@torch.no_grad()
+def predict_probs(
+    model: torch.nn.Module,
+    dataset: ImageSamples,
+    device: torch.device,
+    batch_size: int = 32,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Class probabilities (softmax, or sigmoid for multi-label) for every image, in order."""
+    model.eval()
+    out = []
+    for images, _ in image_loader(dataset, batch_size, workers=-1):
+        images = images.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits = model(images).float()
+        out.append((logits.sigmoid() if dataset.multilabel else logits.softmax(-1)).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, dataset.num_classes))
+
+
+def compute_metrics(
+    samples: Sequence[Sample],
+    probs: np.ndarray,
+    classes: list[str],
+    multilabel: bool = False,
+    threshold: float = 0.5,
+) -> dict:
+    """All metrics from true labels and predicted probabilities.
+
+    >>> s = [Sample("a.jpg", (0,)), Sample("b.jpg", (1,))]
+    >>> compute_metrics(s, np.array([[0.9, 0.1], [0.8, 0.2]]), ["cat", "dog"])["accuracy"]
+    0.5
+    """
+    n = len(classes)
+    paths = [s.path for s in samples]
+    eps = 1e-7
+    if multilabel:
+        y_true = np.zeros((len(samples), n), dtype=int)
+        for i, s in enumerate(samples):
+            y_true[i, list(s.labels)] = 1
+        y_pred = (probs >= threshold).astype(int)
+        p, r, f, support = precision_recall_fscore_support(
+            y_true, y_pred, average=None, labels=list(range(n)), zero_division=0
+        )
+        ap = [
+            float(average_precision_score(y_true[:, k], probs[:, k])) if y_true[:, k].any() else None
+            for k in range(n)
+        ]
+        valid_ap = [a for a in ap if a is not None]
+        losses = -(y_true * np.log(probs + eps) + (1 - y_true) * np.log(1 - probs + eps)).mean(1)
+        metrics = {
+            "task": "multilabel",
+            "accuracy": float(accuracy_score(y_true, y_pred)),  # exact match of the whole tag set
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+            "mAP": float(np.mean(valid_ap)) if valid_ap else None,
+            "threshold": threshold,
+            "labels": classes,
+            "confusion_matrix": multilabel_confusion_matrix(y_true, y_pred).tolist(),
+            "per_class": {
+                classes[k]: {
+                    "precision": float(p[k]),
+                    "recall": float(r[k]),
+                    "f1": float(f[k]),
+                    "support": int(support[k]),
+                    "ap": ap[k],
+                }
+                for k in range(n)
+            },
+        }
+        order = np.argsort(-losses)[:TOP_LOSSES]
+        metrics["top_losses"] = [
+            {
+                "path": paths[i],
+                "true": [classes[k] for k in np.nonzero(y_true[i])[0]],
+                "predicted": [classes[k] for k in np.nonzero(y_pred[i])[0]],
+                "loss": float(losses[i]),
+            }
+            for i in order
+        ]
+        metrics["most_confused"] = []
+        metrics["n"] = len(samples)
+        return metrics
+
+    y_true = np.array([s.labels[0] for s in samples], dtype=int)
+    y_pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)
+    p, r, f, support = precision_recall_fscore_support(
+        y_true, y_pred, average=None, labels=list(range(n)), zero_division=0
+    )
+    cm = confusion_matrix(y_true, y_pred, labels=list(range(n)))
+    losses = -np.log(probs[np.arange(len(y_true)), y_true] + eps) if len(probs) else np.zeros(0)
+    wrong = np.nonzero(y_pred != y_true)[0]
+    order = wrong[np.argsort(-losses[wrong])][:TOP_LOSSES]
+    pairs = [
+        {"true": classes[i], "predicted": classes[j], "count": int(cm[i, j])}
+        for i in range(n)
+        for j in range(n)
+        if i != j and cm[i, j] > 0
+    ]
+    pairs.sort(key=lambda d: -d["count"])
+    return {
+        "task": "single-label",
+        "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        "macro_f1": float(
+            f1_score(y_true, y_pred, average="macro", labels=list(range(n)), zero_division=0)
+        ),
+        "labels": classes,
+        "confusion_matrix": cm.tolist(),
+        "per_class": {
+            classes[k]: {
+                "precision": float(p[k]),
+                "recall": float(r[k]),
+                "f1": float(f[k]),
+                "support": int(support[k]),
+            }
+            for k in range(n)
+        },
+        "top_losses": [
+            {
+                "path": paths[i],
+                "true": classes[y_true[i]],
+                "predicted": classes[y_pred[i]],
+                "confidence": float(probs[i, y_pred[i]]),
+                "loss": float(losses[i]),
+            }
+            for i in order
+        ],
+        "most_confused": pairs[:10],
+        "n": len(samples),
+    }
+
+
+def evaluate_samples(
+    model: torch.nn.Module,
+    samples: Sequence[Sample],
+    transform,
+    classes: list[str],
+    multilabel: bool,
+    device: torch.device,
+    *,
+    threshold: float = 0.5,
+    batch_size: int = 32,
+    channels_last: bool = False,
+    split: str = "test",
+) -> dict:
+    """Run ``model`` over ``samples`` and compute :func:`compute_metrics`."""
+    dataset = ImageSamples(samples, transform, len(classes), multilabel)
+    probs = predict_probs(model, dataset, device, batch_size, channels_last)
+    metrics = compute_metrics(samples, probs, classes, multilabel, threshold)
+    metrics["split"] = split
+    return metrics
+
+
+def relative_paths(metrics: dict, root: Path) -> dict:
+    """Top-loss paths relative to the dataset root, for a model card that makes sense elsewhere."""
+    out = dict(metrics)
+    out["top_losses"] = [
+        {**row, "path": str(Path(row["path"]).relative_to(root))}
+        if Path(row["path"]).is_relative_to(root)
+        else row
+        for row in metrics.get("top_losses", [])
+    ]
+    return out

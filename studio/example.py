@@ -1,0 +1,82 @@
+"""The bundled example dataset: three kinds of surface (brick, grass, gravel) a class can tell apart.
+
+Made from the texture photographs that ship inside scikit-image (``skimage.data.brick``,
+``grass`` and ``gravel``: real 512x512 photographs), cut into non-overlapping tiles so that no
+two images share a pixel: there is no leakage between train and test. A teacher can show it in
+class ("can the computer tell what a surface is made of?") and the default run reaches high
+held-out accuracy within a minute on a laptop.
+
+``python -m studio.example [DEST]`` rebuilds it; the same seed gives the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .paths import assets_dir, cache_dir
+
+__all__ = ["CLASSES", "example_dataset", "make_example_dataset"]
+
+CLASSES = ("brick", "grass", "gravel")
+TILE = 80  # 512 // 80 = 6 tiles a side: 36 disjoint tiles per photograph
+OUTPUT_SIZE = 128
+
+
+def make_example_dataset(dest: str | Path, seed: int = 0) -> Path:
+    """Write ``dest/<class>/<class>_NN.jpg`` (36 per class) and return ``dest``.
+
+    Each tile is resized to 128 px and randomly flipped or rotated by a multiple of 90 degrees
+    (seeded), as a phone photo of a surface might be taken from any side.
+    """
+    import skimage.data
+
+    dest = Path(dest)
+    rng = np.random.default_rng(seed)
+    for name in CLASSES:
+        photo = np.asarray(getattr(skimage.data, name)())
+        folder = dest / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        tiles_per_side = photo.shape[0] // TILE
+        index = 0
+        for row in range(tiles_per_side):
+            for col in range(tiles_per_side):
+                tile = photo[row * TILE : (row + 1) * TILE, col * TILE : (col + 1) * TILE]
+                tile = np.rot90(tile, k=int(rng.integers(4)))
+                if rng.random() < 0.5:
+                    tile = np.fliplr(tile)
+                image = Image.fromarray(np.ascontiguousarray(tile)).convert("RGB")
+                image = image.resize((OUTPUT_SIZE, OUTPUT_SIZE), Image.Resampling.BICUBIC)
+                image.save(folder / f"{name}_{index:02d}.jpg", quality=90)
+                index += 1
+    (dest / "README.txt").unlink(missing_ok=True)
+    return dest
+
+
+def example_dataset() -> Path:
+    """The example dataset's folder: the copy in ``assets/``, else one generated into the cache."""
+    shipped = assets_dir() / "example"
+    if all((shipped / name).is_dir() for name in CLASSES):
+        return shipped
+    target = cache_dir("example")
+    if not all((target / name).is_dir() for name in CLASSES):
+        make_example_dataset(target)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dest", nargs="?", default=str(assets_dir() / "example"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(make_example_dataset(args.dest, args.seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The model a person takes away: weights, labels, preprocessing, a model card, ONNX, TorchScript.
+
+Every run folder gets ``model.safetensors`` (weights only: nothing executable), ``labels.json``,
+``preprocess.json`` and ``MODEL_CARD.md``. :func:`export_run` adds ONNX or TorchScript and checks
+its own work: the exported file is run on the run's validation images and its predictions are
+compared with PyTorch's; agreement and the largest difference go into ``exports.json`` and the card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import platform
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import RunError, StudioError
+from .images import ImageProblem, open_rgb
+from .loaders import build_transform
+from .runs import load_json, require_run, save_json
+
+__all__ = ["LoadedRun", "load_run", "write_model_files", "export_run", "ExportResult", "FORMATS"]
+
+FORMATS = ("onnx", "torchscript")
+
+
+@dataclass
+class LoadedRun:
+    """A finished run, ready to predict: the model (eval mode, CPU) and how to feed it."""
+
+    run_dir: Path
+    model: torch.nn.Module
+    labels: list[str]
+    multilabel: bool
+    threshold: float
+    preprocess: dict
+    config: dict
+
+    def transform(self):
+        cfg = {
+            "input_size": tuple(self.preprocess["input_size"]),
+            "interpolation": self.preprocess["interpolation"],
+            "mean": tuple(self.preprocess["mean"]),
+            "std": tuple(self.preprocess["std"]),
+            "crop_pct": self.preprocess["crop_pct"],
+        }
+        return build_transform(cfg, "none")
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Rebuild the trained model from its run folder (safetensors: no code is unpickled)."""
+    run = require_run(run_dir)
+    config = load_json(run / "config.json")
+    labels_info = load_json(run / "labels.json")
+    labels = labels_info["labels"]
+    try:
+        model = timm.create_model(config["backbone"], pretrained=False, num_classes=len(labels))
+        state = load_file(str(run / "model.safetensors"))
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - any mismatch means the files do not belong together
+        raise RunError(f"cannot load the model in {run}: {exc}") from None
+    model.eval()
+    return LoadedRun(run, model, labels, bool(labels_info.get("multilabel")),
+                     float(labels_info.get("threshold", 0.5)), load_json(run / "preprocess.json"),
+                     config)
+
+
+def write_model_files(run_dir: Path, model: torch.nn.Module, cfg, dataset, metrics: dict,
+                      weights_note: str, history: list[dict], best_epoch: int) -> None:
+    """Write weights, metrics and the model card at the end of training."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(run_dir / "model.safetensors"),
+              metadata={"backbone": cfg.backbone, "num_classes": str(len(dataset.classes)),
+                        "format": "transfer-studio/1"})
+    save_json(run_dir / "metrics.json", metrics)
+    save_json(run_dir / "run_info.json", {
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "weights": weights_note,
+        "split_hash": dataset.split_hash(),
+        "data_root": str(dataset.root),
+        "classes": dataset.classes,
+        "sizes": {k: len(v) for k, v in dataset.splits.items()},
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    })
+    write_model_card(run_dir)
+
+
+# --------------------------------------------------------------------------- exports
+
+
+@dataclass
+class ExportResult:
+    format: str
+    path: str
+    images: int
+    agreement: float  # share of images where the top-1 class is the same as PyTorch's
+    max_abs_diff: float  # largest difference in any logit
+    seconds: float
+
+
+def _check_images(run: Path, limit: int = 32) -> list[str]:
+    """Validation images of the run (then test, then train) that still exist, for the self-check."""
+    split_file = run / "split.csv"
+    if not split_file.is_file():
+        return []
+    root = Path(load_json(run / "run_info.json").get("data_root", ""))
+    rows = list(csv.DictReader(open(split_file)))
+    found = []
+    for split in ("val", "test", "train"):
+        for row in rows:
+            if row["split"] != split:
+                continue
+            path = root / row["path"]
+            if path.is_file():
+                found.append(str(path))
+            if len(found) >= limit:
+                return found
+    return found
+
+
+def _batch(loaded: LoadedRun, paths: list[str]) -> torch.Tensor:
+    tf = loaded.transform()
+    tensors = []
+    for p in paths:
+        with contextlib.suppress(ImageProblem):
+            tensors.append(tf(open_rgb(p)))
+    if not tensors:
+        # No images left on disk: fall back to fixed noise so the check still compares numbers.
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn((4, *loaded.preprocess["input_size"]), generator=generator)
+    return torch.stack(tensors)
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> ExportResult:
+    """Export the run's model as ONNX or TorchScript and verify it against PyTorch.
+
+    Args:
+        run_dir: A finished run.
+        fmt: ``"onnx"`` or ``"torchscript"``.
+        out: Output file; defaults to ``model.onnx`` / ``model.torchscript.pt`` in the run.
+
+    Returns:
+        An :class:`ExportResult` (also appended to ``exports.json`` and the model card).
+    """
+    if fmt not in FORMATS:
+        raise StudioError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
+    loaded = load_run(run_dir)
+    run = loaded.run_dir
+    target = Path(out) if out else run / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    images = _batch(loaded, _check_images(run))
+    start = time.perf_counter()
+    with torch.no_grad():
+        expected = loaded.model(images).numpy()
+    example = images[:2]
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        if fmt == "onnx":
+            torch.onnx.export(
+                loaded.model, (example,), str(target), dynamo=True,
+                input_names=["image"], output_names=["logits"],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+            )
+            got = _run_onnx(target, images.numpy())
+        else:
+            traced = torch.jit.trace(loaded.model, example)
+            traced.save(str(target))
+            reloaded = torch.jit.load(str(target))
+            with torch.no_grad():
+                got = reloaded(images).numpy()
+    seconds = time.perf_counter() - start
+    result = ExportResult(
+        fmt, str(target), len(images),
+        float((got.argmax(1) == expected.argmax(1)).mean()),
+        float(np.abs(got - expected).max()), seconds,
+    )
+    exports_file = run / "exports.json"
+    records = load_json(exports_file) if exports_file.exists() else []
+    records = [r for r in records if r["format"] != fmt] + [asdict(result)]
+    save_json(exports_file, records)
+    write_model_card(run)
+    return result
+
+
+def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: images})[0]
+
+
+# --------------------------------------------------------------------------- the model card
+
+
+def write_model_card(run_dir: str | Path) -> Path:
+    """MODEL_CARD.md from what the run folder holds: data, backbone, freeze, metrics, limits."""
+    run = Path(run_dir)
+    cfg = load_json(run / "config.json")
+    info = load_json(run / "run_info.json")
+    metrics = load_json(run / "metrics.json")
+    pre = load_json(run / "preprocess.json")
+    report = load_json(run / "data_report.json") if (run / "data_report.json").exists() else {}
+    exports = load_json(run / "exports.json") if (run / "exports.json").exists() else []
+    labels = metrics["labels"]
+    lines = [
+        f"# Model card: {run.name}",
+        "",
+        f"An image classifier for **{len(labels)} classes** ({', '.join(labels)}), fine-tuned with "
+        "Transfer Studio.",
+        "",
+        "## Model",
+        f"- Backbone: `{cfg['backbone']}` (timm), starting from {info['weights']}.",
+        f"- Frozen: `{cfg['freeze']}`"
+        + (f" after {cfg['head_epochs']} head-only epochs" if cfg.get("head_epochs") else "")
+        + f"; trained {info['epochs_run']} epochs, kept epoch {info['best_epoch']} "
+          "(lowest validation loss).",
+        f"- Optimiser {cfg['optimizer']}, learning rate {cfg['lr']}, {cfg['schedule']} schedule, "
+        f"layer-wise decay {cfg['layer_decay']}, weight decay {cfg['weight_decay']}, "
+        f"label smoothing {cfg['label_smoothing']}, augmentation `{cfg['augment']}`.",
+        f"- Input: RGB {pre['crop']}x{pre['crop']}; {pre['how']} "
+        f"(mean {pre['mean']}, std {pre['std']}).",
+        "",
+        "## Data",
+        f"- Source: `{report.get('source', cfg.get('data'))}`; images per split: {info['sizes']}.",
+        f"- Split fingerprint `{info['split_hash']}` (seed {cfg['seed']}); `split.csv` lists "
+        "which file went where.",
+    ]
+    if report.get("skipped"):
+        lines.append(f"- {len(report['skipped'])} file(s) were skipped; see `data_report.json`.")
+    for warning in report.get("warnings", []):
+        lines.append(f"- Warning: {warning}")
+    lines += [
+        "",
+        f"## Results (on the {metrics.get('split', 'held-out')} split, {metrics.get('n', '?')} images)",
+        f"- Accuracy: **{metrics['accuracy']:.3f}**; macro F1: **{metrics['macro_f1']:.3f}**"
+        + (f"; mAP: {metrics['mAP']:.3f}" if metrics.get("mAP") is not None else ""),
+        "",
+        "| class | precision | recall | F1 | images |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in metrics["per_class"].items():
+        lines.append(
+            f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | "
+            f"{row['support']} |"
+        )
+    if metrics.get("most_confused"):
+        pairs = ", ".join(
+            f"{p['true']} taken for {p['predicted']} ({p['count']}x)" for p in metrics["most_confused"][:5]
+        )
+        lines += ["", f"Most common mistakes: {pairs}."]
+    if exports:
+        lines += ["", "## Exported files (checked against PyTorch on the run's own images)", "",
+                  "| format | file | images checked | top-1 agreement | max abs logit diff |",
+                  "|---|---|---|---|---|"]
+        for e in exports:
+            lines.append(f"| {e['format']} | `{Path(e['path']).name}` | {e['images']} | "
+                         f"{e['agreement']:.3f} | {e['max_abs_diff']:.2e} |")
+    lines += [
+        "",
+        "## Limits",
+        f"- Only knows these classes: {', '.join(labels)}. Any other picture is still forced "
+        "into one of them, often with high confidence.",
+        f"- Trained on {sum(info['sizes'].values())} images; the numbers above come from "
+        f"{metrics.get('n', '?')} held-out images and are rough with so few.",
+        "- Inherits the biases of its ImageNet pretraining and of the pictures it was given.",
+        "",
+        "## Use",
+        "```python",
+        "from studio.predict import Predictor",
+        f"print(Predictor('{run.name}').predict(['photo.jpg']))",
+        "```",
+        f"Files: `model.safetensors`, `labels.json`, `preprocess.json`. "
+        f"Made with torch {info['torch']}, timm {info['timm']}, on {info['finished']}.",
+    ]
+    path = run / "MODEL_CARD.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_labels(run_dir: str | Path) -> list[str]:
+    return json.loads((Path(run_dir) / "labels.json").read_text())["labels"]

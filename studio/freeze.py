@@ -1,0 +1,127 @@
+"""Freezing as data: which groups train, at which learning rate, with which weight decay.
+
+A *freeze spec* is a short string, the same in the CLI, the app and ``config.json``:
+
+``none``
+    train everything.
+``backbone``
+    train only the head (the classic "linear probe"; the fastest, and the default).
+``3``
+    freeze the first three groups (stem, stage1, stage2): "train from group 3 up".
+``to:stage4``
+    freeze everything up to and including ``stage4``.
+``stem,stage1``
+    freeze exactly these groups.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .backbones import Group
+from .errors import StudioError
+
+__all__ = [
+    "parse_freeze",
+    "apply_freeze",
+    "optimizer_groups",
+    "keep_frozen_norms_in_eval",
+    "count_params",
+]
+
+
+def parse_freeze(spec: str | int, groups: list[Group]) -> list[str]:
+    """The names of the groups that ``spec`` freezes, in model order.
+
+    Raises:
+        StudioError: The spec names a group the model does not have.
+
+    >>> names = ["stem", "stage1", "stage2", "head"]
+    >>> groups = [Group(n, (), 0, ()) for n in names]
+    >>> parse_freeze("2", groups), parse_freeze("backbone", groups), parse_freeze("to:stage1", groups)
+    (['stem', 'stage1'], ['stem', 'stage1', 'stage2'], ['stem', 'stage1'])
+    """
+    names = [g.name for g in groups]
+    text = str(spec).strip().lower()
+    if text in ("none", "", "0"):
+        return []
+    if text in ("backbone", "all-but-head", "head-only"):
+        return [n for n in names if n != "head"]
+    if text.isdigit():
+        k = int(text)
+        if k >= len(names):
+            raise StudioError(
+                f"freeze {k} would freeze every group; the model has {len(names)} groups "
+                f"({', '.join(names)}), so use at most {len(names) - 1}"
+            )
+        return names[:k]
+    if text.startswith("to:"):
+        last = text[3:]
+        if last not in names:
+            raise StudioError(f"unknown group {last!r}; groups are {', '.join(names)}")
+        return names[: names.index(last) + 1]
+    wanted = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        raise StudioError(
+            f"unknown group(s) {', '.join(unknown)} in freeze spec; "
+            f"use none, backbone, a number, to:GROUP or names from {', '.join(names)}"
+        )
+    if set(wanted) == set(names):
+        raise StudioError("that freezes every group: nothing would be trained")
+    return [n for n in names if n in wanted]
+
+
+def apply_freeze(model: nn.Module, groups: list[Group], frozen: list[str]) -> tuple[int, int]:
+    """Set ``requires_grad``; returns ``(trainable, frozen)`` parameter counts."""
+    frozen_params = {p for g in groups if g.name in frozen for p in g.params}
+    for name, param in model.named_parameters():
+        param.requires_grad = name not in frozen_params
+    return count_params(model)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return trainable, frozen
+
+
+def keep_frozen_norms_in_eval(model: nn.Module) -> None:
+    """Put BatchNorm layers whose weights are frozen in inference mode.
+
+    A frozen BatchNorm in training mode would still update its running mean/variance from the new
+    data, silently changing the "frozen" features; call this after every ``model.train()``.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def optimizer_groups(
+    model: nn.Module,
+    groups: list[Group],
+    lr: float,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+) -> list[dict]:
+    """Parameter groups with layer-wise LR decay and weight decay only on weight matrices.
+
+    Group ``i`` of ``n`` gets ``lr * layer_decay ** (n - 1 - i)``: the head trains at ``lr`` and
+    each group towards the input at a smaller rate, so the general early features move least.
+    Biases and normalisation parameters (1-D) get no weight decay, as in nanoGPT and timm.
+    """
+    params = dict(model.named_parameters())
+    out = []
+    n = len(groups)
+    for i, group in enumerate(groups):
+        scale = layer_decay ** (n - 1 - i)
+        decay = [params[p] for p in group.params if params[p].requires_grad and params[p].ndim >= 2]
+        no_decay = [params[p] for p in group.params if params[p].requires_grad and params[p].ndim < 2]
+        for plist, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if plist:
+                out.append(
+                    {"params": plist, "lr": lr * scale, "weight_decay": wd, "group": group.name}
+                )
+    return out

@@ -1,0 +1,76 @@
+"""Use a trained model: top-k classes with probabilities for any image files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import StudioError
+from .export import LoadedRun, load_run
+from .images import ImageProblem, open_rgb
+
+__all__ = ["Prediction", "Predictor"]
+
+
+@dataclass
+class Prediction:
+    """The answer for one image; ``error`` is set (and ``top`` empty) when it could not be read."""
+
+    path: str
+    top: list[tuple[str, float]]
+    tags: list[str] | None = None  # multi-label: the classes above the threshold
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        out = {"path": self.path, "top": [{"label": k, "probability": p} for k, p in self.top]}
+        if self.tags is not None:
+            out["tags"] = self.tags
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+class Predictor:
+    """Load a run once, predict many times.
+
+    >>> Predictor("runs/demo").predict(["cat.jpg"], top_k=3)  # doctest: +SKIP
+    [Prediction(path='cat.jpg', top=[('cat', 0.97), ...])]
+    """
+
+    def __init__(self, run_dir: str | Path | LoadedRun):
+        self.run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
+        self._transform = self.run.transform()
+
+    @property
+    def labels(self) -> list[str]:
+        return self.run.labels
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[str | Path], top_k: int = 5) -> list[Prediction]:
+        """Predictions in the order given; unreadable files get an ``error`` instead."""
+        if top_k < 1:
+            raise StudioError("top-k must be at least 1")
+        results: list[Prediction | None] = []
+        tensors, slots = [], []
+        for image in images:
+            try:
+                tensors.append(self._transform(open_rgb(image)))
+                slots.append(len(results))
+                results.append(None)
+            except ImageProblem as exc:
+                results.append(Prediction(str(image), [], error=str(exc)))
+        if tensors:
+            logits = self.run.model(torch.stack(tensors))
+            probs = logits.sigmoid() if self.run.multilabel else logits.softmax(-1)
+            k = min(top_k, len(self.labels))
+            for slot, row in zip(slots, probs):
+                values, indices = row.topk(k)
+                top = [(self.labels[i], float(v)) for v, i in zip(values, indices)]
+                tags = None
+                if self.run.multilabel:
+                    tags = [self.labels[i] for i, p in enumerate(row) if p >= self.run.threshold]
+                results[slot] = Prediction(str(images[slot]), top, tags)
+        return [r for r in results if r is not None]

@@ -1,0 +1,117 @@
+"""The run folder: what a training run leaves on disk, written so a crash never leaves half a file.
+
+```
+RUN/
+  config.json  data_report.json  split.csv  events.jsonl  history.csv  metrics.json
+  model.safetensors  labels.json  preprocess.json  MODEL_CARD.md
+  checkpoint.pt      # while training or after a stop: resume from here
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import RunError
+
+__all__ = [
+    "CHECKPOINT",
+    "write_atomic",
+    "save_json",
+    "load_json",
+    "save_checkpoint",
+    "load_checkpoint",
+    "save_history",
+    "require_run",
+    "list_runs",
+]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename, so readers never see half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_json(path: str | Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def load_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing") from None
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path} is damaged ({exc})") from None
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """``torch.save`` through :func:`write_atomic`: a kill mid-write keeps the previous file."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain data, never pickled code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file raises many different types
+        raise RunError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def save_history(path: str | Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    fields = list(rows[0].keys())
+    import io
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue().encode())
+
+
+def require_run(run_dir: str | Path) -> Path:
+    """The run folder, checked to hold a finished model."""
+    run = Path(run_dir).expanduser()
+    if not run.is_dir():
+        raise RunError(f"{run} is not a run folder")
+    for name in ("config.json", "labels.json", "model.safetensors"):
+        if not (run / name).is_file():
+            raise RunError(f"{run} holds no finished model ({name} is missing)")
+    return run
+
+
+def list_runs(root: str | Path) -> list[Path]:
+    """Run folders under ``root``, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if (p / "config.json").is_file()]
+    return sorted(runs, key=lambda p: (p / "config.json").stat().st_mtime, reverse=True)

@@ -1,0 +1,632 @@
+"""Fine-tune a backbone on a dataset, as a stream of events.
+
+:func:`train` is one loop, read top to bottom: set up the run folder, load data, build the model,
+then for each *phase* (an optional head-only warm-up, then the main phase with the user's freeze
+spec) apply the freeze, cache the frozen prefix's outputs when possible, and run epochs that
+yield :mod:`studio.events`. Everything a run needs to be repeated (config, seed, split) is saved in
+the run folder; ``checkpoint.pt`` after every epoch makes a killed run resumable with
+``resume=True`` to the exact same result as an uninterrupted one (RNGs are re-seeded per epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import events as ev
+from .backbones import DEFAULT_BACKBONE, create_backbone, data_config, model_groups
+from .cache import FeatureStore, fill_store, plan_cache, run_cached
+from .data import Dataset, load_dataset
+from .errors import StudioError
+from .evaluate import evaluate_samples
+from .freeze import apply_freeze, keep_frozen_norms_in_eval, optimizer_groups, parse_freeze
+from .loaders import AUGMENT_PRESETS, ImageSamples, build_transform, image_loader
+from .runs import CHECKPOINT, load_checkpoint, load_json, save_checkpoint, save_history, save_json
+
+__all__ = ["TrainConfig", "train", "run_training", "select_device", "StopFlag"]
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved as ``config.json`` so a run can be repeated exactly."""
+
+    data: str = ""
+    out: str = "runs/run"
+    backbone: str = DEFAULT_BACKBONE
+    weights_file: str | None = None
+    pretrained: bool = True
+    freeze: str = "backbone"
+    epochs: int = 10
+    head_epochs: int = 0  # staged unfreezing: train only the head this many epochs first
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9
+    weight_decay: float = 0.01
+    layer_decay: float = 0.75  # layer-wise LR decay; 1.0 = same LR everywhere
+    schedule: str = "cosine"  # cosine | onecycle | constant
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.1
+    l2sp: float = 0.0  # pull fine-tuned weights towards their pretrained values (L2-SP)
+    augment: str = "light"  # none | light | strong
+    patience: int = 5  # early stopping: epochs without a better val loss; 0 = off
+    threshold: float = 0.5  # multi-label decision threshold
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    cache: bool = True
+    cache_views: int = 0  # augmented views stored per image when caching; 0 = auto
+    cache_memory_mb: int = 2048
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA
+    channels_last: bool = True  # on CUDA
+    workers: int = -1  # image-decoding processes; -1 = auto
+    resume: bool = False
+
+    def validate(self) -> TrainConfig:
+        """Raise :class:`StudioError` with a plain reason for any value that cannot work."""
+        checks = [
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (0 <= self.head_epochs < self.epochs or self.head_epochs == 0,
+             "head epochs must be fewer than epochs"),
+            (self.batch_size >= 1, "batch size must be at least 1"),
+            (0 < self.lr < 10, "learning rate must be between 0 and 10"),
+            (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
+            (self.schedule in ("cosine", "onecycle", "constant"),
+             "schedule must be cosine, onecycle or constant"),
+            (0 < self.layer_decay <= 1, "layer decay must be in (0, 1]"),
+            (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
+            (self.augment in AUGMENT_PRESETS, f"augment must be one of {', '.join(AUGMENT_PRESETS)}"),
+            (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+             and self.val_fraction + self.test_fraction < 1, "split fractions must sum below 1"),
+            (self.weight_decay >= 0 and self.l2sp >= 0, "weight decay and L2-SP must be >= 0"),
+            (0 < self.threshold < 1, "threshold must be between 0 and 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise StudioError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+# --------------------------------------------------------------------------- feeding batches
+
+
+class _ImageFeeder:
+    """Batches of decoded, transformed images through the whole model."""
+
+    def __init__(self, train_ds: ImageSamples, val_ds: ImageSamples | None, cfg: TrainConfig,
+                 device: torch.device, channels_last: bool):
+        self.train_ds, self.val_ds, self.cfg = train_ds, val_ds, cfg
+        self.device, self.channels_last = device, channels_last
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_ds) / self.cfg.batch_size)
+
+    def _move(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_batches(self, seed: int):
+        loader = image_loader(self.train_ds, self.cfg.batch_size, shuffle=True, seed=seed,
+                              workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
+        for x, y in loader:
+            yield self._move(x), y.to(self.device)
+
+    def val_batches(self):
+        if self.val_ds is None:
+            return
+        for x, y in image_loader(self.val_ds, self.cfg.batch_size, workers=self.cfg.workers):
+            yield self._move(x), y.to(self.device)
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    def close(self) -> None:
+        pass
+
+
+class _CachedFeeder:
+    """Batches of stored frozen-prefix outputs; only the trainable rest of the model runs."""
+
+    def __init__(self, plan, train_store: FeatureStore, val_store: FeatureStore | None,
+                 train_targets: torch.Tensor, val_targets: torch.Tensor | None, cfg: TrainConfig,
+                 device: torch.device):
+        self.plan, self.train_store, self.val_store = plan, train_store, val_store
+        self.train_targets, self.val_targets = train_targets, val_targets
+        self.cfg, self.device = cfg, device
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.train_store.n_images / self.cfg.batch_size)
+
+    def train_batches(self, seed: int):
+        rng = np.random.default_rng(seed)
+        n = self.train_store.n_images
+        order = rng.permutation(n)
+        views = rng.integers(0, self.train_store.views, size=n)
+        for start in range(0, n, self.cfg.batch_size):
+            idx = order[start : start + self.cfg.batch_size]
+            x = self.train_store.get(views[idx], idx).to(self.device, non_blocking=True)
+            yield x, self.train_targets[idx].to(self.device)
+
+    def val_batches(self):
+        if self.val_store is None:
+            return
+        n = self.val_store.n_images
+        for start in range(0, n, self.cfg.batch_size):
+            idx = np.arange(start, min(n, start + self.cfg.batch_size))
+            x = self.val_store.get(np.zeros_like(idx), idx).to(self.device)
+            yield x, self.val_targets[idx].to(self.device)
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return run_cached(model, self.plan, x)
+
+    def close(self) -> None:
+        self.train_store.close()
+        if self.val_store is not None:
+            self.val_store.close()
+
+
+# --------------------------------------------------------------------------- pieces of the loop
+
+
+def _loss_fn(multilabel: bool, label_smoothing: float):
+    if multilabel:
+        return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)
+    return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+
+def _correct(logits: torch.Tensor, y: torch.Tensor, multilabel: bool, threshold: float) -> int:
+    if multilabel:
+        return int(((logits.sigmoid() >= threshold) == (y > 0.5)).all(1).sum())
+    return int((logits.argmax(1) == y).sum())
+
+
+def _make_optimizer(cfg: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr)
+
+
+def _warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """LR multiplier: linear warm-up, then cosine down to 1% of the peak."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _make_scheduler(cfg: TrainConfig, optimizer, total_steps: int, steps_per_epoch: int):
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps
+        )
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _warmup_cosine(step, total_steps, warmup)
+    )
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _l2sp_penalty(model: nn.Module, reference: dict[str, torch.Tensor], head: set[str]):
+    terms = [
+        (p - reference[n]).pow(2).sum()
+        for n, p in model.named_parameters()
+        if p.requires_grad and n not in head and n in reference
+    ]
+    return torch.stack(terms).sum() if terms else None
+
+
+def _phases(cfg: TrainConfig) -> list[tuple[str, str, int]]:
+    """``(name, freeze spec, epochs)``: fastai's fine_tune as data (head first, then unfreeze)."""
+    if cfg.head_epochs and cfg.freeze != "backbone":
+        return [("head", "backbone", cfg.head_epochs), ("train", cfg.freeze, cfg.epochs - cfg.head_epochs)]
+    return [("train", cfg.freeze, cfg.epochs)]
+
+
+def _auto_views(cfg: TrainConfig) -> int:
+    if cfg.cache_views > 0:
+        return cfg.cache_views
+    return 1 if cfg.augment == "none" else 3
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train(
+    config: TrainConfig, dataset: Dataset | None = None, stop: StopFlag | None = None
+) -> Iterator[ev.Event]:
+    """Train a model and yield its progress.
+
+    Args:
+        config: What to train; ``config.out`` is the run folder.
+        dataset: Already loaded data; loaded from ``config.data`` when None.
+        stop: Checked after every batch; when set, the run ends cleanly and keeps the best model.
+
+    Yields:
+        :class:`~studio.events.Started`, then ``Caching``, ``Batch``, ``Epoch`` and ``Checkpoint``
+        events, maybe ``Notice`` and ``Stopped``, and finally ``Finished``. On failure an
+        ``Error`` event is yielded and the exception re-raised.
+
+    >>> for event in train(TrainConfig(data="assets/example", out="runs/demo")):  # doctest: +SKIP
+    ...     print(event.kind)
+    """
+    run_dir = Path(config.out)
+    log_file = None
+    try:
+        for event in _train(config, dataset, stop):
+            if isinstance(event, ev.Started):
+                log_file = open(run_dir / "events.jsonl", "a")  # noqa: SIM115 - closed below
+            if log_file is not None and not isinstance(event, ev.Batch | ev.Caching):
+                log_file.write(event.to_json() + "\n")
+                log_file.flush()
+            yield event
+    except StudioError as exc:
+        yield ev.Error(str(exc), bad_input=True)
+        raise
+    except Exception as exc:
+        error = ev.Error(f"{type(exc).__name__}: {exc}", bad_input=False)
+        if log_file is not None:
+            log_file.write(error.to_json() + "\n")
+        yield error
+        raise
+    finally:
+        if log_file is not None:
+            log_file.close()
+
+
+def run_training(config: TrainConfig, dataset: Dataset | None = None) -> ev.Finished:
+    """Train to the end without looking at progress; returns the ``Finished`` event."""
+    finished = None
+    for event in train(config, dataset):
+        if isinstance(event, ev.Finished):
+            finished = event
+    assert finished is not None
+    return finished
+
+
+def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> Iterator[ev.Event]:
+    cfg.validate()
+    t_start = time.perf_counter()
+    run_dir = Path(cfg.out)
+    checkpoint_path = run_dir / CHECKPOINT
+    resume_state = None
+    if cfg.resume:
+        if not checkpoint_path.is_file():
+            raise StudioError(f"nothing to resume: {checkpoint_path} does not exist")
+        resume_state = load_checkpoint(checkpoint_path)
+        saved = load_json(run_dir / "config.json")
+        cfg = TrainConfig.from_dict({**saved, "resume": True, "out": str(run_dir)})
+    elif (run_dir / "config.json").exists():
+        hint = " (it has a checkpoint: add --resume to continue it)" if checkpoint_path.exists() else ""
+        raise StudioError(f"{run_dir} already holds a run{hint}; choose another output folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- data
+    if dataset is None:
+        if not cfg.data:
+            raise StudioError("no dataset given")
+        dataset = load_dataset(cfg.data, val_fraction=cfg.val_fraction,
+                               test_fraction=cfg.test_fraction, seed=cfg.seed)
+    if resume_state is not None and resume_state["split_hash"] != dataset.split_hash():
+        raise StudioError("the data changed since this run started; resume needs the same split")
+    classes, multilabel = dataset.classes, dataset.multilabel
+
+    # ---- model
+    device = select_device(cfg.device)
+    _seed_everything(cfg.seed)
+    model, weights = create_backbone(cfg.backbone, len(classes), pretrained=cfg.pretrained,
+                                     weights_file=cfg.weights_file)
+    groups = model_groups(model)
+    head_params = {p for g in groups if g.name == "head" for p in g.params}
+    pretrained_reference = (
+        {n: p.detach().clone() for n, p in model.named_parameters() if n not in head_params}
+        if cfg.l2sp > 0 else {}
+    )
+    dcfg = data_config(model)
+    eval_tf = build_transform(dcfg, "none")
+    train_tf = build_transform(dcfg, cfg.augment, training=True)
+    use_channels_last = cfg.channels_last and device.type == "cuda"
+    model.to(device)
+    if use_channels_last:
+        model.to(memory_format=torch.channels_last)
+    for _, spec, _ in _phases(cfg):  # fail on a bad freeze spec before any work
+        parse_freeze(spec, groups)
+
+    # ---- the run folder: everything needed to repeat or reuse this run
+    if resume_state is None:
+        save_json(run_dir / "config.json", {**cfg.to_dict(), "resume": False})
+        save_json(run_dir / "data_report.json", dataset.report.to_dict())
+        rows = dataset.split_rows()
+        with open(run_dir / "split.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["split", "path", "labels"])
+            writer.writerows(rows)
+    save_json(run_dir / "labels.json", {"labels": classes, "multilabel": multilabel,
+                                        "threshold": cfg.threshold})
+    save_json(run_dir / "preprocess.json", _preprocess_info(dcfg))
+
+    history: list[dict] = list(resume_state["history"]) if resume_state else []
+    best = dict(resume_state["best"]) if resume_state else {"loss": math.inf, "epoch": 0, "state": None}
+    best_state = best.pop("state", None)
+    if resume_state and best_state is None and best["epoch"] == int(resume_state["epoch"]):
+        best_state = resume_state["model"]
+    bad_epochs = int(resume_state["bad_epochs"]) if resume_state else 0
+    done_epochs = int(resume_state["epoch"]) if resume_state else 0
+    if resume_state:
+        model.load_state_dict(resume_state["model"])
+
+    train_ds = ImageSamples(dataset.train, train_tf, len(classes), multilabel)
+    val_ds = ImageSamples(dataset.val, eval_tf, len(classes), multilabel) if dataset.val else None
+    loss_fn = _loss_fn(multilabel, cfg.label_smoothing)
+    stopped_reason = None
+    started = False
+    global_epoch = 0
+
+    for phase_index, (phase, spec, phase_epochs) in enumerate(_phases(cfg)):
+        phase_start = global_epoch
+        global_epoch += phase_epochs
+        if done_epochs >= global_epoch:
+            continue  # finished before the resume
+        frozen = parse_freeze(spec, groups)
+        trainable, frozen_count = apply_freeze(model, groups, frozen)
+        if not started:
+            started = True
+            yield ev.Started(str(run_dir), cfg.to_dict(), classes,
+                             {k: len(v) for k, v in dataset.splits.items()}, str(device),
+                             weights.note, trainable, frozen_count, done_epochs)
+            for warning in dataset.report.warnings:
+                yield ev.Notice(warning)
+        elif phase == "train":
+            yield ev.Notice(f"unfreezing: now training {trainable:,} parameters")
+
+        # ---- the frozen prefix, computed once
+        feeder = None
+        if cfg.cache and frozen:
+            sample = torch.stack([eval_tf(_open(s.path)) for s in dataset.train[:2]]).to(device)
+            plan, why = plan_cache(model, sample)
+            if plan is None:
+                yield ev.Notice(f"not caching frozen layers: {why}")
+            else:
+                views = _auto_views(cfg)
+                total = len(train_ds) * views + (len(val_ds) if val_ds else 0)
+                done = 0
+                yield ev.Caching(0, total)
+                stores = []
+                for ds, n_views in ((train_ds, views), (val_ds, 1)):
+                    if ds is None:
+                        stores.append(None)
+                        continue
+                    store = FeatureStore(len(ds), n_views, plan.feature_shape,
+                                         cfg.cache_memory_mb * 1024**2, run_dir / ".cache")
+
+                    def batches(view, ds=ds):
+                        tf = eval_tf if view == 0 else train_tf
+                        view_ds = ImageSamples(ds.samples, tf, len(classes), multilabel)
+                        _seed_everything(_epoch_seed(cfg.seed, -1 - view))
+                        for x, _ in image_loader(view_ds, cfg.batch_size, workers=cfg.workers):
+                            yield x
+
+                    progress: list[int] = []
+                    fill_store(model, plan, store, batches, device, use_channels_last,
+                               on_batch=progress.append)
+                    for n in progress:
+                        done += n
+                        yield ev.Caching(done, total)
+                    stores.append(store)
+                feeder = _CachedFeeder(plan, stores[0], stores[1], train_ds.targets(),
+                                       val_ds.targets() if val_ds else None, cfg, device)
+                where = "on disk" if stores[0].on_disk else "in memory"
+                note = why + f" ({views} view{'s' if views > 1 else ''} per image, {where})"
+                if cfg.augment != "none":
+                    note += f"; augmentation repeats every {views} epochs"
+                yield ev.Notice(note)
+        if feeder is None:
+            feeder = _ImageFeeder(train_ds, val_ds, cfg, device, use_channels_last)
+
+        # ---- optimizer and schedule for this phase
+        param_groups = optimizer_groups(model, groups, cfg.lr, cfg.weight_decay, cfg.layer_decay)
+        optimizer = _make_optimizer(cfg, param_groups)
+        steps = feeder.steps_per_epoch()
+        scheduler = _make_scheduler(cfg, optimizer, steps * phase_epochs, steps)
+        if resume_state and int(resume_state["phase"]) == phase_index:
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+        use_amp = cfg.amp and device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+
+        # ---- epochs
+        for epoch in range(max(phase_start, done_epochs) + 1, global_epoch + 1):
+            t_epoch = time.perf_counter()
+            _seed_everything(_epoch_seed(cfg.seed, epoch))
+            model.train()
+            keep_frozen_norms_in_eval(model)
+            total_loss, correct, seen = 0.0, 0, 0
+            for n, (x, y) in enumerate(feeder.train_batches(_epoch_seed(cfg.seed, epoch)), 1):
+                with _autocast(device, use_amp):
+                    logits = feeder.forward(model, x)
+                    loss = loss_fn(logits.float(), y)
+                    if pretrained_reference:
+                        penalty = _l2sp_penalty(model, pretrained_reference, head_params)
+                        if penalty is not None:
+                            loss = loss + cfg.l2sp / 2 * penalty
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                total_loss += float(loss.detach()) * len(y)
+                correct += _correct(logits.detach(), y, multilabel, cfg.threshold)
+                seen += len(y)
+                yield ev.Batch(epoch, n, steps, float(loss.detach()))
+                if stop is not None and stop.is_set():
+                    stopped_reason = "stopped by user"
+                    break
+            if stopped_reason and seen < len(train_ds):
+                break  # a half epoch is not an epoch: keep the best finished one
+
+            val_loss, val_acc = _validate(model, feeder, loss_fn, multilabel, cfg.threshold,
+                                          device, use_amp)
+            improved = val_loss is not None and val_loss < best["loss"] - 1e-6
+            if improved:
+                best = {"loss": val_loss, "epoch": epoch}
+                best_state = _cpu_state(model)
+                bad_epochs = 0
+            elif val_loss is not None:
+                bad_epochs += 1
+            row = {
+                "epoch": epoch,
+                "phase": phase,
+                "train_loss": total_loss / max(1, seen),
+                "train_acc": correct / max(1, seen),
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": optimizer.param_groups[-1]["lr"],
+                "seconds": time.perf_counter() - t_epoch,
+            }
+            history.append(row)
+            save_history(run_dir / "history.csv", history)
+            save_checkpoint(checkpoint_path, {
+                "format": CHECKPOINT_FORMAT,
+                "model": _cpu_state(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "phase": phase_index,
+                "epoch": epoch,
+                # The best weights are stored only when they differ from the current ones.
+                "best": {**best, "state": None if best["epoch"] == epoch else best_state},
+                "bad_epochs": bad_epochs,
+                "history": history,
+                "split_hash": dataset.split_hash(),
+            })
+            yield ev.Epoch(epoch, cfg.epochs, row["train_loss"], row["train_acc"], val_loss,
+                           val_acc, row["lr"], row["seconds"], improved, phase)
+            yield ev.Checkpoint(str(checkpoint_path), epoch)
+            if stopped_reason:
+                break
+            if cfg.patience and bad_epochs >= cfg.patience:
+                stopped_reason = (f"early stopping: validation loss has not improved for "
+                                  f"{cfg.patience} epochs")
+                break
+        feeder.close()
+        if stopped_reason:
+            yield ev.Stopped(stopped_reason, history[-1]["epoch"] if history else 0)
+            break
+
+    # ---- keep the best epoch, measure it on held-out data, write the model files
+    if not history:
+        raise StudioError("stopped before the first epoch finished: no model to keep")
+    if best_state is not None and best["epoch"] != history[-1]["epoch"]:
+        model.load_state_dict(best_state)
+    split, held_out = dataset.held_out()
+    if not held_out:
+        split, held_out = "train", dataset.train
+    metrics = evaluate_samples(model, held_out, eval_tf, classes, multilabel, device,
+                               threshold=cfg.threshold, batch_size=cfg.batch_size,
+                               channels_last=use_channels_last, split=split)
+    from .export import write_model_files
+
+    write_model_files(run_dir, model.cpu(), cfg, dataset, metrics, weights.note, history,
+                      best_epoch=best["epoch"] or history[-1]["epoch"])
+    if stopped_reason != "stopped by user":
+        checkpoint_path.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / ".cache", ignore_errors=True)
+    yield ev.Finished(str(run_dir), metrics, best["epoch"] or history[-1]["epoch"],
+                      time.perf_counter() - t_start)
+
+
+def _open(path: str):
+    from .images import open_rgb
+
+    return open_rgb(path)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def _validate(model, feeder, loss_fn, multilabel, threshold, device, use_amp):
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in feeder.val_batches():
+        with _autocast(device, use_amp):
+            logits = feeder.forward(model, x).float()
+        total_loss += float(loss_fn(logits, y)) * len(y)
+        correct += _correct(logits, y, multilabel, threshold)
+        seen += len(y)
+    if not seen:
+        return None, None
+    return total_loss / seen, correct / seen
+
+
+def _preprocess_info(dcfg: dict) -> dict:
+    size = dcfg["input_size"]
+    crop_pct = dcfg.get("crop_pct", 0.875)
+    return {
+        "input_size": list(size),
+        "resize": int(math.floor(size[-1] / crop_pct)),
+        "crop": size[-1],
+        "crop_pct": crop_pct,
+        "interpolation": dcfg.get("interpolation", "bilinear"),
+        "mean": list(dcfg["mean"]),
+        "std": list(dcfg["std"]),
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "how": "resize the shorter side to 'resize', center-crop 'crop' x 'crop', scale pixels "
+               "to 0..1, subtract mean and divide by std per channel",
+    }
