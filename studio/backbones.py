@@ -120,9 +120,15 @@ CATALOG: dict[str, BackboneSpec] = {
         ),
         BackboneSpec("resnet18", "ResNet-18", "ResNet", "The classic small residual network."),
         BackboneSpec("resnet50", "ResNet-50", "ResNet", "The classic workhorse; mid-sized."),
-        BackboneSpec("efficientnet_b0", "EfficientNet-B0", "EfficientNet", "Accurate for its size."),
-        BackboneSpec("convnext_atto", "ConvNeXt-Atto", "ConvNeXt", "A modern small convolutional net."),
-        BackboneSpec("convnext_tiny", "ConvNeXt-Tiny", "ConvNeXt", "Modern and strong; slow on a CPU."),
+        BackboneSpec(
+            "efficientnet_b0", "EfficientNet-B0", "EfficientNet", "Accurate for its size."
+        ),
+        BackboneSpec(
+            "convnext_atto", "ConvNeXt-Atto", "ConvNeXt", "A modern small convolutional net."
+        ),
+        BackboneSpec(
+            "convnext_tiny", "ConvNeXt-Tiny", "ConvNeXt", "Modern and strong; slow on a CPU."
+        ),
         BackboneSpec(
             "vit_tiny_patch16_224",
             "ViT-Tiny/16",
@@ -216,10 +222,14 @@ def weights_info(name: str, weights_file: str | Path | None = None) -> WeightsIn
         return WeightsInfo("file", str(path), f"local file {path.name}")
     bundled = _bundled_path(spec)
     if bundled is not None:
-        return WeightsInfo("bundled", str(bundled), f"ImageNet weights from the {spec.bundled} package")
+        return WeightsInfo(
+            "bundled", str(bundled), f"ImageNet weights from the {spec.bundled} package"
+        )
     cached = _hub_cached_file(spec)
     if cached:
-        return WeightsInfo("hub-cache", cached, "ImageNet weights already downloaded from timm's hub")
+        return WeightsInfo(
+            "hub-cache", cached, "ImageNet weights already downloaded from timm's hub"
+        )
     if spec.pretrained_cfg.get("hf_hub_id") and _hub_reachable():
         return WeightsInfo("hub", None, "ImageNet weights will be downloaded from timm's hub")
     return WeightsInfo(
@@ -259,8 +269,7 @@ def _match_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], so
     if set(state) == set(target):
         mapped = dict(state)
     elif len(state) == len(target) and all(
-        a.shape == b.shape or k in head_keys
-        for (k, a), b in zip(target.items(), state.values())
+        a.shape == b.shape or k in head_keys for (k, a), b in zip(target.items(), state.values())
     ):
         mapped = dict(zip(target.keys(), state.values()))
     else:

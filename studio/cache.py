@@ -102,7 +102,9 @@ def plan_cache(model: nn.Module, sample: torch.Tensor) -> tuple[CachePlan | None
     }
     if not trainable:
         return None, "nothing is trainable"
-    first_trainable = next(i for i, (what, n) in enumerate(events) if what == "start" and n in trainable)
+    first_trainable = next(
+        i for i, (what, n) in enumerate(events) if what == "start" and n in trainable
+    )
     calls: dict[str, int] = {}
     for what, n in events:
         if what == "start":
@@ -120,11 +122,11 @@ def plan_cache(model: nn.Module, sample: torch.Tensor) -> tuple[CachePlan | None
     called_after = {n for what, n in events[end_at + 1 :] if what == "start"}
     ancestors = {boundary.rsplit(".", k)[0] for k in range(1, boundary.count(".") + 1)}
     skippable = finished_before - called_after - ancestors - {boundary}
-    skipped = sorted(
-        n for n in skippable if n.rpartition(".")[0] not in skippable or "." not in n
-    )
+    skipped = sorted(n for n in skippable if n.rpartition(".")[0] not in skippable or "." not in n)
     feature = outputs[boundary]
-    plan = CachePlan(boundary, skipped, tuple(feature.shape[1:]), input_shape=tuple(sample.shape[1:]))
+    plan = CachePlan(
+        boundary, skipped, tuple(feature.shape[1:]), input_shape=tuple(sample.shape[1:])
+    )
 
     # Verify: the cut network must give the same answer as the whole one.
     with torch.no_grad():
@@ -248,7 +250,8 @@ class FeatureStore:
         if self.on_disk:
             folder = Path(disk_dir or tempfile.gettempdir())
             folder.mkdir(parents=True, exist_ok=True)
-            self._file = tempfile.NamedTemporaryFile(dir=folder, suffix=".features", delete=True)
+            # Kept open for the store's life; closing it deletes the file.
+            self._file = tempfile.NamedTemporaryFile(dir=folder, suffix=".features")  # noqa: SIM115
             self.array = np.memmap(self._file.name, dtype=self.dtype, mode="w+", shape=full_shape)
         else:
             self.array = np.empty(full_shape, dtype=self.dtype)
@@ -272,9 +275,11 @@ def fill_store(
     batches: Callable[[int], Iterator[torch.Tensor]],
     device: torch.device,
     channels_last: bool = False,
-    on_batch: Callable[[int], None] | None = None,
-) -> None:
-    """Compute every view of every image once. ``batches(view)`` yields image batches in order."""
+) -> Iterator[int]:
+    """Compute every view of every image once; yields the size of each batch as it is stored.
+
+    ``batches(view)`` yields image batches in the store's order.
+    """
     model.eval()
     for view in range(store.views):
         start = 0
@@ -285,5 +290,4 @@ def fill_store(
             feats = capture(model, plan, images)
             store.put(view, start, feats)
             start += len(images)
-            if on_batch is not None:
-                on_batch(len(images))
+            yield len(images)

@@ -282,7 +282,9 @@ def _read_csv(csv_path: Path, skipped: list[Skipped]) -> list[_Candidate]:
         if not path.is_file():
             skipped.append(Skipped(str(path), f"listed in {where} but not found"))
             continue
-        split = _SPLIT_ALIASES.get((row.get(split_key) or "").strip().lower()) if split_key else None
+        split = (
+            _SPLIT_ALIASES.get((row.get(split_key) or "").strip().lower()) if split_key else None
+        )
         candidates.append(_Candidate(path, labels, split))
     return candidates
 
@@ -551,15 +553,16 @@ def load_dataset(
     for group in exact_groups + near_only:
         in_train = [i for i in group if splits_of.get(i, "train") == "train"]
         held = [i for i in group if splits_of.get(i, "train") != "train"]
-        leakage.extend([str(checked[a].candidate.path), str(checked[b].candidate.path)]
-                       for a in in_train[:1] for b in held)
+        leakage.extend(
+            [str(checked[a].candidate.path), str(checked[b].candidate.path)]
+            for a in in_train[:1]
+            for b in held
+        )
         if len({checked[i].candidate.labels for i in group}) > 1:
             conflicting.append(names(group))
 
     counts = {
-        split: {
-            name: sum(1 for s in samples if index[name] in s.labels) for name in class_names
-        }
+        split: {name: sum(1 for s in samples if index[name] in s.labels) for name in class_names}
         for split, samples in splits.items()
     }
     widths = [c.width for c in checked]

@@ -25,7 +25,7 @@ from sklearn.metrics import (
 from .data import Sample
 from .loaders import ImageSamples, image_loader
 
-__all__ = ["predict_probs", "compute_metrics", "evaluate_samples", "TOP_LOSSES"]
+__all__ = ["predict_probs", "compute_metrics", "evaluate_samples", "evaluate_run", "TOP_LOSSES"]
 
 TOP_LOSSES = 16
 
@@ -75,7 +75,9 @@ def compute_metrics(
             y_true, y_pred, average=None, labels=list(range(n)), zero_division=0
         )
         ap = [
-            float(average_precision_score(y_true[:, k], probs[:, k])) if y_true[:, k].any() else None
+            float(average_precision_score(y_true[:, k], probs[:, k]))
+            if y_true[:, k].any()
+            else None
             for k in range(n)
         ]
         valid_ap = [a for a in ap if a is not None]
@@ -192,3 +194,57 @@ def relative_paths(metrics: dict, root: Path) -> dict:
         for row in metrics.get("top_losses", [])
     ]
     return out
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, batch_size: int = 32) -> tuple[dict, Path]:
+    """Evaluate a finished run on ``data`` and write the metrics into the run folder.
+
+    When ``data`` is the run's own dataset (same files, same split), the held-out split is used
+    and ``metrics.json`` is rewritten; any other dataset is used whole, as a new test set, and
+    its metrics go to ``eval-<name>.json``. Class names must be ones the model knows.
+
+    Returns:
+        ``(metrics, path written)``.
+    """
+    from .data import load_dataset
+    from .errors import DataError
+    from .export import load_run
+    from .runs import load_json, save_json
+
+    loaded = load_run(run_dir)
+    cfg = loaded.config
+    dataset = load_dataset(
+        data, val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"], seed=cfg["seed"]
+    )
+    unknown = [c for c in dataset.classes if c not in loaded.labels]
+    if unknown:
+        raise DataError(
+            f"the model does not know the class(es) {', '.join(unknown)}; "
+            f"it knows {', '.join(loaded.labels)}"
+        )
+    info = load_json(loaded.run_dir / "run_info.json")
+    if dataset.split_hash() == info.get("split_hash"):
+        split, samples = dataset.held_out()
+        target = loaded.run_dir / "metrics.json"
+    else:
+        split = "all"
+        samples = [s for part in dataset.splits.values() for s in part]
+        target = loaded.run_dir / f"eval-{Path(data).stem}.json"
+    remap = [loaded.labels.index(c) for c in dataset.classes]
+    samples = [
+        Sample(s.path, tuple(sorted(remap[i] for i in s.labels)), s.width, s.height)
+        for s in samples
+    ]
+    metrics = evaluate_samples(
+        loaded.model,
+        samples,
+        loaded.transform(),
+        loaded.labels,
+        loaded.multilabel,
+        torch.device("cpu"),
+        threshold=loaded.threshold,
+        batch_size=batch_size,
+        split=split,
+    )
+    save_json(target, metrics)
+    return metrics, target

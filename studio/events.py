@@ -129,8 +129,10 @@ class Error(Event):
     bad_input: bool = True
 
 
-_KINDS = {cls.kind: cls for cls in (Started, Notice, Caching, Batch, Epoch, Checkpoint, Stopped,
-                                    Finished, Error)}
+_KINDS = {
+    cls.kind: cls
+    for cls in (Started, Notice, Caching, Batch, Epoch, Checkpoint, Stopped, Finished, Error)
+}
 
 
 def event_from_dict(data: dict) -> Event:

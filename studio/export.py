@@ -69,32 +69,55 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     except Exception as exc:  # noqa: BLE001 - any mismatch means the files do not belong together
         raise RunError(f"cannot load the model in {run}: {exc}") from None
     model.eval()
-    return LoadedRun(run, model, labels, bool(labels_info.get("multilabel")),
-                     float(labels_info.get("threshold", 0.5)), load_json(run / "preprocess.json"),
-                     config)
+    return LoadedRun(
+        run,
+        model,
+        labels,
+        bool(labels_info.get("multilabel")),
+        float(labels_info.get("threshold", 0.5)),
+        load_json(run / "preprocess.json"),
+        config,
+    )
 
 
-def write_model_files(run_dir: Path, model: torch.nn.Module, cfg, dataset, metrics: dict,
-                      weights_note: str, history: list[dict], best_epoch: int) -> None:
+def write_model_files(
+    run_dir: Path,
+    model: torch.nn.Module,
+    cfg,
+    dataset,
+    metrics: dict,
+    weights_note: str,
+    history: list[dict],
+    best_epoch: int,
+) -> None:
     """Write weights, metrics and the model card at the end of training."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(run_dir / "model.safetensors"),
-              metadata={"backbone": cfg.backbone, "num_classes": str(len(dataset.classes)),
-                        "format": "transfer-studio/1"})
+    save_file(
+        state,
+        str(run_dir / "model.safetensors"),
+        metadata={
+            "backbone": cfg.backbone,
+            "num_classes": str(len(dataset.classes)),
+            "format": "transfer-studio/1",
+        },
+    )
     save_json(run_dir / "metrics.json", metrics)
-    save_json(run_dir / "run_info.json", {
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "weights": weights_note,
-        "split_hash": dataset.split_hash(),
-        "data_root": str(dataset.root),
-        "classes": dataset.classes,
-        "sizes": {k: len(v) for k, v in dataset.splits.items()},
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-    })
+    save_json(
+        run_dir / "run_info.json",
+        {
+            "best_epoch": best_epoch,
+            "epochs_run": len(history),
+            "weights": weights_note,
+            "split_hash": dataset.split_hash(),
+            "data_root": str(dataset.root),
+            "classes": dataset.classes,
+            "sizes": {k: len(v) for k, v in dataset.splits.items()},
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "python": platform.python_version(),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    )
     write_model_card(run_dir)
 
 
@@ -117,7 +140,8 @@ def _check_images(run: Path, limit: int = 32) -> list[str]:
     if not split_file.is_file():
         return []
     root = Path(load_json(run / "run_info.json").get("data_root", ""))
-    rows = list(csv.DictReader(open(split_file)))
+    with open(split_file, newline="") as fh:
+        rows = list(csv.DictReader(fh))
     found = []
     for split in ("val", "test", "train"):
         for row in rows:
@@ -170,8 +194,12 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
         warnings.simplefilter("ignore")
         if fmt == "onnx":
             torch.onnx.export(
-                loaded.model, (example,), str(target), dynamo=True,
-                input_names=["image"], output_names=["logits"],
+                loaded.model,
+                (example,),
+                str(target),
+                dynamo=True,
+                input_names=["image"],
+                output_names=["logits"],
                 dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
             )
             got = _run_onnx(target, images.numpy())
@@ -183,9 +211,12 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
                 got = reloaded(images).numpy()
     seconds = time.perf_counter() - start
     result = ExportResult(
-        fmt, str(target), len(images),
+        fmt,
+        str(target),
+        len(images),
         float((got.argmax(1) == expected.argmax(1)).mean()),
-        float(np.abs(got - expected).max()), seconds,
+        float(np.abs(got - expected).max()),
+        seconds,
     )
     exports_file = run / "exports.json"
     records = load_json(exports_file) if exports_file.exists() else []
@@ -227,7 +258,7 @@ def write_model_card(run_dir: str | Path) -> Path:
         f"- Frozen: `{cfg['freeze']}`"
         + (f" after {cfg['head_epochs']} head-only epochs" if cfg.get("head_epochs") else "")
         + f"; trained {info['epochs_run']} epochs, kept epoch {info['best_epoch']} "
-          "(lowest validation loss).",
+        "(lowest validation loss).",
         f"- Optimiser {cfg['optimizer']}, learning rate {cfg['lr']}, {cfg['schedule']} schedule, "
         f"layer-wise decay {cfg['layer_decay']}, weight decay {cfg['weight_decay']}, "
         f"label smoothing {cfg['label_smoothing']}, augmentation `{cfg['augment']}`.",
@@ -259,16 +290,23 @@ def write_model_card(run_dir: str | Path) -> Path:
         )
     if metrics.get("most_confused"):
         pairs = ", ".join(
-            f"{p['true']} taken for {p['predicted']} ({p['count']}x)" for p in metrics["most_confused"][:5]
+            f"{p['true']} taken for {p['predicted']} ({p['count']}x)"
+            for p in metrics["most_confused"][:5]
         )
         lines += ["", f"Most common mistakes: {pairs}."]
     if exports:
-        lines += ["", "## Exported files (checked against PyTorch on the run's own images)", "",
-                  "| format | file | images checked | top-1 agreement | max abs logit diff |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Exported files (checked against PyTorch on the run's own images)",
+            "",
+            "| format | file | images checked | top-1 agreement | max abs logit diff |",
+            "|---|---|---|---|---|",
+        ]
         for e in exports:
-            lines.append(f"| {e['format']} | `{Path(e['path']).name}` | {e['images']} | "
-                         f"{e['agreement']:.3f} | {e['max_abs_diff']:.2e} |")
+            lines.append(
+                f"| {e['format']} | `{Path(e['path']).name}` | {e['images']} | "
+                f"{e['agreement']:.3f} | {e['max_abs_diff']:.2e} |"
+            )
     lines += [
         "",
         "## Limits",

@@ -118,7 +118,9 @@ def optimizer_groups(
     for i, group in enumerate(groups):
         scale = layer_decay ** (n - 1 - i)
         decay = [params[p] for p in group.params if params[p].requires_grad and params[p].ndim >= 2]
-        no_decay = [params[p] for p in group.params if params[p].requires_grad and params[p].ndim < 2]
+        no_decay = [
+            params[p] for p in group.params if params[p].requires_grad and params[p].ndim < 2
+        ]
         for plist, wd in ((decay, weight_decay), (no_decay, 0.0)):
             if plist:
                 out.append(

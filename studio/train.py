@@ -32,6 +32,7 @@ from .data import Dataset, load_dataset
 from .errors import StudioError
 from .evaluate import evaluate_samples
 from .freeze import apply_freeze, keep_frozen_norms_in_eval, optimizer_groups, parse_freeze
+from .images import open_rgb
 from .loaders import AUGMENT_PRESETS, ImageSamples, build_transform, image_loader
 from .runs import CHECKPOINT, load_checkpoint, load_json, save_checkpoint, save_history, save_json
 
@@ -81,18 +82,29 @@ class TrainConfig:
         """Raise :class:`StudioError` with a plain reason for any value that cannot work."""
         checks = [
             (self.epochs >= 1, "epochs must be at least 1"),
-            (0 <= self.head_epochs < self.epochs or self.head_epochs == 0,
-             "head epochs must be fewer than epochs"),
+            (
+                0 <= self.head_epochs < self.epochs or self.head_epochs == 0,
+                "head epochs must be fewer than epochs",
+            ),
             (self.batch_size >= 1, "batch size must be at least 1"),
             (0 < self.lr < 10, "learning rate must be between 0 and 10"),
             (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
-            (self.schedule in ("cosine", "onecycle", "constant"),
-             "schedule must be cosine, onecycle or constant"),
+            (
+                self.schedule in ("cosine", "onecycle", "constant"),
+                "schedule must be cosine, onecycle or constant",
+            ),
             (0 < self.layer_decay <= 1, "layer decay must be in (0, 1]"),
             (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
-            (self.augment in AUGMENT_PRESETS, f"augment must be one of {', '.join(AUGMENT_PRESETS)}"),
-            (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
-             and self.val_fraction + self.test_fraction < 1, "split fractions must sum below 1"),
+            (
+                self.augment in AUGMENT_PRESETS,
+                f"augment must be one of {', '.join(AUGMENT_PRESETS)}",
+            ),
+            (
+                0 <= self.val_fraction < 1
+                and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1,
+                "split fractions must sum below 1",
+            ),
             (self.weight_decay >= 0 and self.l2sp >= 0, "weight decay and L2-SP must be >= 0"),
             (0 < self.threshold < 1, "threshold must be between 0 and 1"),
         ]
@@ -141,8 +153,14 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 class _ImageFeeder:
     """Batches of decoded, transformed images through the whole model."""
 
-    def __init__(self, train_ds: ImageSamples, val_ds: ImageSamples | None, cfg: TrainConfig,
-                 device: torch.device, channels_last: bool):
+    def __init__(
+        self,
+        train_ds: ImageSamples,
+        val_ds: ImageSamples | None,
+        cfg: TrainConfig,
+        device: torch.device,
+        channels_last: bool,
+    ):
         self.train_ds, self.val_ds, self.cfg = train_ds, val_ds, cfg
         self.device, self.channels_last = device, channels_last
 
@@ -154,8 +172,14 @@ class _ImageFeeder:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_batches(self, seed: int):
-        loader = image_loader(self.train_ds, self.cfg.batch_size, shuffle=True, seed=seed,
-                              workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
+        loader = image_loader(
+            self.train_ds,
+            self.cfg.batch_size,
+            shuffle=True,
+            seed=seed,
+            workers=self.cfg.workers,
+            pin_memory=self.device.type == "cuda",
+        )
         for x, y in loader:
             yield self._move(x), y.to(self.device)
 
@@ -175,9 +199,16 @@ class _ImageFeeder:
 class _CachedFeeder:
     """Batches of stored frozen-prefix outputs; only the trainable rest of the model runs."""
 
-    def __init__(self, plan, train_store: FeatureStore, val_store: FeatureStore | None,
-                 train_targets: torch.Tensor, val_targets: torch.Tensor | None, cfg: TrainConfig,
-                 device: torch.device):
+    def __init__(
+        self,
+        plan,
+        train_store: FeatureStore,
+        val_store: FeatureStore | None,
+        train_targets: torch.Tensor,
+        val_targets: torch.Tensor | None,
+        cfg: TrainConfig,
+        device: torch.device,
+    ):
         self.plan, self.train_store, self.val_store = plan, train_store, val_store
         self.train_targets, self.val_targets = train_targets, val_targets
         self.cfg, self.device = cfg, device
@@ -274,7 +305,10 @@ def _l2sp_penalty(model: nn.Module, reference: dict[str, torch.Tensor], head: se
 def _phases(cfg: TrainConfig) -> list[tuple[str, str, int]]:
     """``(name, freeze spec, epochs)``: fastai's fine_tune as data (head first, then unfreeze)."""
     if cfg.head_epochs and cfg.freeze != "backbone":
-        return [("head", "backbone", cfg.head_epochs), ("train", cfg.freeze, cfg.epochs - cfg.head_epochs)]
+        return [
+            ("head", "backbone", cfg.head_epochs),
+            ("train", cfg.freeze, cfg.epochs - cfg.head_epochs),
+        ]
     return [("train", cfg.freeze, cfg.epochs)]
 
 
@@ -282,6 +316,76 @@ def _auto_views(cfg: TrainConfig) -> int:
     if cfg.cache_views > 0:
         return cfg.cache_views
     return 1 if cfg.augment == "none" else 3
+
+
+def _make_feeder(
+    model,
+    cfg: TrainConfig,
+    frozen: list[str],
+    train_ds: ImageSamples,
+    val_ds: ImageSamples | None,
+    eval_tf,
+    train_tf,
+    device: torch.device,
+    channels_last: bool,
+    cache_folder: Path,
+    stop: StopFlag | None = None,
+):
+    """Cached features when a frozen prefix can be cut off, otherwise images.
+
+    A generator: yields ``Caching``/``Notice`` events and returns the feeder, or None when
+    stopped while caching.
+    """
+    if not (cfg.cache and frozen):
+        return _ImageFeeder(train_ds, val_ds, cfg, device, channels_last)
+    sample = torch.stack([eval_tf(open_rgb(s.path)) for s in train_ds.samples[:2]]).to(device)
+    plan, why = plan_cache(model, sample)
+    if plan is None:
+        yield ev.Notice(f"not caching frozen layers: {why}")
+        return _ImageFeeder(train_ds, val_ds, cfg, device, channels_last)
+    views = _auto_views(cfg)
+    total = len(train_ds) * views + (len(val_ds) if val_ds else 0)
+    done = 0
+    yield ev.Caching(0, total)
+    stores: list[FeatureStore | None] = []
+    for ds, n_views in ((train_ds, views), (val_ds, 1)):
+        if ds is None:
+            stores.append(None)
+            continue
+        store = FeatureStore(
+            len(ds), n_views, plan.feature_shape, cfg.cache_memory_mb * 1024**2, cache_folder
+        )
+        stores.append(store)
+
+        def batches(view: int, ds: ImageSamples = ds):
+            tf = eval_tf if view == 0 else train_tf
+            _seed_everything(_epoch_seed(cfg.seed, -1 - view))
+            view_ds = ImageSamples(ds.samples, tf, ds.num_classes, ds.multilabel)
+            for x, _ in image_loader(view_ds, cfg.batch_size, workers=cfg.workers):
+                yield x
+
+        for n in fill_store(model, plan, store, batches, device, channels_last):
+            done += n
+            yield ev.Caching(done, total)
+            if stop is not None and stop.is_set():
+                for made in stores:
+                    if made is not None:
+                        made.close()
+                return None
+    where = "on disk" if stores[0].on_disk else "in memory"
+    note = why + f" ({views} view{'s' if views > 1 else ''} per image, {where})"
+    if cfg.augment != "none":
+        note += f"; augmentation repeats every {views} epochs"
+    yield ev.Notice(note)
+    return _CachedFeeder(
+        plan,
+        stores[0],
+        stores[1],
+        train_ds.targets(),
+        val_ds.targets() if val_ds else None,
+        cfg,
+        device,
+    )
 
 
 # --------------------------------------------------------------------------- the run
@@ -352,7 +456,11 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
         saved = load_json(run_dir / "config.json")
         cfg = TrainConfig.from_dict({**saved, "resume": True, "out": str(run_dir)})
     elif (run_dir / "config.json").exists():
-        hint = " (it has a checkpoint: add --resume to continue it)" if checkpoint_path.exists() else ""
+        hint = (
+            " (it has a checkpoint: add --resume to continue it)"
+            if checkpoint_path.exists()
+            else ""
+        )
         raise StudioError(f"{run_dir} already holds a run{hint}; choose another output folder")
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -360,8 +468,9 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
     if dataset is None:
         if not cfg.data:
             raise StudioError("no dataset given")
-        dataset = load_dataset(cfg.data, val_fraction=cfg.val_fraction,
-                               test_fraction=cfg.test_fraction, seed=cfg.seed)
+        dataset = load_dataset(
+            cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
+        )
     if resume_state is not None and resume_state["split_hash"] != dataset.split_hash():
         raise StudioError("the data changed since this run started; resume needs the same split")
     classes, multilabel = dataset.classes, dataset.multilabel
@@ -369,13 +478,15 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
     # ---- model
     device = select_device(cfg.device)
     _seed_everything(cfg.seed)
-    model, weights = create_backbone(cfg.backbone, len(classes), pretrained=cfg.pretrained,
-                                     weights_file=cfg.weights_file)
+    model, weights = create_backbone(
+        cfg.backbone, len(classes), pretrained=cfg.pretrained, weights_file=cfg.weights_file
+    )
     groups = model_groups(model)
     head_params = {p for g in groups if g.name == "head" for p in g.params}
     pretrained_reference = (
         {n: p.detach().clone() for n, p in model.named_parameters() if n not in head_params}
-        if cfg.l2sp > 0 else {}
+        if cfg.l2sp > 0
+        else {}
     )
     dcfg = data_config(model)
     eval_tf = build_transform(dcfg, "none")
@@ -396,12 +507,18 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
             writer = csv.writer(fh)
             writer.writerow(["split", "path", "labels"])
             writer.writerows(rows)
-    save_json(run_dir / "labels.json", {"labels": classes, "multilabel": multilabel,
-                                        "threshold": cfg.threshold})
+    save_json(
+        run_dir / "labels.json",
+        {"labels": classes, "multilabel": multilabel, "threshold": cfg.threshold},
+    )
     save_json(run_dir / "preprocess.json", _preprocess_info(dcfg))
 
     history: list[dict] = list(resume_state["history"]) if resume_state else []
-    best = dict(resume_state["best"]) if resume_state else {"loss": math.inf, "epoch": 0, "state": None}
+    best = (
+        dict(resume_state["best"])
+        if resume_state
+        else {"loss": math.inf, "epoch": 0, "state": None}
+    )
     best_state = best.pop("state", None)
     if resume_state and best_state is None and best["epoch"] == int(resume_state["epoch"]):
         best_state = resume_state["model"]
@@ -426,57 +543,40 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
         trainable, frozen_count = apply_freeze(model, groups, frozen)
         if not started:
             started = True
-            yield ev.Started(str(run_dir), cfg.to_dict(), classes,
-                             {k: len(v) for k, v in dataset.splits.items()}, str(device),
-                             weights.note, trainable, frozen_count, done_epochs)
+            yield ev.Started(
+                str(run_dir),
+                cfg.to_dict(),
+                classes,
+                {k: len(v) for k, v in dataset.splits.items()},
+                str(device),
+                weights.note,
+                trainable,
+                frozen_count,
+                done_epochs,
+            )
             for warning in dataset.report.warnings:
                 yield ev.Notice(warning)
         elif phase == "train":
             yield ev.Notice(f"unfreezing: now training {trainable:,} parameters")
 
         # ---- the frozen prefix, computed once
-        feeder = None
-        if cfg.cache and frozen:
-            sample = torch.stack([eval_tf(_open(s.path)) for s in dataset.train[:2]]).to(device)
-            plan, why = plan_cache(model, sample)
-            if plan is None:
-                yield ev.Notice(f"not caching frozen layers: {why}")
-            else:
-                views = _auto_views(cfg)
-                total = len(train_ds) * views + (len(val_ds) if val_ds else 0)
-                done = 0
-                yield ev.Caching(0, total)
-                stores = []
-                for ds, n_views in ((train_ds, views), (val_ds, 1)):
-                    if ds is None:
-                        stores.append(None)
-                        continue
-                    store = FeatureStore(len(ds), n_views, plan.feature_shape,
-                                         cfg.cache_memory_mb * 1024**2, run_dir / ".cache")
-
-                    def batches(view, ds=ds):
-                        tf = eval_tf if view == 0 else train_tf
-                        view_ds = ImageSamples(ds.samples, tf, len(classes), multilabel)
-                        _seed_everything(_epoch_seed(cfg.seed, -1 - view))
-                        for x, _ in image_loader(view_ds, cfg.batch_size, workers=cfg.workers):
-                            yield x
-
-                    progress: list[int] = []
-                    fill_store(model, plan, store, batches, device, use_channels_last,
-                               on_batch=progress.append)
-                    for n in progress:
-                        done += n
-                        yield ev.Caching(done, total)
-                    stores.append(store)
-                feeder = _CachedFeeder(plan, stores[0], stores[1], train_ds.targets(),
-                                       val_ds.targets() if val_ds else None, cfg, device)
-                where = "on disk" if stores[0].on_disk else "in memory"
-                note = why + f" ({views} view{'s' if views > 1 else ''} per image, {where})"
-                if cfg.augment != "none":
-                    note += f"; augmentation repeats every {views} epochs"
-                yield ev.Notice(note)
-        if feeder is None:
-            feeder = _ImageFeeder(train_ds, val_ds, cfg, device, use_channels_last)
+        feeder = yield from _make_feeder(
+            model,
+            cfg,
+            frozen,
+            train_ds,
+            val_ds,
+            eval_tf,
+            train_tf,
+            device,
+            use_channels_last,
+            run_dir / ".cache",
+            stop,
+        )
+        if feeder is None:  # stopped while caching
+            stopped_reason = "stopped by user"
+            yield ev.Stopped(stopped_reason, done_epochs)
+            break
 
         # ---- optimizer and schedule for this phase
         param_groups = optimizer_groups(model, groups, cfg.lr, cfg.weight_decay, cfg.layer_decay)
@@ -487,7 +587,9 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
             optimizer.load_state_dict(resume_state["optimizer"])
             scheduler.load_state_dict(resume_state["scheduler"])
         use_amp = cfg.amp and device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+        scaler = torch.amp.GradScaler(
+            "cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()
+        )
 
         # ---- epochs
         for epoch in range(max(phase_start, done_epochs) + 1, global_epoch + 1):
@@ -519,8 +621,9 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
             if stopped_reason and seen < len(train_ds):
                 break  # a half epoch is not an epoch: keep the best finished one
 
-            val_loss, val_acc = _validate(model, feeder, loss_fn, multilabel, cfg.threshold,
-                                          device, use_amp)
+            val_loss, val_acc = _validate(
+                model, feeder, loss_fn, multilabel, cfg.threshold, device, use_amp
+            )
             improved = val_loss is not None and val_loss < best["loss"] - 1e-6
             if improved:
                 best = {"loss": val_loss, "epoch": epoch}
@@ -540,27 +643,41 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
             }
             history.append(row)
             save_history(run_dir / "history.csv", history)
-            save_checkpoint(checkpoint_path, {
-                "format": CHECKPOINT_FORMAT,
-                "model": _cpu_state(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "phase": phase_index,
-                "epoch": epoch,
-                # The best weights are stored only when they differ from the current ones.
-                "best": {**best, "state": None if best["epoch"] == epoch else best_state},
-                "bad_epochs": bad_epochs,
-                "history": history,
-                "split_hash": dataset.split_hash(),
-            })
-            yield ev.Epoch(epoch, cfg.epochs, row["train_loss"], row["train_acc"], val_loss,
-                           val_acc, row["lr"], row["seconds"], improved, phase)
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "model": _cpu_state(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "phase": phase_index,
+                    "epoch": epoch,
+                    # The best weights are stored only when they differ from the current ones.
+                    "best": {**best, "state": None if best["epoch"] == epoch else best_state},
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                    "split_hash": dataset.split_hash(),
+                },
+            )
+            yield ev.Epoch(
+                epoch,
+                cfg.epochs,
+                row["train_loss"],
+                row["train_acc"],
+                val_loss,
+                val_acc,
+                row["lr"],
+                row["seconds"],
+                improved,
+                phase,
+            )
             yield ev.Checkpoint(str(checkpoint_path), epoch)
             if stopped_reason:
                 break
             if cfg.patience and bad_epochs >= cfg.patience:
-                stopped_reason = (f"early stopping: validation loss has not improved for "
-                                  f"{cfg.patience} epochs")
+                stopped_reason = (
+                    f"early stopping: validation loss has not improved for {cfg.patience} epochs"
+                )
                 break
         feeder.close()
         if stopped_reason:
@@ -569,30 +686,44 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
 
     # ---- keep the best epoch, measure it on held-out data, write the model files
     if not history:
-        raise StudioError("stopped before the first epoch finished: no model to keep")
+        if stopped_reason:
+            return  # stopped before the first epoch: there is no model to keep
+        raise StudioError("no epoch was trained")
     if best_state is not None and best["epoch"] != history[-1]["epoch"]:
         model.load_state_dict(best_state)
     split, held_out = dataset.held_out()
     if not held_out:
         split, held_out = "train", dataset.train
-    metrics = evaluate_samples(model, held_out, eval_tf, classes, multilabel, device,
-                               threshold=cfg.threshold, batch_size=cfg.batch_size,
-                               channels_last=use_channels_last, split=split)
+    metrics = evaluate_samples(
+        model,
+        held_out,
+        eval_tf,
+        classes,
+        multilabel,
+        device,
+        threshold=cfg.threshold,
+        batch_size=cfg.batch_size,
+        channels_last=use_channels_last,
+        split=split,
+    )
     from .export import write_model_files
 
-    write_model_files(run_dir, model.cpu(), cfg, dataset, metrics, weights.note, history,
-                      best_epoch=best["epoch"] or history[-1]["epoch"])
+    write_model_files(
+        run_dir,
+        model.cpu(),
+        cfg,
+        dataset,
+        metrics,
+        weights.note,
+        history,
+        best_epoch=best["epoch"] or history[-1]["epoch"],
+    )
     if stopped_reason != "stopped by user":
         checkpoint_path.unlink(missing_ok=True)
     shutil.rmtree(run_dir / ".cache", ignore_errors=True)
-    yield ev.Finished(str(run_dir), metrics, best["epoch"] or history[-1]["epoch"],
-                      time.perf_counter() - t_start)
-
-
-def _open(path: str):
-    from .images import open_rgb
-
-    return open_rgb(path)
+    yield ev.Finished(
+        str(run_dir), metrics, best["epoch"] or history[-1]["epoch"], time.perf_counter() - t_start
+    )
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -628,5 +759,5 @@ def _preprocess_info(dcfg: dict) -> dict:
         "channel_order": "RGB",
         "layout": "NCHW",
         "how": "resize the shorter side to 'resize', center-crop 'crop' x 'crop', scale pixels "
-               "to 0..1, subtract mean and divide by std per channel",
+        "to 0..1, subtract mean and divide by std per channel",
     }

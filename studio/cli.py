@@ -1,0 +1,347 @@
+"""``studio``: the engine from a terminal.
+
+Exit status 0 on success, 2 on bad input (one line on stderr saying why, no traceback), 1 on an
+internal error, 130 when interrupted twice. ``STUDIO_DEBUG=1`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="studio",
+        description="Transfer Studio: fine-tune pretrained image classifiers, offline.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a classifier on a folder, zip or CSV of images")
+    p.add_argument("data", help="folder of class folders, train/val/test folders, .zip or .csv")
+    p.add_argument("--out", help="run folder to create (default: runs/<date>-<data name>)")
+    p.add_argument("--backbone", default=None, help="timm name; see 'studio backbones'")
+    p.add_argument("--weights", dest="weights_file", help="local pretrained weights file")
+    p.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        help="start from random weights (much worse on small data)",
+    )
+    p.add_argument(
+        "--freeze", help="none | backbone | N | to:GROUP | GROUP,GROUP (default backbone)"
+    )
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--head-epochs", type=int, help="staged unfreezing: head-only epochs first")
+    p.add_argument("--lr", type=float, help="learning rate of the head")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--schedule", choices=["cosine", "onecycle", "constant"])
+    p.add_argument("--layer-decay", type=float, help="layer-wise LR decay (1 = off)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--l2sp", type=float, help="L2-SP strength (pull towards pretrained weights)")
+    p.add_argument("--augment", choices=["none", "light", "strong"])
+    p.add_argument("--patience", type=int, help="early stopping patience in epochs (0 = off)")
+    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--no-cache", dest="cache", action="store_false", help="recompute frozen layers every epoch"
+    )
+    p.add_argument("--cache-views", type=int, help="augmented views cached per image")
+    p.add_argument("--device", help="auto | cpu | cuda | mps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+
+    p = sub.add_parser("evaluate", help="measure a trained run on data")
+    p.add_argument("run")
+    p.add_argument("data")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("predict", help="classify images with a trained run")
+    p.add_argument("run")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=_positive_int, default=3)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "export", help="export a run as ONNX or TorchScript (checked against PyTorch)"
+    )
+    p.add_argument("run")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--out", help="output file (default: inside the run folder)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("backbones", help="list the backbone catalog")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("data", help="load a dataset and print its report (nothing is trained)")
+    p.add_argument("data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("lr-find", help="suggest a learning rate for a dataset and backbone")
+    p.add_argument("data")
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--freeze", default="backbone")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("example", help="write the example dataset to a folder")
+    p.add_argument("dest", nargs="?", help="default: print where the bundled copy is")
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from . import events as ev
+    from .train import TrainConfig, train
+
+    overrides = {
+        k: v
+        for k, v in vars(args).items()
+        if k in TrainConfig.__dataclass_fields__ and v is not None
+    }
+    overrides.pop("data", None)
+    if not args.out:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        overrides["out"] = str(Path("runs") / f"{stamp}-{Path(args.data).stem}")
+    config = TrainConfig(data=args.data, **overrides)
+
+    stop = threading.Event()
+
+    def on_interrupt(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after this batch (press Ctrl-C again to abort)...", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    bar = None
+    try:
+        for event in train(config, stop=stop):
+            if args.json:
+                if not isinstance(event, ev.Batch | ev.Caching):
+                    print(event.to_json(), flush=True)
+                continue
+            if isinstance(event, ev.Started):
+                print(f"run folder: {event.run_dir}")
+                print(f"data: {event.sizes}  classes: {', '.join(event.classes)}")
+                print(
+                    f"backbone: {config.backbone} ({event.weights}) on {event.device}; "
+                    f"training {event.trainable_params:,} of "
+                    f"{event.trainable_params + event.frozen_params:,} parameters"
+                )
+            elif isinstance(event, ev.Notice):
+                tqdm.write(f"note: {event.message}")
+            elif isinstance(event, ev.Caching):
+                if bar is None:
+                    bar = tqdm(
+                        total=event.of, desc="caching frozen layers", unit="img", leave=False
+                    )
+                bar.n = event.done
+                bar.refresh()
+                if event.done >= event.of:
+                    bar.close()
+                    bar = None
+            elif isinstance(event, ev.Batch):
+                if bar is None:
+                    bar = tqdm(
+                        total=event.of, desc=f"epoch {event.epoch}", unit="batch", leave=False
+                    )
+                bar.update(1)
+                bar.set_postfix(loss=f"{event.loss:.3f}")
+            elif isinstance(event, ev.Epoch):
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                val = (
+                    f"val loss {event.val_loss:.3f} acc {event.val_acc:.3f}"
+                    if event.val_loss is not None
+                    else "no validation set"
+                )
+                print(
+                    f"epoch {event.epoch:3d}/{event.epochs}  train loss {event.train_loss:.3f} "
+                    f"acc {event.train_acc:.3f}  {val}  {event.seconds:.1f}s"
+                    + ("  *" if event.best else "")
+                )
+            elif isinstance(event, ev.Stopped):
+                print(f"stopped: {event.reason}")
+            elif isinstance(event, ev.Finished):
+                m = event.metrics
+                print(
+                    f"done in {event.seconds:.0f}s; kept epoch {event.best_epoch}. "
+                    f"On the {m['split']} split ({m['n']} images): accuracy {m['accuracy']:.3f}, "
+                    f"macro F1 {m['macro_f1']:.3f}"
+                )
+                print(f"model and report: {event.run_dir}")
+    finally:
+        if bar is not None:
+            bar.close()
+        signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_run
+
+    metrics, path = evaluate_run(args.run, args.data)
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    print(
+        f"{metrics['split']} ({metrics['n']} images): accuracy {metrics['accuracy']:.3f}, "
+        f"macro F1 {metrics['macro_f1']:.3f}"
+    )
+    for name, row in metrics["per_class"].items():
+        print(
+            f"  {name:20s} precision {row['precision']:.3f} recall {row['recall']:.3f} "
+            f"f1 {row['f1']:.3f} ({row['support']})"
+        )
+    for pair in metrics.get("most_confused", [])[:5]:
+        print(f"  confused: {pair['true']} -> {pair['predicted']} ({pair['count']}x)")
+    print(f"written to {path}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .predict import Predictor
+
+    results = Predictor(args.run).predict(args.images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results]))
+    else:
+        for r in results:
+            if r.error:
+                print(f"{r.path}: cannot read ({r.error})")
+            else:
+                print(f"{r.path}: " + ", ".join(f"{k} {p:.1%}" for k, p in r.top))
+    return 2 if any(r.error for r in results) else 0
+
+
+def _cmd_export(args) -> int:
+    from dataclasses import asdict
+
+    from .export import export_run
+
+    result = export_run(args.run, args.format, args.out)
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        print(
+            f"wrote {result.path}; checked on {result.images} images: top-1 agreement "
+            f"{result.agreement:.1%}, max logit difference {result.max_abs_diff:.2e}"
+        )
+    return 0
+
+
+def _cmd_backbones(args) -> int:
+    from .backbones import catalog
+
+    rows = catalog()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'name':24s} {'params':>8s} {'input':>5s}  pretrained weights")
+    for r in rows:
+        where = {
+            "bundled": "yes (bundled, offline)",
+            "hub-cache": "yes (downloaded before)",
+            "hub": "yes (will download)",
+            "none": "NOT AVAILABLE offline",
+        }[r["weights"]]
+        print(f"{r['name']:24s} {r['params_m']:7.1f}M {r['input_size']:5d}  {where}")
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from .data import load_dataset
+
+    dataset = load_dataset(args.data, seed=args.seed)
+    if args.json:
+        print(json.dumps(dataset.report.to_dict()))
+    else:
+        print(dataset.report.summary())
+    return 0
+
+
+def _cmd_lr_find(args) -> int:
+    from .lr_finder import lr_find
+    from .train import TrainConfig
+
+    config = TrainConfig(data=args.data, freeze=args.freeze, batch_size=args.batch_size)
+    if args.backbone:
+        config.backbone = args.backbone
+    result = lr_find(config)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"suggested learning rate: {result['suggestion']:.2e} "
+            f"(loss fell fastest there; tried {result['lrs'][0]:.0e} to {result['lrs'][-1]:.0e})"
+        )
+    return 0
+
+
+def _cmd_example(args) -> int:
+    from .example import example_dataset, make_example_dataset
+
+    print(make_example_dataset(args.dest) if args.dest else example_dataset())
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+    "export": _cmd_export,
+    "backbones": _cmd_backbones,
+    "data": _cmd_data,
+    "lr-find": _cmd_lr_find,
+    "example": _cmd_example,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``studio`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from .errors import StudioError
+
+    try:
+        return COMMANDS[args.command](args)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        if os.environ.get("STUDIO_DEBUG"):
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (set STUDIO_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
