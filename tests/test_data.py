@@ -1,0 +1,183 @@
+"""Loading folders, split folders, zips and CSVs, and the report that names every problem."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import stat
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import write_image
+from PIL import Image
+
+from studio.data import load_dataset
+from studio.errors import DataError
+from studio.safezip import ZipLimits, extract_zip
+
+
+def make_classes(root, counts: dict[str, int], seed: int = 0):
+    for c, (name, n) in enumerate(counts.items()):
+        for i in range(n):
+            write_image(root / name / f"{name}{i}.png", seed=seed + c * 1000 + i, color=(50 * c, 90, 0))
+    return root
+
+
+def test_class_folders_get_a_seeded_stratified_split(tmp_path):
+    root = make_classes(tmp_path / "d", {"cat": 20, "dog": 20, "fox": 10})
+    a = load_dataset(root, seed=1)
+    b = load_dataset(root, seed=1)
+    c = load_dataset(root, seed=2)
+    assert a.classes == ["cat", "dog", "fox"]
+    assert a.split_hash() == b.split_hash() != c.split_hash()
+    assert a.report.counts["test"] == {"cat": 3, "dog": 3, "fox": 2}
+    assert a.report.counts["val"]["fox"] >= 1
+    assert sum(len(v) for v in a.splits.values()) == 50
+    assert a.report.layout == "class folders"
+
+
+def test_split_folders_are_respected_and_val_carved_from_train(tmp_path):
+    make_classes(tmp_path / "d" / "train", {"a": 10, "b": 10})
+    make_classes(tmp_path / "d" / "test", {"a": 3, "b": 3}, seed=500)
+    ds = load_dataset(tmp_path / "d")
+    assert ds.report.layout == "split folders"
+    assert len(ds.test) == 6 and all("/test/" in s.path for s in ds.test)
+    assert len(ds.val) >= 2 and all("/train/" in s.path for s in ds.val)
+
+
+def test_bad_files_are_each_reported_and_never_crash(tmp_path):
+    root = make_classes(tmp_path / "d", {"good": 6, "fine": 6})
+    bad = root / "good"
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "text.jpg").write_text("not an image at all\n" * 10)
+    (bad / "notes.txt").write_text("hello")
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)).save(
+        buffer, "PNG"
+    )
+    (bad / "cut.png").write_bytes(buffer.getvalue()[:2000])
+    Image.new("L", (9000, 9000)).save(bad / "bomb.png")
+    (root / "loose.jpg").write_bytes(b"x")
+    (root / "empty_class").mkdir()
+    (bad / "link.png").symlink_to(bad / "good0.png")
+
+    ds = load_dataset(root, max_pixels=50_000_000)
+    reasons = {s.path.rsplit("/", 1)[-1]: s.reason for s in ds.report.skipped}
+    assert reasons["empty.jpg"].startswith("empty file")
+    assert "not an image" in reasons["text.jpg"]
+    assert "not an image file" in reasons["notes.txt"]
+    assert "truncated" in reasons["cut.png"] or "damaged" in reasons["cut.png"]
+    assert "too large" in reasons["bomb.png"]
+    assert "not inside a class folder" in reasons["loose.jpg"]
+    assert "symbolic link" in reasons["link.png"]
+    assert ds.report.empty_classes == ["empty_class"]
+    assert ds.classes == ["fine", "good"]
+    assert sum(len(v) for v in ds.splits.values()) == 12
+    assert "empty_class" in ds.report.summary()
+
+
+def test_duplicates_and_train_test_leakage_are_found(tmp_path):
+    make_classes(tmp_path / "d" / "train", {"a": 8, "b": 8})
+    make_classes(tmp_path / "d" / "test", {"a": 2, "b": 2}, seed=500)
+    # The same picture in train and test, byte for byte, and a resized copy (near duplicate).
+    shutil.copy(tmp_path / "d/train/a/a0.png", tmp_path / "d/test/a/copy.png")
+    Image.open(tmp_path / "d/train/b/b1.png").resize((128, 96)).save(tmp_path / "d/test/b/big.png")
+    ds = load_dataset(tmp_path / "d")
+    flat_exact = [p for group in ds.report.exact_duplicates for p in group]
+    assert any(p.endswith("copy.png") for p in flat_exact)
+    assert any(any(p.endswith("big.png") for p in g) for g in ds.report.near_duplicates)
+    leaked = {pair[1].rsplit("/", 1)[-1] for pair in ds.report.leakage}
+    assert {"copy.png", "big.png"} <= leaked
+    assert len(ds.report.leakage) == 2
+    assert any("appear in two splits" in w for w in ds.report.warnings)
+
+
+def test_own_split_never_separates_duplicates(tmp_path):
+    root = make_classes(tmp_path / "d", {"a": 12, "b": 12})
+    for i in range(6):
+        shutil.copy(root / "a" / f"a{i}.png", root / "a" / f"dup{i}.png")
+    for seed in range(5):
+        ds = load_dataset(root, seed=seed)
+        assert ds.report.leakage == []
+        assert len(ds.report.exact_duplicates) == 6
+
+
+def test_fewer_than_two_classes_stops_with_one_line(tmp_path):
+    make_classes(tmp_path / "d", {"only": 5})
+    with pytest.raises(DataError, match="at least two classes") as info:
+        load_dataset(tmp_path / "d")
+    assert "\n" not in str(info.value)
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(DataError, match="no usable images"):
+        load_dataset(tmp_path / "nothing")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(tmp_path / "missing")
+
+
+def test_zip_of_class_folders_loads(tmp_path):
+    root = make_classes(tmp_path / "d", {"x": 5, "y": 5})
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in root.rglob("*.png"):
+            zf.write(path, "mydata/" + str(path.relative_to(root)))
+    ds = load_dataset(archive)
+    assert ds.classes == ["x", "y"] and ds.report.total == 10
+
+
+def _zip_with(tmp_path, name, data=b"abc", attr=None):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        info = zipfile.ZipInfo(name)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        if attr is not None:
+            info.external_attr = attr
+        zf.writestr(info, data)
+    return archive
+
+
+@pytest.mark.parametrize("name", ["../escape.png", "/etc/evil.png", "a/../../escape.png"])
+def test_zip_path_escapes_are_refused(tmp_path, name):
+    with pytest.raises(DataError, match="unsafe path"):
+        extract_zip(_zip_with(tmp_path, name), tmp_path / "out")
+    assert not (tmp_path / "escape.png").exists()
+
+
+def test_zip_symlinks_bombs_and_empty_zips_are_refused(tmp_path):
+    link = _zip_with(tmp_path, "a/link.png", b"/etc/passwd", attr=(stat.S_IFLNK | 0o777) << 16)
+    with pytest.raises(DataError, match="symbolic link"):
+        extract_zip(link, tmp_path / "o1")
+    bomb = _zip_with(tmp_path, "a/zeros.png", b"\0" * 5_000_000)
+    with pytest.raises(DataError, match="inflates|size limit"):
+        extract_zip(bomb, tmp_path / "o2", ZipLimits(max_ratio=100))
+    empty = tmp_path / "empty.zip"
+    zipfile.ZipFile(empty, "w").close()
+    with pytest.raises(DataError, match="empty"):
+        load_dataset(empty)
+    (tmp_path / "fake.zip").write_text("not a zip")
+    with pytest.raises(DataError, match="not a readable zip"):
+        load_dataset(tmp_path / "fake.zip")
+
+
+def test_csv_with_several_tags_is_multilabel(tmp_path):
+    for i in range(12):
+        write_image(tmp_path / "img" / f"{i}.png", seed=i)
+    rows = ["path,labels"]
+    for i in range(12):
+        tags = ["sky"] + (["tree"] if i % 2 else []) + (["water"] if i % 3 == 0 else [])
+        rows.append(f"img/{i}.png,{';'.join(tags)}")
+    rows += ["img/missing.png,sky", "img/0.png,", "../outside.png,sky"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    ds = load_dataset(tmp_path / "labels.csv", seed=0)
+    assert ds.multilabel and ds.classes == ["sky", "tree", "water"]
+    assert sum(len(v) for v in ds.splits.values()) == 12
+    reasons = " | ".join(s.reason for s in ds.report.skipped)
+    assert "not found" in reasons and "no label" in reasons and "outside" in reasons
+    # The folder form with labels.csv inside loads the same.
+    assert load_dataset(tmp_path).split_hash() == ds.split_hash()
+
+
+def test_csv_without_needed_columns_says_so(tmp_path):
+    (tmp_path / "bad.csv").write_text("file_name,class\na.png,x\n")
+    with pytest.raises(DataError, match="'path' and 'labels'"):
+        load_dataset(tmp_path / "bad.csv")

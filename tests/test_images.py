@@ -1,0 +1,83 @@
+"""Every image mode becomes upright 8-bit RGB; every broken file is refused with a reason."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.images import ImageProblem, open_rgb
+
+
+def test_grayscale_palette_rgba_cmyk_become_rgb(tmp_path):
+    base = Image.new("RGB", (40, 30), (10, 120, 250))
+    cases = {
+        "gray.png": base.convert("L"),
+        "palette.gif": base.convert("P"),
+        "cmyk.jpg": base.convert("CMYK"),
+        "bw.bmp": base.convert("1"),
+    }
+    for name, image in cases.items():
+        image.save(tmp_path / name)
+        out = open_rgb(tmp_path / name)
+        assert out.mode == "RGB" and out.size == (40, 30), name
+    assert open_rgb(tmp_path / "cmyk.jpg").getpixel((5, 5))[2] > 200  # still blue
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    rgba.save(tmp_path / "clear.png")
+    assert open_rgb(tmp_path / "clear.png").getpixel((3, 3)) == (255, 255, 255)
+    palette = Image.new("P", (10, 10), 0)
+    palette.putpalette([0, 0, 0] * 256)
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "clear.gif", transparency=0)
+    assert open_rgb(tmp_path / "clear.gif").getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_16_bit_uses_its_full_range(tmp_path):
+    ramp = (np.linspace(0, 65535, 64 * 8).reshape(8, 64)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    out = np.asarray(open_rgb(tmp_path / "deep.png"))
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    assert len(np.unique(out[..., 0])) > 200  # a real ramp, not clipped to white
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    image = Image.new("RGB", (60, 20), (0, 200, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    image.save(tmp_path / "phone.jpg", exif=exif)
+    assert open_rgb(tmp_path / "phone.jpg").size == (20, 60)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.jpg", b"", "empty"),
+        ("notes.jpg", b"this is a text file, not a picture\n" * 20, "not an image"),
+    ],
+)
+def test_unusable_files_raise_with_reason(tmp_path, name, content, reason):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ImageProblem, match=reason):
+        open_rgb(tmp_path / name)
+
+
+def test_truncated_file_is_refused(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)).save(
+        buffer, "JPEG"
+    )
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(ImageProblem, match="truncated|damaged|decode"):
+        open_rgb(tmp_path / "cut.jpg")
+
+
+def test_oversized_image_is_refused_before_decoding(tmp_path):
+    Image.new("L", (3000, 3000)).save(tmp_path / "big.png")
+    with pytest.raises(ImageProblem, match="too large"):
+        open_rgb(tmp_path / "big.png", max_pixels=1_000_000)
