@@ -75,17 +75,19 @@ def image_loader(
     batch_size: int,
     *,
     shuffle: bool = False,
+    sampler: Sequence[int] | None = None,
     seed: int = 0,
     workers: int = -1,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A seeded loader: the same seed gives the same batches."""
+    """A seeded loader: the same seed (or the same ``sampler`` order) gives the same batches."""
     workers = default_workers(len(dataset)) if workers < 0 else workers
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         generator=generator,
         pin_memory=pin_memory,

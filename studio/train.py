@@ -172,14 +172,10 @@ class _ImageFeeder:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_batches(self, seed: int):
-        loader = image_loader(
-            self.train_ds,
-            self.cfg.batch_size,
-            shuffle=True,
-            seed=seed,
-            workers=self.cfg.workers,
-            pin_memory=self.device.type == "cuda",
-        )
+        # The same seeded order as the cached feeder, so both paths see identical batches.
+        order = np.random.default_rng(seed).permutation(len(self.train_ds)).tolist()
+        loader = image_loader(self.train_ds, self.cfg.batch_size, sampler=order,
+                              workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
         for x, y in loader:
             yield self._move(x), y.to(self.device)
 

@@ -1,0 +1,180 @@
+"""Training: events, caching, freezing, reproducibility, stop, resume and multi-label."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_image
+
+from studio import events as ev
+from studio.errors import StudioError
+from studio.train import TrainConfig, run_training, train
+
+
+def _config(data, out, **kw):
+    base = dict(data=str(data), out=str(out), epochs=3, augment="none", batch_size=8)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_events_arrive_in_order_and_the_run_folder_is_complete(small_example, tmp_path):
+    events = list(train(_config(small_example, tmp_path / "run")))
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    assert kinds.index("caching") < kinds.index("batch") < kinds.index("epoch")
+    assert [e.epoch for e in events if isinstance(e, ev.Epoch)] == [1, 2, 3]
+    started = events[0]
+    assert started.trainable_params == 1280 * 3 + 3  # a frozen backbone trains only the head
+    notices = [e.message for e in events if isinstance(e, ev.Notice)]
+    assert any("computed once and cached" in n for n in notices)
+    run = tmp_path / "run"
+    for name in ["config.json", "events.jsonl", "history.csv", "metrics.json", "labels.json",
+                 "preprocess.json", "model.safetensors", "MODEL_CARD.md", "split.csv",
+                 "data_report.json"]:
+        assert (run / name).is_file(), name
+    assert not (run / "checkpoint.pt").exists()  # finished runs do not keep it
+    logged = [json.loads(line)["kind"] for line in (run / "events.jsonl").read_text().splitlines()]
+    assert logged[0] == "started" and logged[-1] == "finished" and "batch" not in logged
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"accuracy", "macro_f1", "labels", "confusion_matrix", "per_class"} <= set(metrics)
+    assert metrics["split"] == "test" and metrics["accuracy"] > 0.6  # chance is 1/3
+
+
+def test_cached_training_matches_recomputing_the_backbone(small_example, tmp_path):
+    cached = run_training(_config(small_example, tmp_path / "a", epochs=2))
+    plain = run_training(_config(small_example, tmp_path / "b", epochs=2, cache=False))
+    rows_a = list(csv.DictReader(open(tmp_path / "a" / "history.csv")))
+    rows_b = list(csv.DictReader(open(tmp_path / "b" / "history.csv")))
+    for a, b in zip(rows_a, rows_b, strict=True):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-3)
+        assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), rel=1e-3)
+    assert cached.metrics["accuracy"] == plain.metrics["accuracy"]
+
+
+def test_same_seed_same_run_other_seed_other_run(small_example, tmp_path):
+    kw = dict(epochs=2, augment="light", cache_views=2)
+    a = run_training(_config(small_example, tmp_path / "a", seed=3, **kw))
+    b = run_training(_config(small_example, tmp_path / "b", seed=3, **kw))
+    c = run_training(_config(small_example, tmp_path / "c", seed=4, **kw))
+    hist = [(tmp_path / n / "history.csv").read_text().splitlines() for n in "abc"]
+    strip = [[",".join(line.split(",")[:-1]) for line in h] for h in hist]  # drop seconds
+    assert strip[0] == strip[1] != strip[2]
+    assert a.metrics == b.metrics
+    assert json.loads((tmp_path / "a/run_info.json").read_text())["split_hash"] != json.loads(
+        (tmp_path / "c/run_info.json").read_text())["split_hash"]
+    assert c.metrics["n"] > 0
+
+
+def test_stop_ends_cleanly_and_keeps_the_best_model(small_example, tmp_path):
+    stop = threading.Event()
+    events = []
+    for event in train(_config(small_example, tmp_path / "run", epochs=10, batch_size=10), stop=stop):
+        events.append(event)
+        if isinstance(event, ev.Batch) and event.epoch == 2:
+            stop.set()  # as the app's Stop button does, in the middle of epoch 2
+    stopped = [e for e in events if isinstance(e, ev.Stopped)]
+    assert stopped and stopped[0].reason == "stopped by user"
+    assert [e.epoch for e in events if isinstance(e, ev.Epoch)] == [1]
+    assert events[-1].kind == "finished" and events[-1].best_epoch == 1
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()  # kept so the run can be resumed
+
+
+def test_stop_while_caching_leaves_no_half_model(small_example, tmp_path):
+    stop = threading.Event()
+    events = []
+    for event in train(_config(small_example, tmp_path / "run", batch_size=4), stop=stop):
+        events.append(event)
+        if isinstance(event, ev.Caching) and event.done > 0:
+            stop.set()
+    assert events[-1].kind == "stopped"
+    assert not any(isinstance(e, ev.Epoch) for e in events)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_resume_after_kill_gives_the_uninterrupted_result(small_example, tmp_path):
+    full = run_training(_config(small_example, tmp_path / "full", epochs=4, cache=False))
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "studio", "train", str(small_example), "--out", str(run),
+               "--epochs", "4", "--augment", "none", "--batch-size", "8", "--no-cache"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        history = run / "history.csv"
+        if history.exists() and len(history.read_text().splitlines()) >= 3:  # 2 epochs done
+            proc.kill()
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode != 0, "the run finished before it could be killed"
+    assert (run / "checkpoint.pt").exists() and not (run / "model.safetensors").exists()
+    with pytest.raises(StudioError, match="--resume"):
+        run_training(_config(small_example, run, epochs=4, cache=False))
+    resumed_events = list(train(TrainConfig(out=str(run), resume=True)))
+    assert resumed_events[0].resumed_from_epoch >= 1  # the last checkpoint written before the kill
+    epochs = [e.epoch for e in resumed_events if isinstance(e, ev.Epoch)]
+    assert epochs and epochs[-1] == 4 and epochs[0] == resumed_events[0].resumed_from_epoch + 1
+    strip = lambda p: [",".join(r.split(",")[:-1]) for r in p.read_text().splitlines()]  # noqa: E731
+    assert strip(run / "history.csv") == strip(tmp_path / "full" / "history.csv")
+    assert resumed_events[-1].metrics == full.metrics
+
+
+def test_staged_unfreezing_trains_the_head_first(small_example, tmp_path):
+    events = list(train(_config(small_example, tmp_path / "run", epochs=3, head_epochs=1,
+                                freeze="to:stage5", lr=1e-3)))
+    epochs = [e for e in events if isinstance(e, ev.Epoch)]
+    assert [e.phase for e in epochs] == ["head", "train", "train"]
+    assert any("unfreezing" in e.message for e in events if isinstance(e, ev.Notice))
+
+
+def test_early_stopping_restores_the_best_epoch(small_example, tmp_path):
+    events = list(train(_config(small_example, tmp_path / "run", epochs=30, patience=1,
+                                lr=0.5, schedule="constant", label_smoothing=0.0)))
+    stopped = [e for e in events if isinstance(e, ev.Stopped)]
+    assert stopped and "early stopping" in stopped[0].reason
+    epochs = [e for e in events if isinstance(e, ev.Epoch)]
+    best = min(epochs, key=lambda e: e.val_loss)
+    assert events[-1].best_epoch == best.epoch < epochs[-1].epoch
+
+
+def test_multilabel_csv_trains_with_per_tag_metrics(tmp_path, example):
+    # Tags from the example textures: a tile is "rough" (brick, gravel) and/or "natural" (grass,
+    # gravel); every image carries its material and the shared tags.
+    rows = ["path,labels"]
+    for material, tags in {"brick": ["rough"], "grass": ["natural"],
+                           "gravel": ["rough", "natural"]}.items():
+        for image in sorted((example / material).glob("*.jpg"))[:10]:
+            rows.append(f"{image},{';'.join(tags)}")
+    (tmp_path / "tags.csv").write_text("\n".join(rows) + "\n")
+    # Absolute paths outside the CSV folder are refused; copy the images next to it instead.
+    for line in rows[1:]:
+        src = Path(line.split(",")[0])
+        write_dest = tmp_path / "img" / src.name
+        write_dest.parent.mkdir(exist_ok=True)
+        write_dest.write_bytes(src.read_bytes())
+    local = ["path,labels"] + [f"img/{Path(r.split(',')[0]).name},{r.split(',')[1]}" for r in rows[1:]]
+    (tmp_path / "tags.csv").write_text("\n".join(local) + "\n")
+    finished = run_training(_config(tmp_path / "tags.csv", tmp_path / "run", epochs=4, lr=3e-3))
+    metrics = finished.metrics
+    assert metrics["task"] == "multilabel" and set(metrics["labels"]) == {"natural", "rough"}
+    assert metrics["mAP"] > 0.7
+    assert set(metrics["per_class"]["rough"]) >= {"precision", "recall", "f1", "ap"}
+
+
+def test_bad_settings_fail_before_any_work(small_example, tmp_path):
+    with pytest.raises(StudioError, match="epochs"):
+        list(train(_config(small_example, tmp_path / "a", epochs=0)))
+    with pytest.raises(StudioError, match="unknown group"):
+        list(train(_config(small_example, tmp_path / "b", freeze="to:wings")))
+    assert not (tmp_path / "b" / "config.json").exists()
+
+
+def test_tiny_images_and_write_image_helper(tmp_path):
+    write_image(tmp_path / "a" / "x.png")
+    assert (tmp_path / "a" / "x.png").stat().st_size > 0
