@@ -516,12 +516,12 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
         else {"loss": math.inf, "epoch": 0, "state": None}
     )
     best_state = best.pop("state", None)
-    if resume_state and best_state is None and best["epoch"] == int(resume_state["epoch"]):
-        best_state = resume_state["model"]
     bad_epochs = int(resume_state["bad_epochs"]) if resume_state else 0
     done_epochs = int(resume_state["epoch"]) if resume_state else 0
     if resume_state:
-        model.load_state_dict(resume_state["model"])
+        model.load_state_dict(resume_state["model"], strict=False)  # frozen parts: pretrained
+        if best_state is None and best["epoch"] == int(resume_state["epoch"]):
+            best_state = _cpu_state(model)
 
     train_ds = ImageSamples(dataset.train, train_tf, len(classes), multilabel)
     val_ds = ImageSamples(dataset.val, eval_tf, len(classes), multilabel) if dataset.val else None
@@ -643,7 +643,7 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
                 checkpoint_path,
                 {
                     "format": CHECKPOINT_FORMAT,
-                    "model": _cpu_state(model),
+                    "model": _mutable_state(model),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "phase": phase_index,
@@ -724,6 +724,23 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The part of the state that training can have changed: trainable parameters and the
+    buffers (BatchNorm statistics) of modules that have them.
+
+    Frozen weights equal the pretrained ones the run starts from, so a checkpoint for a frozen
+    backbone holds the head alone: kilobytes, not the whole network, written every epoch.
+    """
+    keep = set()
+    for prefix, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        if any(p.requires_grad for _, p in own):
+            dot = f"{prefix}." if prefix else ""
+            keep.update(dot + n for n, p in own if p.requires_grad)
+            keep.update(dot + n for n, _ in module.named_buffers(recurse=False))
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in keep}
 
 
 @torch.no_grad()

@@ -1,0 +1,92 @@
+"""The CLI contract: defaults that train a good model, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def studio(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STUDIO_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=env, timeout=600)
+
+
+def test_train_with_defaults_on_the_example_reaches_high_accuracy(example, tmp_path):
+    run = tmp_path / "run"
+    result = studio("train", example, "--out", run)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["n"] >= 15
+    assert metrics["accuracy"] >= 0.9  # chance is 1/3
+    config = json.loads((run / "config.json").read_text())
+    assert config["backbone"] == "tf_efficientnet_lite0" and config["freeze"] == "backbone"
+
+    evaluated = studio("evaluate", run, example, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["accuracy"] == metrics["accuracy"]
+
+    pictures = sorted((example / "grass").glob("*.jpg"))[-2:]
+    predicted = studio("predict", run, *pictures, "--json", "--top-k", "2")
+    assert predicted.returncode == 0, predicted.stderr
+    answers = json.loads(predicted.stdout)
+    assert [a["top"][0]["label"] for a in answers] == ["grass", "grass"]
+    assert len(answers[0]["top"]) == 2 and 0 < answers[0]["top"][0]["probability"] <= 1
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, trained_run):
+    cases = [
+        ("train", tmp_path / "missing", "--out", tmp_path / "r"),
+        ("train", ROOT / "assets" / "example", "--out", tmp_path / "r2", "--backbone", "nonsense"),
+        ("train", ROOT / "assets" / "example", "--out", tmp_path / "r3", "--backbone", "resnet18"),
+        ("train", ROOT / "assets" / "example", "--out", tmp_path / "r4", "--freeze", "to:wings"),
+        ("evaluate", tmp_path / "no-run", ROOT / "assets" / "example"),
+        ("export", tmp_path / "no-run", "--format", "onnx"),
+    ]
+    for args in cases:
+        result = studio(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, result.stderr)
+    (tmp_path / "fake.jpg").write_text("not a picture")
+    result = studio("predict", trained_run, tmp_path / "fake.jpg")
+    assert result.returncode == 2 and "cannot read" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_argument_errors_exit_2():
+    assert studio("train").returncode == 2
+    assert studio("train", "x", "--epochs", "0").returncode == 2
+
+
+def test_backbones_lists_the_catalog_and_says_what_is_offline():
+    result = studio("backbones", "--json")
+    assert result.returncode == 0
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert len(rows) >= 8
+    assert rows["tf_efficientnet_lite0"]["pretrained_available"] is True
+    assert rows["resnet50"]["pretrained_available"] is False
+    text = studio("backbones").stdout
+    assert "NOT AVAILABLE offline" in text and "bundled" in text
+
+
+def test_data_command_prints_the_report(example):
+    result = studio("data", example)
+    assert result.returncode == 0
+    assert "108 images in 3 classes" in result.stdout
+
+
+@pytest.mark.slow
+def test_lr_find_suggests_a_rate(example):
+    result = studio("lr-find", example, "--json")
+    assert result.returncode == 0, result.stderr
+    suggestion = json.loads(result.stdout)["suggestion"]
+    assert 1e-5 < suggestion < 1
