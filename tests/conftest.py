@@ -54,6 +54,7 @@ def trained_run(tmp_path_factory, small_example) -> Path:
     from studio.train import TrainConfig, run_training
 
     out = tmp_path_factory.mktemp("runs") / "shared"
-    run_training(TrainConfig(data=str(small_example), out=str(out), epochs=3, augment="none",
-                             batch_size=8))
+    run_training(
+        TrainConfig(data=str(small_example), out=str(out), epochs=3, augment="none", batch_size=8)
+    )
     return out

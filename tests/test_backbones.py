@@ -45,8 +45,9 @@ def test_unknown_backbone_is_a_clear_error():
         get_spec("efficientnet_lite9000")
 
 
-@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1",
-                                  "tf_efficientnet_lite2"])
+@pytest.mark.parametrize(
+    "name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
+)
 def test_bundled_weights_are_real_imagenet_weights(name):
     model, info = create_backbone(name)
     assert info.source == "bundled"
@@ -59,8 +60,13 @@ def test_bundled_weights_are_real_imagenet_weights(name):
     cat_classes = {"tabby, tabby cat", "tiger cat", "Egyptian cat", "Persian cat"}
     top_cat = {names.index_to_description(i) for i in cat.topk(3).indices.tolist()}
     assert top_cat <= cat_classes | {"lynx, catamount"}
-    assert sum(float(cat[names.label_names().index(c)]) for c in
-               ["n02123045", "n02123159", "n02124075"]) > 0.5  # tabby, tiger cat, Egyptian cat
+    assert (
+        sum(
+            float(cat[names.label_names().index(c)])
+            for c in ["n02123045", "n02123159", "n02124075"]
+        )
+        > 0.5
+    )  # tabby, tiger cat, Egyptian cat
     top_coffee = names.index_to_description(int(coffee.argmax()))
     assert top_coffee in {"espresso", "cup", "coffee mug"}
 
@@ -69,8 +75,9 @@ def test_local_weights_file_is_used_first(tmp_path):
     reference, _ = create_backbone("tf_efficientnet_lite0")
     state = {k: v + 1.0 if v.is_floating_point() else v for k, v in reference.state_dict().items()}
     save_file(state, str(tmp_path / "mine.safetensors"))
-    model, info = create_backbone("tf_efficientnet_lite0", 5,
-                                  weights_file=tmp_path / "mine.safetensors")
+    model, info = create_backbone(
+        "tf_efficientnet_lite0", 5, weights_file=tmp_path / "mine.safetensors"
+    )
     assert info.source == "file"
     assert torch.equal(model.conv_stem.weight, state["conv_stem.weight"])
     assert model.get_classifier().out_features == 5

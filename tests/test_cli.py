@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def studio(*args, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "STUDIO_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd or ROOT, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "studio", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_train_with_defaults_on_the_example_reaches_high_accuracy(example, tmp_path):

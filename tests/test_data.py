@@ -20,7 +20,9 @@ from studio.safezip import ZipLimits, extract_zip
 def make_classes(root, counts: dict[str, int], seed: int = 0):
     for c, (name, n) in enumerate(counts.items()):
         for i in range(n):
-            write_image(root / name / f"{name}{i}.png", seed=seed + c * 1000 + i, color=(50 * c, 90, 0))
+            write_image(
+                root / name / f"{name}{i}.png", seed=seed + c * 1000 + i, color=(50 * c, 90, 0)
+            )
     return root
 
 

@@ -34,9 +34,18 @@ def test_events_arrive_in_order_and_the_run_folder_is_complete(small_example, tm
     notices = [e.message for e in events if isinstance(e, ev.Notice)]
     assert any("computed once and cached" in n for n in notices)
     run = tmp_path / "run"
-    for name in ["config.json", "events.jsonl", "history.csv", "metrics.json", "labels.json",
-                 "preprocess.json", "model.safetensors", "MODEL_CARD.md", "split.csv",
-                 "data_report.json"]:
+    for name in [
+        "config.json",
+        "events.jsonl",
+        "history.csv",
+        "metrics.json",
+        "labels.json",
+        "preprocess.json",
+        "model.safetensors",
+        "MODEL_CARD.md",
+        "split.csv",
+        "data_report.json",
+    ]:
         assert (run / name).is_file(), name
     assert not (run / "checkpoint.pt").exists()  # finished runs do not keep it
     logged = [json.loads(line)["kind"] for line in (run / "events.jsonl").read_text().splitlines()]
@@ -49,8 +58,8 @@ def test_events_arrive_in_order_and_the_run_folder_is_complete(small_example, tm
 def test_cached_training_matches_recomputing_the_backbone(small_example, tmp_path):
     cached = run_training(_config(small_example, tmp_path / "a", epochs=2))
     plain = run_training(_config(small_example, tmp_path / "b", epochs=2, cache=False))
-    rows_a = list(csv.DictReader(open(tmp_path / "a" / "history.csv")))
-    rows_b = list(csv.DictReader(open(tmp_path / "b" / "history.csv")))
+    rows_a = list(csv.DictReader((tmp_path / "a" / "history.csv").read_text().splitlines()))
+    rows_b = list(csv.DictReader((tmp_path / "b" / "history.csv").read_text().splitlines()))
     for a, b in zip(rows_a, rows_b, strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-3)
         assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), rel=1e-3)
@@ -66,15 +75,19 @@ def test_same_seed_same_run_other_seed_other_run(small_example, tmp_path):
     strip = [[",".join(line.split(",")[:-1]) for line in h] for h in hist]  # drop seconds
     assert strip[0] == strip[1] != strip[2]
     assert a.metrics == b.metrics
-    assert json.loads((tmp_path / "a/run_info.json").read_text())["split_hash"] != json.loads(
-        (tmp_path / "c/run_info.json").read_text())["split_hash"]
+    assert (
+        json.loads((tmp_path / "a/run_info.json").read_text())["split_hash"]
+        != json.loads((tmp_path / "c/run_info.json").read_text())["split_hash"]
+    )
     assert c.metrics["n"] > 0
 
 
 def test_stop_ends_cleanly_and_keeps_the_best_model(small_example, tmp_path):
     stop = threading.Event()
     events = []
-    for event in train(_config(small_example, tmp_path / "run", epochs=10, batch_size=10), stop=stop):
+    for event in train(
+        _config(small_example, tmp_path / "run", epochs=10, batch_size=10), stop=stop
+    ):
         events.append(event)
         if isinstance(event, ev.Batch) and event.epoch == 2:
             stop.set()  # as the app's Stop button does, in the middle of epoch 2
@@ -101,8 +114,22 @@ def test_stop_while_caching_leaves_no_half_model(small_example, tmp_path):
 def test_resume_after_kill_gives_the_uninterrupted_result(small_example, tmp_path):
     full = run_training(_config(small_example, tmp_path / "full", epochs=4, cache=False))
     run = tmp_path / "killed"
-    command = [sys.executable, "-m", "studio", "train", str(small_example), "--out", str(run),
-               "--epochs", "4", "--augment", "none", "--batch-size", "8", "--no-cache"]
+    command = [
+        sys.executable,
+        "-m",
+        "studio",
+        "train",
+        str(small_example),
+        "--out",
+        str(run),
+        "--epochs",
+        "4",
+        "--augment",
+        "none",
+        "--batch-size",
+        "8",
+        "--no-cache",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -126,16 +153,37 @@ def test_resume_after_kill_gives_the_uninterrupted_result(small_example, tmp_pat
 
 
 def test_staged_unfreezing_trains_the_head_first(small_example, tmp_path):
-    events = list(train(_config(small_example, tmp_path / "run", epochs=3, head_epochs=1,
-                                freeze="to:stage5", lr=1e-3)))
+    events = list(
+        train(
+            _config(
+                small_example,
+                tmp_path / "run",
+                epochs=3,
+                head_epochs=1,
+                freeze="to:stage5",
+                lr=1e-3,
+            )
+        )
+    )
     epochs = [e for e in events if isinstance(e, ev.Epoch)]
     assert [e.phase for e in epochs] == ["head", "train", "train"]
     assert any("unfreezing" in e.message for e in events if isinstance(e, ev.Notice))
 
 
 def test_early_stopping_restores_the_best_epoch(small_example, tmp_path):
-    events = list(train(_config(small_example, tmp_path / "run", epochs=30, patience=1,
-                                lr=0.5, schedule="constant", label_smoothing=0.0)))
+    events = list(
+        train(
+            _config(
+                small_example,
+                tmp_path / "run",
+                epochs=30,
+                patience=1,
+                lr=0.5,
+                schedule="constant",
+                label_smoothing=0.0,
+            )
+        )
+    )
     stopped = [e for e in events if isinstance(e, ev.Stopped)]
     assert stopped and "early stopping" in stopped[0].reason
     epochs = [e for e in events if isinstance(e, ev.Epoch)]
@@ -147,8 +195,11 @@ def test_multilabel_csv_trains_with_per_tag_metrics(tmp_path, example):
     # Tags from the example textures: a tile is "rough" (brick, gravel) and/or "natural" (grass,
     # gravel); every image carries its material and the shared tags.
     rows = ["path,labels"]
-    for material, tags in {"brick": ["rough"], "grass": ["natural"],
-                           "gravel": ["rough", "natural"]}.items():
+    for material, tags in {
+        "brick": ["rough"],
+        "grass": ["natural"],
+        "gravel": ["rough", "natural"],
+    }.items():
         for image in sorted((example / material).glob("*.jpg"))[:10]:
             rows.append(f"{image},{';'.join(tags)}")
     (tmp_path / "tags.csv").write_text("\n".join(rows) + "\n")
@@ -158,7 +209,9 @@ def test_multilabel_csv_trains_with_per_tag_metrics(tmp_path, example):
         write_dest = tmp_path / "img" / src.name
         write_dest.parent.mkdir(exist_ok=True)
         write_dest.write_bytes(src.read_bytes())
-    local = ["path,labels"] + [f"img/{Path(r.split(',')[0]).name},{r.split(',')[1]}" for r in rows[1:]]
+    local = ["path,labels"] + [
+        f"img/{Path(r.split(',')[0]).name},{r.split(',')[1]}" for r in rows[1:]
+    ]
     (tmp_path / "tags.csv").write_text("\n".join(local) + "\n")
     finished = run_training(_config(tmp_path / "tags.csv", tmp_path / "run", epochs=4, lr=3e-3))
     metrics = finished.metrics
