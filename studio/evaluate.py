@@ -159,6 +159,16 @@ def compute_metrics(
             for i in order
         ],
         "most_confused": pairs[:10],
+        # Every held-out picture's outcome, so a confusion-matrix cell can show its pictures.
+        "predictions": [
+            {
+                "path": paths[i],
+                "true": classes[y_true[i]],
+                "predicted": classes[y_pred[i]],
+                "confidence": float(probs[i, y_pred[i]]),
+            }
+            for i in range(len(y_true))
+        ],
         "n": len(samples),
     }
 

@@ -1,0 +1,114 @@
+"""Training in the background, so a page can watch it, stop it, and stay responsive.
+
+A :class:`TrainingJob` runs :func:`studio.train.train` in a thread and keeps every event; the app
+polls :meth:`TrainingJob.snapshot` to redraw its curves, and its Stop button calls
+:meth:`TrainingJob.stop`, which ends the run cleanly after the current batch with the best model
+kept. Each browser session owns its jobs, so one person's training never blocks another's page.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import events as ev
+from .data import Dataset
+from .errors import StudioError
+from .train import TrainConfig, train
+
+__all__ = ["TrainingJob", "JobSnapshot"]
+
+
+@dataclass
+class JobSnapshot:
+    """What a progress display needs, copied at one moment."""
+
+    state: str  # "caching", "training", "finished", "stopped", "failed"
+    fraction: float  # 0..1 of all batches
+    message: str
+    epochs: list[ev.Epoch] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    eta_seconds: float | None = None
+    run_dir: str | None = None
+    metrics: dict | None = None
+
+
+class TrainingJob:
+    """One training run in a daemon thread."""
+
+    def __init__(self, config: TrainConfig, dataset: Dataset | None = None):
+        self.config = config
+        self.dataset = dataset
+        self.events: list[ev.Event] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="studio-train", daemon=True)
+        self.error: str | None = None
+        self.started_at: float | None = None
+
+    def start(self) -> TrainingJob:
+        self.started_at = time.monotonic()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def done(self) -> bool:
+        return self.started_at is not None and not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return self.done
+
+    def _run(self) -> None:
+        try:
+            for event in train(self.config, self.dataset, stop=self._stop):
+                with self._lock:
+                    self.events.append(event)
+        except StudioError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, never raised into the UI
+            self.error = f"training failed unexpectedly: {type(exc).__name__}: {exc}"
+
+    def snapshot(self) -> JobSnapshot:
+        """The current state, safe to call from any thread at any time."""
+        with self._lock:
+            events = list(self.events)
+        epochs = [e for e in events if isinstance(e, ev.Epoch)]
+        notices = [e.message for e in events if isinstance(e, ev.Notice)]
+        finished = next((e for e in events if isinstance(e, ev.Finished)), None)
+        stopped = next((e for e in events if isinstance(e, ev.Stopped)), None)
+        started = next((e for e in events if isinstance(e, ev.Started)), None)
+        total_epochs = self.config.epochs
+        last_batch = next((e for e in reversed(events) if isinstance(e, ev.Batch)), None)
+        caching = next((e for e in reversed(events) if isinstance(e, ev.Caching)), None)
+        if last_batch is not None:
+            done_epochs = last_batch.epoch - 1 + last_batch.n / max(1, last_batch.of)
+            fraction = done_epochs / total_epochs
+        else:
+            fraction = 0.0
+        elapsed = time.monotonic() - (self.started_at or time.monotonic())
+        eta = elapsed / fraction * (1 - fraction) if fraction > 0.02 else None
+        if self.error:
+            state, message = "failed", self.error
+        elif finished is not None:
+            state, fraction, eta = ("stopped" if stopped else "finished"), 1.0, 0.0
+            metrics = finished.metrics
+            message = (f"Done: accuracy {metrics['accuracy']:.1%} on {metrics['n']} "
+                       f"{metrics['split']} pictures" + (f" ({stopped.reason})" if stopped else ""))
+        elif stopped is not None and self.done:
+            state, message = "stopped", f"Stopped before the first epoch ended ({stopped.reason})"
+        elif last_batch is None and caching is not None:
+            state = "caching"
+            message = f"Preparing: computing frozen layers once ({caching.done}/{caching.of} pictures)"
+        elif last_batch is not None:
+            state = "training"
+            message = f"Epoch {last_batch.epoch} of {total_epochs}, batch {last_batch.n}/{last_batch.of}"
+        else:
+            state, message = "training", "Starting..."
+        return JobSnapshot(state, min(1.0, fraction), message, epochs, notices, eta,
+                           started.run_dir if started else None,
+                           finished.metrics if finished else None)

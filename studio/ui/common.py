@@ -1,0 +1,57 @@
+"""What every tab shares: the session's workspace, friendly errors, run pickers."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import gradio as gr
+
+from ..errors import StudioError
+from ..workspace import Workspace
+
+__all__ = ["Context", "friendly", "run_choices"]
+
+log = logging.getLogger("studio.ui")
+
+
+class Context:
+    """App-wide settings and the per-session training jobs (keyed by workspace id)."""
+
+    def __init__(self, base: Path):
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.jobs: dict = {}
+
+    def workspace(self, workspace_id: str | None) -> Workspace:
+        return Workspace(self.base, workspace_id)
+
+
+def friendly(fn):
+    """Turn engine errors into a readable message in the page instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except StudioError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the page must keep working
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"Something went wrong: {type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+def run_choices(ws: Workspace) -> list[str]:
+    """Finished runs, newest first, by folder name."""
+    return [p.name for p in ws.runs() if (p / "model.safetensors").exists()]
+
+
+def run_dropdown_update(ws: Workspace, keep: str | None = None):
+    choices = run_choices(ws)
+    value = keep if keep in choices else (choices[0] if choices else None)
+    return gr.update(choices=choices, value=value)

@@ -1,0 +1,149 @@
+"""Data tab: classes and pictures in, the data report out."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .. import charts
+from ..errors import StudioError
+from .common import Context, friendly
+
+HELP = """### 1. Your pictures
+Make one **class** for each kind of thing the computer should tell apart (for example *apples*
+and *pears*), then add pictures to each: upload files, take photos with the webcam, or upload a
+`.zip` with one folder per class. No pictures of your own yet? Press **Load example dataset**.
+20 or more pictures per class work best."""
+
+
+def _views(ctx: Context, ws_id: str, selected: str | None = None):
+    """Everything the tab shows, recomputed from disk."""
+    ws = ctx.workspace(ws_id)
+    classes = ws.classes()
+    pick = selected if selected in classes else (classes[0] if classes else None)
+    class_update = gr.update(choices=classes, value=pick)
+    gallery = [(str(p), p.name) for p in ws.images(pick)][:60] if pick else []
+    counts = ws.counts()
+    if sum(counts.values()) == 0:
+        return (class_update, class_update, charts.class_counts({}),
+                "No pictures yet.", gallery, [])
+    try:
+        dataset = ws.dataset()
+    except StudioError as exc:
+        figure = charts.class_counts({"pictures": counts})
+        return class_update, class_update, figure, f"**Not ready to train:** {exc}", gallery, []
+    report = dataset.report
+    lines = [f"**{report.total} pictures in {len(report.classes)} classes**, split into "
+             + ", ".join(f"{sum(v.values())} {k}" for k, v in report.counts.items()) + "."]
+    if report.warnings:
+        lines += ["", "**Worth knowing:**"] + [f"- {w}" for w in report.warnings]
+    if report.exact_duplicates or report.near_duplicates:
+        lines.append(f"- {len(report.exact_duplicates)} group(s) of identical and "
+                     f"{len(report.near_duplicates)} of near-identical pictures")
+    skipped = [[s.path.rsplit("/", 1)[-1], s.reason] for s in report.skipped]
+    if skipped:
+        lines.append(f"- {len(skipped)} file(s) could not be used; they are listed below")
+    return (class_update, class_update, charts.class_counts(report.counts), "\n".join(lines),
+            gallery, skipped)
+
+
+def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
+    gr.Markdown(HELP)
+    with gr.Row():
+        example_btn = gr.Button("Load example dataset", variant="primary", scale=0)
+        zip_file = gr.File(label="Upload a .zip (one folder per class)", file_types=[".zip"],
+                           scale=1, height=100)
+    status = gr.Markdown(elem_id="data-status")
+    with gr.Row():
+        with gr.Column(scale=1):
+            new_class = gr.Textbox(label="New class name", placeholder="e.g. apples",
+                                   info="A short name for one kind of thing to recognise.")
+            add_class_btn = gr.Button("Add class")
+            target = gr.Dropdown(label="Class to add pictures to", choices=[],
+                                 info="New pictures go into this class.")
+            files = gr.File(label="Pictures", file_count="multiple", file_types=["image"],
+                            height=120)
+            add_btn = gr.Button("Add these pictures", variant="primary")
+            webcam = gr.Image(label="Or take a photo", sources=["webcam"], type="pil",
+                              height=200)
+            snap_btn = gr.Button("Add photo to class")
+            with gr.Accordion("Rename or delete a class", open=False):
+                rename_to = gr.Textbox(label="New name for the selected class",
+                                       info="Renames the class chosen above.")
+                rename_btn = gr.Button("Rename")
+                delete_btn = gr.Button("Delete class and its pictures", variant="stop")
+        with gr.Column(scale=2):
+            report_md = gr.Markdown("No pictures yet.", elem_id="data-report")
+            counts_plot = gr.Plot(label="Pictures per class")
+            show_class = gr.Dropdown(label="Show pictures of", choices=[],
+                                     info="Pick a class to see its pictures.")
+            gallery = gr.Gallery(label="Pictures", columns=6, height=300, allow_preview=True)
+            skipped = gr.Dataframe(headers=["file", "why it was skipped"], label="Skipped files",
+                                   interactive=False, wrap=True)
+
+    views = [target, show_class, counts_plot, report_md, gallery, skipped]
+
+    @friendly
+    def load_example(ws_id):
+        report = ctx.workspace(ws_id).load_example()
+        return (f"Loaded the example: {report.message()}.", *_views(ctx, ws_id))
+
+    @friendly
+    def upload_zip(ws_id, path):
+        if not path:
+            return (gr.update(), *_views(ctx, ws_id))
+        report = ctx.workspace(ws_id).import_zip(path)
+        if report.skipped:
+            gr.Warning(f"{len(report.skipped)} file(s) in the zip were skipped; see the list.")
+        return (report.message() + ".", *_views(ctx, ws_id))
+
+    @friendly
+    def add_class(ws_id, name):
+        made = ctx.workspace(ws_id).add_class(name)
+        return (f"Added class **{made}**. Now add pictures to it.", *_views(ctx, ws_id, made))
+
+    @friendly
+    def add_pictures(ws_id, cls, paths):
+        if not cls:
+            raise StudioError("make or choose a class first")
+        if not paths:
+            raise StudioError("choose some pictures first")
+        report = ctx.workspace(ws_id).add_images(cls, paths)
+        if report.skipped:
+            gr.Warning(f"{len(report.skipped)} file(s) were not pictures and were skipped.")
+        return (report.message() + ".", *_views(ctx, ws_id, cls))
+
+    @friendly
+    def add_snapshot(ws_id, cls, image):
+        if not cls:
+            raise StudioError("make or choose a class first")
+        if image is None:
+            raise StudioError("take a photo first")
+        ctx.workspace(ws_id).add_pil(cls, image)
+        return (f"Added a photo to **{cls}**.", *_views(ctx, ws_id, cls))
+
+    @friendly
+    def rename(ws_id, cls, new):
+        made = ctx.workspace(ws_id).rename_class(cls or "", new)
+        return (f"Renamed **{cls}** to **{made}**.", *_views(ctx, ws_id, made))
+
+    @friendly
+    def delete(ws_id, cls):
+        ctx.workspace(ws_id).delete_class(cls or "")
+        return (f"Deleted class **{cls}**.", *_views(ctx, ws_id))
+
+    @friendly
+    def show(ws_id, cls):
+        ws = ctx.workspace(ws_id)
+        return [(str(p), p.name) for p in ws.images(cls)][:60] if cls else []
+
+    outputs = [status, *views]
+    example_btn.click(load_example, ws_state, outputs, api_name="load_example")
+    zip_file.upload(upload_zip, [ws_state, zip_file], outputs)
+    add_class_btn.click(add_class, [ws_state, new_class], outputs)
+    new_class.submit(add_class, [ws_state, new_class], outputs)
+    add_btn.click(add_pictures, [ws_state, target, files], outputs)
+    snap_btn.click(add_snapshot, [ws_state, target, webcam], outputs)
+    rename_btn.click(rename, [ws_state, target, rename_to], outputs)
+    delete_btn.click(delete, [ws_state, target], outputs)
+    show_class.change(show, [ws_state, show_class], gallery)
+    return {"refresh": lambda ws_id: _views(ctx, ws_id), "views": views}

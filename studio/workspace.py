@@ -1,0 +1,217 @@
+"""A person's own folder of classes, pictures and runs: what the app edits, on disk.
+
+Each browser gets one workspace (``<base>/<id>/``) with ``data/<class>/`` image folders and
+``runs/``. Everything the Data tab does (add pictures to a class, import a zip, rename, delete,
+load the example) is a method here, so it is tested without a browser and usable from Python.
+Uploaded files are decoded before they are kept (nothing is ever unpickled or executed), names
+are cleaned so no upload can write outside the workspace, and every refused file is reported.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data import Dataset, load_dataset
+from .errors import DataError, StudioError
+from .images import ImageProblem, is_image_name, open_rgb
+from .runs import list_runs
+from .safezip import extract_zip
+
+__all__ = ["Workspace", "AddReport", "clean_class_name"]
+
+_ID = re.compile(r"^[a-f0-9]{8,32}$")
+_CLASS_NAME = re.compile(r"^[\w][\w \-.]{0,39}$", re.UNICODE)
+
+
+def clean_class_name(name: str) -> str:
+    """A class name that is safe as a folder name, or :class:`StudioError` saying why not."""
+    name = " ".join(str(name or "").split())
+    if not name:
+        raise StudioError("a class needs a name")
+    if not _CLASS_NAME.match(name) or name in (".", ".."):
+        raise StudioError(
+            f"'{name}' cannot be a class name: use up to 40 letters, digits, spaces, - _ or ."
+        )
+    return name
+
+
+@dataclass
+class AddReport:
+    """What happened to uploaded files: how many were kept, which were refused and why."""
+
+    added: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+
+    def message(self) -> str:
+        text = f"added {self.added} picture(s)"
+        if self.classes:
+            text += f" to {', '.join(self.classes)}"
+        if self.skipped:
+            names = "; ".join(f"{n}: {why}" for n, why in self.skipped[:10])
+            more = f" (and {len(self.skipped) - 10} more)" if len(self.skipped) > 10 else ""
+            text += f". Skipped {len(self.skipped)}: {names}{more}"
+        return text
+
+
+class Workspace:
+    """One person's classes, pictures and runs under ``base/<id>``."""
+
+    def __init__(self, base: str | Path, workspace_id: str | None = None):
+        if workspace_id is None or not _ID.match(workspace_id):
+            workspace_id = secrets.token_hex(8)
+        self.id = workspace_id
+        self.root = Path(base) / workspace_id
+        self.data_dir = self.root / "data"
+        self.runs_dir = self.root / "runs"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ classes
+
+    def classes(self) -> list[str]:
+        return sorted(p.name for p in self.data_dir.iterdir() if p.is_dir())
+
+    def counts(self) -> dict[str, int]:
+        return {c: sum(1 for f in (self.data_dir / c).iterdir() if f.is_file())
+                for c in self.classes()}
+
+    def _class_dir(self, name: str, must_exist: bool = True) -> Path:
+        name = clean_class_name(name)
+        path = self.data_dir / name
+        if must_exist and not path.is_dir():
+            raise StudioError(f"there is no class called '{name}'")
+        return path
+
+    def add_class(self, name: str) -> str:
+        path = self._class_dir(name, must_exist=False)
+        path.mkdir(exist_ok=True)
+        return path.name
+
+    def rename_class(self, old: str, new: str) -> str:
+        source = self._class_dir(old)
+        target = self._class_dir(new, must_exist=False)
+        if target.exists() and target != source:
+            raise StudioError(f"a class called '{target.name}' already exists")
+        source.rename(target)
+        return target.name
+
+    def delete_class(self, name: str) -> None:
+        shutil.rmtree(self._class_dir(name))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.data_dir.mkdir(parents=True)
+
+    def images(self, name: str) -> list[Path]:
+        return sorted(f for f in self._class_dir(name).iterdir() if f.is_file())
+
+    # ------------------------------------------------------------------ adding pictures
+
+    def add_images(self, name: str, files: Iterable[str | Path]) -> AddReport:
+        """Copy pictures into class ``name`` (made if needed); undecodable files are refused."""
+        folder = self._class_dir(name, must_exist=False)
+        folder.mkdir(exist_ok=True)
+        report = AddReport(classes=[folder.name])
+        for source in files:
+            source = Path(source)
+            shown = source.name
+            if not is_image_name(source):
+                report.skipped.append((shown, f"not a picture file ({source.suffix or 'no extension'})"))
+                continue
+            try:
+                open_rgb(source)
+            except ImageProblem as exc:
+                report.skipped.append((shown, str(exc)))
+                continue
+            stem = re.sub(r"[^\w\-.]", "_", source.stem)[:60] or "image"
+            target = folder / f"{stem}{source.suffix.lower()}"
+            n = 1
+            while target.exists():
+                n += 1
+                target = folder / f"{stem}-{n}{source.suffix.lower()}"
+            shutil.copyfile(source, target)
+            report.added += 1
+        return report
+
+    def add_pil(self, name: str, image, prefix: str = "webcam") -> Path:
+        """Save an in-memory picture (a webcam frame) into class ``name`` as JPEG."""
+        folder = self._class_dir(name, must_exist=False)
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}.jpg"
+        image.convert("RGB").save(target, quality=92)
+        return target
+
+    def import_zip(self, zip_path: str | Path) -> AddReport:
+        """Add the class folders inside a zip (extracted safely) to this workspace."""
+        with tempfile.TemporaryDirectory(dir=self.root) as tmp:
+            content = extract_zip(zip_path, Path(tmp) / "zip")
+            # Accept train/val/test wrappers too: their class folders are merged.
+            splits = [p for p in content.iterdir() if p.is_dir() and p.name.lower() in
+                      ("train", "training", "val", "valid", "validation", "test", "testing")]
+            roots = splits or [content]
+            total = AddReport()
+            for root in roots:
+                for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+                    if folder.name.startswith(("__MACOSX", ".")):
+                        continue
+                    try:
+                        clean_class_name(folder.name)
+                    except StudioError as exc:
+                        total.skipped.append((folder.name + "/", str(exc)))
+                        continue
+                    files = [f for f in folder.rglob("*") if f.is_file() and not f.is_symlink()]
+                    part = self.add_images(folder.name, files)
+                    total.added += part.added
+                    total.skipped += part.skipped
+                    if folder.name not in total.classes:
+                        total.classes.append(folder.name)
+                for loose in sorted(p for p in root.iterdir() if p.is_file()):
+                    total.skipped.append((loose.name, "not inside a class folder"))
+            if not total.classes:
+                raise DataError(
+                    "the zip holds no class folders: put each class's pictures in a folder "
+                    "named after the class, then zip those folders"
+                )
+            return total
+
+    def load_example(self) -> AddReport:
+        """Replace the pictures with the bundled example dataset."""
+        from .example import example_dataset
+
+        self.clear()
+        report = AddReport()
+        for folder in sorted(p for p in example_dataset().iterdir() if p.is_dir()):
+            part = self.add_images(folder.name, sorted(folder.glob("*.jpg")))
+            report.added += part.added
+            report.classes.append(folder.name)
+        return report
+
+    # ------------------------------------------------------------------ data and runs
+
+    def dataset(self, seed: int = 0) -> Dataset:
+        """The workspace's pictures as a :class:`~studio.data.Dataset` (with its report)."""
+        if not any(self.counts().values()):
+            raise DataError("there are no pictures yet: add some to at least two classes")
+        return load_dataset(self.data_dir, seed=seed)
+
+    def runs(self) -> list[Path]:
+        return list_runs(self.runs_dir)
+
+    def new_run_dir(self, label: str = "run") -> Path:
+        label = re.sub(r"[^\w\-]", "_", label)[:30] or "run"
+        return self.runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
+
+    def resolve_run(self, name: str) -> Path:
+        """A run folder of this workspace by name; nothing outside it is ever returned."""
+        path = (self.runs_dir / Path(str(name)).name).resolve()
+        if not path.is_dir() or path.parent != self.runs_dir.resolve():
+            raise StudioError(f"no run called '{name}' in this workspace")
+        return path
