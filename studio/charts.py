@@ -20,10 +20,15 @@ def class_counts(counts: dict[str, dict[str, int]]) -> go.Figure:
     """Stacked bars of pictures per class, one colour per split."""
     fig = go.Figure()
     for split, per_class in counts.items():
-        fig.add_bar(name=split, x=list(per_class), y=list(per_class.values()),
-                    marker_color=_SPLIT_COLOURS.get(split))
-    fig.update_layout(barmode="stack", title="Pictures per class", yaxis_title="pictures",
-                      **_LAYOUT)
+        fig.add_bar(
+            name=split,
+            x=list(per_class),
+            y=list(per_class.values()),
+            marker_color=_SPLIT_COLOURS.get(split),
+        )
+    fig.update_layout(
+        barmode="stack", title="Pictures per class", yaxis_title="pictures", **_LAYOUT
+    )
     return fig
 
 
@@ -34,20 +39,29 @@ def training_curves(runs: dict[str, Sequence[dict]]) -> go.Figure:
         runs: ``{run name: rows}``, each row with ``epoch``, ``train_loss``, ``val_loss``,
             ``train_acc`` and ``val_acc`` (``history.csv`` rows or Epoch events as dicts).
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss (lower is better)",
-                                                        "Accuracy (higher is better)"))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("Loss (lower is better)", "Accuracy (higher is better)")
+    )
     palette = ["#4C78A8", "#E45756", "#54A24B", "#B279A2", "#FF9DA6"]
     for i, (name, rows) in enumerate(runs.items()):
         colour = palette[i % len(palette)]
         epochs = [int(r["epoch"]) for r in rows]
-        for col, (train_key, val_key) in enumerate((("train_loss", "val_loss"),
-                                                    ("train_acc", "val_acc")), start=1):
+        for col, (train_key, val_key) in enumerate(
+            (("train_loss", "val_loss"), ("train_acc", "val_acc")), start=1
+        ):
             for key, dash, label in ((train_key, "dot", "train"), (val_key, "solid", "validation")):
                 values = [None if r.get(key) in (None, "") else float(r[key]) for r in rows]
-                fig.add_scatter(x=epochs, y=values, mode="lines+markers", row=1, col=col,
-                                name=f"{name} {label}" if len(runs) > 1 else label,
-                                line=dict(color=colour, dash=dash), showlegend=col == 1,
-                                legendgroup=f"{name}{label}")
+                fig.add_scatter(
+                    x=epochs,
+                    y=values,
+                    mode="lines+markers",
+                    row=1,
+                    col=col,
+                    name=f"{name} {label}" if len(runs) > 1 else label,
+                    line=dict(color=colour, dash=dash),
+                    showlegend=col == 1,
+                    legendgroup=f"{name}{label}",
+                )
     fig.update_xaxes(title_text="epoch", dtick=1)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_layout(**_LAYOUT)
@@ -56,13 +70,25 @@ def training_curves(runs: dict[str, Sequence[dict]]) -> go.Figure:
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> go.Figure:
     """Rows are the true class, columns the predicted one; each cell shows its count."""
-    fig = go.Figure(go.Heatmap(
-        z=matrix, x=list(labels), y=list(labels), colorscale="Blues", showscale=False,
-        text=[[str(v) for v in row] for row in matrix], texttemplate="%{text}",
-        hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
-    ))
-    fig.update_layout(title="Confusion matrix", xaxis_title="predicted", yaxis_title="true",
-                      yaxis_autorange="reversed", **_LAYOUT)
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=list(labels),
+            y=list(labels),
+            colorscale="Blues",
+            showscale=False,
+            text=[[str(v) for v in row] for row in matrix],
+            texttemplate="%{text}",
+            hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Confusion matrix",
+        xaxis_title="predicted",
+        yaxis_title="true",
+        yaxis_autorange="reversed",
+        **_LAYOUT,
+    )
     return fig
 
 
@@ -70,16 +96,32 @@ def top_k_bar(top: Sequence[tuple[str, float]], title: str = "") -> go.Figure:
     """Horizontal bars of class probabilities, the most likely on top."""
     labels = [k for k, _ in top][::-1]
     values = [p for _, p in top][::-1]
-    fig = go.Figure(go.Bar(x=values, y=labels, orientation="h", marker_color="#4C78A8",
-                           text=[f"{p:.1%}" for p in values], textposition="auto"))
-    fig.update_layout(title=title, xaxis=dict(range=[0, 1], tickformat=".0%"),
-                      **{**_LAYOUT, "height": 80 + 40 * len(top)})
+    fig = go.Figure(
+        go.Bar(
+            x=values,
+            y=labels,
+            orientation="h",
+            marker_color="#4C78A8",
+            text=[f"{p:.1%}" for p in values],
+            textposition="auto",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis=dict(range=[0, 1], tickformat=".0%"),
+        **{**_LAYOUT, "height": 80 + 40 * len(top)},
+    )
     return fig
 
 
 def lr_curve(lrs: Sequence[float], losses: Sequence[float], suggestion: float) -> go.Figure:
     fig = go.Figure(go.Scatter(x=list(lrs), y=list(losses), mode="lines"))
     fig.add_vline(x=suggestion, line_dash="dash", annotation_text=f"suggested {suggestion:.1e}")
-    fig.update_layout(title="Learning-rate finder", xaxis_type="log",
-                      xaxis_title="learning rate", yaxis_title="loss", **_LAYOUT)
+    fig.update_layout(
+        title="Learning-rate finder",
+        xaxis_type="log",
+        xaxis_title="learning rate",
+        yaxis_title="loss",
+        **_LAYOUT,
+    )
     return fig

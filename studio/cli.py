@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--json", action="store_true")
 
+    sub.add_parser("app", help="start the app in the browser (studio app --help)")
+
     p = sub.add_parser("example", help="write the example dataset to a folder")
     p.add_argument("dest", nargs="?", help="default: print where the bundled copy is")
     return parser
@@ -322,6 +324,11 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``studio`` command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["app"]:  # the app parses its own options
+        from .ui.app import main as app_main
+
+        return app_main(argv[1:])
     args = build_parser().parse_args(argv)
     from .errors import StudioError
 

@@ -97,18 +97,31 @@ class TrainingJob:
         elif finished is not None:
             state, fraction, eta = ("stopped" if stopped else "finished"), 1.0, 0.0
             metrics = finished.metrics
-            message = (f"Done: accuracy {metrics['accuracy']:.1%} on {metrics['n']} "
-                       f"{metrics['split']} pictures" + (f" ({stopped.reason})" if stopped else ""))
+            message = (
+                f"Done: accuracy {metrics['accuracy']:.1%} on {metrics['n']} "
+                f"{metrics['split']} pictures" + (f" ({stopped.reason})" if stopped else "")
+            )
         elif stopped is not None and self.done:
             state, message = "stopped", f"Stopped before the first epoch ended ({stopped.reason})"
         elif last_batch is None and caching is not None:
             state = "caching"
-            message = f"Preparing: computing frozen layers once ({caching.done}/{caching.of} pictures)"
+            message = (
+                f"Preparing: computing frozen layers once ({caching.done}/{caching.of} pictures)"
+            )
         elif last_batch is not None:
             state = "training"
-            message = f"Epoch {last_batch.epoch} of {total_epochs}, batch {last_batch.n}/{last_batch.of}"
+            message = (
+                f"Epoch {last_batch.epoch} of {total_epochs}, batch {last_batch.n}/{last_batch.of}"
+            )
         else:
             state, message = "training", "Starting..."
-        return JobSnapshot(state, min(1.0, fraction), message, epochs, notices, eta,
-                           started.run_dir if started else None,
-                           finished.metrics if finished else None)
+        return JobSnapshot(
+            state,
+            min(1.0, fraction),
+            message,
+            epochs,
+            notices,
+            eta,
+            started.run_dir if started else None,
+            finished.metrics if finished else None,
+        )

@@ -80,8 +80,9 @@ class Workspace:
         return sorted(p.name for p in self.data_dir.iterdir() if p.is_dir())
 
     def counts(self) -> dict[str, int]:
-        return {c: sum(1 for f in (self.data_dir / c).iterdir() if f.is_file())
-                for c in self.classes()}
+        return {
+            c: sum(1 for f in (self.data_dir / c).iterdir() if f.is_file()) for c in self.classes()
+        }
 
     def _class_dir(self, name: str, must_exist: bool = True) -> Path:
         name = clean_class_name(name)
@@ -124,7 +125,9 @@ class Workspace:
             source = Path(source)
             shown = source.name
             if not is_image_name(source):
-                report.skipped.append((shown, f"not a picture file ({source.suffix or 'no extension'})"))
+                report.skipped.append(
+                    (shown, f"not a picture file ({source.suffix or 'no extension'})")
+                )
                 continue
             try:
                 open_rgb(source)
@@ -154,8 +157,13 @@ class Workspace:
         with tempfile.TemporaryDirectory(dir=self.root) as tmp:
             content = extract_zip(zip_path, Path(tmp) / "zip")
             # Accept train/val/test wrappers too: their class folders are merged.
-            splits = [p for p in content.iterdir() if p.is_dir() and p.name.lower() in
-                      ("train", "training", "val", "valid", "validation", "test", "testing")]
+            splits = [
+                p
+                for p in content.iterdir()
+                if p.is_dir()
+                and p.name.lower()
+                in ("train", "training", "val", "valid", "validation", "test", "testing")
+            ]
             roots = splits or [content]
             total = AddReport()
             for root in roots:

@@ -24,8 +24,24 @@ class Context:
         self.base.mkdir(parents=True, exist_ok=True)
         self.jobs: dict = {}
 
+    def browser_secret(self) -> str:
+        """Key for the workspace id kept in the browser; stable so a restarted app finds it."""
+        path = self.base / ".browser-secret"
+        if not path.exists():
+            import secrets
+
+            path.write_text(secrets.token_hex(16))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
     def workspace(self, workspace_id: str | None) -> Workspace:
+        if not workspace_id:
+            raise StudioError("the page is still starting; try again in a moment")
         return Workspace(self.base, workspace_id)
+
+    def open(self, saved_id: str | None) -> Workspace:
+        """The browser's workspace, or a new one for a browser seen for the first time."""
+        return Workspace(self.base, saved_id)
 
 
 def friendly(fn):

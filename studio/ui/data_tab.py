@@ -21,64 +21,93 @@ def _views(ctx: Context, ws_id: str, selected: str | None = None):
     classes = ws.classes()
     pick = selected if selected in classes else (classes[0] if classes else None)
     class_update = gr.update(choices=classes, value=pick)
+    show_update = gr.update(choices=classes, value=pick)
     gallery = [(str(p), p.name) for p in ws.images(pick)][:60] if pick else []
     counts = ws.counts()
     if sum(counts.values()) == 0:
-        return (class_update, class_update, charts.class_counts({}),
-                "No pictures yet.", gallery, [])
+        return (class_update, show_update, charts.class_counts({}), "No pictures yet.", gallery, [])
     try:
         dataset = ws.dataset()
     except StudioError as exc:
         figure = charts.class_counts({"pictures": counts})
-        return class_update, class_update, figure, f"**Not ready to train:** {exc}", gallery, []
+        return class_update, show_update, figure, f"**Not ready to train:** {exc}", gallery, []
     report = dataset.report
-    lines = [f"**{report.total} pictures in {len(report.classes)} classes**, split into "
-             + ", ".join(f"{sum(v.values())} {k}" for k, v in report.counts.items()) + "."]
+    lines = [
+        f"**{report.total} pictures in {len(report.classes)} classes**, split into "
+        + ", ".join(f"{sum(v.values())} {k}" for k, v in report.counts.items())
+        + "."
+    ]
     if report.warnings:
         lines += ["", "**Worth knowing:**"] + [f"- {w}" for w in report.warnings]
-    if report.exact_duplicates or report.near_duplicates:
-        lines.append(f"- {len(report.exact_duplicates)} group(s) of identical and "
-                     f"{len(report.near_duplicates)} of near-identical pictures")
+    if report.exact_duplicates:
+        lines.append(
+            f"- {len(report.exact_duplicates)} group(s) of identical pictures "
+            "(kept together in one split)"
+        )
+    if report.near_duplicates:
+        lines.append(
+            f"- {len(report.near_duplicates)} group(s) of very similar pictures "
+            "(kept together in one split)"
+        )
     skipped = [[s.path.rsplit("/", 1)[-1], s.reason] for s in report.skipped]
     if skipped:
         lines.append(f"- {len(skipped)} file(s) could not be used; they are listed below")
-    return (class_update, class_update, charts.class_counts(report.counts), "\n".join(lines),
-            gallery, skipped)
+    return (
+        class_update,
+        show_update,
+        charts.class_counts(report.counts),
+        "\n".join(lines),
+        gallery,
+        skipped,
+    )
 
 
 def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
     gr.Markdown(HELP)
     with gr.Row():
         example_btn = gr.Button("Load example dataset", variant="primary", scale=0)
-        zip_file = gr.File(label="Upload a .zip (one folder per class)", file_types=[".zip"],
-                           scale=1, height=100)
+        zip_file = gr.File(
+            label="Upload a .zip (one folder per class)", file_types=[".zip"], scale=1, height=100
+        )
     status = gr.Markdown(elem_id="data-status")
     with gr.Row():
         with gr.Column(scale=1):
-            new_class = gr.Textbox(label="New class name", placeholder="e.g. apples",
-                                   info="A short name for one kind of thing to recognise.")
+            new_class = gr.Textbox(
+                label="New class name",
+                placeholder="e.g. apples",
+                info="A short name for one kind of thing to recognise.",
+            )
             add_class_btn = gr.Button("Add class")
-            target = gr.Dropdown(label="Class to add pictures to", choices=[],
-                                 info="New pictures go into this class.")
-            files = gr.File(label="Pictures", file_count="multiple", file_types=["image"],
-                            height=120)
+            target = gr.Dropdown(
+                label="Class to add pictures to",
+                choices=[],
+                info="New pictures go into this class.",
+            )
+            files = gr.File(
+                label="Pictures", file_count="multiple", file_types=["image"], height=120
+            )
             add_btn = gr.Button("Add these pictures", variant="primary")
-            webcam = gr.Image(label="Or take a photo", sources=["webcam"], type="pil",
-                              height=200)
+            webcam = gr.Image(label="Or take a photo", sources=["webcam"], type="pil", height=200)
             snap_btn = gr.Button("Add photo to class")
             with gr.Accordion("Rename or delete a class", open=False):
-                rename_to = gr.Textbox(label="New name for the selected class",
-                                       info="Renames the class chosen above.")
+                rename_to = gr.Textbox(
+                    label="New name for the selected class", info="Renames the class chosen above."
+                )
                 rename_btn = gr.Button("Rename")
                 delete_btn = gr.Button("Delete class and its pictures", variant="stop")
         with gr.Column(scale=2):
             report_md = gr.Markdown("No pictures yet.", elem_id="data-report")
             counts_plot = gr.Plot(label="Pictures per class")
-            show_class = gr.Dropdown(label="Show pictures of", choices=[],
-                                     info="Pick a class to see its pictures.")
+            show_class = gr.Dropdown(
+                label="Show pictures of", choices=[], info="Pick a class to see its pictures."
+            )
             gallery = gr.Gallery(label="Pictures", columns=6, height=300, allow_preview=True)
-            skipped = gr.Dataframe(headers=["file", "why it was skipped"], label="Skipped files",
-                                   interactive=False, wrap=True)
+            skipped = gr.Dataframe(
+                headers=["file", "why it was skipped"],
+                label="Skipped files",
+                interactive=False,
+                wrap=True,
+            )
 
     views = [target, show_class, counts_plot, report_md, gallery, skipped]
 
@@ -146,4 +175,4 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
     rename_btn.click(rename, [ws_state, target, rename_to], outputs)
     delete_btn.click(delete, [ws_state, target], outputs)
     show_class.change(show, [ws_state, show_class], gallery)
-    return {"refresh": lambda ws_id: _views(ctx, ws_id), "views": views}
+    return {"refresh": lambda ws_id: _views(ctx, ws_id), "views": views, "status": status}

@@ -1,0 +1,125 @@
+"""The Transfer Studio app: tabs from pictures to a model file, on the engine.
+
+    studio app [--host 127.0.0.1] [--port 7860] [--share] [--workspace DIR]
+
+Each browser keeps its own workspace (an id stored in the browser), so several people can use
+one app at once and a restarted app still shows a person's classes and earlier runs. Only files
+inside the workspace folder are ever served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import gradio as gr
+
+from .common import Context
+from .data_tab import build_data_tab
+from .evaluate_tab import build_evaluate_tab
+from .export_tab import build_export_tab
+from .model_tab import build_model_tab
+from .predict_tab import build_predict_tab
+from .train_tab import build_train_tab
+
+__all__ = ["build_app", "main", "MAX_UPLOAD"]
+
+MAX_UPLOAD = "200mb"
+INTRO = """# Transfer Studio
+Teach the computer to recognise your own pictures. **Start with the Data tab**: add pictures (or
+load the example), then go through the tabs from left to right."""
+
+
+def build_app(workspace_base: str | Path) -> gr.Blocks:
+    """The whole app; ``workspace_base`` holds one folder per browser."""
+    ctx = Context(Path(workspace_base))
+    with gr.Blocks(title="Transfer Studio") as demo:
+        browser_id = gr.BrowserState(
+            None, storage_key="transfer-studio-workspace", secret=ctx.browser_secret()
+        )
+        ws_state = gr.State(None)
+        gr.Markdown(INTRO)
+        with gr.Tabs():
+            with gr.Tab("1 · Data", id="data"):
+                data = build_data_tab(ctx, ws_state)
+            with gr.Tab("2 · Model", id="model"):
+                model = build_model_tab()
+            with gr.Tab("3 · Train", id="train") as train_tab:
+                training = build_train_tab(ctx, ws_state, model["backbone"], model["freeze"])
+            with gr.Tab("4 · Evaluate", id="evaluate") as evaluate_tab:
+                evaluate = build_evaluate_tab(ctx, ws_state)
+            with gr.Tab("5 · Predict", id="predict") as predict_tab:
+                predict = build_predict_tab(ctx, ws_state)
+            with gr.Tab("6 · Export", id="export") as export_tab:
+                export = build_export_tab(ctx, ws_state)
+
+        def open_workspace(saved_id):
+            ws = ctx.open(saved_id)
+            ready = "Your workspace is ready." + (
+                " Your earlier pictures and runs are here." if saved_id == ws.id else ""
+            )
+            return (
+                ws.id,
+                ws.id,
+                ready,
+                *data["refresh"](ws.id),
+                *training["refresh"](ws.id),
+                evaluate["refresh"](ws.id),
+                predict["refresh"](ws.id),
+                export["refresh"](ws.id),
+            )
+
+        demo.load(
+            open_workspace,
+            browser_id,
+            [
+                browser_id,
+                ws_state,
+                data["status"],
+                *data["views"],
+                *training["views"],
+                *evaluate["views"],
+                *predict["views"],
+                *export["views"],
+            ],
+        )
+        # Lists of runs are re-read whenever their tab is opened.
+        train_tab.select(training["refresh"], ws_state, training["views"])
+        for tab, part in ((evaluate_tab, evaluate), (predict_tab, predict), (export_tab, export)):
+            tab.select(part["refresh"], ws_state, part["views"])
+    return demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="studio app", description="Start the Transfer Studio app."
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this computer only)"
+    )
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument(
+        "--share", action="store_true", help="also make a temporary public link (needs internet)"
+    )
+    parser.add_argument(
+        "--workspace",
+        default="workspace",
+        help="folder for everyone's pictures and runs (default: ./workspace)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    base = Path(args.workspace).resolve()
+    demo = build_app(base)
+    demo.queue(default_concurrency_limit=4).launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        max_file_size=MAX_UPLOAD,
+        allowed_paths=[str(base)],
+        inbrowser=False,
+        footer_links=[],
+        theme=gr.themes.Soft(),
+        show_error=False,
+    )
+    return 0

@@ -1,0 +1,111 @@
+"""Evaluate tab: how good the model is, and a confusion matrix whose cells show their pictures."""
+
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+
+from .. import charts
+from .common import Context, friendly, run_choices
+
+HELP = """### 4. How good is it?
+These numbers come from pictures the model never learnt from. In the **confusion matrix** each
+row is the true class and each column what the model said; everything off the diagonal is a
+mistake. **Click a cell in the table** to see exactly which pictures ended up there."""
+
+
+def _metrics(ctx: Context, ws_id: str, run: str) -> dict:
+    return json.loads((ctx.workspace(ws_id).resolve_run(run) / "metrics.json").read_text())
+
+
+def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
+    gr.Markdown(HELP)
+    with gr.Row():
+        run = gr.Dropdown(
+            choices=[],
+            label="Run",
+            info="Which trained model to look at.",
+            elem_id="eval-run",
+            scale=3,
+        )
+        refresh_btn = gr.Button("Refresh list", scale=0)
+    headline = gr.Markdown(elem_id="eval-headline")
+    with gr.Row():
+        heatmap = gr.Plot(label="Confusion matrix")
+        with gr.Column():
+            table = gr.Dataframe(
+                label="Confusion matrix: click a cell", interactive=False, elem_id="confusion-table"
+            )
+            cell_title = gr.Markdown()
+            cell_gallery = gr.Gallery(
+                label="Pictures in this cell", columns=4, height=240, elem_id="cell-gallery"
+            )
+    per_class = gr.Dataframe(
+        headers=["class", "precision", "recall", "F1", "pictures"],
+        label="Per class",
+        interactive=False,
+    )
+    gr.Markdown("#### Biggest mistakes (most confident wrong answers)")
+    losses = gr.Gallery(label="Top losses", columns=6, height=240, elem_id="top-losses")
+    confused = gr.Dataframe(
+        headers=["true class", "taken for", "times"], label="Most confused pairs", interactive=False
+    )
+
+    @friendly
+    def show(ws_id, name):
+        if not name:
+            return "Train a model first (Train tab).", None, None, None, [], None
+        m = _metrics(ctx, ws_id, name)
+        labels = m["labels"]
+        head = (
+            f"## Accuracy {m['accuracy']:.1%} · macro F1 {m['macro_f1']:.2f}\n"
+            f"on {m['n']} {m['split']} pictures."
+        )
+        if m.get("task") == "multilabel":
+            return head, None, None, None, [], None
+        matrix = [[labels[i]] + row for i, row in enumerate(m["confusion_matrix"])]
+        table_value = {"data": matrix, "headers": ["true \\ predicted"] + labels}
+        rows = [
+            [k, round(v["precision"], 3), round(v["recall"], 3), round(v["f1"], 3), v["support"]]
+            for k, v in m["per_class"].items()
+        ]
+        gallery = [
+            (r["path"], f"{r['true']} → {r['predicted']} ({r['confidence']:.0%})")
+            for r in m["top_losses"]
+        ]
+        pairs = [[p["true"], p["predicted"], p["count"]] for p in m["most_confused"]]
+        return (
+            head,
+            charts.confusion_matrix(m["confusion_matrix"], labels),
+            table_value,
+            rows,
+            gallery,
+            pairs,
+        )
+
+    @friendly
+    def cell(ws_id, name, evt: gr.SelectData):
+        m = _metrics(ctx, ws_id, name)
+        row, col = evt.index
+        if col == 0:
+            return "Click a number, not a class name.", []
+        true, predicted = m["labels"][row], m["labels"][col - 1]
+        hits = [
+            p for p in m.get("predictions", []) if p["true"] == true and p["predicted"] == predicted
+        ]
+        title = f"**{len(hits)} picture(s) of {true} predicted as {predicted}**" + (
+            " (correct)" if true == predicted else ""
+        )
+        return title, [(p["path"], f"{p['confidence']:.0%}") for p in hits]
+
+    outputs = [headline, heatmap, table, per_class, losses, confused]
+    run.change(show, [ws_state, run], outputs)
+    table.select(cell, [ws_state, run], [cell_title, cell_gallery])
+
+    def refresh(ws_id):
+        choices = run_choices(ctx.workspace(ws_id))
+        return gr.update(choices=choices, value=choices[0] if choices else None)
+
+    refresh_btn.click(refresh, ws_state, run)
+    return {"refresh": refresh, "views": [run]}

@@ -1,0 +1,96 @@
+"""Predict tab: one picture to a top-k chart, or many to a downloadable CSV."""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+
+import gradio as gr
+
+from .. import charts
+from ..errors import StudioError
+from ..predict import Predictor
+from .common import Context, friendly, run_choices
+
+HELP = """### 5. Try it
+Give the model a picture it has never seen: upload one, paste one, or use the webcam. The bars
+show how sure it is about each class."""
+
+
+def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
+    gr.Markdown(HELP)
+    with gr.Row():
+        run = gr.Dropdown(
+            choices=[],
+            label="Run",
+            info="Which trained model to use.",
+            elem_id="predict-run",
+            scale=3,
+        )
+        refresh_btn = gr.Button("Refresh list", scale=0)
+    with gr.Row():
+        image = gr.Image(
+            label="Picture",
+            type="filepath",
+            sources=["upload", "clipboard", "webcam"],
+            elem_id="predict-image",
+        )
+        bars = gr.Plot(label="What the model thinks", elem_id="predict-bars")
+    answer = gr.Markdown(elem_id="predict-answer")
+    gr.Markdown("#### Many pictures at once")
+    many = gr.File(label="Pictures", file_count="multiple", file_types=["image"], height=120)
+    batch_btn = gr.Button("Classify all")
+    batch_table = gr.Dataframe(headers=["picture", "class", "probability"], interactive=False)
+    batch_csv = gr.File(label="Download results (CSV)")
+
+    predictors: dict[str, Predictor] = {}
+
+    def predictor(ws_id, name) -> Predictor:
+        if not name:
+            raise StudioError("train a model first, then pick it here")
+        path = ctx.workspace(ws_id).resolve_run(name)
+        key = str(path)
+        if key not in predictors:
+            predictors.clear()  # keep one model in memory per worker
+            predictors[key] = Predictor(path)
+        return predictors[key]
+
+    @friendly
+    def one(ws_id, name, path):
+        if not path:
+            return None, ""
+        result = predictor(ws_id, name).predict([path], top_k=5)[0]
+        if result.error:
+            raise StudioError(f"cannot read that picture: {result.error}")
+        label, p = result.top[0]
+        return charts.top_k_bar(result.top), f"## {label} ({p:.0%} sure)"
+
+    @friendly
+    def batch(ws_id, name, paths):
+        if not paths:
+            raise StudioError("choose some pictures first")
+        results = predictor(ws_id, name).predict(paths, top_k=1)
+        rows = [
+            [
+                r.path.rsplit("/", 1)[-1],
+                r.top[0][0] if r.top else f"error: {r.error}",
+                round(r.top[0][1], 4) if r.top else None,
+            ]
+            for r in results
+        ]
+        with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False, newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(["picture", "class", "probability"])
+            writer.writerows(rows)
+        return rows, out.name
+
+    image.change(one, [ws_state, run, image], [bars, answer])
+    run.change(one, [ws_state, run, image], [bars, answer])
+    batch_btn.click(batch, [ws_state, run, many], [batch_table, batch_csv])
+
+    def refresh(ws_id):
+        choices = run_choices(ctx.workspace(ws_id))
+        return gr.update(choices=choices, value=choices[0] if choices else None)
+
+    refresh_btn.click(refresh, ws_state, run)
+    return {"refresh": refresh, "views": [run]}

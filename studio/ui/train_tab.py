@@ -1,0 +1,286 @@
+"""Train tab: presets, advanced settings, live curves, Stop, and the run history."""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import gradio as gr
+
+from .. import charts
+from ..data import load_dataset
+from ..errors import StudioError
+from ..jobs import TrainingJob
+from ..loaders import build_transform
+from ..train import TrainConfig
+from .common import Context, friendly, run_choices
+from .model_tab import freeze_spec
+
+HELP = """### 3. Train
+Pick a preset and press **Start training**. The curves grow while it learns: *loss* should go
+down, *accuracy* up. The *validation* line uses pictures the model does not learn from; when it
+stops improving, more training will not help. **Stop** ends the run and keeps the best model."""
+
+PRESETS = {
+    "Quick": dict(epochs=5, augment="none", patience=0, head_epochs=0),
+    "Balanced": dict(epochs=10, augment="light", patience=5, head_epochs=0),
+    "Thorough": dict(epochs=25, augment="strong", patience=8, head_epochs=0),
+}
+
+
+def _history_rows(run_dir) -> list[dict]:
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def history_table(ctx: Context, ws_id: str) -> list[list]:
+    import json
+
+    rows = []
+    for run in ctx.workspace(ws_id).runs():
+        metrics = run / "metrics.json"
+        config = json.loads((run / "config.json").read_text())
+        acc = json.loads(metrics.read_text())["accuracy"] if metrics.exists() else None
+        rows.append(
+            [
+                run.name,
+                config["backbone"],
+                config["freeze"],
+                config["epochs"],
+                f"{acc:.1%}" if acc is not None else "not finished",
+            ]
+        )
+    return rows
+
+
+def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
+    gr.Markdown(HELP)
+    preset = gr.Radio(
+        list(PRESETS),
+        value="Quick",
+        label="Preset",
+        info="Quick: a minute. Balanced: better results. Thorough: the best, slowest.",
+    )
+    with gr.Accordion("Advanced settings", open=False):
+        with gr.Row():
+            epochs = gr.Slider(
+                1,
+                100,
+                value=5,
+                step=1,
+                label="Epochs",
+                info="How many times the model sees every training picture.",
+            )
+            batch = gr.Slider(
+                1,
+                128,
+                value=16,
+                step=1,
+                label="Batch size",
+                info="Pictures per learning step; smaller uses less memory.",
+            )
+            lr = gr.Number(
+                value=1e-3,
+                label="Learning rate",
+                info="How big each learning step is. 0.001 is a good start.",
+            )
+        with gr.Row():
+            layer_decay = gr.Slider(
+                0.3,
+                1.0,
+                value=0.75,
+                step=0.05,
+                label="Layer-wise LR decay",
+                info="Earlier layers learn this much slower per group.",
+            )
+            head_epochs = gr.Slider(
+                0,
+                20,
+                value=0,
+                step=1,
+                label="Last-layer-only epochs first",
+                info="Staged unfreezing: warm up the last layer, then the rest.",
+            )
+            patience = gr.Slider(
+                0,
+                20,
+                value=0,
+                step=1,
+                label="Early stopping patience",
+                info="Stop after this many epochs without improvement (0 = off).",
+            )
+        with gr.Row():
+            weight_decay = gr.Number(
+                value=0.01, label="Weight decay", info="Keeps weights small; fights overfitting."
+            )
+            smoothing = gr.Slider(
+                0,
+                0.3,
+                value=0.1,
+                step=0.05,
+                label="Label smoothing",
+                info="Teaches the model not to be over-confident.",
+            )
+            seed = gr.Number(
+                value=0,
+                precision=0,
+                label="Seed",
+                info="Same seed, same pictures, same settings: the same result.",
+            )
+        augment = gr.Radio(
+            ["none", "light", "strong"],
+            value="none",
+            label="Augmentation",
+            info="Randomly flips, crops and recolours training pictures so the "
+            "model learns what matters, not where it is.",
+        )
+        preview_btn = gr.Button("Preview augmented pictures")
+        preview = gr.Gallery(label="Augmented samples", columns=8, height=160)
+    with gr.Row():
+        start = gr.Button("Start training", variant="primary", elem_id="start-training")
+        stop = gr.Button("Stop", variant="stop", elem_id="stop-training")
+    status = gr.Markdown("Not started.", elem_id="train-status")
+    curves = gr.Plot(label="Training curves", elem_id="train-curves")
+    gr.Markdown("#### Earlier runs")
+    history = gr.Dataframe(
+        headers=["run", "backbone", "freeze", "epochs", "accuracy"],
+        interactive=False,
+        label="Run history",
+    )
+    compare = gr.CheckboxGroup(
+        choices=[], label="Compare runs", info="Tick two or more runs to overlay their curves."
+    )
+    compare_plot = gr.Plot(label="Comparison")
+
+    def on_preset(name):
+        p = PRESETS[name]
+        return p["epochs"], p["augment"], p["patience"], p["head_epochs"]
+
+    preset.input(on_preset, preset, [epochs, augment, patience, head_epochs])
+
+    @friendly
+    def preview_aug(ws_id, aug):
+        ws = ctx.workspace(ws_id)
+        dataset = ws.dataset()
+        from ..backbones import get_spec
+
+        spec = get_spec("tf_efficientnet_lite0")
+        cfg = {
+            "input_size": (3, spec.input_size, spec.input_size),
+            "mean": (0, 0, 0),
+            "std": (1, 1, 1),
+            "interpolation": "bicubic",
+            "crop_pct": 0.875,
+        }
+        tf = build_transform(cfg, aug, training=True)
+        from ..images import open_rgb
+
+        out = []
+        for sample in dataset.train[:: max(1, len(dataset.train) // 8)][:8]:
+            tensor = tf(open_rgb(sample.path)).clamp(0, 1)
+            out.append((tensor.permute(1, 2, 0).numpy(), dataset.classes[sample.labels[0]]))
+        return out
+
+    preview_btn.click(preview_aug, [ws_state, augment], preview)
+
+    def run_training(
+        ws_id, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug, progress=gr.Progress()
+    ):
+        ws = ctx.workspace(ws_id)
+        try:
+            if ws_id in ctx.jobs and not ctx.jobs[ws_id].done:
+                raise StudioError("a training run is already going; stop it first")
+            dataset = load_dataset(ws.data_dir, seed=int(sd))
+            config = TrainConfig(
+                data=str(ws.data_dir),
+                out=str(ws.new_run_dir(bb)),
+                backbone=bb,
+                freeze=freeze_spec(bb, frz),
+                epochs=int(ep),
+                batch_size=int(bs),
+                lr=float(rate),
+                layer_decay=float(ld),
+                head_epochs=int(he) if int(he) < int(ep) else 0,
+                patience=int(pat),
+                weight_decay=float(wd),
+                label_smoothing=float(ls),
+                seed=int(sd),
+                augment=aug,
+            ).validate()
+        except StudioError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        job = TrainingJob(config, dataset).start()
+        ctx.jobs[ws_id] = job
+        shown = -1
+        while True:
+            snap = job.snapshot()
+            progress(snap.fraction, desc=snap.message)
+            if len(snap.epochs) != shown or job.done:
+                shown = len(snap.epochs)
+                rows = [e.to_dict() for e in snap.epochs]
+                eta = f" About {snap.eta_seconds:.0f} s left." if snap.eta_seconds else ""
+                yield (
+                    f"**{snap.message}.**{eta}",
+                    charts.training_curves({"this run": rows}),
+                    gr.update(),
+                    gr.update(),
+                )
+            if job.done:
+                break
+            time.sleep(0.3)
+        snap = job.snapshot()
+        if snap.state == "failed":
+            raise gr.Error(snap.message, print_exception=False)
+        choices = run_choices(ws)
+        yield (
+            f"**{snap.message}.** Open the Evaluate tab to see where it goes wrong.",
+            charts.training_curves({"this run": [e.to_dict() for e in snap.epochs]}),
+            history_table(ctx, ws_id),
+            gr.update(choices=choices),
+        )
+
+    def stop_training(ws_id):
+        job = ctx.jobs.get(ws_id)
+        if job is None or job.done:
+            gr.Info("Nothing is training.")
+            return
+        job.stop()
+        gr.Info("Stopping after this step; the best model so far is kept.")
+
+    @friendly
+    def overlay(ws_id, names):
+        ws = ctx.workspace(ws_id)
+        runs = {name: _history_rows(ws.resolve_run(name)) for name in names or []}
+        return charts.training_curves(runs) if runs else None
+
+    start.click(
+        run_training,
+        [
+            ws_state,
+            backbone,
+            freeze,
+            epochs,
+            batch,
+            lr,
+            layer_decay,
+            head_epochs,
+            patience,
+            weight_decay,
+            smoothing,
+            seed,
+            augment,
+        ],
+        [status, curves, history, compare],
+        concurrency_limit=None,
+        api_name="train",
+    )
+    stop.click(stop_training, ws_state, None, concurrency_limit=None)
+    compare.change(overlay, [ws_state, compare], compare_plot)
+
+    def refresh(ws_id):
+        return history_table(ctx, ws_id), gr.update(choices=run_choices(ctx.workspace(ws_id)))
+
+    return {"refresh": refresh, "views": [history, compare]}

@@ -1,0 +1,138 @@
+"""Click through the real app in headless Chromium: data, model, train, stop, evaluate,
+predict, export, and bad uploads that leave the app working."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+from conftest import shot
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLE_PICTURE = "assets/example/grass/grass_35.jpg"
+
+
+def plot_points(page, elem_id: str) -> int:
+    return page.evaluate(
+        f"(() => {{ const p = document.querySelector('#{elem_id} .js-plotly-plot');"
+        " return p && p.data && p.data.length ? p.data[0].x.length : 0; })()"
+    )
+
+
+def set_number(page, label: str, value: str) -> None:
+    """Type into a slider's number box; retried, since a freshly opened accordion can still
+    reset its contents to their defaults for a moment after it appears."""
+    box = page.locator(f"input[aria-label='number input for {label}']")
+    for _ in range(10):
+        box.fill(value)
+        box.press("Tab")
+        page.wait_for_timeout(700)
+        if box.input_value() == value:
+            return
+    raise AssertionError(f"{label} would not keep the value {value}")
+
+
+def load_example(page):
+    page.get_by_role("button", name="Load example dataset").click()
+    expect(page.locator("#data-report")).to_contain_text("108 pictures in 3 classes")
+
+
+def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
+    load_example(page)
+    shot(page, "1-data")
+
+    page.get_by_role("tab", name="2 · Model").click()
+    summary = page.locator("#freeze-summary")
+    expect(summary).to_contain_text("Training from `head` up".replace("`", ""))
+    slider = page.locator("#freeze-slider input[type=number]")
+    slider.fill("6")
+    slider.press("Tab")
+    expect(summary).to_contain_text("Training from stage6 up")
+    shot(page, "2-model")
+    slider.fill("8")
+    slider.press("Tab")
+    expect(summary).to_contain_text("Training from head up")
+
+    page.get_by_role("tab", name="3 · Train").click()
+    page.get_by_text("Advanced settings").click()
+    set_number(page, "Epochs", "2")
+    page.get_by_role("button", name="Start training").click()
+    # The curve gains points while the run is going, not only at the end.
+    expect(page.locator("#train-status")).to_contain_text("Epoch", timeout=120_000)
+    page.wait_for_function(
+        "(() => { const p = document.querySelector('#train-curves .js-plotly-plot');"
+        " return p && p.data && p.data.length && p.data[0].x.length >= 1; })()",
+        timeout=120_000,
+    )
+    during = page.locator("#train-status").inner_text()
+    expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=180_000)
+    assert "Done" not in during
+    assert plot_points(page, "train-curves") == 2
+    shot(page, "3-train")
+
+    page.get_by_role("tab", name="4 · Evaluate").click()
+    expect(page.locator("#eval-headline")).to_contain_text("Accuracy")
+    expect(page.locator("#confusion-table tbody")).to_contain_text("gravel")
+    page.locator("#confusion-table [role=gridcell]").nth(1).click()  # true brick, said brick
+    expect(page.get_by_text("picture(s) of brick predicted as brick")).to_be_visible()
+    expect(page.locator("#cell-gallery img").first).to_be_visible()
+    shot(page, "4-evaluate")
+
+    page.get_by_role("tab", name="5 · Predict").click()
+    page.locator("#predict-image input[type=file]").set_input_files(EXAMPLE_PICTURE)
+    expect(page.locator("#predict-answer")).to_contain_text("grass", timeout=60_000)
+    shot(page, "5-predict")
+
+    page.get_by_role("tab", name="6 · Export").click()
+    page.get_by_role("button", name="Build the download").click()
+    expect(page.locator("#export-checks")).to_contain_text("onnx", timeout=180_000)
+    with page.expect_download() as info:
+        page.locator("#export-zip a").first.click()
+    target = tmp_path / "model.zip"
+    info.value.save_as(target)
+    names = {n.split("/", 1)[1] for n in zipfile.ZipFile(target).namelist()}
+    assert {
+        "model.safetensors",
+        "model.onnx",
+        "model.torchscript.pt",
+        "labels.json",
+        "preprocess.json",
+        "MODEL_CARD.md",
+    } <= names
+    shot(page, "6-export")
+
+
+def test_stop_ends_a_run_and_keeps_the_best_model(page):
+    load_example(page)
+    page.get_by_role("tab", name="3 · Train").click()
+    page.get_by_text("Advanced settings").click()
+    set_number(page, "Epochs", "40")
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_function(
+        "(() => { const p = document.querySelector('#train-curves .js-plotly-plot');"
+        " return p && p.data && p.data.length && p.data[0].x.length >= 1; })()",
+        timeout=120_000,
+    )
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#train-status")).to_contain_text("stopped by user", timeout=60_000)
+    assert 1 <= plot_points(page, "train-curves") < 40
+
+
+def test_bad_uploads_show_a_message_and_the_app_keeps_working(page, tmp_path):
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("this is a text file pretending to be a picture")
+    empty = tmp_path / "empty.zip"
+    zipfile.ZipFile(empty, "w").close()
+
+    page.get_by_placeholder("e.g. apples").fill("apples")
+    page.get_by_role("button", name="Add class").click()
+    expect(page.locator("#data-status")).to_contain_text("Added class apples")
+    page.locator("input[type=file]").nth(1).set_input_files(str(fake))
+    page.get_by_role("button", name="Add these pictures").click()
+    expect(page.locator("#data-status")).to_contain_text("holiday.jpg: not an image")
+    page.locator("input[type=file]").first.set_input_files(str(empty))
+    expect(page.get_by_text("empty: it contains no files").first).to_be_visible()
+    # Still working: the example loads fine afterwards.
+    load_example(page)
