@@ -76,10 +76,26 @@ class BackboneSpec:
 
     @functools.cached_property
     def params(self) -> int:
-        """Parameter count (built on the meta device: no memory, no weights)."""
+        """Parameter count (built on the meta device: no memory, no weights; cached on disk)."""
+        return _param_count(self.name)
+
+
+def _param_count(name: str) -> int:
+    import json
+
+    from .paths import cache_dir
+
+    path = cache_dir() / f"params-timm-{timm.__version__}.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if name not in known:
         with torch.device("meta"):
-            model = timm.create_model(self.name, pretrained=False)
-        return sum(p.numel() for p in model.parameters())
+            model = timm.create_model(name, pretrained=False)
+        known[name] = sum(p.numel() for p in model.parameters())
+        path.write_text(json.dumps(known))
+    return int(known[name])
 
 
 CATALOG: dict[str, BackboneSpec] = {

@@ -63,6 +63,7 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
                 ws.id,
                 ws.id,
                 ready,
+                model["refresh"](),
                 *data["refresh"](ws.id),
                 *training["refresh"](ws.id),
                 evaluate["refresh"](ws.id),
@@ -77,6 +78,7 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
                 browser_id,
                 ws_state,
                 data["status"],
+                *model["views"],
                 *data["views"],
                 *training["views"],
                 *evaluate["views"],
@@ -103,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         "--share", action="store_true", help="also make a temporary public link (needs internet)"
     )
     parser.add_argument(
+        "--open-browser", action="store_true", help="open the app in the default web browser"
+    )
+    parser.add_argument(
         "--workspace",
         default="workspace",
         help="folder for everyone's pictures and runs (default: ./workspace)",
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         share=args.share,
         max_file_size=MAX_UPLOAD,
         allowed_paths=[str(base)],
-        inbrowser=False,
+        inbrowser=args.open_browser,
         footer_links=[],
         theme=gr.themes.Soft(),
         show_error=False,

@@ -73,8 +73,7 @@ def freeze_spec(name: str, frozen_count: int) -> str:
 
 def build_model_tab() -> dict:
     gr.Markdown(HELP)
-    gr.Dataframe(
-        value=catalog_rows(),
+    table = gr.Dataframe(
         label="Backbones",
         headers=[
             "backbone",
@@ -121,4 +120,10 @@ def build_model_tab() -> dict:
 
     backbone.change(on_backbone, backbone, [freeze, summary])
     freeze.change(friendly(freeze_summary), [backbone, freeze], summary)
-    return {"backbone": backbone, "freeze": freeze}
+    # The catalog (weights on disk, parameter counts) is read when the page opens, not at start-up.
+    return {
+        "backbone": backbone,
+        "freeze": freeze,
+        "refresh": lambda: catalog_rows(),
+        "views": [table],
+    }
