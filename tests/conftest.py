@@ -6,9 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 # No test may touch the network: the hub check and timm downloads are switched off.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,16 +34,6 @@ def small_example(tmp_path_factory, example) -> Path:
         for image in sorted(folder.glob("*.jpg"))[:12]:
             shutil.copy(image, dest / folder.name / image.name)
     return dest
-
-
-def write_image(path: Path, size=(64, 48), color=(200, 30, 30), mode="RGB", seed=0) -> Path:
-    """A small random-texture image, so that different seeds are not near-duplicates."""
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
-    arr = (arr * 0.5 + np.array(color) * 0.5).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).convert(mode).save(path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import write_image
+from helpers import write_image
 from PIL import Image
 
 from studio.data import load_dataset

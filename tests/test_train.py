@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_image
+from helpers import write_image
 
 from studio import events as ev
 from studio.errors import StudioError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zipfile
 
 import pytest
-from conftest import write_image
+from helpers import write_image
 
 from studio import charts
 from studio.errors import DataError, StudioError

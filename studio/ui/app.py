@@ -116,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     base = Path(args.workspace).resolve()
     demo = build_app(base)
+    private = base / ".private"
     demo.queue(default_concurrency_limit=4).launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
         max_file_size=MAX_UPLOAD,
         allowed_paths=[str(base)],
+        blocked_paths=[str(private)],
         inbrowser=args.open_browser,
         footer_links=[],
         theme=gr.themes.Soft(),

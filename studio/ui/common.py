@@ -24,9 +24,16 @@ class Context:
         self.base.mkdir(parents=True, exist_ok=True)
         self.jobs: dict = {}
 
+    @property
+    def private_dir(self):
+        """Files the app needs but never serves (blocked even though it is inside the base)."""
+        path = self.base / ".private"
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
     def browser_secret(self) -> str:
         """Key for the workspace id kept in the browser; stable so a restarted app finds it."""
-        path = self.base / ".browser-secret"
+        path = self.private_dir / "browser-secret"
         if not path.exists():
             import secrets
 

@@ -15,7 +15,6 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "screenshots"
 
 
 def _free_port() -> int:
@@ -25,7 +24,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
+def app(tmp_path_factory):
+    """``(url, workspace folder)`` of one app process shared by the browser tests."""
     port = _free_port()
     workspace = tmp_path_factory.mktemp("workspace")
     env = {
@@ -55,10 +55,15 @@ def app_url(tmp_path_factory):
     else:
         proc.kill()
         raise RuntimeError("the app did not start within 120 s")
-    yield url
+    yield url, workspace
     proc.terminate()
     proc.wait(timeout=30)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(app):
+    return app[0]
 
 
 @pytest.fixture(scope="session")
@@ -93,10 +98,3 @@ def page(browser, app_url):
     page.get_by_text("Your workspace is ready").wait_for()
     yield page
     context.close()
-
-
-def shot(page, name: str) -> None:
-    """Save a screenshot for the README (only when STUDIO_SCREENSHOTS=1)."""
-    if os.environ.get("STUDIO_SCREENSHOTS"):
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)

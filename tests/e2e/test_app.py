@@ -4,14 +4,16 @@ predict, export, and bad uploads that leave the app working."""
 from __future__ import annotations
 
 import zipfile
+from pathlib import Path
 
 import pytest
-from conftest import shot
+from e2e_helpers import shot
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLE_PICTURE = "assets/example/grass/grass_35.jpg"
+ROOT_FILE = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def plot_points(page, elem_id: str) -> int:
@@ -136,3 +138,41 @@ def test_bad_uploads_show_a_message_and_the_app_keeps_working(page, tmp_path):
     expect(page.get_by_text("empty: it contains no files").first).to_be_visible()
     # Still working: the example loads fine afterwards.
     load_example(page)
+
+
+def test_each_browser_has_its_own_workspace_which_survives_a_reload(browser, app_url):
+    first = browser.new_context()
+    second = browser.new_context()
+    try:
+        a, b = first.new_page(), second.new_page()
+        for p in (a, b):
+            p.set_default_timeout(60_000)
+            p.goto(app_url)
+            p.get_by_text("Your workspace is ready").wait_for()
+        a.get_by_placeholder("e.g. apples").fill("only in a")
+        a.get_by_role("button", name="Add class").click()
+        expect(a.locator("#data-status")).to_contain_text("Added class only in a")
+        b.reload()
+        b.get_by_text("Your workspace is ready").wait_for()
+        expect(b.locator("#data-status")).to_contain_text("earlier pictures and runs are here")
+        assert "only in a" not in b.content()
+        a.reload()
+        expect(a.locator("#data-status")).to_contain_text("earlier pictures and runs are here")
+        a.locator("#data-report").wait_for()
+        expect(a.get_by_label("Class to add pictures to")).to_have_value("only in a")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_only_the_workspace_is_served(app):
+    import urllib.error
+    import urllib.request
+
+    url, workspace = app
+    secret = next(workspace.glob(".private/*"), None)
+    assert secret is not None, "the app keeps its browser key under .private"
+    for path in ["/etc/passwd", str(ROOT_FILE), str(secret)]:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10)
+        assert info.value.code in (403, 404), path
