@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
+import platform
 import re
 import socket
 from collections import OrderedDict
@@ -43,6 +45,8 @@ __all__ = [
     "create_backbone",
     "data_config",
     "get_spec",
+    "known_speeds",
+    "measure_speed",
     "model_groups",
     "weights_info",
 ]
@@ -81,8 +85,6 @@ class BackboneSpec:
 
 
 def _param_count(name: str) -> int:
-    import json
-
     from .paths import cache_dir
 
     path = cache_dir() / f"params-timm-{timm.__version__}.json"
@@ -412,9 +414,58 @@ def model_groups(model: torch.nn.Module) -> list[Group]:
     return groups
 
 
+def _speed_file() -> Path:
+    from .paths import cache_dir
+
+    return (
+        cache_dir() / f"speed-{platform.node()}-{os.cpu_count()}cpu-torch{torch.__version__}.json"
+    )
+
+
+def known_speeds() -> dict[str, float]:
+    """Milliseconds per image measured earlier on this machine, by backbone name."""
+    try:
+        return json.loads(_speed_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def measure_speed(name: str, batch: int = 8, repeats: int = 2) -> float:
+    """Inference milliseconds per image on this machine's CPU/GPU, and remember it.
+
+    Weights do not change the speed, so random ones are used: any catalog backbone can be
+    measured offline.
+    """
+    import time
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = timm.create_model(name, pretrained=False).eval().to(device)
+    model.to(memory_format=torch.channels_last)
+    size = get_spec(name).input_size
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(
+        memory_format=torch.channels_last
+    )
+    best = float("inf")
+    with torch.inference_mode():
+        model(x)  # warm-up
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - start) * 1000 / batch)
+    speeds = known_speeds()
+    speeds[name] = round(best, 1)
+    _speed_file().write_text(json.dumps(speeds))
+    return speeds[name]
+
+
 def catalog() -> list[dict]:
     """One row per catalog backbone, for the CLI table and the app."""
     rows = []
+    speeds = known_speeds()
     for spec in CATALOG.values():
         info = weights_info(spec.name)
         rows.append(
@@ -429,6 +480,7 @@ def catalog() -> list[dict]:
                 "weights": info.source,
                 "pretrained_available": info.available,
                 "about": spec.about,
+                "ms_per_image": speeds.get(spec.name),
             }
         )
     return rows

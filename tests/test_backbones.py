@@ -96,3 +96,13 @@ def test_groups_run_from_stem_to_head_and_cover_every_parameter(name):
     names = [p for g in groups for p in g.params]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
     assert groups[-1].num_params == sum(p.numel() for p in model.get_classifier().parameters())
+
+
+def test_speed_is_measured_and_remembered_for_the_catalog():
+    from studio.backbones import catalog, known_speeds, measure_speed
+
+    ms = measure_speed("mobilenetv3_small_100", batch=2, repeats=1)
+    assert ms > 0 and known_speeds()["mobilenetv3_small_100"] == ms
+    rows = {r["name"]: r for r in catalog()}
+    assert rows["mobilenetv3_small_100"]["ms_per_image"] == ms
+    assert rows["resnet50"]["ms_per_image"] is None  # not measured yet: said, not invented

@@ -8,7 +8,7 @@ import gradio as gr
 import timm
 import torch
 
-from ..backbones import CATALOG, DEFAULT_BACKBONE, catalog, model_groups
+from ..backbones import CATALOG, DEFAULT_BACKBONE, catalog, measure_speed, model_groups
 from .common import friendly
 
 HELP = """### 2. Choose a starting network
@@ -80,12 +80,15 @@ def build_model_tab() -> dict:
             "timm name",
             "params (M)",
             "input px",
+            "ms per picture here",
             "pretrained weights now",
             "about",
         ],
         interactive=False,
         wrap=True,
+        elem_id="catalog",
     )
+    speed_btn = gr.Button("Measure speed on this computer", size="sm")
     choices = [(f"{s.title} ({s.name})", s.name) for s in CATALOG.values()]
     backbone = gr.Dropdown(
         choices=choices,
@@ -118,6 +121,12 @@ def build_model_tab() -> dict:
             )
         return gr.update(maximum=count - 1, value=count - 1), freeze_summary(name, count - 1)
 
+    def measure(progress=gr.Progress()):
+        for name in progress.tqdm(list(CATALOG), desc="timing each backbone"):
+            measure_speed(name)
+        return catalog_rows()
+
+    speed_btn.click(friendly(measure), None, table)
     backbone.change(on_backbone, backbone, [freeze, summary])
     freeze.change(friendly(freeze_summary), [backbone, freeze], summary)
     # The catalog (weights on disk, parameter counts) is read when the page opens, not at start-up.
