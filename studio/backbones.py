@@ -28,12 +28,12 @@ import socket
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-
-import timm
-import torch
-from timm.models import group_parameters
+from typing import TYPE_CHECKING
 
 from .errors import BackboneError
+
+if TYPE_CHECKING:  # torch and timm load on first use: the app's page answers before they do
+    import torch
 
 __all__ = [
     "BackboneSpec",
@@ -64,6 +64,8 @@ class BackboneSpec:
 
     @functools.cached_property
     def pretrained_cfg(self) -> dict:
+        import timm
+
         return timm.models.get_pretrained_cfg(self.name).to_dict()
 
     @property
@@ -85,6 +87,9 @@ class BackboneSpec:
 
 
 def _param_count(name: str) -> int:
+    import timm
+    import torch
+
     from .paths import cache_dir
 
     path = cache_dir() / f"params-timm-{timm.__version__}.json"
@@ -163,6 +168,8 @@ DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 def get_spec(name: str) -> BackboneSpec:
     """The catalog entry for ``name``; a name timm knows but the catalog lacks is accepted too."""
+    import timm
+
     if name in CATALOG:
         return CATALOG[name]
     if name in timm.list_models():
@@ -258,6 +265,8 @@ def weights_info(name: str, weights_file: str | Path | None = None) -> WeightsIn
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -328,6 +337,8 @@ def create_backbone(
     Raises:
         BackboneError: Unknown name, or pretrained weights asked for but not available.
     """
+    import timm
+
     spec = get_spec(name)
     if not pretrained:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
@@ -398,6 +409,8 @@ def model_groups(model: torch.nn.Module) -> list[Group]:
     Derived from timm's coarse ``group_matcher`` (the same grouping timm uses for layer-wise LR
     decay); the classifier's parameters always form the ``head`` group on their own.
     """
+    from timm.models import group_parameters
+
     matcher = model.group_matcher(coarse=True)
     grouped = group_parameters(model, matcher)
     classifier = model.pretrained_cfg.get("classifier") or ""
@@ -415,6 +428,8 @@ def model_groups(model: torch.nn.Module) -> list[Group]:
 
 
 def _speed_file() -> Path:
+    import torch
+
     from .paths import cache_dir
 
     return (
@@ -437,6 +452,9 @@ def measure_speed(name: str, batch: int = 8, repeats: int = 2) -> float:
     measured offline.
     """
     import time
+
+    import timm
+    import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = timm.create_model(name, pretrained=False).eval().to(device)

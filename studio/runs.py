@@ -17,8 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .errors import RunError
 
 __all__ = [
@@ -69,6 +67,8 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """``torch.save`` through :func:`write_atomic`: a kill mid-write keeps the previous file."""
     import io
 
+    import torch  # imported here: the app lists runs without loading torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_atomic(path, buffer.getvalue())
@@ -76,6 +76,8 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint with ``weights_only=True``: tensors and plain data, never pickled code."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -56,6 +56,7 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
 
         def open_workspace(saved_id):
             ws = ctx.open(saved_id)
+            ctx.warm_up()
             ready = "Your workspace is ready." + (
                 " Your earlier pictures and runs are here." if saved_id == ws.id else ""
             )
@@ -63,7 +64,6 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
                 ws.id,
                 ws.id,
                 ready,
-                model["refresh"](),
                 *data["refresh"](ws.id),
                 *training["refresh"](ws.id),
                 evaluate["refresh"](ws.id),
@@ -78,7 +78,6 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
                 browser_id,
                 ws_state,
                 data["status"],
-                *model["views"],
                 *data["views"],
                 *training["views"],
                 *evaluate["views"],
@@ -86,6 +85,8 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
                 *export["views"],
             ],
         )
+        # The catalog needs torch and timm: it fills in separately, without holding up the rest.
+        demo.load(model["refresh"], None, model["views"])
         # Lists of runs are re-read whenever their tab is opened.
         train_tab.select(training["refresh"], ws_state, training["views"])
         for tab, part in ((evaluate_tab, evaluate), (predict_tab, predict), (export_tab, export)):

@@ -23,6 +23,24 @@ class Context:
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.jobs: dict = {}
+        self._warmed = False
+
+    def warm_up(self) -> None:
+        """Load the engine's heavy half (torch, timm, scikit-learn) in the background once a
+        page is open, so the server answers first and the first button press is still quick."""
+        if self._warmed:
+            return
+        self._warmed = True
+
+        def load():
+            import importlib
+
+            for name in ("studio.train", "studio.predict", "studio.export"):
+                importlib.import_module(name)
+
+        import threading
+
+        threading.Thread(target=load, name="studio-warm-up", daemon=True).start()
 
     @property
     def private_dir(self):

@@ -6,7 +6,6 @@ import zipfile
 
 import gradio as gr
 
-from ..export import export_run
 from .common import Context, friendly, run_choices
 
 HELP = """### 6. Take your model with you
@@ -61,6 +60,8 @@ def build_export_tab(ctx: Context, ws_state: gr.State) -> dict:
 
     @friendly
     def make(ws_id, name, progress=gr.Progress()):
+        from ..export import export_run
+
         ws = ctx.workspace(ws_id)
         folder = ws.resolve_run(name or "")
         lines = []

@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 
 import gradio as gr
-import timm
-import torch
 
 from ..backbones import CATALOG, DEFAULT_BACKBONE, catalog, measure_speed, model_groups
 from .common import friendly
@@ -28,6 +26,9 @@ SOURCE_WORDS = {
 @functools.lru_cache(maxsize=32)
 def groups_of(name: str) -> list[tuple[str, int]]:
     """``(group name, parameter count)`` from input to output (built on the meta device)."""
+    import timm
+    import torch
+
     with torch.device("meta"):
         model = timm.create_model(name, num_classes=2)
     return [(g.name, g.num_params) for g in model_groups(model)]
@@ -97,18 +98,17 @@ def build_model_tab() -> dict:
         info="Backbones marked 'not available offline' need internet or a weights file.",
         elem_id="backbone",
     )
-    n = len(groups_of(DEFAULT_BACKBONE))
     freeze = gr.Slider(
         0,
-        n - 1,
-        value=n - 1,
+        1,
+        value=1,
         step=1,
         label="Train from this layer up",
         info="Slide left to let more of the network learn (slower, needs more "
         "pictures). Far right: only the last layer learns.",
         elem_id="freeze-slider",
     )
-    summary = gr.Markdown(freeze_summary(DEFAULT_BACKBONE, n - 1), elem_id="freeze-summary")
+    summary = gr.Markdown("Reading the catalog...", elem_id="freeze-summary")
 
     @friendly
     def on_backbone(name):
@@ -129,10 +129,19 @@ def build_model_tab() -> dict:
     speed_btn.click(friendly(measure), None, table)
     backbone.change(on_backbone, backbone, [freeze, summary])
     freeze.change(friendly(freeze_summary), [backbone, freeze], summary)
-    # The catalog (weights on disk, parameter counts) is read when the page opens, not at start-up.
+
+    def refresh():
+        """Catalog and layer groups, read when the page opens (torch and timm load then)."""
+        n = len(groups_of(DEFAULT_BACKBONE))
+        return (
+            catalog_rows(),
+            gr.update(maximum=n - 1, value=n - 1),
+            freeze_summary(DEFAULT_BACKBONE, n - 1),
+        )
+
     return {
         "backbone": backbone,
         "freeze": freeze,
-        "refresh": lambda: catalog_rows(),
-        "views": [table],
+        "refresh": refresh,
+        "views": [table, freeze, summary],
     }

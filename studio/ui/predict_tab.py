@@ -9,7 +9,6 @@ import gradio as gr
 
 from .. import charts
 from ..errors import StudioError
-from ..predict import Predictor
 from .common import Context, friendly, run_choices
 
 HELP = """### 5. Try it
@@ -43,9 +42,11 @@ def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
     batch_table = gr.Dataframe(headers=["picture", "class", "probability"], interactive=False)
     batch_csv = gr.File(label="Download results (CSV)")
 
-    predictors: dict[str, Predictor] = {}
+    predictors: dict = {}
 
-    def predictor(ws_id, name) -> Predictor:
+    def predictor(ws_id, name):
+        from ..predict import Predictor
+
         if not name:
             raise StudioError("train a model first, then pick it here")
         path = ctx.workspace(ws_id).resolve_run(name)

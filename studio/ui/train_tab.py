@@ -10,9 +10,6 @@ import gradio as gr
 from .. import charts
 from ..data import load_dataset
 from ..errors import StudioError
-from ..jobs import TrainingJob
-from ..loaders import build_transform
-from ..train import TrainConfig
 from .common import Context, friendly, run_choices
 from .model_tab import freeze_spec
 
@@ -163,6 +160,8 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
 
     @friendly
     def preview_aug(ws_id, aug):
+        from ..loaders import build_transform
+
         ws = ctx.workspace(ws_id)
         dataset = ws.dataset()
         from ..backbones import get_spec
@@ -189,6 +188,9 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
     def run_training(
         ws_id, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug, progress=gr.Progress()
     ):
+        from ..jobs import TrainingJob  # the engine's torch side loads on first use
+        from ..train import TrainConfig
+
         ws = ctx.workspace(ws_id)
         try:
             if ws_id in ctx.jobs and not ctx.jobs[ws_id].done:
