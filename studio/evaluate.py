@@ -50,6 +50,20 @@ def predict_probs(
     return torch.cat(out).numpy() if out else np.zeros((0, dataset.num_classes))
 
 
+def _per_class(classes, precision, recall, f1, support, ap=None) -> dict:
+    rows = {}
+    for k, name in enumerate(classes):
+        rows[name] = {
+            "precision": float(precision[k]),
+            "recall": float(recall[k]),
+            "f1": float(f1[k]),
+            "support": int(support[k]),
+        }
+        if ap is not None:
+            rows[name]["ap"] = ap[k]
+    return rows
+
+
 def compute_metrics(
     samples: Sequence[Sample],
     probs: np.ndarray,
@@ -90,16 +104,7 @@ def compute_metrics(
             "threshold": threshold,
             "labels": classes,
             "confusion_matrix": multilabel_confusion_matrix(y_true, y_pred).tolist(),
-            "per_class": {
-                classes[k]: {
-                    "precision": float(p[k]),
-                    "recall": float(r[k]),
-                    "f1": float(f[k]),
-                    "support": int(support[k]),
-                    "ap": ap[k],
-                }
-                for k in range(n)
-            },
+            "per_class": _per_class(classes, p, r, f, support, ap=ap),
         }
         order = np.argsort(-losses)[:TOP_LOSSES]
         metrics["top_losses"] = [
@@ -139,15 +144,7 @@ def compute_metrics(
         ),
         "labels": classes,
         "confusion_matrix": cm.tolist(),
-        "per_class": {
-            classes[k]: {
-                "precision": float(p[k]),
-                "recall": float(r[k]),
-                "f1": float(f[k]),
-                "support": int(support[k]),
-            }
-            for k in range(n)
-        },
+        "per_class": _per_class(classes, p, r, f, support),
         "top_losses": [
             {
                 "path": paths[i],

@@ -11,7 +11,7 @@ import gradio as gr
 from ..errors import StudioError
 from ..workspace import Workspace
 
-__all__ = ["Context", "friendly", "run_choices"]
+__all__ = ["Context", "friendly", "run_choices", "run_picker"]
 
 log = logging.getLogger("studio.ui")
 
@@ -92,7 +92,18 @@ def run_choices(ws: Workspace) -> list[str]:
     return [p.name for p in ws.runs() if (p / "model.safetensors").exists()]
 
 
-def run_dropdown_update(ws: Workspace, keep: str | None = None):
-    choices = run_choices(ws)
-    value = keep if keep in choices else (choices[0] if choices else None)
-    return gr.update(choices=choices, value=value)
+def run_picker(ctx: Context, ws_state: gr.State, info: str, elem_id: str):
+    """A 'Run' dropdown with a refresh button; returns ``(dropdown, refresh(ws_id))``.
+
+    ``refresh`` selects the newest finished run; tabs call it when they are opened.
+    """
+    with gr.Row():
+        run = gr.Dropdown(choices=[], label="Run", info=info, elem_id=elem_id, scale=3)
+        button = gr.Button("Refresh list", scale=0)
+
+    def refresh(ws_id):
+        choices = run_choices(ctx.workspace(ws_id))
+        return gr.update(choices=choices, value=choices[0] if choices else None)
+
+    button.click(refresh, ws_state, run)
+    return run, refresh

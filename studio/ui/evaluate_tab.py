@@ -7,7 +7,7 @@ import json
 import gradio as gr
 
 from .. import charts
-from .common import Context, friendly, run_choices
+from .common import Context, friendly, run_picker
 
 HELP = """### 4. How good is it?
 These numbers come from pictures the model never learnt from. In the **confusion matrix** each
@@ -21,15 +21,7 @@ def _metrics(ctx: Context, ws_id: str, run: str) -> dict:
 
 def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
     gr.Markdown(HELP)
-    with gr.Row():
-        run = gr.Dropdown(
-            choices=[],
-            label="Run",
-            info="Which trained model to look at.",
-            elem_id="eval-run",
-            scale=3,
-        )
-        refresh_btn = gr.Button("Refresh list", scale=0)
+    run, refresh = run_picker(ctx, ws_state, "Which trained model to look at.", "eval-run")
     headline = gr.Markdown(elem_id="eval-headline")
     with gr.Row():
         heatmap = gr.Plot(label="Confusion matrix")
@@ -103,9 +95,4 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
     run.change(show, [ws_state, run], outputs)
     table.select(cell, [ws_state, run], [cell_title, cell_gallery])
 
-    def refresh(ws_id):
-        choices = run_choices(ctx.workspace(ws_id))
-        return gr.update(choices=choices, value=choices[0] if choices else None)
-
-    refresh_btn.click(refresh, ws_state, run)
     return {"refresh": refresh, "views": [run]}

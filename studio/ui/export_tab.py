@@ -6,7 +6,7 @@ import zipfile
 
 import gradio as gr
 
-from .common import Context, friendly, run_choices
+from .common import Context, friendly, run_picker
 
 HELP = """### 6. Take your model with you
 **Build the download** makes a zip with your model as `model.safetensors` (for Python), ONNX (for
@@ -44,15 +44,7 @@ FILES = [
 
 def build_export_tab(ctx: Context, ws_state: gr.State) -> dict:
     gr.Markdown(HELP)
-    with gr.Row():
-        run = gr.Dropdown(
-            choices=[],
-            label="Run",
-            info="Which trained model to export.",
-            elem_id="export-run",
-            scale=3,
-        )
-        refresh_btn = gr.Button("Refresh list", scale=0)
+    run, refresh = run_picker(ctx, ws_state, "Which trained model to export.", "export-run")
     build = gr.Button("Build the download", variant="primary", elem_id="build-export")
     checks = gr.Markdown(elem_id="export-checks")
     download = gr.File(label="Your model (zip)", elem_id="export-zip")
@@ -83,9 +75,4 @@ def build_export_tab(ctx: Context, ws_state: gr.State) -> dict:
 
     build.click(make, [ws_state, run], [checks, download], api_name="export")
 
-    def refresh(ws_id):
-        choices = run_choices(ctx.workspace(ws_id))
-        return gr.update(choices=choices, value=choices[0] if choices else None)
-
-    refresh_btn.click(refresh, ws_state, run)
     return {"refresh": refresh, "views": [run]}

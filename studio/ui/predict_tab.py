@@ -9,7 +9,7 @@ import gradio as gr
 
 from .. import charts
 from ..errors import StudioError
-from .common import Context, friendly, run_choices
+from .common import Context, friendly, run_picker
 
 HELP = """### 5. Try it
 Give the model a picture it has never seen: upload one, paste one, or use the webcam. The bars
@@ -18,15 +18,7 @@ show how sure it is about each class."""
 
 def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
     gr.Markdown(HELP)
-    with gr.Row():
-        run = gr.Dropdown(
-            choices=[],
-            label="Run",
-            info="Which trained model to use.",
-            elem_id="predict-run",
-            scale=3,
-        )
-        refresh_btn = gr.Button("Refresh list", scale=0)
+    run, refresh = run_picker(ctx, ws_state, "Which trained model to use.", "predict-run")
     with gr.Row():
         image = gr.Image(
             label="Picture",
@@ -37,10 +29,18 @@ def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
         bars = gr.Plot(label="What the model thinks", elem_id="predict-bars")
     answer = gr.Markdown(elem_id="predict-answer")
     gr.Markdown("#### Many pictures at once")
-    many = gr.File(label="Pictures", file_count="multiple", file_types=["image"], height=120)
+    many = gr.File(
+        label="Pictures",
+        file_count="multiple",
+        file_types=["image"],
+        height=120,
+        elem_id="predict-many",
+    )
     batch_btn = gr.Button("Classify all")
-    batch_table = gr.Dataframe(headers=["picture", "class", "probability"], interactive=False)
-    batch_csv = gr.File(label="Download results (CSV)")
+    batch_table = gr.Dataframe(
+        headers=["picture", "class", "probability"], interactive=False, elem_id="predict-table"
+    )
+    batch_csv = gr.File(label="Download results (CSV)", elem_id="predict-csv")
 
     predictors: dict = {}
 
@@ -89,9 +89,4 @@ def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
     run.change(one, [ws_state, run, image], [bars, answer])
     batch_btn.click(batch, [ws_state, run, many], [batch_table, batch_csv])
 
-    def refresh(ws_id):
-        choices = run_choices(ctx.workspace(ws_id))
-        return gr.update(choices=choices, value=choices[0] if choices else None)
-
-    refresh_btn.click(refresh, ws_state, run)
     return {"refresh": refresh, "views": [run]}

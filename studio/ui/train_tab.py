@@ -148,9 +148,12 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
         label="Run history",
     )
     compare = gr.CheckboxGroup(
-        choices=[], label="Compare runs", info="Tick two or more runs to overlay their curves."
+        choices=[],
+        label="Compare runs",
+        info="Tick two or more runs to overlay their curves.",
+        elem_id="compare-runs",
     )
-    compare_plot = gr.Plot(label="Comparison")
+    compare_plot = gr.Plot(label="Comparison", elem_id="compare-plot")
 
     def on_preset(name):
         p = PRESETS[name]

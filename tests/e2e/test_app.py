@@ -86,6 +86,12 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     page.locator("#predict-image input[type=file]").set_input_files(EXAMPLE_PICTURE)
     expect(page.locator("#predict-answer")).to_contain_text("grass", timeout=60_000)
     shot(page, "5-predict")
+    many = ["assets/example/brick/brick_35.jpg", "assets/example/gravel/gravel_35.jpg"]
+    page.locator("#predict-many input[type=file]").set_input_files(many)
+    page.get_by_role("button", name="Classify all").click()
+    expect(page.locator("#predict-table")).to_contain_text("gravel_35.jpg", timeout=60_000)
+    expect(page.locator("#predict-table")).to_contain_text("brick")
+    expect(page.locator("#predict-csv a").first).to_be_visible()
 
     page.get_by_role("tab", name="6 · Export").click()
     page.get_by_role("button", name="Build the download").click()
@@ -120,6 +126,19 @@ def test_stop_ends_a_run_and_keeps_the_best_model(page):
     page.get_by_role("button", name="Stop").click()
     expect(page.locator("#train-status")).to_contain_text("stopped by user", timeout=60_000)
     assert 1 <= plot_points(page, "train-curves") < 40
+
+    # A second, short run; then overlay both runs' curves.
+    set_number(page, "Epochs", "1")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=120_000)
+    boxes = page.locator("#compare-runs input[type=checkbox]")
+    expect(boxes).to_have_count(2)
+    boxes.nth(0).check()
+    boxes.nth(1).check()
+    page.wait_for_function(
+        "(() => { const p = document.querySelector('#compare-plot .js-plotly-plot');"
+        " return p && p.data && p.data.length === 8; })()"
+    )
 
 
 def test_bad_uploads_show_a_message_and_the_app_keeps_working(page, tmp_path):
