@@ -87,7 +87,13 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
                 label="Pictures", file_count="multiple", file_types=["image"], height=120
             )
             add_btn = gr.Button("Add these pictures", variant="primary")
-            webcam = gr.Image(label="Or take a photo", sources=["webcam"], type="pil", height=200)
+            webcam = gr.Image(
+                label="Or take a photo",
+                sources=["webcam"],
+                type="pil",
+                height=200,
+                elem_id="webcam",
+            )
             snap_btn = gr.Button("Add photo to class")
             with gr.Accordion("Rename or delete a class", open=False):
                 rename_to = gr.Textbox(

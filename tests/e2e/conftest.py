@@ -83,6 +83,9 @@ def browser():
                 "--disable-component-update",
                 "--disable-sync",
                 "--no-first-run",
+                # A synthetic camera, so the webcam capture can be clicked through.
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
             ],
         )
         yield browser
@@ -91,7 +94,9 @@ def browser():
 
 @pytest.fixture
 def page(browser, app_url):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 1000}, accept_downloads=True, permissions=["camera"]
+    )
     page = context.new_page()
     page.set_default_timeout(60_000)
     page.goto(app_url)

@@ -38,7 +38,9 @@ def set_number(page, label: str, value: str) -> None:
 
 def load_example(page):
     page.get_by_role("button", name="Load example dataset").click()
-    expect(page.locator("#data-report")).to_contain_text("108 pictures in 3 classes")
+    expect(page.locator("#data-report")).to_contain_text(
+        "108 pictures in 3 classes", timeout=30_000
+    )
 
 
 def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
@@ -195,3 +197,51 @@ def test_only_the_workspace_is_served(app):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10)
         assert info.value.code in (403, 404), path
+
+
+def test_one_persons_training_does_not_block_another_persons_page(browser, app_url):
+    first, second = browser.new_context(), browser.new_context()
+    try:
+        a, b = first.new_page(), second.new_page()
+        for p in (a, b):
+            p.set_default_timeout(60_000)
+            p.goto(app_url)
+            p.get_by_text("Your workspace is ready").wait_for()
+        load_example(a)
+        a.get_by_role("tab", name="3 · Train").click()
+        a.get_by_text("Advanced settings").click()
+        set_number(a, "Epochs", "60")
+        a.get_by_role("button", name="Start training").click()
+        expect(a.locator("#train-status")).to_contain_text("Epoch", timeout=120_000)
+        # While A trains, B's page answers: its example loads and its report appears.
+        load_example(b)
+        assert "Done" not in a.locator("#train-status").inner_text()
+        a.get_by_role("button", name="Stop").click()
+        expect(a.locator("#train-status")).to_contain_text("stopped by user", timeout=60_000)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_webcam_photo_goes_into_the_chosen_class(page):
+    page.get_by_placeholder("e.g. apples").fill("faces")
+    page.get_by_role("button", name="Add class").click()
+    expect(page.locator("#data-status")).to_contain_text("Added class faces")
+    camera = page.locator("#webcam")
+    camera.get_by_text("Click to Access Webcam").click()
+    page.wait_for_function(  # the (synthetic) camera is streaming
+        "(() => { const v = document.querySelector('#webcam video');"
+        " return v && v.readyState >= 2 && v.videoWidth > 0; })()",
+        timeout=20_000,
+    )
+    camera.get_by_label("capture photo").click()
+    # The frame is uploaded to the server in the background; until it arrives the app says
+    # "take a photo first", so try again for a while.
+    status = page.locator("#data-status")
+    for _ in range(15):
+        page.get_by_role("button", name="Add photo to class").click()
+        page.wait_for_timeout(1500)
+        if "Added a photo to faces" in status.inner_text():
+            break
+    expect(status).to_contain_text("Added a photo to faces")
+    expect(page.locator("#data-report")).to_contain_text("at least two classes")
