@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -11,7 +12,7 @@ import gradio as gr
 from ..errors import StudioError
 from ..workspace import Workspace
 
-__all__ = ["Context", "friendly", "run_choices", "run_picker"]
+__all__ = ["Context", "friendly", "load_engine", "run_choices", "run_picker"]
 
 log = logging.getLogger("studio.ui")
 
@@ -32,15 +33,7 @@ class Context:
             return
         self._warmed = True
 
-        def load():
-            import importlib
-
-            for name in ("studio.train", "studio.predict", "studio.export"):
-                importlib.import_module(name)
-
-        import threading
-
-        threading.Thread(target=load, name="studio-warm-up", daemon=True).start()
+        threading.Thread(target=load_engine, name="studio-warm-up", daemon=True).start()
 
     @property
     def private_dir(self):
@@ -67,6 +60,23 @@ class Context:
     def open(self, saved_id: str | None) -> Workspace:
         """The browser's workspace, or a new one for a browser seen for the first time."""
         return Workspace(self.base, saved_id)
+
+
+_ENGINE_LOCK = threading.Lock()
+
+
+def load_engine() -> None:
+    """Import the engine's torch side (torch, timm, scikit-learn), one thread at a time.
+
+    The app starts without it so the page answers quickly. timm's package imports are circular,
+    and two threads importing it at once fail with "partially initialized module", so every
+    handler that needs the engine calls this first instead of importing directly.
+    """
+    with _ENGINE_LOCK:
+        import importlib
+
+        for name in ("studio.train", "studio.predict", "studio.export"):
+            importlib.import_module(name)
 
 
 def friendly(fn):

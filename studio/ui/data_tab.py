@@ -67,7 +67,11 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
     with gr.Row():
         example_btn = gr.Button("Load example dataset", variant="primary", scale=0)
         zip_file = gr.File(
-            label="Upload a .zip (one folder per class)", file_types=[".zip"], scale=1, height=100
+            label="Upload a .zip (one folder per class)",
+            elem_id="data-zip",
+            file_types=[".zip"],
+            scale=1,
+            height=100,
         )
     status = gr.Markdown(elem_id="data-status")
     with gr.Row():
@@ -84,7 +88,11 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
                 info="New pictures go into this class.",
             )
             files = gr.File(
-                label="Pictures", file_count="multiple", file_types=["image"], height=120
+                label="Pictures",
+                file_count="multiple",
+                file_types=["image"],
+                height=120,
+                elem_id="data-files",
             )
             add_btn = gr.Button("Add these pictures", variant="primary")
             webcam = gr.Image(
@@ -107,7 +115,9 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
             show_class = gr.Dropdown(
                 label="Show pictures of", choices=[], info="Pick a class to see its pictures."
             )
-            gallery = gr.Gallery(label="Pictures", columns=6, height=300, allow_preview=True)
+            gallery = gr.Gallery(
+                label="Pictures", columns=6, height=300, allow_preview=True, elem_id="data-gallery"
+            )
             skipped = gr.Dataframe(
                 headers=["file", "why it was skipped"],
                 label="Skipped files",

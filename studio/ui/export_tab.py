@@ -6,7 +6,7 @@ import zipfile
 
 import gradio as gr
 
-from .common import Context, friendly, run_picker
+from .common import Context, friendly, load_engine, run_picker
 
 HELP = """### 6. Take your model with you
 **Build the download** makes a zip with your model as `model.safetensors` (for Python), ONNX (for
@@ -52,6 +52,7 @@ def build_export_tab(ctx: Context, ws_state: gr.State) -> dict:
 
     @friendly
     def make(ws_id, name, progress=gr.Progress()):
+        load_engine()
         from ..export import export_run
 
         ws = ctx.workspace(ws_id)

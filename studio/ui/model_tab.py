@@ -7,7 +7,7 @@ import functools
 import gradio as gr
 
 from ..backbones import CATALOG, DEFAULT_BACKBONE, catalog, measure_speed, model_groups
-from .common import friendly
+from .common import friendly, load_engine
 
 HELP = """### 2. Choose a starting network
 A **backbone** is a network already trained on a million photos; it starts out knowing edges,
@@ -26,6 +26,7 @@ SOURCE_WORDS = {
 @functools.lru_cache(maxsize=32)
 def groups_of(name: str) -> list[tuple[str, int]]:
     """``(group name, parameter count)`` from input to output (built on the meta device)."""
+    load_engine()
     import timm
     import torch
 
@@ -35,6 +36,7 @@ def groups_of(name: str) -> list[tuple[str, int]]:
 
 
 def catalog_rows() -> list[list]:
+    load_engine()
     return [
         [
             r["title"],
@@ -122,6 +124,7 @@ def build_model_tab() -> dict:
         return gr.update(maximum=count - 1, value=count - 1), freeze_summary(name, count - 1)
 
     def measure(progress=gr.Progress()):
+        load_engine()
         for name in progress.tqdm(list(CATALOG), desc="timing each backbone"):
             measure_speed(name)
         return catalog_rows()

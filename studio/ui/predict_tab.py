@@ -9,7 +9,7 @@ import gradio as gr
 
 from .. import charts
 from ..errors import StudioError
-from .common import Context, friendly, run_picker
+from .common import Context, friendly, load_engine, run_picker
 
 HELP = """### 5. Try it
 Give the model a picture it has never seen: upload one, paste one, or use the webcam. The bars
@@ -45,6 +45,7 @@ def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
     predictors: dict = {}
 
     def predictor(ws_id, name):
+        load_engine()
         from ..predict import Predictor
 
         if not name:

@@ -10,7 +10,7 @@ import gradio as gr
 from .. import charts
 from ..data import load_dataset
 from ..errors import StudioError
-from .common import Context, friendly, run_choices
+from .common import Context, friendly, load_engine, run_choices
 from .model_tab import freeze_spec
 
 HELP = """### 3. Train
@@ -135,7 +135,9 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
             "model learns what matters, not where it is.",
         )
         preview_btn = gr.Button("Preview augmented pictures")
-        preview = gr.Gallery(label="Augmented samples", columns=8, height=160)
+        preview = gr.Gallery(
+            label="Augmented samples", columns=8, height=160, elem_id="augment-preview"
+        )
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="start-training")
         stop = gr.Button("Stop", variant="stop", elem_id="stop-training")
@@ -163,6 +165,7 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
 
     @friendly
     def preview_aug(ws_id, aug):
+        load_engine()
         from ..loaders import build_transform
 
         ws = ctx.workspace(ws_id)
@@ -183,7 +186,8 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
         out = []
         for sample in dataset.train[:: max(1, len(dataset.train) // 8)][:8]:
             tensor = tf(open_rgb(sample.path)).clamp(0, 1)
-            out.append((tensor.permute(1, 2, 0).numpy(), dataset.classes[sample.labels[0]]))
+            pixels = (tensor.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+            out.append((pixels, dataset.classes[sample.labels[0]]))
         return out
 
     preview_btn.click(preview_aug, [ws_state, augment], preview)
@@ -191,6 +195,7 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
     def run_training(
         ws_id, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug, progress=gr.Progress()
     ):
+        load_engine()
         from ..jobs import TrainingJob  # the engine's torch side loads on first use
         from ..train import TrainConfig
 

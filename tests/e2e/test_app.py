@@ -134,7 +134,7 @@ def test_stop_ends_a_run_and_keeps_the_best_model(page):
     page.get_by_role("button", name="Start training").click()
     expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=120_000)
     boxes = page.locator("#compare-runs input[type=checkbox]")
-    expect(boxes).to_have_count(2)
+    expect(boxes).to_have_count(2, timeout=30_000)
     boxes.nth(0).check()
     boxes.nth(1).check()
     page.wait_for_function(
@@ -245,3 +245,38 @@ def test_webcam_photo_goes_into_the_chosen_class(page):
             break
     expect(status).to_contain_text("Added a photo to faces")
     expect(page.locator("#data-report")).to_contain_text("at least two classes")
+
+
+def test_classes_pictures_zip_and_augmentation_preview(page, tmp_path):
+    pictures = ["assets/example/brick/brick_00.jpg", "assets/example/brick/brick_01.jpg"]
+    page.get_by_placeholder("e.g. apples").fill("walls")
+    page.get_by_role("button", name="Add class").click()
+    expect(page.locator("#data-status")).to_contain_text("Added class walls")
+    page.locator("#data-files input[type=file]").set_input_files(pictures)
+    page.get_by_role("button", name="Add these pictures").click()
+    expect(page.locator("#data-status")).to_contain_text("added 2 picture(s) to walls")
+    expect(page.locator("#data-gallery img").first).to_be_visible()
+
+    page.get_by_text("Rename or delete a class").click()
+    page.get_by_label("New name for the selected class").fill("bricks")
+    page.get_by_role("button", name="Rename", exact=True).click()
+    expect(page.locator("#data-status")).to_contain_text("Renamed walls to bricks")
+
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in ("grass", "gravel"):
+            for i in range(12):
+                zf.write(f"assets/example/{name}/{name}_{i:02d}.jpg", f"more/{name}/{i}.jpg")
+    page.locator("#data-zip input[type=file]").set_input_files(str(archive))
+    expect(page.locator("#data-status")).to_contain_text("added 24 picture(s) to grass, gravel")
+    expect(page.locator("#data-report")).to_contain_text("26 pictures in 3 classes")
+
+    page.get_by_role("button", name="Delete class and its pictures").click()
+    expect(page.locator("#data-status")).to_contain_text("Deleted class bricks")
+    expect(page.locator("#data-report")).to_contain_text("24 pictures in 2 classes")
+
+    page.get_by_role("tab", name="3 · Train").click()
+    page.get_by_text("Advanced settings").click()
+    page.get_by_label("light").check()
+    page.get_by_role("button", name="Preview augmented pictures").click()
+    expect(page.locator("#augment-preview img").first).to_be_visible(timeout=30_000)
