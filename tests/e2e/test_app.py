@@ -3,6 +3,7 @@ predict, export, and bad uploads that leave the app working."""
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 from pathlib import Path
 
@@ -161,15 +162,24 @@ def test_bad_uploads_show_a_message_and_the_app_keeps_working(page, tmp_path):
     load_example(page)
 
 
-def test_each_browser_has_its_own_workspace_which_survives_a_reload(browser, app_url):
-    first = browser.new_context()
-    second = browser.new_context()
+@contextlib.contextmanager
+def two_people(browser, app_url):
+    """Two separate browsers (contexts with their own storage) on the app."""
+    contexts = [browser.new_context(), browser.new_context()]
     try:
-        a, b = first.new_page(), second.new_page()
-        for p in (a, b):
+        pages = [c.new_page() for c in contexts]
+        for p in pages:
             p.set_default_timeout(60_000)
             p.goto(app_url)
             p.get_by_text("Your workspace is ready").wait_for()
+        yield pages
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def test_each_browser_has_its_own_workspace_which_survives_a_reload(browser, app_url):
+    with two_people(browser, app_url) as (a, b):
         a.get_by_placeholder("e.g. apples").fill("only in a")
         a.get_by_role("button", name="Add class").click()
         expect(a.locator("#data-status")).to_contain_text("Added class only in a")
@@ -181,9 +191,6 @@ def test_each_browser_has_its_own_workspace_which_survives_a_reload(browser, app
         expect(a.locator("#data-status")).to_contain_text("earlier pictures and runs are here")
         a.locator("#data-report").wait_for()
         expect(a.get_by_label("Class to add pictures to")).to_have_value("only in a")
-    finally:
-        first.close()
-        second.close()
 
 
 def test_only_the_workspace_is_served(app):
@@ -200,13 +207,7 @@ def test_only_the_workspace_is_served(app):
 
 
 def test_one_persons_training_does_not_block_another_persons_page(browser, app_url):
-    first, second = browser.new_context(), browser.new_context()
-    try:
-        a, b = first.new_page(), second.new_page()
-        for p in (a, b):
-            p.set_default_timeout(60_000)
-            p.goto(app_url)
-            p.get_by_text("Your workspace is ready").wait_for()
+    with two_people(browser, app_url) as (a, b):
         load_example(a)
         a.get_by_role("tab", name="3 · Train").click()
         a.get_by_text("Advanced settings").click()
@@ -218,9 +219,6 @@ def test_one_persons_training_does_not_block_another_persons_page(browser, app_u
         assert "Done" not in a.locator("#train-status").inner_text()
         a.get_by_role("button", name="Stop").click()
         expect(a.locator("#train-status")).to_contain_text("stopped by user", timeout=60_000)
-    finally:
-        first.close()
-        second.close()
 
 
 def test_webcam_photo_goes_into_the_chosen_class(page):
