@@ -278,3 +278,29 @@ def test_classes_pictures_zip_and_augmentation_preview(page, tmp_path):
     page.get_by_label("light").check()
     page.get_by_role("button", name="Preview augmented pictures").click()
     expect(page.locator("#augment-preview img").first).to_be_visible(timeout=30_000)
+
+
+def test_a_restarted_app_shows_earlier_pictures_and_runs(browser, tmp_path):
+    from e2e_helpers import free_port, running_app
+
+    workspace, port = tmp_path / "ws", free_port()
+    workspace.mkdir()
+    context = browser.new_context()  # one browser, kept across the restart
+    try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        with running_app(workspace, port) as url:
+            page.goto(url)
+            page.get_by_text("Your workspace is ready").wait_for()
+            load_example(page)
+            page.get_by_role("tab", name="3 · Train").click()
+            page.get_by_role("button", name="Start training").click()  # Quick preset
+            expect(page.locator("#train-status")).to_contain_text("Done", timeout=180_000)
+        with running_app(workspace, port) as url:
+            page.goto(url)
+            expect(page.locator("#data-status")).to_contain_text("earlier pictures and runs")
+            expect(page.locator("#data-report")).to_contain_text("108 pictures in 3 classes")
+            page.get_by_role("tab", name="4 · Evaluate").click()
+            expect(page.locator("#eval-headline")).to_contain_text("Accuracy")
+    finally:
+        context.close()
