@@ -388,10 +388,6 @@ class Group:
     num_params: int
     modules: tuple[str, ...]
 
-    def describe(self) -> str:
-        shown = ", ".join(self.modules[:3]) + (" ..." if len(self.modules) > 3 else "")
-        return f"{self.name} ({self.num_params:,} params: {shown})"
-
 
 def _top_modules(param_names: list[str]) -> tuple[str, ...]:
     """Short module prefixes (two levels) covering ``param_names``, in order."""

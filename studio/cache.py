@@ -48,10 +48,6 @@ class CachePlan:
     mode: str = "cut"  # "cut": skip the prefix; "head": features are the classifier's input
     input_shape: tuple[int, ...] = (3, 224, 224)
 
-    @property
-    def feature_numel(self) -> int:
-        return math.prod(self.feature_shape)
-
 
 def _trace_calls(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, str]], dict]:
     """Run ``model(x)`` and record ``("start"|"end", module name)`` in execution order."""

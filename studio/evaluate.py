@@ -191,18 +191,6 @@ def evaluate_samples(
     return metrics
 
 
-def relative_paths(metrics: dict, root: Path) -> dict:
-    """Top-loss paths relative to the dataset root, for a model card that makes sense elsewhere."""
-    out = dict(metrics)
-    out["top_losses"] = [
-        {**row, "path": str(Path(row["path"]).relative_to(root))}
-        if Path(row["path"]).is_relative_to(root)
-        else row
-        for row in metrics.get("top_losses", [])
-    ]
-    return out
-
-
 def evaluate_run(run_dir: str | Path, data: str | Path, batch_size: int = 32) -> tuple[dict, Path]:
     """Evaluate a finished run on ``data`` and write the metrics into the run folder.
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import platform
 import time
 import warnings
@@ -327,7 +326,3 @@ def write_model_card(run_dir: str | Path) -> Path:
     path = run / "MODEL_CARD.md"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def read_labels(run_dir: str | Path) -> list[str]:
-    return json.loads((Path(run_dir) / "labels.json").read_text())["labels"]
