@@ -26,6 +26,9 @@ from .safezip import extract_zip
 
 __all__ = ["Workspace", "AddReport", "clean_class_name"]
 
+# Datasets loaded recently, by (data folder, seed): (file fingerprint, Dataset).
+_LOADED: dict[tuple[str, int], tuple[tuple, Dataset]] = {}
+_LOADED_MAX = 16
 _ID = re.compile(r"^[a-f0-9]{8,32}$")
 _CLASS_NAME = re.compile(r"^[\w][\w \-.]{0,39}$", re.UNICODE)
 
@@ -205,10 +208,33 @@ class Workspace:
     # ------------------------------------------------------------------ data and runs
 
     def dataset(self, seed: int = 0) -> Dataset:
-        """The workspace's pictures as a :class:`~studio.data.Dataset` (with its report)."""
+        """The workspace's pictures as a :class:`~studio.data.Dataset` (with its report).
+
+        Loading decodes every picture, and the app asks after every click, so the result is
+        reused until a file is added, removed or changed (names, sizes and times are compared).
+        """
         if not any(self.counts().values()):
             raise DataError("there are no pictures yet: add some to at least two classes")
-        return load_dataset(self.data_dir, seed=seed)
+        key = (str(self.data_dir), seed)
+        fingerprint = self._fingerprint()
+        cached = _LOADED.get(key)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        dataset = load_dataset(self.data_dir, seed=seed)
+        _LOADED[key] = (fingerprint, dataset)
+        while len(_LOADED) > _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+        return dataset
+
+    def _fingerprint(self) -> tuple:
+        entries = []
+        for path in sorted(self.data_dir.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                entries.append(
+                    (str(path.relative_to(self.data_dir)), stat.st_size, stat.st_mtime_ns)
+                )
+        return tuple(entries)
 
     def runs(self) -> list[Path]:
         return list_runs(self.runs_dir)

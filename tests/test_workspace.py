@@ -65,6 +65,12 @@ def test_example_then_a_background_job_that_can_be_stopped(tmp_path):
     ws = Workspace(tmp_path / "ws")
     ws.load_example()
     assert ws.counts() == {"brick": 36, "grass": 36, "gravel": 36}
+    first = ws.dataset()
+    assert ws.dataset() is first  # nothing changed: not decoded again
+    ws.add_images("grass", [write_image(tmp_path / "new.png", size=(80, 80), seed=99)])
+    assert ws.dataset() is not first and ws.dataset().report.total == 109
+    ws.delete_class("grass")
+    ws.load_example()
     with pytest.raises(StudioError, match="no run called"):
         ws.resolve_run("../../etc")
     config = TrainConfig(

@@ -8,7 +8,6 @@ import time
 import gradio as gr
 
 from .. import charts
-from ..data import load_dataset
 from ..errors import StudioError
 from .common import Context, friendly, load_engine, run_choices
 from .model_tab import freeze_spec
@@ -203,7 +202,7 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
         try:
             if ws_id in ctx.jobs and not ctx.jobs[ws_id].done:
                 raise StudioError("a training run is already going; stop it first")
-            dataset = load_dataset(ws.data_dir, seed=int(sd))
+            dataset = ws.dataset(seed=int(sd))
             config = TrainConfig(
                 data=str(ws.data_dir),
                 out=str(ws.new_run_dir(bb)),
