@@ -25,6 +25,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _explain_methods() -> tuple[str, ...]:
+    # The keys of studio.explain.METHODS, without importing torch to build the parser.
+    return ("gradcam", "ig", "saliency", "gradshap", "occlusion", "guided-gradcam")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="studio",
@@ -84,6 +89,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     p.add_argument("--out", help="output file (default: inside the run folder)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "explain", help="attribution map: which pixels made the model choose a class"
+    )
+    p.add_argument("run", help="a run folder, or a catalog backbone name for its ImageNet classes")
+    p.add_argument("image")
+    p.add_argument("--method", default="gradcam", choices=list(_explain_methods()))
+    p.add_argument("--target", help="class to explain (default: the predicted one)")
+    p.add_argument("--out", help="picture to write (default: IMAGE-METHOD.png here)")
+    p.add_argument(
+        "--sign", default="positive", choices=["positive", "negative", "absolute", "all"]
+    )
+    p.add_argument("--opacity", type=float, default=0.6)
+    p.add_argument("--smoothgrad", action="store_true", help="average over noisy copies")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="also score faithfulness (deletion/insertion) and run the randomization test",
+    )
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "shortcuts",
+        help="does each class get recognised by its background, frame or a watermark?",
+    )
+    p.add_argument("run")
+    p.add_argument("--method", default="gradcam", choices=list(_explain_methods()))
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("backbones", help="list the backbone catalog")
@@ -239,6 +272,83 @@ def _cmd_predict(args) -> int:
     return 2 if any(r.error for r in results) else 0
 
 
+def _progress_bar(title: str):
+    """A tqdm bar driven by a 0..1 fraction (attribution methods report fractions)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=title, unit="%", leave=False, disable=None)
+
+    def update(fraction: float, *_):
+        bar.update(round(fraction * 100) - bar.n)
+
+    return bar, update
+
+
+def _cmd_explain(args) -> int:
+    from .errors import StudioError
+    from .explain import METHODS, Explainer, overlay
+
+    explainer = Explainer.load(args.run)
+    bar, update = _progress_bar(METHODS[args.method].title)
+    with bar:
+        result = explainer.explain(
+            args.image, [args.method], args.target, progress=update, smoothgrad=args.smoothgrad
+        )
+    if args.method in result.problems:
+        raise StudioError(result.problems[args.method])
+    out = Path(args.out or f"{Path(args.image).stem}-{args.method}.png")
+    overlay(result.image, result.maps[args.method], args.sign, args.opacity).save(out)
+    report = {
+        "image": args.image,
+        "method": args.method,
+        "target": result.target_label,
+        "top": [{"label": k, "probability": p} for k, p in result.top],
+        "seconds": round(result.seconds[args.method], 3),
+        "out": str(out),
+    }
+    if args.check:
+        scores = explainer.faithfulness(result)
+        report["faithfulness"] = {k: v.to_dict() for k, v in scores.items()}
+        report["sanity"] = explainer.sanity(
+            result, args.method, smoothgrad=args.smoothgrad
+        ).to_dict()
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    label, p = result.top[0]
+    print(
+        f"{args.image}: {label} {p:.1%}; explained '{result.target_label}' with "
+        f"{METHODS[args.method].title} in {report['seconds']:.1f}s -> {out}"
+    )
+    if args.check:
+        for key, score in report["faithfulness"].items():
+            print(
+                f"  {key:15s} deletion AUC {score['deletion_auc']:.3f} (lower is better)  "
+                f"insertion AUC {score['insertion_auc']:.3f} (higher is better)"
+            )
+        print("  sanity check: " + report["sanity"]["verdict"])
+    return 0
+
+
+def _cmd_shortcuts(args) -> int:
+    from .explain import Explainer, evaluation_samples
+
+    explainer = Explainer.from_run(args.run)
+    bar, update = _progress_bar("checking")
+    with bar:
+        rows, skipped = explainer.shortcuts(
+            evaluation_samples(args.run), method=args.method, progress=update
+        )
+    if args.json:
+        print(json.dumps({"classes": [r.to_dict() for r in rows], "skipped": skipped}))
+    else:
+        for row in rows:
+            print(("WARNING " if row.flagged else "ok      ") + row.message)
+        for path in skipped:
+            print(f"skipped (cannot read): {path}")
+    return 0
+
+
 def _cmd_export(args) -> int:
     from dataclasses import asdict
 
@@ -315,6 +425,8 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "predict": _cmd_predict,
     "export": _cmd_export,
+    "explain": _cmd_explain,
+    "shortcuts": _cmd_shortcuts,
     "backbones": _cmd_backbones,
     "data": _cmd_data,
     "lr-find": _cmd_lr_find,
