@@ -168,10 +168,10 @@ DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 def get_spec(name: str) -> BackboneSpec:
     """The catalog entry for ``name``; a name timm knows but the catalog lacks is accepted too."""
-    import timm
-
     if name in CATALOG:
         return CATALOG[name]
+    import timm  # only for names outside the catalog: keeps the app's first page free of timm
+
     if name in timm.list_models():
         return BackboneSpec(name, name, "timm", "A timm model outside the catalog.")
     close = [n for n in CATALOG if name.lower() in n.lower()]

@@ -1,4 +1,4 @@
-"""Plotly figures shared by the app and reports: data counts, training curves, confusion matrix.
+"""Plotly figures shared by the app and reports: data, training, evaluation and explanations.
 
 Each function takes plain data and returns a ``plotly.graph_objects.Figure``; none keeps state.
 """
@@ -10,7 +10,15 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-__all__ = ["class_counts", "training_curves", "confusion_matrix", "top_k_bar", "lr_curve"]
+__all__ = [
+    "class_counts",
+    "training_curves",
+    "confusion_matrix",
+    "top_k_bar",
+    "lr_curve",
+    "faithfulness_curves",
+    "sanity_curve",
+]
 
 _SPLIT_COLOURS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
 _LAYOUT = dict(margin=dict(l=40, r=20, t=50, b=40), template="plotly_white", height=360)
@@ -122,6 +130,66 @@ def lr_curve(lrs: Sequence[float], losses: Sequence[float], suggestion: float) -
         xaxis_type="log",
         xaxis_title="learning rate",
         yaxis_title="loss",
+        **_LAYOUT,
+    )
+    return fig
+
+
+_PALETTE = ["#4C78A8", "#E45756", "#54A24B", "#B279A2", "#F58518", "#72B7B2"]
+
+
+def faithfulness_curves(scores: dict[str, dict], titles: dict[str, str] | None = None) -> go.Figure:
+    """Deletion (left, should fall fast) and insertion (right, should rise fast) per method.
+
+    Args:
+        scores: ``{method: Faithfulness.to_dict()}``; a ``"random"`` entry is drawn grey and
+            dashed, as the floor a method has to beat.
+        titles: Display names for the methods.
+    """
+    titles = titles or {}
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            "Deletion: remove top pixels first (lower is better)",
+            "Insertion: reveal top pixels first (higher is better)",
+        ),
+    )
+    for i, (key, score) in enumerate(scores.items()):
+        random = key == "random"
+        name = "random map" if random else titles.get(key, key)
+        for col, kind in ((1, "deletion"), (2, "insertion")):
+            fig.add_scatter(
+                x=[100 * f for f in score["fractions"]],
+                y=score[kind],
+                mode="lines",
+                row=1,
+                col=col,
+                name=f"{name} (score {score['score']:+.2f})",
+                legendgroup=key,
+                showlegend=col == 1,
+                line=dict(
+                    color="#9E9E9E" if random else _PALETTE[i % len(_PALETTE)],
+                    dash="dash" if random else "solid",
+                ),
+                hovertemplate=f"{name}: %{{y:.1%}} at %{{x:.0f}}% of pixels<extra></extra>",
+            )
+    fig.update_xaxes(title_text="% of pixels changed", range=[0, 100])
+    fig.update_yaxes(title_text="probability of the class", range=[0, 1.02], tickformat=".0%")
+    fig.update_layout(**{**_LAYOUT, "height": 380})
+    return fig
+
+
+def sanity_curve(steps: Sequence[tuple[str, float]], repeat: float, title: str) -> go.Figure:
+    """Similarity to the real map as the model is randomised from the head down."""
+    labels = ["trained model"] + [label for label, _ in steps]
+    values = [repeat] + [value for _, value in steps]
+    fig = go.Figure(go.Scatter(x=labels, y=values, mode="lines+markers", line_color="#4C78A8"))
+    fig.add_hrect(y0=-1, y1=0.3, fillcolor="#54A24B", opacity=0.08, line_width=0)
+    fig.update_layout(
+        title=title,
+        xaxis_title="weights replaced by random ones (from the head down)",
+        yaxis=dict(title="similarity to the real map", range=[-0.2, 1.05]),
         **_LAYOUT,
     )
     return fig

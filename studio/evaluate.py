@@ -2,8 +2,9 @@
 
 ``metrics.json`` (written by :func:`evaluate_run` and at the end of training) holds ``accuracy``,
 ``macro_f1``, ``labels``, ``confusion_matrix`` (rows = true class, columns = predicted),
-``per_class`` (precision, recall, f1, support), ``top_losses`` (the images the model got most
-confidently wrong) and ``most_confused`` (the class pairs mixed up most often).
+``per_class`` (precision, recall, f1, support), ``top_losses`` (the images with the highest
+loss: confident mistakes first, then the least certain right answers) and ``most_confused`` (the
+class pairs mixed up most often).
 """
 
 from __future__ import annotations
@@ -127,8 +128,9 @@ def compute_metrics(
     )
     cm = confusion_matrix(y_true, y_pred, labels=list(range(n)))
     losses = -np.log(probs[np.arange(len(y_true)), y_true] + eps) if len(probs) else np.zeros(0)
-    wrong = np.nonzero(y_pred != y_true)[0]
-    order = wrong[np.argsort(-losses[wrong])][:TOP_LOSSES]
+    # Highest loss first, right or wrong (as fastai's top losses): mistakes come first, and a
+    # model with none still shows the pictures it was least sure about.
+    order = np.argsort(-losses, kind="stable")[:TOP_LOSSES]
     pairs = [
         {"true": classes[i], "predicted": classes[j], "count": int(cm[i, j])}
         for i in range(n)
@@ -152,6 +154,7 @@ def compute_metrics(
                 "predicted": classes[y_pred[i]],
                 "confidence": float(probs[i, y_pred[i]]),
                 "loss": float(losses[i]),
+                "correct": bool(y_pred[i] == y_true[i]),
             }
             for i in order
         ],

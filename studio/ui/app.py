@@ -18,6 +18,7 @@ import gradio as gr
 from .common import Context
 from .data_tab import build_data_tab
 from .evaluate_tab import build_evaluate_tab
+from .explain_tab import build_explain_tab
 from .export_tab import build_export_tab
 from .model_tab import build_model_tab
 from .predict_tab import build_predict_tab
@@ -40,7 +41,7 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
         )
         ws_state = gr.State(None)
         gr.Markdown(INTRO)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("1 · Data", id="data"):
                 data = build_data_tab(ctx, ws_state)
             with gr.Tab("2 · Model", id="model"):
@@ -49,9 +50,11 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
                 training = build_train_tab(ctx, ws_state, model["backbone"], model["freeze"])
             with gr.Tab("4 · Evaluate", id="evaluate") as evaluate_tab:
                 evaluate = build_evaluate_tab(ctx, ws_state)
-            with gr.Tab("5 · Predict", id="predict") as predict_tab:
+            with gr.Tab("5 · Explain", id="explain") as explain_tab:
+                explained = build_explain_tab(ctx, ws_state)
+            with gr.Tab("6 · Predict", id="predict") as predict_tab:
                 predict = build_predict_tab(ctx, ws_state)
-            with gr.Tab("6 · Export", id="export") as export_tab:
+            with gr.Tab("7 · Export", id="export") as export_tab:
                 export = build_export_tab(ctx, ws_state)
 
         def open_workspace(saved_id):
@@ -67,6 +70,7 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
                 *data["refresh"](ws.id),
                 *training["refresh"](ws.id),
                 evaluate["refresh"](ws.id),
+                explained["refresh"](ws.id),
                 predict["refresh"](ws.id),
                 export["refresh"](ws.id),
             )
@@ -81,6 +85,7 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
                 *data["views"],
                 *training["views"],
                 *evaluate["views"],
+                *explained["views"],
                 *predict["views"],
                 *export["views"],
             ],
@@ -89,8 +94,15 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
         demo.load(model["refresh"], None, model["views"])
         # Lists of runs are re-read whenever their tab is opened.
         train_tab.select(training["refresh"], ws_state, training["views"])
-        for tab, part in ((evaluate_tab, evaluate), (predict_tab, predict), (export_tab, export)):
-            tab.select(part["refresh"], ws_state, part["views"])
+        explained["wire_top_losses"](tabs, evaluate["losses"], evaluate["run"])
+        tabs_and_parts = (
+            (evaluate_tab, evaluate),
+            (explain_tab, explained),
+            (predict_tab, predict),
+            (export_tab, export),
+        )
+        for tab, part in tabs_and_parts:
+            tab.select(part["refresh"], part.get("refresh_inputs", ws_state), part["views"])
     return demo
 
 

@@ -38,8 +38,13 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
         label="Per class",
         interactive=False,
     )
-    gr.Markdown("#### Biggest mistakes (most confident wrong answers)")
-    losses = gr.Gallery(label="Top losses", columns=6, height=240, elem_id="top-losses")
+    gr.Markdown(
+        "#### Hardest pictures (mistakes first, then the ones it was least sure about)\n"
+        "Click one to see, on the Explain tab, what the model looked at."
+    )
+    losses = gr.Gallery(
+        label="Top losses (true → said)", columns=6, height=240, elem_id="top-losses"
+    )
     confused = gr.Dataframe(
         headers=["true class", "taken for", "times"], label="Most confused pairs", interactive=False
     )
@@ -63,7 +68,12 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
             for k, v in m["per_class"].items()
         ]
         gallery = [
-            (r["path"], f"{r['true']} → {r['predicted']} ({r['confidence']:.0%})")
+            (
+                r["path"],
+                f"{r['true']} ✓ ({r['confidence']:.0%} sure)"
+                if r.get("correct")
+                else f"{r['true']} → {r['predicted']} ({r['confidence']:.0%})",
+            )
             for r in m["top_losses"]
         ]
         pairs = [[p["true"], p["predicted"], p["count"]] for p in m["most_confused"]]
@@ -95,4 +105,4 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
     run.change(show, [ws_state, run], outputs)
     table.select(cell, [ws_state, run], [cell_title, cell_gallery])
 
-    return {"refresh": refresh, "views": [run]}
+    return {"refresh": refresh, "views": [run], "losses": losses, "run": run}

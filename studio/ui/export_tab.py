@@ -8,7 +8,7 @@ import gradio as gr
 
 from .common import Context, friendly, load_engine, run_picker
 
-HELP = """### 6. Take your model with you
+HELP = """### 7. Take your model with you
 **Build the download** makes a zip with your model as `model.safetensors` (for Python), ONNX (for
 phones, web pages, C#, Java) and TorchScript, plus the class names, the picture preparation and a
 model card describing it. Each exported file is checked to give the same answers as the original."""

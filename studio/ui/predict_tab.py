@@ -11,7 +11,7 @@ from .. import charts
 from ..errors import StudioError
 from .common import Context, friendly, load_engine, run_picker
 
-HELP = """### 5. Try it
+HELP = """### 6. Try it
 Give the model a picture it has never seen: upload one, paste one, or use the webcam. The bars
 show how sure it is about each class."""
 

@@ -50,7 +50,8 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
 
     page.get_by_role("tab", name="2 · Model").click()
     summary = page.locator("#freeze-summary")
-    expect(summary).to_contain_text("Training from `head` up".replace("`", ""))
+    # The catalog needs torch and timm, which load in the background (~10 s on 2 cores).
+    expect(summary).to_contain_text("Training from head up", timeout=60_000)
     slider = page.locator("#freeze-slider input[type=number]")
     slider.fill("6")
     slider.press("Tab")
@@ -85,10 +86,35 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     expect(page.locator("#cell-gallery img").first).to_be_visible()
     shot(page, "4-evaluate")
 
-    page.get_by_role("tab", name="5 · Predict").click()
+    # One click on a hard picture opens it on the Explain tab, with a map for its true class.
+    page.locator("#top-losses .thumbnail-item").first.click()
+    expect(page.locator("#explain-origin")).to_contain_text("From the Evaluate tab")
+    expect(page.locator("#explain-answer")).to_contain_text("explaining", timeout=120_000)
+    expect(page.locator("#explain-maps .thumbnail-item")).to_have_count(2)  # picture + Grad-CAM
+    # Two methods side by side, each scored against a random map.
+    page.locator("#explain-methods").get_by_label("Integrated Gradients").check()
+    page.locator("#explain-go").click()
+    expect(page.locator("#explain-maps .thumbnail-item")).to_have_count(3, timeout=120_000)
+    table = page.locator("#explain-faith-table")
+    expect(table).to_contain_text("Integrated Gradients")
+    expect(table).to_contain_text("Grad-CAM")
+    expect(table).to_contain_text("random map")
+    traces = page.evaluate(
+        "(() => document.querySelector('#explain-faith .js-plotly-plot').data.length)()"
+    )
+    assert traces == 6  # deletion + insertion for two methods and the random floor
+    page.evaluate("document.querySelector('#explain-answer').scrollIntoView()")
+    shot(page, "5-explain")
+    page.get_by_text("Sanity check: does the map").click()
+    page.locator("#explain-sanity-go").click()
+    expect(page.locator("#explain-sanity-verdict")).to_contain_text(
+        "random weights", timeout=120_000
+    )
+
+    page.get_by_role("tab", name="6 · Predict").click()
     page.locator("#predict-image input[type=file]").set_input_files(EXAMPLE_PICTURE)
     expect(page.locator("#predict-answer")).to_contain_text("grass", timeout=60_000)
-    shot(page, "5-predict")
+    shot(page, "6-predict")
     many = ["assets/example/brick/brick_35.jpg", "assets/example/gravel/gravel_35.jpg"]
     page.locator("#predict-many input[type=file]").set_input_files(many)
     page.get_by_role("button", name="Classify all").click()
@@ -96,7 +122,7 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     expect(page.locator("#predict-table")).to_contain_text("brick")
     expect(page.locator("#predict-csv a").first).to_be_visible()
 
-    page.get_by_role("tab", name="6 · Export").click()
+    page.get_by_role("tab", name="7 · Export").click()
     page.get_by_role("button", name="Build the download").click()
     expect(page.locator("#export-checks")).to_contain_text("onnx", timeout=180_000)
     with page.expect_download() as info:
@@ -112,7 +138,7 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
         "preprocess.json",
         "MODEL_CARD.md",
     } <= names
-    shot(page, "6-export")
+    shot(page, "7-export")
 
 
 def test_stop_ends_a_run_and_keeps_the_best_model(page):

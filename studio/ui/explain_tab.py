@@ -1,0 +1,403 @@
+"""Explain tab: attribution maps side by side, and how far each one can be trusted."""
+
+from __future__ import annotations
+
+import threading
+
+import gradio as gr
+
+from .. import charts
+from ..errors import StudioError
+from .common import Context, friendly, load_engine, run_choices
+
+HELP = """### 5. Why did it say that?
+Pick a picture and one or more **methods**: each paints the parts of the picture that pushed the
+model towards a class (bright = strong evidence). Methods disagree, so two checks tell you which
+map to believe: **faithfulness** (hiding the bright pixels should make the model less sure) and a
+**sanity check** (a model with random weights should give a different map)."""
+
+PREDICTED, TRUE = "predicted class", "true class"
+IMAGENET = "imagenet:"
+METHOD_CHOICES = [
+    ("Grad-CAM", "gradcam"),
+    ("Integrated Gradients", "ig"),
+    ("Saliency", "saliency"),
+    ("GradientSHAP", "gradshap"),
+    ("Occlusion (slow)", "occlusion"),
+    ("Guided Grad-CAM", "guided-gradcam"),
+]
+SIGN_CHOICES = [
+    ("for the class", "positive"),
+    ("against the class", "negative"),
+    ("both (size only)", "absolute"),
+    ("both (red for, blue against)", "all"),
+]
+
+
+def _imagenet_choices() -> list[tuple[str, str]]:
+    """Backbones whose ImageNet weights are on this computer: explain without training."""
+    from ..backbones import CATALOG, weights_info
+
+    return [
+        (f"ImageNet classes · {spec.title} (no training needed)", IMAGENET + spec.name)
+        for spec in CATALOG.values()
+        if spec.bundled and weights_info(spec.name).source == "bundled"
+    ]
+
+
+class _Explainers:
+    """One loaded model per source, each with a lock: Captum hooks into the model while it works."""
+
+    def __init__(self):
+        self._items: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ctx: Context, ws_id: str, source: str):
+        load_engine()
+        from ..explain import Explainer
+
+        if not source:
+            raise StudioError("train a model first (Train tab), or pick an ImageNet model")
+        if source.startswith(IMAGENET):
+            key = source
+        else:
+            key = str(ctx.workspace(ws_id).resolve_run(source))
+        with self._lock:
+            if key not in self._items:
+                if len(self._items) >= 2:
+                    self._items.pop(next(iter(self._items)))
+                if source.startswith(IMAGENET):
+                    explainer = Explainer.from_backbone(source.removeprefix(IMAGENET))
+                else:
+                    explainer = Explainer.from_run(key)
+                self._items[key] = (explainer, threading.Lock())
+            return self._items[key]
+
+
+def _gallery(state: dict, sign: str, opacity: float) -> list:
+    from ..explain import METHODS, overlay
+
+    items = [(state["image"], "the picture")]
+    for key, values in state["maps"].items():
+        caption = f"{METHODS[key].title} · {state['seconds'][key]:.1f}s"
+        items.append((overlay(state["image"], values, sign, opacity), caption))
+    return items
+
+
+def _faithfulness_table(scores: dict) -> list[list]:
+    from ..explain import METHODS
+
+    floor = scores.get("random", {}).get("score")
+    rows = []
+    for key, s in scores.items():
+        if key == "random":
+            continue
+        if floor is None:
+            verdict = ""
+        elif s["score"] > floor + 0.05:
+            verdict = "better than a random map"
+        else:
+            verdict = "no better than a random map: do not trust it here"
+        rows.append(
+            [
+                METHODS[key].title,
+                round(s["deletion_auc"], 3),
+                round(s["insertion_auc"], 3),
+                round(s["score"], 3),
+                verdict,
+            ]
+        )
+    if floor is not None:
+        r = scores["random"]
+        rows.append(
+            [
+                "random map",
+                round(r["deletion_auc"], 3),
+                round(r["insertion_auc"], 3),
+                round(floor, 3),
+                "the floor",
+            ]
+        )
+    return rows
+
+
+def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
+    gr.Markdown(HELP)
+    explainers = _Explainers()
+    stops: dict[str, threading.Event] = {}
+    with gr.Row():
+        source = gr.Dropdown(
+            choices=[],
+            label="Model",
+            info="A run you trained, or an ImageNet model to explore without training.",
+            elem_id="explain-run",
+            scale=3,
+        )
+        refresh_btn = gr.Button("Refresh list", scale=0)
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(
+                label="Picture",
+                type="filepath",
+                sources=["upload", "clipboard", "webcam"],
+                elem_id="explain-image",
+                height=260,
+            )
+            origin = gr.Markdown(elem_id="explain-origin")
+        with gr.Column(scale=1):
+            methods = gr.CheckboxGroup(
+                METHOD_CHOICES, value=["gradcam"], label="Methods", elem_id="explain-methods"
+            )
+            target = gr.Dropdown(
+                choices=[PREDICTED],
+                value=PREDICTED,
+                label="Explain which class",
+                info="What the model said (default), the true class, or any class.",
+                filterable=True,
+                elem_id="explain-target",
+            )
+            smooth = gr.Checkbox(
+                label="SmoothGrad: average over noisy copies (less speckle, slower; "
+                "Integrated Gradients and Saliency)",
+                value=False,
+            )
+            score = gr.Checkbox(label="Score faithfulness", value=True)
+            with gr.Row():
+                go_btn = gr.Button("Explain", variant="primary", elem_id="explain-go")
+                stop_btn = gr.Button("Stop", variant="stop")
+        top_k = gr.Plot(label="What the model thinks", elem_id="explain-top")
+    answer = gr.Markdown(elem_id="explain-answer")
+    maps = gr.Gallery(label="Maps", columns=4, height=300, elem_id="explain-maps")
+    with gr.Row():
+        sign = gr.Radio(SIGN_CHOICES, value="positive", label="Show evidence")
+        opacity = gr.Slider(
+            0, 1, value=0.6, step=0.05, label="Map opacity", elem_id="explain-opacity"
+        )
+    faith_plot = gr.Plot(label="Faithfulness", elem_id="explain-faith")
+    faith_table = gr.Dataframe(
+        headers=["method", "deletion AUC ↓", "insertion AUC ↑", "score ↑", "verdict"],
+        interactive=False,
+        elem_id="explain-faith-table",
+    )
+    with gr.Accordion("Sanity check: does the map depend on what the model learnt?", open=False):
+        gr.Markdown(
+            "Replaces the model's weights with random ones, from the classifier down, and "
+            "compares each new map with the real one. A trustworthy method gives a different map."
+        )
+        with gr.Row():
+            sanity_method = gr.Dropdown(METHOD_CHOICES, value="gradcam", label="Method")
+            sanity_btn = gr.Button("Run sanity check", elem_id="explain-sanity-go")
+        sanity_verdict = gr.Markdown(elem_id="explain-sanity-verdict")
+        sanity_plot = gr.Plot(label="Similarity after randomising")
+    with gr.Accordion("Shortcut check: background, frame or watermark?", open=False):
+        gr.Markdown(
+            "Looks at every picture the model was tested on and measures where the evidence "
+            "lies. A class recognised by its background or a logo will fail on new pictures."
+        )
+        shortcut_btn = gr.Button("Check every test picture", elem_id="explain-shortcut-go")
+        shortcut_text = gr.Markdown(elem_id="explain-shortcut-text")
+        shortcut_table = gr.Dataframe(
+            headers=["class", "pictures", "evidence on the edges", "in one corner", "warning"],
+            interactive=False,
+        )
+    state = gr.State(None)  # the last maps, so sign and opacity redraw without recomputing
+    true_label = gr.State(None)
+
+    def refresh(ws_id, current=None):
+        """Newest run first; a model already chosen (or opened from Evaluate) stays chosen."""
+        runs = run_choices(ctx.workspace(ws_id))
+        choices = [(name, name) for name in runs] + _imagenet_choices()
+        values = [value for _, value in choices]
+        keep = current if current in values else (values[0] if values else None)
+        return gr.update(choices=choices, value=keep)
+
+    @friendly
+    def pick_source(ws_id, name, truth):
+        if not name:
+            return gr.update(choices=[PREDICTED], value=PREDICTED)
+        explainer, _ = explainers.get(ctx, ws_id, name)
+        first = [PREDICTED] + ([TRUE] if truth else [])
+        return gr.update(choices=first + explainer.labels, value=TRUE if truth else PREDICTED)
+
+    def uploaded():
+        return None, ""
+
+    @friendly
+    def run_explain(
+        ws_id,
+        name,
+        path,
+        chosen,
+        target_value,
+        truth,
+        smoothgrad,
+        faithful,
+        sign_value,
+        alpha,
+        progress=gr.Progress(),
+    ):
+        if not path:
+            raise StudioError("choose a picture first")
+        if target_value == TRUE and not truth:
+            raise StudioError("the true class is only known for pictures from the Evaluate tab")
+        explainer, lock = explainers.get(ctx, ws_id, name)
+        stop = stops.setdefault(ws_id, threading.Event())
+        stop.clear()
+        wanted = (
+            truth if target_value == TRUE else (None if target_value == PREDICTED else target_value)
+        )
+        with lock:
+            result = explainer.explain(
+                path,
+                chosen,
+                wanted,
+                smoothgrad=smoothgrad,
+                progress=lambda f, title: progress(f, desc=title),
+                should_stop=stop.is_set,
+            )
+            scores = {}
+            if faithful and result.maps:
+                progress(1.0, desc="scoring faithfulness")
+                scores = {k: v.to_dict() for k, v in explainer.faithfulness(result).items()}
+        label, p = result.top[0]
+        text = f"## {label} ({p:.0%} sure) · explaining **{result.target_label}**"
+        for key, problem in result.problems.items():
+            text += f"\n\n⚠️ {dict((v, k) for k, v in METHOD_CHOICES)[key]}: {problem}"
+        saved = {
+            "image": result.image,
+            "maps": result.maps,
+            "seconds": result.seconds,
+            "path": path,
+            "target": result.target_label,
+            "source": name,
+        }
+        from ..explain import METHODS
+
+        titles = {k: m.title for k, m in METHODS.items()}
+        return (
+            charts.top_k_bar(result.top),
+            text,
+            _gallery(saved, sign_value, alpha),
+            charts.faithfulness_curves(scores, titles) if scores else None,
+            _faithfulness_table(scores),
+            saved,
+        )
+
+    @friendly
+    def redraw(saved, sign_value, alpha):
+        return _gallery(saved, sign_value, alpha) if saved else []
+
+    def stop_now(ws_id):
+        if ws_id in stops:
+            stops[ws_id].set()
+
+    @friendly
+    def sanity(ws_id, saved, method, smoothgrad, progress=gr.Progress()):
+        if not saved:
+            raise StudioError("explain a picture first, then check its map")
+        from ..explain import METHODS
+
+        explainer, lock = explainers.get(ctx, ws_id, saved["source"])
+        progress(0.0, desc="randomising the model")
+        with lock:
+            result = explainer.explain(saved["path"], [method], saved["target"])
+            if method in result.problems:
+                raise StudioError(result.problems[method])
+            check = explainer.sanity(
+                result, method, smoothgrad=smoothgrad and METHODS[method].smoothgrad
+            )
+        return f"**{check.verdict}**", charts.sanity_curve(
+            check.steps, check.repeat_similarity, METHODS[method].title
+        )
+
+    @friendly
+    def shortcuts(ws_id, name, progress=gr.Progress()):
+        if not name or name.startswith(IMAGENET):
+            raise StudioError("the shortcut check needs a run you trained on your own pictures")
+        from ..explain import evaluation_samples
+
+        run_dir = ctx.workspace(ws_id).resolve_run(name)
+        explainer, lock = explainers.get(ctx, ws_id, name)
+        stop = stops.setdefault(ws_id, threading.Event())
+        stop.clear()
+        with lock:
+            rows, skipped = explainer.shortcuts(
+                evaluation_samples(run_dir),
+                progress=lambda f: progress(f, desc="checking test pictures"),
+                should_stop=stop.is_set,
+            )
+        flagged = [r for r in rows if r.flagged]
+        text = (
+            "### ⚠️ Possible shortcuts\n" + "\n".join(f"- {r.message}" for r in flagged)
+            if flagged
+            else "### ✅ No shortcut found\nFor every class the evidence lies mostly inside the picture, not on its edges or in a corner."
+        )
+        if skipped:
+            text += f"\n\n{len(skipped)} picture(s) could not be read and were left out."
+        table = [
+            [
+                r.label,
+                r.images,
+                f"{r.border:.0%}",
+                f"{r.corner:.0%} ({r.corner_name})",
+                "⚠️" if r.flagged else "",
+            ]
+            for r in rows
+        ]
+        return text, table
+
+    @friendly
+    def from_top_loss(ws_id, run_name, evt: gr.SelectData):
+        """Evaluate tab -> here: the clicked mistake, its run, and its true class."""
+        import json
+
+        metrics = json.loads(
+            (ctx.workspace(ws_id).resolve_run(run_name) / "metrics.json").read_text()
+        )
+        row = metrics["top_losses"][evt.index]
+        note = (
+            f"From the Evaluate tab: this picture is really **{row['true']}**, the model said "
+            f"**{row['predicted']}** ({row['confidence']:.0%} sure). The maps show what speaks "
+            "for the true class; choose *predicted class* to see what the model went by."
+        )
+        return gr.Tabs(selected="explain"), refresh(ws_id, run_name), row["path"], row["true"], note
+
+    refresh_btn.click(refresh, [ws_state, source], source)
+    source.change(pick_source, [ws_state, source, true_label], target)
+    image.upload(uploaded, None, [true_label, origin])
+    explain_inputs = [
+        ws_state,
+        source,
+        image,
+        methods,
+        target,
+        true_label,
+        smooth,
+        score,
+        sign,
+        opacity,
+    ]
+    explain_outputs = [top_k, answer, maps, faith_plot, faith_table, state]
+    go_btn.click(run_explain, explain_inputs, explain_outputs)
+    stop_btn.click(stop_now, ws_state, None, queue=False)
+    sign.change(redraw, [state, sign, opacity], maps)
+    opacity.release(redraw, [state, sign, opacity], maps)
+    sanity_btn.click(
+        sanity, [ws_state, state, sanity_method, smooth], [sanity_verdict, sanity_plot]
+    )
+    shortcut_btn.click(shortcuts, [ws_state, source], [shortcut_text, shortcut_table])
+
+    def wire_top_losses(tabs: gr.Tabs, losses: gr.Gallery, eval_run: gr.Dropdown) -> None:
+        """One click on a top-loss picture opens it here with maps for its true class."""
+        losses.select(
+            from_top_loss, [ws_state, eval_run], [tabs, source, image, true_label, origin]
+        ).then(pick_source, [ws_state, source, true_label], target).then(
+            run_explain, explain_inputs, explain_outputs
+        )
+
+    return {
+        "refresh": refresh,
+        "views": [source],
+        "refresh_inputs": [ws_state, source],
+        "wire_top_losses": wire_top_losses,
+    }
