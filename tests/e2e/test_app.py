@@ -110,6 +110,12 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     expect(page.locator("#explain-sanity-verdict")).to_contain_text(
         "random weights", timeout=120_000
     )
+    page.get_by_text("Shortcut check: background").click()
+    page.locator("#explain-shortcut-go").click()
+    # Textures fill the whole tile: no class should be flagged as recognised by its frame.
+    expect(page.locator("#explain-shortcut-text")).to_contain_text(
+        "No shortcut found", timeout=120_000
+    )
 
     page.get_by_role("tab", name="6 · Predict").click()
     page.locator("#predict-image input[type=file]").set_input_files(EXAMPLE_PICTURE)
@@ -330,3 +336,35 @@ def test_a_restarted_app_shows_earlier_pictures_and_runs(browser, tmp_path):
             expect(page.locator("#eval-headline")).to_contain_text("Accuracy")
     finally:
         context.close()
+
+
+def test_explain_an_imagenet_model_without_training(page, tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    cat = tmp_path / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(cat)
+    page.get_by_role("tab", name="5 · Explain").click()
+    page.locator("#explain-run input").click()
+    page.get_by_role("option", name="ImageNet classes · EfficientNet-Lite0").click()
+    page.locator("#explain-image input[type=file]").set_input_files(str(cat))
+    page.locator("#explain-methods").get_by_label("Saliency").check()
+    page.locator("#explain-go").click()
+    expect(page.locator("#explain-maps .thumbnail-item")).to_have_count(3, timeout=120_000)
+    expect(page.locator("#explain-answer")).to_contain_text("cat")
+    first = page.locator("#explain-maps .thumbnail-item img").nth(1).get_attribute("src")
+    # Opacity and sign redraw the maps from the kept results, without computing them again.
+    page.get_by_label("both (red for, blue against)").check()
+    page.wait_for_function(
+        f"document.querySelectorAll('#explain-maps .thumbnail-item img')[1].src != {first!r}"
+    )
+    # A class the user picks: the map follows it.
+    target = page.locator("#explain-target input")
+    target.click()
+    target.fill("")
+    target.press_sequentially("Egyptian")
+    page.get_by_role("option", name="Egyptian cat", exact=True).click()
+    page.locator("#explain-go").click()
+    expect(page.locator("#explain-answer")).to_contain_text(
+        "explaining Egyptian cat", timeout=120_000
+    )
