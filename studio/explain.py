@@ -207,9 +207,10 @@ def find_cam_layer(
         )
         for name, module in candidates
     ]
+    device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, *input_size))
+            model.eval()(torch.zeros(1, 3, *input_size, device=device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -494,7 +495,7 @@ def faithfulness(
     fractions = [i / steps for i in range(steps + 1)]
     ranks = torch.empty(height * width, dtype=torch.long)
     ranks[order] = torch.arange(height * width)
-    ranks = ranks.reshape(1, 1, height, width)
+    ranks = ranks.reshape(1, 1, height, width).to(x.device)
     blurred = _blur(x)
     zeros = torch.zeros_like(x)
     curves: dict[str, list[float]] = {"deletion": [], "insertion": []}
@@ -814,10 +815,12 @@ class Explainer:
         labels: Sequence[str],
         data_cfg: dict,
         multilabel: bool = False,
+        device: str | torch.device = "cpu",
     ):
         from .loaders import build_transform
 
-        self.model = _ready(model)
+        self.device = torch.device(device)
+        self.model = _ready(model).to(self.device)
         self.labels = list(labels)
         self.multilabel = multilabel
         self.mean = torch.tensor(data_cfg["mean"]).view(3, 1, 1)
@@ -827,7 +830,7 @@ class Explainer:
         self._layer_problem: str | None = None
 
     @classmethod
-    def from_run(cls, run_dir: str | Path) -> Explainer:
+    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> Explainer:
         from .export import load_run
 
         run = load_run(run_dir)
@@ -839,10 +842,12 @@ class Explainer:
             "std": tuple(p["std"]),
             "crop_pct": p["crop_pct"],
         }
-        return cls(run.model, run.labels, cfg, run.multilabel)
+        return cls(run.model, run.labels, cfg, run.multilabel, device)
 
     @classmethod
-    def from_backbone(cls, name: str, weights_file: str | Path | None = None) -> Explainer:
+    def from_backbone(
+        cls, name: str, weights_file: str | Path | None = None, device: str | torch.device = "cpu"
+    ) -> Explainer:
         """A catalog backbone with its ImageNet classifier (pretrained weights required)."""
         from timm.data import ImageNetInfo
 
@@ -851,7 +856,7 @@ class Explainer:
         model, _ = create_backbone(name, None, weights_file=weights_file)
         info = ImageNetInfo()
         labels = [info.index_to_description(i) for i in range(model.num_classes)]
-        return cls(model, labels, data_config(model))
+        return cls(model, labels, data_config(model), device=device)
 
     @classmethod
     def load(cls, source: str | Path) -> Explainer:
@@ -875,7 +880,7 @@ class Explainer:
                 raise DataError(f"cannot read {Path(image).name}: {exc}") from None
         x = self._transform(image.convert("RGB")).unsqueeze(0)
         shown = (x[0] * self.std + self.mean).clamp(0, 1)
-        return x, Image.fromarray((shown.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        return x.to(self.device), Image.fromarray((shown.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, top_k: int = 5) -> list[tuple[str, float]]:
