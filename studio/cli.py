@@ -286,7 +286,7 @@ def _progress_bar(title: str):
 
 def _cmd_explain(args) -> int:
     from .errors import StudioError
-    from .explain import METHODS, Explainer, overlay
+    from .explain import METHODS, Explainer, faithfulness_verdict, overlay
 
     explainer = Explainer.load(args.run)
     bar, update = _progress_bar(METHODS[args.method].title)
@@ -321,10 +321,13 @@ def _cmd_explain(args) -> int:
         f"{METHODS[args.method].title} in {report['seconds']:.1f}s -> {out}"
     )
     if args.check:
-        for key, score in report["faithfulness"].items():
+        for key, score in scores.items():
+            verdict = (
+                "the floor" if key == "random" else faithfulness_verdict(score, scores["random"])
+            )
             print(
-                f"  {key:15s} deletion AUC {score['deletion_auc']:.3f} (lower is better)  "
-                f"insertion AUC {score['insertion_auc']:.3f} (higher is better)"
+                f"  {key:15s} deletion AUC {score.deletion_auc:.3f} (lower is better)  "
+                f"insertion AUC {score.insertion_auc:.3f} (higher is better)  {verdict}"
             )
         print("  sanity check: " + report["sanity"]["verdict"])
     return 0

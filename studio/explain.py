@@ -45,6 +45,7 @@ __all__ = [
     "overlay",
     "faithfulness",
     "Faithfulness",
+    "faithfulness_verdict",
     "random_map",
     "randomization_check",
     "SanityCheck",
@@ -517,6 +518,24 @@ def faithfulness(
     )
 
 
+def faithfulness_verdict(score: Faithfulness, floor: Faithfulness, margin: float = 0.03) -> str:
+    """Plain words for a map's curves against the random map's.
+
+    Each curve favours a different kind of map: deletion rewards scattered pixels (removing
+    them quickly looks strange to the model), insertion rewards smooth regions. So a method is
+    judged on each curve separately instead of on one number.
+    """
+    deletion = score.deletion_auc < floor.deletion_auc - margin
+    insertion = score.insertion_auc > floor.insertion_auc + margin
+    if deletion and insertion:
+        return "faithful: beats a random map on both curves"
+    if deletion:
+        return "partly: hiding its pixels hurts, but showing them alone is not enough"
+    if insertion:
+        return "partly: its region alone convinces the model, but hiding it does not hurt"
+    return "no better than a random map here: do not trust it for this picture"
+
+
 def random_map(shape: tuple[int, int], seed: int = 0, patch: int = 16) -> np.ndarray:
     """A map with no information, in patches like a real map: the floor a method must beat."""
     rng = np.random.default_rng(seed)
@@ -880,7 +899,9 @@ class Explainer:
                 raise DataError(f"cannot read {Path(image).name}: {exc}") from None
         x = self._transform(image.convert("RGB")).unsqueeze(0)
         shown = (x[0] * self.std + self.mean).clamp(0, 1)
-        return x.to(self.device), Image.fromarray((shown.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        return x.to(self.device), Image.fromarray(
+            (shown.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        )
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, top_k: int = 5) -> list[tuple[str, float]]:
@@ -986,13 +1007,21 @@ class Explainer:
             for key, values in maps.items()
         }
 
-    def sanity(self, result: Explanation, method: str, **options) -> SanityCheck:
+    def sanity(
+        self,
+        result: Explanation,
+        method: str,
+        progress: Callable[[float], None] | None = None,
+        **options,
+    ) -> SanityCheck:
+        """:func:`randomization_check` for ``result``'s picture and class."""
         key = method_key(method)
         return randomization_check(
             self.model,
             result.input,
             key,
             result.target,
+            progress=progress,
             **self._options(key, result.input, options),
         )
 

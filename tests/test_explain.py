@@ -59,6 +59,17 @@ def test_faithfulness_ranks_a_real_map_above_a_random_one(method):
     assert real.score > noise.score + 0.05
 
 
+def test_faithfulness_verdict_judges_each_curve_against_the_random_map():
+    def curves(deletion, insertion):
+        return explain.Faithfulness([0.0, 1.0], [1.0, 0.0], [0.0, 1.0], deletion, insertion)
+
+    floor = curves(0.3, 0.3)
+    assert explain.faithfulness_verdict(curves(0.1, 0.6), floor).startswith("faithful")
+    assert "hiding its pixels hurts" in explain.faithfulness_verdict(curves(0.1, 0.3), floor)
+    assert "region alone" in explain.faithfulness_verdict(curves(0.3, 0.6), floor)
+    assert explain.faithfulness_verdict(curves(0.31, 0.29), floor).startswith("no better")
+
+
 def test_gradient_methods_are_deterministic_with_a_seed():
     model = RegionNet(region_mask(*REGION))
     x = picture(3)

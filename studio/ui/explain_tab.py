@@ -85,37 +85,21 @@ def _gallery(state: dict, sign: str, opacity: float) -> list:
 
 
 def _faithfulness_table(scores: dict) -> list[list]:
-    from ..explain import METHODS
+    """One row per method, judged against the random map's curves, then the random map."""
+    from ..explain import METHODS, faithfulness_verdict
 
-    floor = scores.get("random", {}).get("score")
+    floor = scores.get("random")
     rows = []
-    for key, s in scores.items():
-        if key == "random":
-            continue
-        if floor is None:
-            verdict = ""
-        elif s["score"] > floor + 0.05:
-            verdict = "better than a random map"
-        else:
-            verdict = "no better than a random map: do not trust it here"
+    for key, score in scores.items():
+        verdict = "the floor" if key == "random" else faithfulness_verdict(score, floor)
+        title = "random map" if key == "random" else METHODS[key].title
         rows.append(
             [
-                METHODS[key].title,
-                round(s["deletion_auc"], 3),
-                round(s["insertion_auc"], 3),
-                round(s["score"], 3),
+                title,
+                round(score.deletion_auc, 3),
+                round(score.insertion_auc, 3),
+                round(score.score, 3),
                 verdict,
-            ]
-        )
-    if floor is not None:
-        r = scores["random"]
-        rows.append(
-            [
-                "random map",
-                round(r["deletion_auc"], 3),
-                round(r["insertion_auc"], 3),
-                round(floor, 3),
-                "the floor",
             ]
         )
     return rows
@@ -258,7 +242,7 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
             scores = {}
             if faithful and result.maps:
                 progress(1.0, desc="scoring faithfulness")
-                scores = {k: v.to_dict() for k, v in explainer.faithfulness(result).items()}
+                scores = explainer.faithfulness(result)
         label, p = result.top[0]
         text = f"## {label} ({p:.0%} sure) · explaining **{result.target_label}**"
         for key, problem in result.problems.items():
@@ -278,7 +262,9 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
             charts.top_k_bar(result.top),
             text,
             _gallery(saved, sign_value, alpha),
-            charts.faithfulness_curves(scores, titles) if scores else None,
+            charts.faithfulness_curves({k: v.to_dict() for k, v in scores.items()}, titles)
+            if scores
+            else None,
             _faithfulness_table(scores),
             saved,
         )
@@ -304,7 +290,10 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
             if method in result.problems:
                 raise StudioError(result.problems[method])
             check = explainer.sanity(
-                result, method, smoothgrad=smoothgrad and METHODS[method].smoothgrad
+                result,
+                method,
+                progress=lambda f: progress(f, desc="comparing with a randomised model"),
+                smoothgrad=smoothgrad and METHODS[method].smoothgrad,
             )
         return f"**{check.verdict}**", charts.sanity_curve(
             check.steps, check.repeat_similarity, METHODS[method].title
