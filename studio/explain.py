@@ -1,17 +1,9 @@
-"""Why did the model say that? Captum attribution maps, and how far to trust them.
+"""Why did the model say that? One object that explains pictures for a run or an ImageNet model.
 
-Every map comes from Captum (no attribution method is written here); this module chooses the
-layer, baselines, batch sizes and strides, reduces the result to one ``H x W`` map at the model's
-input resolution, and adds the checks a person needs before believing a heat map:
-
-* :func:`faithfulness` — deletion and insertion curves (Petsiuk et al., RISE 2018): remove or
-  reveal the most-attributed pixels first and watch the class probability. Captum ships
-  infidelity/sensitivity, not these curves, so the ~30 lines live here.
-* :func:`randomization_check` — the model-parameter randomization test (Adebayo et al., "Sanity
-  Checks for Saliency Maps", 2018): a map that looks the same for a model with random weights
-  shows the picture's edges, not what the model learnt.
-* :func:`shortcut_report` — how much of each class's attribution sits on the picture's border or
-  in one corner (backgrounds, frames, watermarks) instead of the centre.
+:class:`Explainer` ties a model to its preprocessing and class names and calls the two modules
+below it: :mod:`studio.attribution` (Captum maps, overlays) and :mod:`studio.trust`
+(faithfulness, sanity check, shortcut report). Their public names are re-exported here, so
+``studio.explain`` is the one import the app, the CLI and notebooks need.
 
 >>> explainer = Explainer.from_run("runs/demo")  # doctest: +SKIP
 >>> result = explainer.explain("cat.jpg", ["gradcam", "ig"])  # doctest: +SKIP
@@ -20,10 +12,7 @@ input resolution, and adds the checks a person needs before believing a heat map
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +21,31 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .attribution import (
+    METHODS,
+    SIGNS,
+    ExplainStopped,
+    Method,
+    _ready,
+    attribute,
+    find_cam_layer,
+    method_key,
+    normalize,
+    overlay,
+)
 from .errors import DataError, StudioError
+from .trust import (
+    Faithfulness,
+    SanityCheck,
+    ShortcutRow,
+    faithfulness,
+    faithfulness_verdict,
+    probability,
+    random_map,
+    randomization_check,
+    region_shares,
+    shortcut_report,
+)
 
 __all__ = [
     "METHODS",
@@ -56,741 +69,6 @@ __all__ = [
     "Explanation",
     "evaluation_samples",
 ]
-
-SIGNS = ("positive", "negative", "absolute", "all")
-
-
-@dataclass(frozen=True)
-class Method:
-    """One attribution method as the app and CLI present it."""
-
-    key: str
-    title: str
-    about: str
-    smoothgrad: bool  # SmoothGrad (NoiseTunnel) makes sense on top of it
-    needs_layer: bool  # needs a convolutional feature map (Grad-CAM family)
-
-
-METHODS: dict[str, Method] = {
-    m.key: m
-    for m in (
-        Method(
-            "gradcam",
-            "Grad-CAM",
-            "which regions of the last feature map drove the class; coarse but robust",
-            False,
-            True,
-        ),
-        Method(
-            "ig",
-            "Integrated Gradients",
-            "sums gradients along a path from a plain picture to this one",
-            True,
-            False,
-        ),
-        Method(
-            "saliency", "Saliency", "how strongly each pixel's change moves the score", True, False
-        ),
-        Method(
-            "gradshap",
-            "GradientSHAP",
-            "Integrated Gradients averaged over random starting pictures (already noisy)",
-            False,
-            False,
-        ),
-        Method(
-            "occlusion",
-            "Occlusion",
-            "covers one patch at a time and watches the score drop; slow but model-agnostic",
-            False,
-            False,
-        ),
-        Method(
-            "guided-gradcam",
-            "Guided Grad-CAM",
-            "Grad-CAM sharpened with guided backpropagation (pixel detail)",
-            False,
-            True,
-        ),
-    )
-}
-_ALIASES = {
-    "integrated-gradients": "ig",
-    "integrated_gradients": "ig",
-    "grad-cam": "gradcam",
-    "gradientshap": "gradshap",
-    "gradient-shap": "gradshap",
-    "guided_gradcam": "guided-gradcam",
-    "guidedgradcam": "guided-gradcam",
-}
-
-
-class ExplainStopped(StudioError):
-    """The person pressed Stop while a map was being computed."""
-
-
-def method_key(name: str) -> str:
-    """The canonical key for a method name, or :class:`StudioError` listing the known ones."""
-    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
-    if key not in METHODS:
-        raise StudioError(f"unknown method '{name}': choose from {', '.join(METHODS)}")
-    return key
-
-
-# --------------------------------------------------------------------------- the model
-
-
-class _Watched(torch.nn.Module):
-    """Counts the pictures the model sees, so slow methods can report progress and be stopped.
-
-    A module (not a closure) because Guided Grad-CAM needs a module to hook its ReLUs into.
-    """
-
-    def __init__(self, model: torch.nn.Module, total: int, progress, should_stop):
-        super().__init__()
-        self.model = model
-        self.total = max(total, 1)
-        self.seen = 0
-        self.progress = progress
-        self.should_stop = should_stop
-
-    def forward(self, x):
-        if self.should_stop is not None and self.should_stop():
-            raise ExplainStopped("stopped")
-        out = self.model(x)
-        self.seen += x.shape[0]
-        if self.progress is not None:
-            self.progress(min(self.seen / self.total, 1.0))
-        return out
-
-
-def _ready(model: torch.nn.Module) -> torch.nn.Module:
-    """Eval mode, and no in-place activations: Captum's backward hooks cannot wrap them."""
-    model.eval()
-    for module in model.modules():
-        if getattr(module, "inplace", False) is True:
-            module.inplace = False
-    return model
-
-
-def _candidate_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """Input-to-output blocks to look for a feature map in: timm's groups, else the children."""
-    names: list[str] = []
-    if hasattr(model, "group_matcher"):
-        from .backbones import model_groups
-
-        for group in model_groups(model):
-            names.extend(group.modules)
-    else:
-        names = [name for name, _ in model.named_children()]
-    found = dict(model.named_modules())
-    return [(n, found[n]) for n in names if n in found]
-
-
-def find_cam_layer(
-    model: torch.nn.Module, input_size: tuple[int, int]
-) -> tuple[str, torch.nn.Module]:
-    """The last block whose output is still a spatial feature map (``N x C x H x W``, H, W > 1).
-
-    The blocks come from the backbone's groups (stem, stages, head), so no per-model table is
-    needed; one probe forward records their output shapes.
-
-    Raises:
-        StudioError: The model has no such map (a Vision Transformer's blocks output tokens).
-    """
-    candidates = _candidate_modules(model)
-    shapes: dict[str, tuple] = {}
-    hooks = [
-        module.register_forward_hook(
-            lambda _m, _i, out, name=name: shapes.__setitem__(
-                name, tuple(out.shape) if isinstance(out, torch.Tensor) else ()
-            )
-        )
-        for name, module in candidates
-    ]
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, *input_size, device=device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    for name, module in reversed(candidates):
-        shape = shapes.get(name, ())
-        if len(shape) == 4 and shape[2] > 1 and shape[3] > 1:
-            return name, module
-    raise StudioError(
-        "Grad-CAM needs a convolutional feature map and this model has none (a Vision "
-        "Transformer works on patches): use Integrated Gradients, Saliency, GradientSHAP or "
-        "Occlusion instead"
-    )
-
-
-# --------------------------------------------------------------------------- attribution
-
-
-def _occlusion_window(side: int) -> tuple[int, int]:
-    """Window about an eighth of the picture, moved by half a window: 15 x 15 steps at 224 px."""
-    window = max(4, round(side / 8))
-    return window, max(2, window // 2)
-
-
-def _forward_count(key: str, side: int, steps: int, samples: int) -> int:
-    if key == "ig":
-        return steps
-    if key == "gradshap":
-        return samples
-    if key == "occlusion":
-        window, stride = _occlusion_window(side)
-        return ((side - window) // stride + 1) ** 2 + 1
-    return 2 if key == "guided-gradcam" else 1
-
-
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """Seed torch and numpy (GradientSHAP draws from numpy's global generator), then put back
-    the caller's random state, so explaining never changes what a later training run draws."""
-    numpy_state = np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            np.random.seed(seed)
-            yield
-    finally:
-        np.random.set_state(numpy_state)
-
-
-def attribute(
-    model: torch.nn.Module,
-    image: torch.Tensor,
-    method: str,
-    target: int,
-    *,
-    smoothgrad: bool = False,
-    smoothgrad_samples: int = 8,
-    noise: float = 0.15,
-    steps: int = 50,
-    samples: int = 16,
-    baseline: torch.Tensor | None = None,
-    layer: torch.nn.Module | None = None,
-    batch_size: int = 16,
-    seed: int = 0,
-    progress: Callable[[float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> np.ndarray:
-    """One attribution map for one picture, at the picture's resolution.
-
-    Args:
-        model: Any classifier ``N x 3 x H x W -> N x classes`` (put in eval mode here).
-        image: The preprocessed picture, ``3 x H x W`` or ``1 x 3 x H x W``.
-        method: A key of :data:`METHODS` (``gradcam``, ``ig``, ``saliency``, ``gradshap``,
-            ``occlusion``, ``guided-gradcam``).
-        target: Index of the class to explain.
-        smoothgrad: Average the method over noisy copies (Captum's ``NoiseTunnel``); gradient
-            methods only.
-        smoothgrad_samples: Noisy copies for SmoothGrad.
-        noise: SmoothGrad / GradientSHAP noise, as a fraction of the picture's value range.
-        steps: Integrated Gradients path steps.
-        samples: GradientSHAP samples.
-        baseline: The "nothing here" picture for IG, GradientSHAP and Occlusion (same shape as
-            ``image``); zeros, i.e. the normalisation mean colour, by default.
-        layer: Grad-CAM layer; found with :func:`find_cam_layer` when not given.
-        batch_size: Pictures per forward pass for IG, SmoothGrad and Occlusion (bounds memory).
-        seed: Seeds the random parts (SmoothGrad noise, GradientSHAP baselines).
-        progress: Called with the fraction done (0..1) as the model is evaluated.
-        should_stop: Polled before each forward pass; returning True raises
-            :class:`ExplainStopped`.
-
-    Returns:
-        ``H x W`` float32 array, signed: positive values support ``target``.
-    """
-    from captum.attr import (
-        GradientShap,
-        GuidedGradCam,
-        IntegratedGradients,
-        LayerAttribution,
-        LayerGradCam,
-        NoiseTunnel,
-        Occlusion,
-        Saliency,
-    )
-
-    key = method_key(method)
-    info = METHODS[key]
-    if smoothgrad and not info.smoothgrad:
-        raise StudioError(f"SmoothGrad works on gradient methods, not {info.title}")
-    x = image.detach().float()
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4 or x.shape[0] != 1:
-        raise StudioError("attribute() explains one picture at a time (1 x 3 x H x W)")
-    side = x.shape[-1]
-    base = torch.zeros_like(x) if baseline is None else baseline.detach().float().reshape(x.shape)
-    model = _ready(model)
-    if info.needs_layer and layer is None:
-        layer = find_cam_layer(model, tuple(x.shape[-2:]))[1]
-
-    total = _forward_count(key, side, steps, samples) * (smoothgrad_samples if smoothgrad else 1)
-    watched = _Watched(model, total, progress, should_stop)
-    span = float(x.max() - x.min()) or 1.0
-    x.requires_grad_()
-    with _seeded(seed), torch.enable_grad(), warnings.catch_warnings():
-        # Captum announces the ReLU hooks of guided backpropagation every time.
-        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-        if key == "gradcam":
-            cam = LayerGradCam(watched, layer).attribute(x, target=target)
-            attr = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")
-        elif key == "guided-gradcam":
-            attr = GuidedGradCam(watched, layer).attribute(x, target=target)
-        elif key == "occlusion":
-            window, stride = _occlusion_window(side)
-            attr = Occlusion(watched).attribute(
-                x,
-                sliding_window_shapes=(x.shape[1], window, window),
-                strides=(x.shape[1], stride, stride),
-                baselines=base,
-                target=target,
-                perturbations_per_eval=batch_size,
-            )
-        else:
-            explainer, kwargs = {
-                "saliency": (Saliency(watched), {"abs": False}),
-                "ig": (
-                    IntegratedGradients(watched),
-                    {"baselines": base, "n_steps": steps, "internal_batch_size": batch_size},
-                ),
-                "gradshap": (
-                    GradientShap(watched),
-                    {
-                        # The baseline plus a noisy version of it: SHAP averages over a spread.
-                        "baselines": torch.cat([base, base + 0.5 * span * torch.rand_like(base)]),
-                        "n_samples": samples,
-                        "stdevs": noise * span,
-                    },
-                ),
-            }[key]
-            if smoothgrad:
-                attr = NoiseTunnel(explainer).attribute(
-                    x,
-                    nt_type="smoothgrad",
-                    nt_samples=smoothgrad_samples,
-                    nt_samples_batch_size=1 if key == "ig" else batch_size,
-                    stdevs=noise * span,
-                    target=target,
-                    **kwargs,
-                )
-            else:
-                attr = explainer.attribute(x, target=target, **kwargs)
-    return attr.detach()[0].sum(0).float().cpu().numpy()
-
-
-# --------------------------------------------------------------------------- display
-
-
-def normalize(values: np.ndarray, sign: str = "positive", percentile: float = 99.0) -> np.ndarray:
-    """Scale a map for display: ``[0, 1]`` (or ``[-1, 1]`` for ``sign="all"``).
-
-    The top 1% is clipped so that one extreme pixel does not wash out the rest.
-    """
-    if sign not in SIGNS:
-        raise StudioError(f"sign must be one of {', '.join(SIGNS)}")
-    values = np.asarray(values, dtype=np.float32)
-    shown = {
-        "positive": np.clip(values, 0, None),
-        "negative": np.clip(-values, 0, None),
-        "absolute": np.abs(values),
-        "all": values,
-    }[sign]
-    magnitude = np.abs(shown)
-    scale = np.percentile(magnitude[magnitude > 0], percentile) if (magnitude > 0).any() else 0.0
-    if scale <= 0:
-        return np.zeros_like(shown)
-    low = -1.0 if sign == "all" else 0.0
-    return np.clip(shown / scale, low, 1.0)
-
-
-_COLOURMAPS = {"positive": "inferno", "negative": "viridis", "absolute": "inferno", "all": "RdBu_r"}
-
-
-def overlay(
-    image: Image.Image, values: np.ndarray, sign: str = "positive", opacity: float = 0.6
-) -> Image.Image:
-    """The picture with the map painted over it; weak attribution stays see-through."""
-    from matplotlib import colormaps
-
-    scaled = normalize(values, sign)
-    base = image.convert("RGB").resize(scaled.shape[::-1], Image.Resampling.BILINEAR)
-    colours = colormaps[_COLOURMAPS[sign]]((scaled + 1) / 2 if sign == "all" else scaled)[..., :3]
-    strength = np.abs(scaled)[..., None] * float(np.clip(opacity, 0.0, 1.0))
-    mixed = (1 - strength) * (np.asarray(base, np.float32) / 255) + strength * colours
-    return Image.fromarray((mixed * 255).round().astype(np.uint8))
-
-
-# --------------------------------------------------------------------------- faithfulness
-
-
-@dataclass
-class Faithfulness:
-    """Deletion and insertion curves for one map; ``score`` = insertion AUC - deletion AUC.
-
-    A faithful map makes the probability fall fast when its top pixels are removed (low deletion
-    AUC) and rise fast when only they are shown (high insertion AUC).
-    """
-
-    fractions: list[float]
-    deletion: list[float]
-    insertion: list[float]
-    deletion_auc: float
-    insertion_auc: float
-
-    @property
-    def score(self) -> float:
-        return self.insertion_auc - self.deletion_auc
-
-    def to_dict(self) -> dict:
-        return {
-            "deletion_auc": self.deletion_auc,
-            "insertion_auc": self.insertion_auc,
-            "score": self.score,
-            "fractions": self.fractions,
-            "deletion": self.deletion,
-            "insertion": self.insertion,
-        }
-
-
-def _blur(x: torch.Tensor) -> torch.Tensor:
-    from torchvision.transforms.functional import gaussian_blur
-
-    sigma = max(x.shape[-1] / 20, 1.0)
-    kernel = int(sigma * 4) | 1
-    return gaussian_blur(x, [kernel, kernel], [sigma, sigma])
-
-
-def _probability(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
-    return logits.sigmoid() if multilabel else logits.softmax(-1)
-
-
-@torch.no_grad()
-def faithfulness(
-    model: torch.nn.Module,
-    image: torch.Tensor,
-    values: np.ndarray,
-    target: int,
-    *,
-    steps: int = 20,
-    batch_size: int = 16,
-    multilabel: bool = False,
-) -> Faithfulness:
-    """Deletion and insertion curves for ``values`` (most positive pixels first).
-
-    Deletion replaces pixels with zeros (the mean colour); insertion starts from a blurred copy,
-    so the model sees a natural-looking picture rather than a flat one (as in RISE).
-    """
-    from sklearn.metrics import auc
-
-    x = image.detach().float().reshape(1, *image.shape[-3:])
-    height, width = x.shape[-2:]
-    if np.shape(values) != (height, width):
-        raise StudioError(f"the map is {np.shape(values)}, the picture {height} x {width}")
-    order = torch.from_numpy(np.argsort(-np.asarray(values).ravel(), kind="stable").copy())
-    fractions = [i / steps for i in range(steps + 1)]
-    ranks = torch.empty(height * width, dtype=torch.long)
-    ranks[order] = torch.arange(height * width)
-    ranks = ranks.reshape(1, 1, height, width).to(x.device)
-    blurred = _blur(x)
-    zeros = torch.zeros_like(x)
-    curves: dict[str, list[float]] = {"deletion": [], "insertion": []}
-    model = _ready(model)
-    for kind, (first, second) in {"deletion": (zeros, x), "insertion": (x, blurred)}.items():
-        # Pixels ranked below the cut come from `first`, the rest from `second`.
-        batch = torch.cat(
-            [torch.where(ranks < f * height * width, first, second) for f in fractions]
-        )
-        for chunk in batch.split(batch_size):
-            probs = _probability(model(chunk), multilabel)[:, target]
-            curves[kind].extend(float(p) for p in probs)
-    return Faithfulness(
-        fractions,
-        curves["deletion"],
-        curves["insertion"],
-        float(auc(fractions, curves["deletion"])),
-        float(auc(fractions, curves["insertion"])),
-    )
-
-
-def faithfulness_verdict(score: Faithfulness, floor: Faithfulness, margin: float = 0.03) -> str:
-    """Plain words for a map's curves against the random map's.
-
-    Each curve favours a different kind of map: deletion rewards scattered pixels (removing
-    them quickly looks strange to the model), insertion rewards smooth regions. So a method is
-    judged on each curve separately instead of on one number.
-    """
-    deletion = score.deletion_auc < floor.deletion_auc - margin
-    insertion = score.insertion_auc > floor.insertion_auc + margin
-    if deletion and insertion:
-        return "faithful: beats a random map on both curves"
-    if deletion:
-        return "partly: hiding its pixels hurts, but showing them alone is not enough"
-    if insertion:
-        return "partly: its region alone convinces the model, but hiding it does not hurt"
-    return "no better than a random map here: do not trust it for this picture"
-
-
-def random_map(shape: tuple[int, int], seed: int = 0, patch: int = 16) -> np.ndarray:
-    """A map with no information, in patches like a real map: the floor a method must beat."""
-    rng = np.random.default_rng(seed)
-    rows, cols = -(-shape[0] // patch), -(-shape[1] // patch)
-    coarse = rng.random((rows, cols), dtype=np.float32)
-    return np.kron(coarse, np.ones((patch, patch), np.float32))[: shape[0], : shape[1]]
-
-
-# --------------------------------------------------------------------------- sanity check
-
-
-@dataclass
-class SanityCheck:
-    """Similarity of maps as more and more of the model is replaced by random weights."""
-
-    method: str
-    steps: list[tuple[str, float]]  # (what is randomised, Spearman similarity to the real map)
-    repeat_similarity: float  # the same model, the method run again with another seed
-
-    @property
-    def final(self) -> float:
-        return self.steps[-1][1]
-
-    @property
-    def passed(self) -> bool:
-        return self.final < 0.3
-
-    @property
-    def verdict(self) -> str:
-        title = METHODS[self.method].title
-        if self.final < 0.3:
-            return (
-                f"Passed: with random weights the {title} map changes completely (similarity "
-                f"{self.final:.2f}), so it really shows what this model has learnt."
-            )
-        if self.final < 0.6:
-            return (
-                f"Partly: with random weights the {title} map still keeps some of its shape "
-                f"(similarity {self.final:.2f}). Part of it follows the picture's edges rather "
-                "than the model; trust the broad areas, not the fine detail."
-            )
-        return (
-            f"Failed: the {title} map looks much the same for a model with random weights "
-            f"(similarity {self.final:.2f}). It mostly shows edges and contrast in the picture, "
-            "not the model's reasoning; do not trust it for this model."
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "method": self.method,
-            "steps": [{"randomised": k, "similarity": v} for k, v in self.steps],
-            "repeat_similarity": self.repeat_similarity,
-            "passed": self.passed,
-            "verdict": self.verdict,
-        }
-
-
-def _similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of absolute maps, as in Adebayo et al."""
-    from scipy.stats import spearmanr
-
-    a, b = np.abs(a).ravel(), np.abs(b).ravel()
-    if a.std() == 0 or b.std() == 0:
-        return 0.0
-    return float(spearmanr(a, b).statistic)
-
-
-def _layer_blocks(model: torch.nn.Module) -> list[tuple[str, list[torch.nn.Module]]]:
-    """Blocks from output to input, each a name and its modules (timm groups, else children)."""
-    found = dict(model.named_modules())
-    if hasattr(model, "group_matcher"):
-        from .backbones import model_groups
-
-        blocks = [
-            (g.name, [found[m] for m in g.modules if m in found]) for g in model_groups(model)
-        ]
-    else:
-        blocks = [(n, [m]) for n, m in model.named_children() if any(True for _ in m.parameters())]
-    return list(reversed(blocks))
-
-
-def _randomise(modules: Sequence[torch.nn.Module]) -> None:
-    for top in modules:
-        for module in top.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-        for name, param in top.named_parameters():
-            # Parameters no reset_parameters covers (ViT position embeddings, layer scales).
-            if "embed" in name or "token" in name or name.endswith("gamma"):
-                torch.nn.init.normal_(param, std=0.02)
-
-
-def randomization_check(
-    model: torch.nn.Module,
-    image: torch.Tensor,
-    method: str,
-    target: int,
-    *,
-    points: int = 4,
-    seed: int = 0,
-    progress: Callable[[float], None] | None = None,
-    **options,
-) -> SanityCheck:
-    """Randomise the model from the head down and compare each map with the trained one.
-
-    Args:
-        points: How many cumulative randomisation depths to try (the last is the whole model).
-        **options: Passed to :func:`attribute` (``smoothgrad``, ``steps``...).
-    """
-    key = method_key(method)
-    reference = attribute(model, image, key, target, seed=seed, **options)
-    stochastic = key == "gradshap" or options.get("smoothgrad")
-    repeat = (
-        _similarity(reference, attribute(model, image, key, target, seed=seed + 1, **options))
-        if stochastic
-        else 1.0
-    )
-    shuffled = copy.deepcopy(model)
-    if options.get("layer") is not None:  # the same layer, in the copy
-        names = {id(m): n for n, m in model.named_modules()}
-        options["layer"] = dict(shuffled.named_modules())[names[id(options["layer"])]]
-    blocks = _layer_blocks(shuffled)
-    depths = sorted({round(len(blocks) * (i + 1) / points) for i in range(points)} - {0})
-    steps: list[tuple[str, float]] = []
-    done = 0
-    with _seeded(seed):
-        for n, depth in enumerate(depths, start=1):
-            _randomise([m for _, mods in blocks[done:depth] for m in mods])
-            done = depth
-            label = (
-                "everything" if depth == len(blocks) else f"{blocks[0][0]} … {blocks[depth - 1][0]}"
-            )
-            values = attribute(shuffled, image, key, target, seed=seed, **options)
-            steps.append((label, _similarity(reference, values)))
-            if progress is not None:
-                progress(n / len(depths))
-    return SanityCheck(key, steps, repeat)
-
-
-# --------------------------------------------------------------------------- shortcuts
-
-
-def region_shares(values: np.ndarray, border: float = 0.125, corner: float = 0.2) -> dict:
-    """Share of the positive attribution on the border band and in the busiest corner.
-
-    With attribution spread evenly, the border (``border`` of each side) holds
-    ``1 - (1 - 2 * border) ** 2`` of it (44% by default) and each corner ``corner ** 2`` (4%).
-    """
-    positive = np.clip(np.asarray(values, np.float64), 0, None)
-    total = positive.sum()
-    height, width = positive.shape
-    bh, bw = max(1, round(height * border)), max(1, round(width * border))
-    ch, cw = max(1, round(height * corner)), max(1, round(width * corner))
-    if total <= 0:
-        return {"border": 0.0, "corner": 0.0, "corner_name": ""}
-    centre = positive[bh : height - bh, bw : width - bw].sum()
-    corners = {
-        "top-left": positive[:ch, :cw].sum(),
-        "top-right": positive[:ch, -cw:].sum(),
-        "bottom-left": positive[-ch:, :cw].sum(),
-        "bottom-right": positive[-ch:, -cw:].sum(),
-    }
-    busiest = max(corners, key=corners.get)
-    return {
-        "border": float(1 - centre / total),
-        "corner": float(corners[busiest] / total),
-        "corner_name": busiest,
-    }
-
-
-@dataclass
-class ShortcutRow:
-    """One class's verdict: does the model look at the object, or at the frame around it?"""
-
-    label: str
-    images: int
-    border: float  # mean share of attribution on the border band
-    corner: float  # mean share in the busiest corner
-    corner_name: str
-    flagged: bool
-    message: str
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-BORDER_FLAG = 0.6  # the border is 44% of the picture; 60% of the evidence there is suspicious
-CORNER_FLAG = 0.25  # a corner is 4% of the picture; a quarter of the evidence there is a mark
-
-
-def _shortcut_message(label: str, border: float, corner: float, corner_name: str) -> str:
-    if corner >= CORNER_FLAG:
-        return (
-            f"'{label}' seems to be recognised by something in the {corner_name} corner "
-            f"({corner:.0%} of the evidence in 4% of the picture) — a watermark, logo or date "
-            "stamp? Crop it away or add pictures of other classes with the same mark."
-        )
-    if border >= BORDER_FLAG:
-        return (
-            f"'{label}' seems to be recognised by its background or frame: {border:.0%} of the "
-            "evidence lies on the edges of the picture. Add pictures of this class on other "
-            "backgrounds, or crop closer to the object."
-        )
-    return f"'{label}': the model looks mostly at the middle of the picture ({1 - border:.0%})."
-
-
-def shortcut_report(
-    model: torch.nn.Module,
-    samples: Sequence[tuple[torch.Tensor, int]],
-    labels: Sequence[str],
-    *,
-    method: str = "gradcam",
-    progress: Callable[[float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    **options,
-) -> list[ShortcutRow]:
-    """Per class: where does the evidence lie, on average, in pictures of that class?
-
-    Args:
-        samples: ``(preprocessed picture, true class index)`` pairs, e.g. the validation set.
-        method: Attribution method; Grad-CAM is fast and coarse, which suits a region check.
-    """
-    per_class: dict[int, list[dict]] = {}
-    for i, (x, label) in enumerate(samples):
-        if should_stop is not None and should_stop():
-            raise ExplainStopped("stopped")
-        values = attribute(model, x, method, int(label), **options)
-        per_class.setdefault(int(label), []).append(region_shares(values))
-        if progress is not None:
-            progress((i + 1) / len(samples))
-    rows = []
-    for index in sorted(per_class):
-        shares = per_class[index]
-        border = float(np.mean([s["border"] for s in shares]))
-        corner_names = [s["corner_name"] for s in shares if s["corner_name"]]
-        corner_name = max(set(corner_names), key=corner_names.count) if corner_names else ""
-        corner = float(
-            np.mean([s["corner"] for s in shares if s["corner_name"] == corner_name] or [0])
-        )
-        # A mark must be in the same corner in most pictures, not a different one each time.
-        corner = corner * len([n for n in corner_names if n == corner_name]) / len(shares)
-        flagged = border >= BORDER_FLAG or corner >= CORNER_FLAG
-        label = labels[index]
-        rows.append(
-            ShortcutRow(
-                label,
-                len(shares),
-                border,
-                corner,
-                corner_name,
-                flagged,
-                _shortcut_message(label, border, corner, corner_name),
-            )
-        )
-    return rows
 
 
 def evaluation_samples(run_dir: str | Path) -> list[tuple[str, str]]:
@@ -905,7 +183,7 @@ class Explainer:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, top_k: int = 5) -> list[tuple[str, float]]:
-        probs = _probability(self.model(x), self.multilabel)[0]
+        probs = probability(self.model(x), self.multilabel)[0]
         values, indices = probs.topk(min(top_k, len(self.labels)))
         return [(self.labels[i], float(v)) for v, i in zip(values, indices)]
 
@@ -1025,6 +303,45 @@ class Explainer:
             **self._options(key, result.input, options),
         )
 
+    def usable(self, method: str) -> str:
+        """``method``, or Saliency when it needs a feature map the model lacks (a ViT)."""
+        key = method_key(method)
+        if METHODS[key].needs_layer:
+            try:
+                self.cam_layer(tuple(self.prepare(Image.new("RGB", (8, 8)))[0].shape[-2:]))
+            except StudioError:
+                return "saliency"  # no feature map, but gradients still work
+        return key
+
+    def overlays(
+        self,
+        items: Sequence[tuple[str | Path, str]],
+        *,
+        method: str = "gradcam",
+        sign: str = "positive",
+        opacity: float = 0.6,
+        progress: Callable[[float], None] | None = None,
+    ) -> list[tuple[Image.Image | None, str]]:
+        """A map for each ``(picture, class)``: a quick look at many pictures at once.
+
+        Returns ``(overlay, note)`` per item; an unreadable picture gets ``None`` and the reason.
+        """
+        key = self.usable(method)
+        out: list[tuple[Image.Image | None, str]] = []
+        for i, (path, label) in enumerate(items):
+            try:
+                result = self.explain(path, [key], label)
+                out.append(
+                    (overlay(result.image, result.maps[key], sign, opacity), METHODS[key].title)
+                )
+            except ExplainStopped:
+                raise
+            except StudioError as exc:
+                out.append((None, str(exc)))
+            if progress is not None:
+                progress((i + 1) / len(items))
+        return out
+
     def shortcuts(
         self,
         samples: Sequence[tuple[str | Path, str]],
@@ -1034,12 +351,7 @@ class Explainer:
         should_stop: Callable[[], bool] | None = None,
     ) -> tuple[list[ShortcutRow], list[str]]:
         """:func:`shortcut_report` over picture files; also returns the files it could not read."""
-        key = method_key(method)
-        if METHODS[key].needs_layer:
-            try:
-                self.cam_layer(tuple(self.prepare(Image.new("RGB", (8, 8)))[0].shape[-2:]))
-            except StudioError:
-                key = "saliency"  # a ViT: no feature map, gradients still work
+        key = self.usable(method)
         prepared, skipped = [], []
         for path, label in samples:
             try:

@@ -176,6 +176,9 @@ def test_explainer_on_a_trained_run(trained_run, small_example):
     assert set(scores) == {"gradcam", "saliency", "random"}
     with pytest.raises(StudioError, match="unknown class 'dog'"):
         explainer.explain(image, ["gradcam"], target="dog")
+    shown = explainer.overlays([(image, "grass"), (small_example / "nope.jpg", "brick")])
+    assert shown[0][0].size == (224, 224) and shown[0][1] == "Grad-CAM"
+    assert shown[1][0] is None and "cannot read nope.jpg" in shown[1][1]
     rows, skipped = explainer.shortcuts([(image, "grass"), (small_example / "nope.jpg", "grass")])
     assert [r.label for r in rows] == ["grass"] and skipped == [str(small_example / "nope.jpg")]
 

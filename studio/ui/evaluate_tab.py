@@ -7,7 +7,8 @@ import json
 import gradio as gr
 
 from .. import charts
-from .common import Context, friendly, run_picker
+from ..errors import StudioError
+from .common import Context, friendly, load_engine, run_picker
 
 HELP = """### 4. How good is it?
 These numbers come from pictures the model never learnt from. In the **confusion matrix** each
@@ -44,6 +45,13 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
     )
     losses = gr.Gallery(
         label="Top losses (true → said)", columns=6, height=240, elem_id="top-losses"
+    )
+    explain_all = gr.Button("Show what the model looked at in each", elem_id="eval-explain-all")
+    loss_maps = gr.Gallery(
+        label="What made it say that (Grad-CAM: bright = evidence for its answer)",
+        columns=6,
+        height=240,
+        elem_id="top-loss-maps",
     )
     confused = gr.Dataframe(
         headers=["true class", "taken for", "times"], label="Most confused pairs", interactive=False
@@ -101,8 +109,30 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
         )
         return title, [(p["path"], f"{p['confidence']:.0%}") for p in hits]
 
+    @friendly
+    def maps(ws_id, name, progress=gr.Progress()):
+        load_engine()
+        from ..explain import Explainer
+
+        if not name:
+            raise StudioError("train a model first (Train tab)")
+        rows = _metrics(ctx, ws_id, name).get("top_losses", [])
+        if not rows or not isinstance(rows[0]["predicted"], str):
+            raise StudioError("maps are shown for single-label runs with evaluated pictures")
+        explainer = Explainer.from_run(ctx.workspace(ws_id).resolve_run(name))
+        shown = explainer.overlays(
+            [(r["path"], r["predicted"]) for r in rows],
+            progress=lambda f: progress(f, desc="drawing maps"),
+        )
+        return [
+            (picture, f"{r['true']} → {r['predicted']}")
+            for (picture, _), r in zip(shown, rows)
+            if picture is not None
+        ]
+
     outputs = [headline, heatmap, table, per_class, losses, confused]
     run.change(show, [ws_state, run], outputs)
     table.select(cell, [ws_state, run], [cell_title, cell_gallery])
+    explain_all.click(maps, [ws_state, run], loss_maps)
 
     return {"refresh": refresh, "views": [run], "losses": losses, "run": run}

@@ -86,6 +86,12 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     expect(page.locator("#cell-gallery img").first).to_be_visible()
     shot(page, "4-evaluate")
 
+    # One click draws what the model looked at in each of the hardest pictures.
+    hardest = page.locator("#top-losses .thumbnail-item").count()
+    assert hardest >= 1
+    page.locator("#eval-explain-all").click()
+    expect(page.locator("#top-loss-maps .thumbnail-item")).to_have_count(hardest, timeout=120_000)
+
     # One click on a hard picture opens it on the Explain tab, with a map for its true class.
     page.locator("#top-losses .thumbnail-item").first.click()
     expect(page.locator("#explain-origin")).to_contain_text("From the Evaluate tab")

@@ -1,0 +1,402 @@
+"""Captum attribution maps behind one call: ``attribute(model, x, method, target) -> H x W``.
+
+Every map comes from Captum (no attribution method is written here); this module chooses the
+layer, baselines, batch sizes and strides, and reduces the result to one signed map at the
+model's input resolution. :func:`overlay` paints a map over the picture for people to look at.
+
+>>> values = attribute(model, x, "gradcam", target=3)  # doctest: +SKIP
+>>> overlay(picture, values, sign="positive", opacity=0.6).save("map.png")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import StudioError
+
+__all__ = [
+    "METHODS",
+    "SIGNS",
+    "Method",
+    "ExplainStopped",
+    "method_key",
+    "attribute",
+    "find_cam_layer",
+    "normalize",
+    "overlay",
+]
+
+SIGNS = ("positive", "negative", "absolute", "all")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One attribution method as the app and CLI present it."""
+
+    key: str
+    title: str
+    about: str
+    smoothgrad: bool  # SmoothGrad (NoiseTunnel) makes sense on top of it
+    needs_layer: bool  # needs a convolutional feature map (Grad-CAM family)
+
+
+METHODS: dict[str, Method] = {
+    m.key: m
+    for m in (
+        Method(
+            "gradcam",
+            "Grad-CAM",
+            "which regions of the last feature map drove the class; coarse but robust",
+            False,
+            True,
+        ),
+        Method(
+            "ig",
+            "Integrated Gradients",
+            "sums gradients along a path from a plain picture to this one",
+            True,
+            False,
+        ),
+        Method(
+            "saliency", "Saliency", "how strongly each pixel's change moves the score", True, False
+        ),
+        Method(
+            "gradshap",
+            "GradientSHAP",
+            "Integrated Gradients averaged over random starting pictures (already noisy)",
+            False,
+            False,
+        ),
+        Method(
+            "occlusion",
+            "Occlusion",
+            "covers one patch at a time and watches the score drop; slow but model-agnostic",
+            False,
+            False,
+        ),
+        Method(
+            "guided-gradcam",
+            "Guided Grad-CAM",
+            "Grad-CAM sharpened with guided backpropagation (pixel detail)",
+            False,
+            True,
+        ),
+    )
+}
+_ALIASES = {
+    "integrated-gradients": "ig",
+    "integrated_gradients": "ig",
+    "grad-cam": "gradcam",
+    "gradientshap": "gradshap",
+    "gradient-shap": "gradshap",
+    "guided_gradcam": "guided-gradcam",
+    "guidedgradcam": "guided-gradcam",
+}
+
+
+class ExplainStopped(StudioError):
+    """The person pressed Stop while a map was being computed."""
+
+
+def method_key(name: str) -> str:
+    """The canonical key for a method name, or :class:`StudioError` listing the known ones."""
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in METHODS:
+        raise StudioError(f"unknown method '{name}': choose from {', '.join(METHODS)}")
+    return key
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class _Watched(torch.nn.Module):
+    """Counts the pictures the model sees, so slow methods can report progress and be stopped.
+
+    A module (not a closure) because Guided Grad-CAM needs a module to hook its ReLUs into.
+    """
+
+    def __init__(self, model: torch.nn.Module, total: int, progress, should_stop):
+        super().__init__()
+        self.model = model
+        self.total = max(total, 1)
+        self.seen = 0
+        self.progress = progress
+        self.should_stop = should_stop
+
+    def forward(self, x):
+        if self.should_stop is not None and self.should_stop():
+            raise ExplainStopped("stopped")
+        out = self.model(x)
+        self.seen += x.shape[0]
+        if self.progress is not None:
+            self.progress(min(self.seen / self.total, 1.0))
+        return out
+
+
+def _ready(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, and no in-place activations: Captum's backward hooks cannot wrap them."""
+    model.eval()
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+    return model
+
+
+def _candidate_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """Input-to-output blocks to look for a feature map in: timm's groups, else the children."""
+    names: list[str] = []
+    if hasattr(model, "group_matcher"):
+        from .backbones import model_groups
+
+        for group in model_groups(model):
+            names.extend(group.modules)
+    else:
+        names = [name for name, _ in model.named_children()]
+    found = dict(model.named_modules())
+    return [(n, found[n]) for n in names if n in found]
+
+
+def find_cam_layer(
+    model: torch.nn.Module, input_size: tuple[int, int]
+) -> tuple[str, torch.nn.Module]:
+    """The last block whose output is still a spatial feature map (``N x C x H x W``, H, W > 1).
+
+    The blocks come from the backbone's groups (stem, stages, head), so no per-model table is
+    needed; one probe forward records their output shapes.
+
+    Raises:
+        StudioError: The model has no such map (a Vision Transformer's blocks output tokens).
+    """
+    candidates = _candidate_modules(model)
+    shapes: dict[str, tuple] = {}
+    hooks = [
+        module.register_forward_hook(
+            lambda _m, _i, out, name=name: shapes.__setitem__(
+                name, tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+            )
+        )
+        for name, module in candidates
+    ]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, *input_size, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, module in reversed(candidates):
+        shape = shapes.get(name, ())
+        if len(shape) == 4 and shape[2] > 1 and shape[3] > 1:
+            return name, module
+    raise StudioError(
+        "Grad-CAM needs a convolutional feature map and this model has none (a Vision "
+        "Transformer works on patches): use Integrated Gradients, Saliency, GradientSHAP or "
+        "Occlusion instead"
+    )
+
+
+# --------------------------------------------------------------------------- attribution
+
+
+def _occlusion_window(side: int) -> tuple[int, int]:
+    """Window about an eighth of the picture, moved by half a window: 15 x 15 steps at 224 px."""
+    window = max(4, round(side / 8))
+    return window, max(2, window // 2)
+
+
+def _forward_count(key: str, side: int, steps: int, samples: int) -> int:
+    if key == "ig":
+        return steps
+    if key == "gradshap":
+        return samples
+    if key == "occlusion":
+        window, stride = _occlusion_window(side)
+        return ((side - window) // stride + 1) ** 2 + 1
+    return 2 if key == "guided-gradcam" else 1
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed torch and numpy (GradientSHAP draws from numpy's global generator), then put back
+    the caller's random state, so explaining never changes what a later training run draws."""
+    numpy_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+
+
+def attribute(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    method: str,
+    target: int,
+    *,
+    smoothgrad: bool = False,
+    smoothgrad_samples: int = 8,
+    noise: float = 0.15,
+    steps: int = 50,
+    samples: int = 16,
+    baseline: torch.Tensor | None = None,
+    layer: torch.nn.Module | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: Callable[[float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """One attribution map for one picture, at the picture's resolution.
+
+    Args:
+        model: Any classifier ``N x 3 x H x W -> N x classes`` (put in eval mode here).
+        image: The preprocessed picture, ``3 x H x W`` or ``1 x 3 x H x W``.
+        method: A key of :data:`METHODS` (``gradcam``, ``ig``, ``saliency``, ``gradshap``,
+            ``occlusion``, ``guided-gradcam``).
+        target: Index of the class to explain.
+        smoothgrad: Average the method over noisy copies (Captum's ``NoiseTunnel``); gradient
+            methods only.
+        smoothgrad_samples: Noisy copies for SmoothGrad.
+        noise: SmoothGrad / GradientSHAP noise, as a fraction of the picture's value range.
+        steps: Integrated Gradients path steps.
+        samples: GradientSHAP samples.
+        baseline: The "nothing here" picture for IG, GradientSHAP and Occlusion (same shape as
+            ``image``); zeros, i.e. the normalisation mean colour, by default.
+        layer: Grad-CAM layer; found with :func:`find_cam_layer` when not given.
+        batch_size: Pictures per forward pass for IG, SmoothGrad and Occlusion (bounds memory).
+        seed: Seeds the random parts (SmoothGrad noise, GradientSHAP baselines).
+        progress: Called with the fraction done (0..1) as the model is evaluated.
+        should_stop: Polled before each forward pass; returning True raises
+            :class:`ExplainStopped`.
+
+    Returns:
+        ``H x W`` float32 array, signed: positive values support ``target``.
+    """
+    from captum.attr import (
+        GradientShap,
+        GuidedGradCam,
+        IntegratedGradients,
+        LayerAttribution,
+        LayerGradCam,
+        NoiseTunnel,
+        Occlusion,
+        Saliency,
+    )
+
+    key = method_key(method)
+    info = METHODS[key]
+    if smoothgrad and not info.smoothgrad:
+        raise StudioError(f"SmoothGrad works on gradient methods, not {info.title}")
+    x = image.detach().float()
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise StudioError("attribute() explains one picture at a time (1 x 3 x H x W)")
+    side = x.shape[-1]
+    base = torch.zeros_like(x) if baseline is None else baseline.detach().float().reshape(x.shape)
+    model = _ready(model)
+    if info.needs_layer and layer is None:
+        layer = find_cam_layer(model, tuple(x.shape[-2:]))[1]
+
+    total = _forward_count(key, side, steps, samples) * (smoothgrad_samples if smoothgrad else 1)
+    watched = _Watched(model, total, progress, should_stop)
+    span = float(x.max() - x.min()) or 1.0
+    x.requires_grad_()
+    with _seeded(seed), torch.enable_grad(), warnings.catch_warnings():
+        # Captum announces the ReLU hooks of guided backpropagation every time.
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+        if key == "gradcam":
+            cam = LayerGradCam(watched, layer).attribute(x, target=target)
+            attr = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")
+        elif key == "guided-gradcam":
+            attr = GuidedGradCam(watched, layer).attribute(x, target=target)
+        elif key == "occlusion":
+            window, stride = _occlusion_window(side)
+            attr = Occlusion(watched).attribute(
+                x,
+                sliding_window_shapes=(x.shape[1], window, window),
+                strides=(x.shape[1], stride, stride),
+                baselines=base,
+                target=target,
+                perturbations_per_eval=batch_size,
+            )
+        else:
+            explainer, kwargs = {
+                "saliency": (Saliency(watched), {"abs": False}),
+                "ig": (
+                    IntegratedGradients(watched),
+                    {"baselines": base, "n_steps": steps, "internal_batch_size": batch_size},
+                ),
+                "gradshap": (
+                    GradientShap(watched),
+                    {
+                        # The baseline plus a noisy version of it: SHAP averages over a spread.
+                        "baselines": torch.cat([base, base + 0.5 * span * torch.rand_like(base)]),
+                        "n_samples": samples,
+                        "stdevs": noise * span,
+                    },
+                ),
+            }[key]
+            if smoothgrad:
+                attr = NoiseTunnel(explainer).attribute(
+                    x,
+                    nt_type="smoothgrad",
+                    nt_samples=smoothgrad_samples,
+                    nt_samples_batch_size=1 if key == "ig" else batch_size,
+                    stdevs=noise * span,
+                    target=target,
+                    **kwargs,
+                )
+            else:
+                attr = explainer.attribute(x, target=target, **kwargs)
+    return attr.detach()[0].sum(0).float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- display
+
+
+def normalize(values: np.ndarray, sign: str = "positive", percentile: float = 99.0) -> np.ndarray:
+    """Scale a map for display: ``[0, 1]`` (or ``[-1, 1]`` for ``sign="all"``).
+
+    The top 1% is clipped so that one extreme pixel does not wash out the rest.
+    """
+    if sign not in SIGNS:
+        raise StudioError(f"sign must be one of {', '.join(SIGNS)}")
+    values = np.asarray(values, dtype=np.float32)
+    shown = {
+        "positive": np.clip(values, 0, None),
+        "negative": np.clip(-values, 0, None),
+        "absolute": np.abs(values),
+        "all": values,
+    }[sign]
+    magnitude = np.abs(shown)
+    scale = np.percentile(magnitude[magnitude > 0], percentile) if (magnitude > 0).any() else 0.0
+    if scale <= 0:
+        return np.zeros_like(shown)
+    low = -1.0 if sign == "all" else 0.0
+    return np.clip(shown / scale, low, 1.0)
+
+
+_COLOURMAPS = {"positive": "inferno", "negative": "viridis", "absolute": "inferno", "all": "RdBu_r"}
+
+
+def overlay(
+    image: Image.Image, values: np.ndarray, sign: str = "positive", opacity: float = 0.6
+) -> Image.Image:
+    """The picture with the map painted over it; weak attribution stays see-through."""
+    from matplotlib import colormaps
+
+    scaled = normalize(values, sign)
+    base = image.convert("RGB").resize(scaled.shape[::-1], Image.Resampling.BILINEAR)
+    colours = colormaps[_COLOURMAPS[sign]]((scaled + 1) / 2 if sign == "all" else scaled)[..., :3]
+    strength = np.abs(scaled)[..., None] * float(np.clip(opacity, 0.0, 1.0))
+    mixed = (1 - strength) * (np.asarray(base, np.float32) / 255) + strength * colours
+    return Image.fromarray((mixed * 255).round().astype(np.uint8))
