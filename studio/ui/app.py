@@ -95,6 +95,7 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
         # Lists of runs are re-read whenever their tab is opened.
         train_tab.select(training["refresh"], ws_state, training["views"])
         explained["wire_top_losses"](tabs, evaluate["losses"], evaluate["run"])
+        explained["wire_predict"](tabs, predict["explain_button"], predict["image"], predict["run"])
         tabs_and_parts = (
             (evaluate_tab, evaluate),
             (explain_tab, explained),

@@ -376,6 +376,22 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
     )
     shortcut_btn.click(shortcuts, [ws_state, source], [shortcut_text, shortcut_table])
 
+    @friendly
+    def from_predict(ws_id, run_name, path):
+        """Predict tab -> here: the same picture and model, explained for the predicted class."""
+        if not path:
+            raise StudioError("choose a picture first")
+        note = "From the Predict tab: what made the model give its answer."
+        return gr.Tabs(selected="explain"), refresh(ws_id, run_name), path, None, note
+
+    def wire_predict(tabs: gr.Tabs, button: gr.Button, picture: gr.Image, run: gr.Dropdown) -> None:
+        """'Explain this picture' on the Predict tab opens it here with its maps."""
+        button.click(
+            from_predict, [ws_state, run, picture], [tabs, source, image, true_label, origin]
+        ).then(pick_source, [ws_state, source, true_label], target).then(
+            run_explain, explain_inputs, explain_outputs
+        )
+
     def wire_top_losses(tabs: gr.Tabs, losses: gr.Gallery, eval_run: gr.Dropdown) -> None:
         """One click on a top-loss picture opens it here with maps for its true class."""
         losses.select(
@@ -389,4 +405,5 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
         "views": [source],
         "refresh_inputs": [ws_state, source],
         "wire_top_losses": wire_top_losses,
+        "wire_predict": wire_predict,
     }

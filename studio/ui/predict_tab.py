@@ -28,6 +28,7 @@ def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
         )
         bars = gr.Plot(label="What the model thinks", elem_id="predict-bars")
     answer = gr.Markdown(elem_id="predict-answer")
+    explain_btn = gr.Button("Explain this picture", elem_id="predict-explain", size="sm")
     gr.Markdown("#### Many pictures at once")
     many = gr.File(
         label="Pictures",
@@ -90,4 +91,10 @@ def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
     run.change(one, [ws_state, run, image], [bars, answer])
     batch_btn.click(batch, [ws_state, run, many], [batch_table, batch_csv])
 
-    return {"refresh": refresh, "views": [run]}
+    return {
+        "refresh": refresh,
+        "views": [run],
+        "explain_button": explain_btn,
+        "image": image,
+        "run": run,
+    }

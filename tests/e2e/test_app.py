@@ -127,6 +127,10 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     page.locator("#predict-image input[type=file]").set_input_files(EXAMPLE_PICTURE)
     expect(page.locator("#predict-answer")).to_contain_text("grass", timeout=60_000)
     shot(page, "6-predict")
+    page.locator("#predict-explain").click()
+    expect(page.locator("#explain-origin")).to_contain_text("From the Predict tab")
+    expect(page.locator("#explain-answer")).to_contain_text("explaining grass", timeout=120_000)
+    page.get_by_role("tab", name="6 · Predict").click()
     many = ["assets/example/brick/brick_35.jpg", "assets/example/gravel/gravel_35.jpg"]
     page.locator("#predict-many input[type=file]").set_input_files(many)
     page.get_by_role("button", name="Classify all").click()
