@@ -58,7 +58,7 @@ def main() -> None:
     explainer = Explainer.from_backbone("tf_efficientnet_lite0", device=device)
     x, _ = explainer.prepare(Image.fromarray(data.chelsea()))
     target = int(explainer.model(x).argmax())
-    layer = explainer.cam_layer(tuple(x.shape[-2:]))
+    layer = explainer.cam_layer()
 
     with torch.no_grad():
         forward = timed(lambda: explainer.model(x), args.repeats, device)

@@ -27,6 +27,7 @@ __all__ = [
     "Method",
     "ExplainStopped",
     "method_key",
+    "model_blocks",
     "attribute",
     "find_cam_layer",
     "normalize",
@@ -149,18 +150,18 @@ def _ready(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _candidate_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """Input-to-output blocks to look for a feature map in: timm's groups, else the children."""
-    names: list[str] = []
-    if hasattr(model, "group_matcher"):
-        from .backbones import model_groups
+def model_blocks(model: torch.nn.Module) -> list[tuple[str, list[tuple[str, torch.nn.Module]]]]:
+    """The model's blocks from input to output, each ``(name, [(module name, module)])``.
 
-        for group in model_groups(model):
-            names.extend(group.modules)
-    else:
-        names = [name for name, _ in model.named_children()]
+    A timm backbone's groups (stem, stages, head: the units of freezing), else the model's
+    children; where Grad-CAM looks for a feature map and what the sanity check randomises.
+    """
+    if not hasattr(model, "group_matcher"):
+        return [(name, [(name, module)]) for name, module in model.named_children()]
+    from .backbones import model_groups
+
     found = dict(model.named_modules())
-    return [(n, found[n]) for n in names if n in found]
+    return [(g.name, [(m, found[m]) for m in g.modules if m in found]) for g in model_groups(model)]
 
 
 def find_cam_layer(
@@ -174,7 +175,7 @@ def find_cam_layer(
     Raises:
         StudioError: The model has no such map (a Vision Transformer's blocks output tokens).
     """
-    candidates = _candidate_modules(model)
+    candidates = [pair for _, modules in model_blocks(model) for pair in modules]
     shapes: dict[str, tuple] = {}
     hooks = [
         module.register_forward_hook(
@@ -329,22 +330,18 @@ def attribute(
                 perturbations_per_eval=batch_size,
             )
         else:
-            explainer, kwargs = {
-                "saliency": (Saliency(watched), {"abs": False}),
-                "ig": (
-                    IntegratedGradients(watched),
-                    {"baselines": base, "n_steps": steps, "internal_batch_size": batch_size},
-                ),
-                "gradshap": (
-                    GradientShap(watched),
-                    {
-                        # The baseline plus a noisy version of it: SHAP averages over a spread.
-                        "baselines": torch.cat([base, base + 0.5 * span * torch.rand_like(base)]),
-                        "n_samples": samples,
-                        "stdevs": noise * span,
-                    },
-                ),
-            }[key]
+            if key == "saliency":
+                explainer, kwargs = Saliency(watched), {"abs": False}
+            elif key == "ig":
+                explainer = IntegratedGradients(watched)
+                kwargs = {"baselines": base, "n_steps": steps, "internal_batch_size": batch_size}
+            else:  # gradshap: the baseline plus a noisy version of it, SHAP averages over both
+                explainer = GradientShap(watched)
+                kwargs = {
+                    "baselines": torch.cat([base, base + 0.5 * span * torch.rand_like(base)]),
+                    "n_samples": samples,
+                    "stdevs": noise * span,
+                }
             if smoothgrad:
                 attr = NoiseTunnel(explainer).attribute(
                     x,

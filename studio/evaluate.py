@@ -26,9 +26,21 @@ from sklearn.metrics import (
 from .data import Sample
 from .loaders import ImageSamples, image_loader
 
-__all__ = ["predict_probs", "compute_metrics", "evaluate_samples", "evaluate_run", "TOP_LOSSES"]
+__all__ = [
+    "probabilities",
+    "predict_probs",
+    "compute_metrics",
+    "evaluate_samples",
+    "evaluate_run",
+    "TOP_LOSSES",
+]
 
 TOP_LOSSES = 16
+
+
+def probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Class probabilities as runs report them: a sigmoid per tag, else a softmax."""
+    return logits.sigmoid() if multilabel else logits.softmax(-1)
 
 
 @torch.no_grad()
@@ -47,7 +59,7 @@ def predict_probs(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = model(images).float()
-        out.append((logits.sigmoid() if dataset.multilabel else logits.softmax(-1)).cpu())
+        out.append(probabilities(logits, dataset.multilabel).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, dataset.num_classes))
 
 

@@ -34,13 +34,13 @@ from .attribution import (
     overlay,
 )
 from .errors import DataError, StudioError
+from .evaluate import probabilities
 from .trust import (
     Faithfulness,
     SanityCheck,
     ShortcutRow,
     faithfulness,
     faithfulness_verdict,
-    probability,
     random_map,
     randomization_check,
     region_shares,
@@ -123,6 +123,7 @@ class Explainer:
         self.mean = torch.tensor(data_cfg["mean"]).view(3, 1, 1)
         self.std = torch.tensor(data_cfg["std"]).view(3, 1, 1)
         self._transform = build_transform(data_cfg, "none")
+        self.input_size = tuple(data_cfg["input_size"][-2:])
         self._layer: torch.nn.Module | None = None
         self._layer_problem: str | None = None
 
@@ -131,15 +132,7 @@ class Explainer:
         from .export import load_run
 
         run = load_run(run_dir)
-        p = run.preprocess
-        cfg = {
-            "input_size": tuple(p["input_size"]),
-            "interpolation": p["interpolation"],
-            "mean": tuple(p["mean"]),
-            "std": tuple(p["std"]),
-            "crop_pct": p["crop_pct"],
-        }
-        return cls(run.model, run.labels, cfg, run.multilabel, device)
+        return cls(run.model, run.labels, run.data_config(), run.multilabel, device)
 
     @classmethod
     def from_backbone(
@@ -183,7 +176,7 @@ class Explainer:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, top_k: int = 5) -> list[tuple[str, float]]:
-        probs = probability(self.model(x), self.multilabel)[0]
+        probs = probabilities(self.model(x), self.multilabel)[0]
         values, indices = probs.topk(min(top_k, len(self.labels)))
         return [(self.labels[i], float(v)) for v, i in zip(values, indices)]
 
@@ -204,10 +197,11 @@ class Explainer:
         shown = ", ".join(self.labels[:10]) + (" ..." if len(self.labels) > 10 else "")
         raise StudioError(f"unknown class '{target}': the model knows {shown}")
 
-    def cam_layer(self, input_size: tuple[int, int]) -> torch.nn.Module:
+    def cam_layer(self) -> torch.nn.Module:
+        """The Grad-CAM layer, found once (or the reason there is none, remembered)."""
         if self._layer is None and self._layer_problem is None:
             try:
-                self._layer = find_cam_layer(self.model, input_size)[1]
+                self._layer = find_cam_layer(self.model, self.input_size)[1]
             except StudioError as exc:
                 self._layer_problem = str(exc)
         if self._layer is None:
@@ -216,10 +210,10 @@ class Explainer:
 
     # -- maps -------------------------------------------------------------------------------
 
-    def _options(self, method: str, x: torch.Tensor, options: dict) -> dict:
+    def _options(self, method: str, options: dict) -> dict:
         options = dict(options)
         if METHODS[method].needs_layer:
-            options["layer"] = self.cam_layer(tuple(x.shape[-2:]))
+            options["layer"] = self.cam_layer()
         if not METHODS[method].smoothgrad:
             options.pop("smoothgrad", None)
         return options
@@ -262,7 +256,7 @@ class Explainer:
                     index,
                     progress=report,
                     should_stop=should_stop,
-                    **self._options(key, x, options),
+                    **self._options(key, options),
                 )
             except ExplainStopped:
                 raise
@@ -300,7 +294,7 @@ class Explainer:
             key,
             result.target,
             progress=progress,
-            **self._options(key, result.input, options),
+            **self._options(key, options),
         )
 
     def usable(self, method: str) -> str:
@@ -308,7 +302,7 @@ class Explainer:
         key = method_key(method)
         if METHODS[key].needs_layer:
             try:
-                self.cam_layer(tuple(self.prepare(Image.new("RGB", (8, 8)))[0].shape[-2:]))
+                self.cam_layer()
             except StudioError:
                 return "saliency"  # no feature map, but gradients still work
         return key
@@ -360,7 +354,6 @@ class Explainer:
                 skipped.append(str(path))
         if not prepared:
             raise StudioError("no readable pictures to check")
-        x = prepared[0][0]
         rows = shortcut_report(
             self.model,
             prepared,
@@ -368,6 +361,6 @@ class Explainer:
             method=key,
             progress=progress,
             should_stop=should_stop,
-            **self._options(key, x, {}),
+            **self._options(key, {}),
         )
         return rows, skipped

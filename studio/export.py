@@ -44,15 +44,19 @@ class LoadedRun:
     preprocess: dict
     config: dict
 
-    def transform(self):
-        cfg = {
-            "input_size": tuple(self.preprocess["input_size"]),
-            "interpolation": self.preprocess["interpolation"],
-            "mean": tuple(self.preprocess["mean"]),
-            "std": tuple(self.preprocess["std"]),
-            "crop_pct": self.preprocess["crop_pct"],
+    def data_config(self) -> dict:
+        """``preprocess.json`` in the shape timm's transforms take (tuples, not lists)."""
+        p = self.preprocess
+        return {
+            "input_size": tuple(p["input_size"]),
+            "interpolation": p["interpolation"],
+            "mean": tuple(p["mean"]),
+            "std": tuple(p["std"]),
+            "crop_pct": p["crop_pct"],
         }
-        return build_transform(cfg, "none")
+
+    def transform(self):
+        return build_transform(self.data_config(), "none")
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:

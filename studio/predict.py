@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .errors import StudioError
+from .evaluate import probabilities
 from .export import LoadedRun, load_run
 from .images import ImageProblem, open_rgb
 
@@ -64,7 +65,7 @@ class Predictor:
                 results.append(Prediction(str(image), [], error=str(exc)))
         if tensors:
             logits = self.run.model(torch.stack(tensors))
-            probs = logits.sigmoid() if self.run.multilabel else logits.softmax(-1)
+            probs = probabilities(logits, self.run.multilabel)
             k = min(top_k, len(self.labels))
             for slot, row in zip(slots, probs):
                 values, indices = row.topk(k)

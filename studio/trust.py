@@ -19,8 +19,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .attribution import METHODS, ExplainStopped, _ready, _seeded, attribute, method_key
+from .attribution import (
+    METHODS,
+    ExplainStopped,
+    _ready,
+    _seeded,
+    attribute,
+    method_key,
+    model_blocks,
+)
 from .errors import StudioError
+from .evaluate import probabilities
 
 __all__ = [
     "Faithfulness",
@@ -32,7 +41,6 @@ __all__ = [
     "region_shares",
     "ShortcutRow",
     "shortcut_report",
-    "probability",
 ]
 
 # --------------------------------------------------------------------------- faithfulness
@@ -75,11 +83,6 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
     return gaussian_blur(x, [kernel, kernel], [sigma, sigma])
 
 
-def probability(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
-    """Class probabilities as the run reports them: sigmoid per tag, else softmax."""
-    return logits.sigmoid() if multilabel else logits.softmax(-1)
-
-
 @torch.no_grad()
 def faithfulness(
     model: torch.nn.Module,
@@ -117,7 +120,7 @@ def faithfulness(
             [torch.where(ranks < f * height * width, first, second) for f in fractions]
         )
         for chunk in batch.split(batch_size):
-            probs = probability(model(chunk), multilabel)[:, target]
+            probs = probabilities(model(chunk), multilabel)[:, target]
             curves[kind].extend(float(p) for p in probs)
     return Faithfulness(
         fractions,
@@ -176,7 +179,7 @@ class SanityCheck:
     @property
     def verdict(self) -> str:
         title = METHODS[self.method].title
-        if self.final < 0.3:
+        if self.passed:
             return (
                 f"Passed: with random weights the {title} map changes completely (similarity "
                 f"{self.final:.2f}), so it really shows what this model has learnt."
@@ -214,17 +217,9 @@ def _similarity(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _layer_blocks(model: torch.nn.Module) -> list[tuple[str, list[torch.nn.Module]]]:
-    """Blocks from output to input, each a name and its modules (timm groups, else children)."""
-    found = dict(model.named_modules())
-    if hasattr(model, "group_matcher"):
-        from .backbones import model_groups
-
-        blocks = [
-            (g.name, [found[m] for m in g.modules if m in found]) for g in model_groups(model)
-        ]
-    else:
-        blocks = [(n, [m]) for n, m in model.named_children() if any(True for _ in m.parameters())]
-    return list(reversed(blocks))
+    """Blocks with weights, from output to input: the order the sanity check randomises them."""
+    blocks = [(name, [m for _, m in modules]) for name, modules in model_blocks(model)]
+    return [b for b in reversed(blocks) if any(True for m in b[1] for _ in m.parameters())]
 
 
 def _randomise(modules: Sequence[torch.nn.Module]) -> None:
@@ -382,11 +377,9 @@ def shortcut_report(
         border = float(np.mean([s["border"] for s in shares]))
         corner_names = [s["corner_name"] for s in shares if s["corner_name"]]
         corner_name = max(set(corner_names), key=corner_names.count) if corner_names else ""
-        corner = float(
-            np.mean([s["corner"] for s in shares if s["corner_name"] == corner_name] or [0])
-        )
-        # A mark must be in the same corner in most pictures, not a different one each time.
-        corner = corner * len([n for n in corner_names if n == corner_name]) / len(shares)
+        # Averaged over all pictures, counting only that one corner: a mark must sit in the same
+        # corner in most pictures, not in a different one each time.
+        corner = sum(s["corner"] for s in shares if s["corner_name"] == corner_name) / len(shares)
         flagged = border >= BORDER_FLAG or corner >= CORNER_FLAG
         label = labels[index]
         rows.append(
