@@ -12,7 +12,18 @@ import gradio as gr
 from ..errors import StudioError
 from ..workspace import Workspace
 
-__all__ = ["Context", "friendly", "load_engine", "run_choices", "run_picker"]
+__all__ = [
+    "Context",
+    "ExplainerCache",
+    "IMAGENET",
+    "friendly",
+    "load_engine",
+    "run_choices",
+    "run_metrics",
+    "run_picker",
+]
+
+IMAGENET = "imagenet:"  # a model choice that is a catalog backbone with its ImageNet classes
 
 log = logging.getLogger("studio.ui")
 
@@ -24,6 +35,7 @@ class Context:
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.jobs: dict = {}
+        self.explainers = ExplainerCache()
         self._warmed = False
 
     def warm_up(self) -> None:
@@ -62,6 +74,36 @@ class Context:
         return Workspace(self.base, saved_id)
 
 
+class ExplainerCache:
+    """Loaded explainers shared by the tabs (two at most), each with a lock: Captum hooks into
+    the model while it works, so two maps must not be computed on one model at once."""
+
+    def __init__(self):
+        self._items: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ws: Workspace, source: str):
+        """``(Explainer, lock)`` for a run name in ``ws`` or ``IMAGENET + backbone name``."""
+        load_engine()
+        from ..explain import Explainer
+
+        if not source:
+            raise StudioError("train a model first (Train tab), or pick an ImageNet model")
+        imagenet = source.startswith(IMAGENET)
+        key = source if imagenet else str(ws.resolve_run(source))
+        with self._lock:
+            if key not in self._items:
+                if len(self._items) >= 2:
+                    self._items.pop(next(iter(self._items)))
+                explainer = (
+                    Explainer.from_backbone(source.removeprefix(IMAGENET))
+                    if imagenet
+                    else Explainer.from_run(key)
+                )
+                self._items[key] = (explainer, threading.Lock())
+            return self._items[key]
+
+
 _ENGINE_LOCK = threading.Lock()
 
 
@@ -95,6 +137,13 @@ def friendly(fn):
             raise gr.Error(f"Something went wrong: {type(exc).__name__}: {exc}") from None
 
     return wrapper
+
+
+def run_metrics(ws: Workspace, name: str) -> dict:
+    """A finished run's ``metrics.json``."""
+    import json
+
+    return json.loads((ws.resolve_run(name) / "metrics.json").read_text())
 
 
 def run_choices(ws: Workspace) -> list[str]:

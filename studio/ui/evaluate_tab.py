@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import gradio as gr
 
 from .. import charts
 from ..errors import StudioError
-from .common import Context, friendly, load_engine, run_picker
+from .common import Context, friendly, run_metrics, run_picker
 
 HELP = """### 4. How good is it?
 These numbers come from pictures the model never learnt from. In the **confusion matrix** each
 row is the true class and each column what the model said; everything off the diagonal is a
 mistake. **Click a cell in the table** to see exactly which pictures ended up there."""
-
-
-def _metrics(ctx: Context, ws_id: str, run: str) -> dict:
-    return json.loads((ctx.workspace(ws_id).resolve_run(run) / "metrics.json").read_text())
 
 
 def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
@@ -53,6 +47,7 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
         height=240,
         elem_id="top-loss-maps",
     )
+    loss_maps_note = gr.Markdown(elem_id="top-loss-maps-note")
     confused = gr.Dataframe(
         headers=["true class", "taken for", "times"], label="Most confused pairs", interactive=False
     )
@@ -61,7 +56,7 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
     def show(ws_id, name):
         if not name:
             return "Train a model first (Train tab).", None, None, None, [], None
-        m = _metrics(ctx, ws_id, name)
+        m = run_metrics(ctx.workspace(ws_id), name)
         labels = m["labels"]
         head = (
             f"## Accuracy {m['accuracy']:.1%} · macro F1 {m['macro_f1']:.2f}\n"
@@ -96,7 +91,7 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
 
     @friendly
     def cell(ws_id, name, evt: gr.SelectData):
-        m = _metrics(ctx, ws_id, name)
+        m = run_metrics(ctx.workspace(ws_id), name)
         row, col = evt.index
         if col == 0:
             return "Click a number, not a class name.", []
@@ -111,28 +106,30 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
 
     @friendly
     def maps(ws_id, name, progress=gr.Progress()):
-        load_engine()
-        from ..explain import Explainer
-
         if not name:
             raise StudioError("train a model first (Train tab)")
-        rows = _metrics(ctx, ws_id, name).get("top_losses", [])
+        ws = ctx.workspace(ws_id)
+        rows = run_metrics(ws, name).get("top_losses", [])
         if not rows or not isinstance(rows[0]["predicted"], str):
             raise StudioError("maps are shown for single-label runs with evaluated pictures")
-        explainer = Explainer.from_run(ctx.workspace(ws_id).resolve_run(name))
-        shown = explainer.overlays(
-            [(r["path"], r["predicted"]) for r in rows],
-            progress=lambda f: progress(f, desc="drawing maps"),
-        )
-        return [
-            (picture, f"{r['true']} → {r['predicted']}")
-            for (picture, _), r in zip(shown, rows)
-            if picture is not None
-        ]
+        explainer, lock = ctx.explainers.get(ws, name)
+        with lock:
+            shown = explainer.overlays(
+                [(r["path"], r["predicted"]) for r in rows],
+                progress=lambda f: progress(f, desc="drawing maps"),
+            )
+        gallery, missing = [], []
+        for (picture, note), r in zip(shown, rows):
+            if picture is None:
+                missing.append(f"- {r['path']}: {note}")
+            else:
+                gallery.append((picture, f"{r['true']} → {r['predicted']}"))
+        text = "**No map for:**\n" + "\n".join(missing) if missing else ""
+        return gallery, text
 
     outputs = [headline, heatmap, table, per_class, losses, confused]
     run.change(show, [ws_state, run], outputs)
     table.select(cell, [ws_state, run], [cell_title, cell_gallery])
-    explain_all.click(maps, [ws_state, run], loss_maps)
+    explain_all.click(maps, [ws_state, run], [loss_maps, loss_maps_note])
 
     return {"refresh": refresh, "views": [run], "losses": losses, "run": run}

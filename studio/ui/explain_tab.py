@@ -8,7 +8,7 @@ import gradio as gr
 
 from .. import charts
 from ..errors import StudioError
-from .common import Context, friendly, load_engine, run_choices
+from .common import IMAGENET, Context, friendly, run_choices, run_metrics
 
 HELP = """### 5. Why did it say that?
 Pick a picture and one or more **methods**: each paints the parts of the picture that pushed the
@@ -17,7 +17,6 @@ map to believe: **faithfulness** (hiding the bright pixels should make the model
 **sanity check** (a model with random weights should give a different map)."""
 
 PREDICTED, TRUE = "predicted class", "true class"
-IMAGENET = "imagenet:"
 METHOD_CHOICES = [
     ("Grad-CAM", "gradcam"),
     ("Integrated Gradients", "ig"),
@@ -45,42 +44,14 @@ def _imagenet_choices() -> list[tuple[str, str]]:
     ]
 
 
-class _Explainers:
-    """One loaded model per source, each with a lock: Captum hooks into the model while it works."""
-
-    def __init__(self):
-        self._items: dict[str, tuple] = {}
-        self._lock = threading.Lock()
-
-    def get(self, ctx: Context, ws_id: str, source: str):
-        load_engine()
-        from ..explain import Explainer
-
-        if not source:
-            raise StudioError("train a model first (Train tab), or pick an ImageNet model")
-        if source.startswith(IMAGENET):
-            key = source
-        else:
-            key = str(ctx.workspace(ws_id).resolve_run(source))
-        with self._lock:
-            if key not in self._items:
-                if len(self._items) >= 2:
-                    self._items.pop(next(iter(self._items)))
-                if source.startswith(IMAGENET):
-                    explainer = Explainer.from_backbone(source.removeprefix(IMAGENET))
-                else:
-                    explainer = Explainer.from_run(key)
-                self._items[key] = (explainer, threading.Lock())
-            return self._items[key]
-
-
-def _gallery(state: dict, sign: str, opacity: float) -> list:
+def _gallery(result, sign: str, opacity: float) -> list:
+    """The picture, then each method's map over it (drawn again when sign or opacity change)."""
     from ..explain import METHODS, overlay
 
-    items = [(state["image"], "the picture")]
-    for key, values in state["maps"].items():
-        caption = f"{METHODS[key].title} · {state['seconds'][key]:.1f}s"
-        items.append((overlay(state["image"], values, sign, opacity), caption))
+    items = [(result.image, "the picture")]
+    for key, values in result.maps.items():
+        caption = f"{METHODS[key].title} · {result.seconds[key]:.1f}s"
+        items.append((overlay(result.image, values, sign, opacity), caption))
     return items
 
 
@@ -107,7 +78,6 @@ def _faithfulness_table(scores: dict) -> list[list]:
 
 def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
     gr.Markdown(HELP)
-    explainers = _Explainers()
     stops: dict[str, threading.Event] = {}
     with gr.Row():
         source = gr.Dropdown(
@@ -184,7 +154,9 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
             headers=["class", "pictures", "evidence on the edges", "in one corner", "warning"],
             interactive=False,
         )
-    state = gr.State(None)  # the last maps, so sign and opacity redraw without recomputing
+    # The last Explanation and its model, so sign and opacity redraw without recomputing and the
+    # sanity check starts from the same picture and class.
+    state = gr.State(None)
     true_label = gr.State(None)
 
     def refresh(ws_id, current=None):
@@ -199,12 +171,18 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
     def pick_source(ws_id, name, truth):
         if not name:
             return gr.update(choices=[PREDICTED], value=PREDICTED)
-        explainer, _ = explainers.get(ctx, ws_id, name)
+        explainer, _ = ctx.explainers.get(ctx.workspace(ws_id), name)
         first = [PREDICTED] + ([TRUE] if truth else [])
         return gr.update(choices=first + explainer.labels, value=TRUE if truth else PREDICTED)
 
     def uploaded():
         return None, ""
+
+    def fresh_stop(ws_id) -> threading.Event:
+        """This browser's Stop flag, lowered for a new computation."""
+        stop = stops.setdefault(ws_id, threading.Event())
+        stop.clear()
+        return stop
 
     @friendly
     def run_explain(
@@ -224,9 +202,10 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
             raise StudioError("choose a picture first")
         if target_value == TRUE and not truth:
             raise StudioError("the true class is only known for pictures from the Evaluate tab")
-        explainer, lock = explainers.get(ctx, ws_id, name)
-        stop = stops.setdefault(ws_id, threading.Event())
-        stop.clear()
+        from ..explain import METHODS
+
+        explainer, lock = ctx.explainers.get(ctx.workspace(ws_id), name)
+        stop = fresh_stop(ws_id)
         wanted = (
             truth if target_value == TRUE else (None if target_value == PREDICTED else target_value)
         )
@@ -246,32 +225,22 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
         label, p = result.top[0]
         text = f"## {label} ({p:.0%} sure) · explaining **{result.target_label}**"
         for key, problem in result.problems.items():
-            text += f"\n\n⚠️ {dict((v, k) for k, v in METHOD_CHOICES)[key]}: {problem}"
-        saved = {
-            "image": result.image,
-            "maps": result.maps,
-            "seconds": result.seconds,
-            "path": path,
-            "target": result.target_label,
-            "source": name,
-        }
-        from ..explain import METHODS
-
+            text += f"\n\n⚠️ {METHODS[key].title}: {problem}"
         titles = {k: m.title for k, m in METHODS.items()}
         return (
             charts.top_k_bar(result.top),
             text,
-            _gallery(saved, sign_value, alpha),
+            _gallery(result, sign_value, alpha),
             charts.faithfulness_curves({k: v.to_dict() for k, v in scores.items()}, titles)
             if scores
             else None,
             _faithfulness_table(scores),
-            saved,
+            {"result": result, "source": name},
         )
 
     @friendly
     def redraw(saved, sign_value, alpha):
-        return _gallery(saved, sign_value, alpha) if saved else []
+        return _gallery(saved["result"], sign_value, alpha) if saved else []
 
     def stop_now(ws_id):
         if ws_id in stops:
@@ -283,14 +252,11 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
             raise StudioError("explain a picture first, then check its map")
         from ..explain import METHODS
 
-        explainer, lock = explainers.get(ctx, ws_id, saved["source"])
+        explainer, lock = ctx.explainers.get(ctx.workspace(ws_id), saved["source"])
         progress(0.0, desc="randomising the model")
         with lock:
-            result = explainer.explain(saved["path"], [method], saved["target"])
-            if method in result.problems:
-                raise StudioError(result.problems[method])
             check = explainer.sanity(
-                result,
+                saved["result"],
                 method,
                 progress=lambda f: progress(f, desc="comparing with a randomised model"),
                 smoothgrad=smoothgrad and METHODS[method].smoothgrad,
@@ -305,15 +271,13 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
             raise StudioError("the shortcut check needs a run you trained on your own pictures")
         from ..explain import evaluation_samples
 
-        run_dir = ctx.workspace(ws_id).resolve_run(name)
-        explainer, lock = explainers.get(ctx, ws_id, name)
-        stop = stops.setdefault(ws_id, threading.Event())
-        stop.clear()
+        ws = ctx.workspace(ws_id)
+        explainer, lock = ctx.explainers.get(ws, name)
         with lock:
             rows, skipped = explainer.shortcuts(
-                evaluation_samples(run_dir),
+                evaluation_samples(ws.resolve_run(name)),
                 progress=lambda f: progress(f, desc="checking test pictures"),
-                should_stop=stop.is_set,
+                should_stop=fresh_stop(ws_id).is_set,
             )
         flagged = [r for r in rows if r.flagged]
         text = (
@@ -338,12 +302,7 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
     @friendly
     def from_top_loss(ws_id, run_name, evt: gr.SelectData):
         """Evaluate tab -> here: the clicked mistake, its run, and its true class."""
-        import json
-
-        metrics = json.loads(
-            (ctx.workspace(ws_id).resolve_run(run_name) / "metrics.json").read_text()
-        )
-        row = metrics["top_losses"][evt.index]
+        row = run_metrics(ctx.workspace(ws_id), run_name)["top_losses"][evt.index]
         note = (
             f"From the Evaluate tab: this picture is really **{row['true']}**, the model said "
             f"**{row['predicted']}** ({row['confidence']:.0%} sure). The maps show what speaks "
@@ -384,21 +343,21 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
         note = "From the Predict tab: what made the model give its answer."
         return gr.Tabs(selected="explain"), refresh(ws_id, run_name), path, None, note
 
-    def wire_predict(tabs: gr.Tabs, button: gr.Button, picture: gr.Image, run: gr.Dropdown) -> None:
-        """'Explain this picture' on the Predict tab opens it here with its maps."""
-        button.click(
-            from_predict, [ws_state, run, picture], [tabs, source, image, true_label, origin]
-        ).then(pick_source, [ws_state, source, true_label], target).then(
+    opened = [source, image, true_label, origin]  # what an opener sets, after the tab itself
+
+    def explain_when_opened(event) -> None:
+        """After another tab opened a picture here: its class list, then its maps."""
+        event.then(pick_source, [ws_state, source, true_label], target).then(
             run_explain, explain_inputs, explain_outputs
         )
 
+    def wire_predict(tabs: gr.Tabs, button: gr.Button, picture: gr.Image, run: gr.Dropdown) -> None:
+        """'Explain this picture' on the Predict tab opens it here with its maps."""
+        explain_when_opened(button.click(from_predict, [ws_state, run, picture], [tabs, *opened]))
+
     def wire_top_losses(tabs: gr.Tabs, losses: gr.Gallery, eval_run: gr.Dropdown) -> None:
         """One click on a top-loss picture opens it here with maps for its true class."""
-        losses.select(
-            from_top_loss, [ws_state, eval_run], [tabs, source, image, true_label, origin]
-        ).then(pick_source, [ws_state, source, true_label], target).then(
-            run_explain, explain_inputs, explain_outputs
-        )
+        explain_when_opened(losses.select(from_top_loss, [ws_state, eval_run], [tabs, *opened]))
 
     return {
         "refresh": refresh,
