@@ -10,14 +10,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
-from .backbones import create_backbone, data_config, model_groups
-from .data import Dataset, load_dataset
+from .data import Dataset
 from .freeze import apply_freeze, keep_frozen_norms_in_eval, optimizer_groups, parse_freeze
-from .loaders import ImageSamples, build_transform
 from .paths import cache_dir
-from .train import TrainConfig, _loss_fn, _make_feeder, _make_optimizer, select_device
+from .train import TrainConfig, _loss_fn, _make_feeder, _make_optimizer, _set_up
 
 __all__ = ["lr_find", "suggest_lr"]
 
@@ -47,35 +44,15 @@ def lr_find(
     Returns:
         ``{"lrs": [...], "losses": [...], "suggestion": lr}`` (losses smoothed).
     """
-    if dataset is None:
-        dataset = load_dataset(
-            config.data,
-            val_fraction=config.val_fraction,
-            test_fraction=config.test_fraction,
-            seed=config.seed,
-        )
-    device = select_device(config.device)
-    torch.manual_seed(config.seed)
-    model, _ = create_backbone(
-        config.backbone,
-        len(dataset.classes),
-        pretrained=config.pretrained,
-        weights_file=config.weights_file,
-    )
-    model.to(device)
-    groups = model_groups(model)
+    quiet = TrainConfig(**{**config.to_dict(), "augment": "none", "cache_views": 1})
+    run = _set_up(quiet, dataset)
+    model, groups = run.model, run.groups
     frozen = parse_freeze(config.freeze, groups)
     apply_freeze(model, groups, frozen)
-    dcfg = data_config(model)
-    eval_tf = build_transform(dcfg, "none")
-    train_ds = ImageSamples(dataset.train, eval_tf, len(dataset.classes), dataset.multilabel)
-    quiet = TrainConfig(**{**config.to_dict(), "augment": "none", "cache_views": 1})
-    feeder_gen = _make_feeder(
-        model, quiet, frozen, train_ds, None, eval_tf, eval_tf, device, False, cache_dir("lr-find")
-    )
+    feeder_gen = _make_feeder(run, frozen, cache_dir("lr-find"), with_val=False)
     try:
         while True:
-            next(feeder_gen)
+            next(feeder_gen)  # caching progress: nobody watches it here
     except StopIteration as done:
         feeder = done.value
     optimizer = _make_optimizer(
@@ -83,7 +60,7 @@ def lr_find(
     )
     base = [g["lr"] for g in optimizer.param_groups]
     factor = (end_lr / start_lr) ** (1 / max(1, steps - 1))
-    loss_fn = _loss_fn(dataset.multilabel, config.label_smoothing)
+    loss_fn = _loss_fn(run.dataset.multilabel, config.label_smoothing)
     lrs, losses = [], []
     smoothed, best = 0.0, math.inf
     step = 0

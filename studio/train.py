@@ -6,6 +6,11 @@ spec) apply the freeze, cache the frozen prefix's outputs when possible, and run
 yield :mod:`studio.events`. Everything a run needs to be repeated (config, seed, split) is saved in
 the run folder; ``checkpoint.pt`` after every epoch makes a killed run resumable with
 ``resume=True`` to the exact same result as an uninterrupted one (RNGs are re-seeded per epoch).
+
+The pieces, in the order a run meets them: :func:`_open_run` (new run or resume),
+:func:`_set_up` (data, model, transforms; shared with the LR finder), :func:`_make_feeder`
+(cached frozen-prefix features or images), :func:`_run_phase` and :func:`_train_epoch` (the
+epochs, tracked by :class:`_Progress`, which is also what a checkpoint stores), :func:`_finish`.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -26,7 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import events as ev
-from .backbones import DEFAULT_BACKBONE, create_backbone, data_config, model_groups
+from .backbones import (
+    DEFAULT_BACKBONE,
+    Group,
+    WeightsInfo,
+    create_backbone,
+    data_config,
+    model_groups,
+)
 from .cache import FeatureStore, fill_store, plan_cache, run_cached
 from .data import Dataset, load_dataset
 from .errors import StudioError
@@ -303,14 +315,28 @@ def _l2sp_penalty(model: nn.Module, reference: dict[str, torch.Tensor], head: se
     return torch.stack(terms).sum() if terms else None
 
 
-def _phases(cfg: TrainConfig) -> list[tuple[str, str, int]]:
-    """``(name, freeze spec, epochs)``: fastai's fine_tune as data (head first, then unfreeze)."""
+@dataclass(frozen=True)
+class _Phase:
+    """A stretch of epochs with one freeze spec; epochs are numbered from 1 over the whole run."""
+
+    name: str
+    freeze: str
+    first: int
+    last: int
+
+    @property
+    def epochs(self) -> int:
+        return self.last - self.first + 1
+
+
+def _phases(cfg: TrainConfig) -> list[_Phase]:
+    """fastai's ``fine_tune`` as data: the head alone first when asked, then the user's spec."""
     if cfg.head_epochs and cfg.freeze != "backbone":
         return [
-            ("head", "backbone", cfg.head_epochs),
-            ("train", cfg.freeze, cfg.epochs - cfg.head_epochs),
+            _Phase("head", "backbone", 1, cfg.head_epochs),
+            _Phase("train", cfg.freeze, cfg.head_epochs + 1, cfg.epochs),
         ]
-    return [("train", cfg.freeze, cfg.epochs)]
+    return [_Phase("train", cfg.freeze, 1, cfg.epochs)]
 
 
 def _auto_views(cfg: TrainConfig) -> int:
@@ -319,31 +345,101 @@ def _auto_views(cfg: TrainConfig) -> int:
     return 1 if cfg.augment == "none" else 3
 
 
+# --------------------------------------------------------------------------- setting up
+
+
+@dataclass
+class _Setup:
+    """A config made concrete: data, device, the model and its transforms.
+
+    Shared by training and the LR finder, so both see the same model and the same inputs.
+    """
+
+    cfg: TrainConfig
+    dataset: Dataset
+    device: torch.device
+    model: nn.Module
+    weights: WeightsInfo
+    groups: list[Group]
+    data_config: dict
+    eval_tf: Callable
+    train_tf: Callable
+    channels_last: bool
+    train_ds: ImageSamples
+    val_ds: ImageSamples | None
+
+    @property
+    def amp(self) -> bool:
+        return self.cfg.amp and self.device.type == "cuda"
+
+
+def _load_data(cfg: TrainConfig, dataset: Dataset | None) -> Dataset:
+    if dataset is not None:
+        return dataset
+    if not cfg.data:
+        raise StudioError("no dataset given")
+    return load_dataset(
+        cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
+    )
+
+
+def _set_up(cfg: TrainConfig, dataset: Dataset | None = None) -> _Setup:
+    dataset = _load_data(cfg, dataset)
+    device = select_device(cfg.device)
+    _seed_everything(cfg.seed)  # the new head's initial weights
+    classes, multilabel = dataset.classes, dataset.multilabel
+    model, weights = create_backbone(
+        cfg.backbone, len(classes), pretrained=cfg.pretrained, weights_file=cfg.weights_file
+    )
+    groups = model_groups(model)
+    for phase in _phases(cfg):  # fail on a bad freeze spec before any work
+        parse_freeze(phase.freeze, groups)
+    dcfg = data_config(model)
+    eval_tf = build_transform(dcfg, "none")
+    train_tf = build_transform(dcfg, cfg.augment, training=True)
+    # Channels-last is faster for convolutions on GPUs and, with oneDNN, on CPUs too (1.6x for
+    # full fine-tuning on a 2-core CPU: benchmarks/bench_channels_last.py); MPS is left alone.
+    channels_last = cfg.channels_last and device.type in ("cuda", "cpu")
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return _Setup(
+        cfg,
+        dataset,
+        device,
+        model,
+        weights,
+        groups,
+        dcfg,
+        eval_tf,
+        train_tf,
+        channels_last,
+        ImageSamples(dataset.train, train_tf, len(classes), multilabel),
+        ImageSamples(dataset.val, eval_tf, len(classes), multilabel) if dataset.val else None,
+    )
+
+
 def _make_feeder(
-    model,
-    cfg: TrainConfig,
+    run: _Setup,
     frozen: list[str],
-    train_ds: ImageSamples,
-    val_ds: ImageSamples | None,
-    eval_tf,
-    train_tf,
-    device: torch.device,
-    channels_last: bool,
     cache_folder: Path,
     stop: StopFlag | None = None,
+    with_val: bool = True,
 ):
     """Cached features when a frozen prefix can be cut off, otherwise images.
 
     A generator: yields ``Caching``/``Notice`` events and returns the feeder, or None when
     stopped while caching.
     """
+    cfg = run.cfg
+    train_ds, val_ds = run.train_ds, (run.val_ds if with_val else None)
     if not (cfg.cache and frozen):
-        return _ImageFeeder(train_ds, val_ds, cfg, device, channels_last)
-    sample = torch.stack([eval_tf(open_rgb(s.path)) for s in train_ds.samples[:2]]).to(device)
-    plan, why = plan_cache(model, sample)
+        return _ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last)
+    sample = torch.stack([run.eval_tf(open_rgb(s.path)) for s in train_ds.samples[:2]])
+    plan, why = plan_cache(run.model, sample.to(run.device))
     if plan is None:
         yield ev.Notice(f"not caching frozen layers: {why}")
-        return _ImageFeeder(train_ds, val_ds, cfg, device, channels_last)
+        return _ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last)
     views = _auto_views(cfg)
     total = len(train_ds) * views + (len(val_ds) if val_ds else 0)
     done = 0
@@ -359,13 +455,13 @@ def _make_feeder(
         stores.append(store)
 
         def batches(view: int, ds: ImageSamples = ds):
-            tf = eval_tf if view == 0 else train_tf
+            tf = run.eval_tf if view == 0 else run.train_tf
             _seed_everything(_epoch_seed(cfg.seed, -1 - view))
             view_ds = ImageSamples(ds.samples, tf, ds.num_classes, ds.multilabel)
             for x, _ in image_loader(view_ds, cfg.batch_size, workers=cfg.workers):
                 yield x
 
-        for n in fill_store(model, plan, store, batches, device, channels_last):
+        for n in fill_store(run.model, plan, store, batches, run.device, run.channels_last):
             done += n
             yield ev.Caching(done, total)
             if stop is not None and stop.is_set():
@@ -385,8 +481,105 @@ def _make_feeder(
         train_ds.targets(),
         val_ds.targets() if val_ds else None,
         cfg,
-        device,
+        run.device,
     )
+
+
+def _training_loss(run: _Setup) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss that is minimised: the task's loss plus, with L2-SP, a pull towards the
+    pretrained weights (captured here, before any training or resume changes them)."""
+    cfg, model = run.cfg, run.model
+    task_loss = _loss_fn(run.dataset.multilabel, cfg.label_smoothing)
+    if cfg.l2sp <= 0:
+        return task_loss
+    head = {name for g in run.groups if g.name == "head" for name in g.params}
+    reference = {n: p.detach().clone() for n, p in model.named_parameters() if n not in head}
+
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        penalty = _l2sp_penalty(model, reference, head)
+        value = task_loss(logits, y)
+        return value if penalty is None else value + cfg.l2sp / 2 * penalty
+
+    return loss
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@dataclass
+class _Progress:
+    """What the finished epochs leave behind: the history and the best epoch with its weights.
+
+    Stored in every checkpoint, so a resumed run goes on exactly where the killed one stopped.
+    """
+
+    history: list[dict] = field(default_factory=list)
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+
+    @property
+    def done_epochs(self) -> int:
+        return self.history[-1]["epoch"] if self.history else 0
+
+    @property
+    def kept_epoch(self) -> int:
+        """The epoch whose weights the run keeps: the best one, or the last without validation."""
+        return self.best_epoch or self.done_epochs
+
+    @classmethod
+    def resume(cls, state: dict, model: nn.Module) -> _Progress:
+        model.load_state_dict(state["model"], strict=False)  # frozen parts stay pretrained
+        best = state["best"]
+        progress = cls(
+            list(state["history"]),
+            best["loss"],
+            best["epoch"],
+            best.get("state"),
+            int(state["bad_epochs"]),
+        )
+        if progress.best_state is None and progress.best_epoch == progress.done_epochs:
+            progress.best_state = _cpu_state(model)
+        return progress
+
+    def record(self, row: dict, model: nn.Module) -> bool:
+        """Add a finished epoch; True when it is the best so far (lowest validation loss)."""
+        self.history.append(row)
+        val_loss = row["val_loss"]
+        if val_loss is None:
+            return False
+        if val_loss < self.best_loss - 1e-6:
+            self.best_loss, self.best_epoch = val_loss, row["epoch"]
+            self.best_state = _cpu_state(model)
+            self.bad_epochs = 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def checkpoint(self, model, optimizer, scheduler, phase_index: int, split_hash: str) -> dict:
+        epoch = self.done_epochs
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": _mutable_state(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "phase": phase_index,
+            "epoch": epoch,
+            # The best weights are stored only when they differ from the current ones.
+            "best": {
+                "loss": self.best_loss,
+                "epoch": self.best_epoch,
+                "state": None if self.best_epoch == epoch else self.best_state,
+            },
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "split_hash": split_hash,
+        }
+
+    def restore_best(self, model: nn.Module) -> None:
+        if self.best_state is not None and self.best_epoch != self.done_epochs:
+            model.load_state_dict(self.best_state)
 
 
 # --------------------------------------------------------------------------- the run
@@ -444,19 +637,77 @@ def run_training(config: TrainConfig, dataset: Dataset | None = None) -> ev.Fini
     return finished
 
 
+_STOPPED_BY_USER = "stopped by user"
+
+
 def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> Iterator[ev.Event]:
-    cfg.validate()
     t_start = time.perf_counter()
+    cfg, resume_state = _open_run(cfg.validate())
+    dataset = _load_data(cfg, dataset)
+    if resume_state is not None and resume_state["split_hash"] != dataset.split_hash():
+        raise StudioError("the data changed since this run started; resume needs the same split")
+    run = _set_up(cfg, dataset)
+    loss_fn = _training_loss(run)  # before a resume loads trained weights (L2-SP's reference)
+    _write_run_files(run, first=resume_state is None)
+    progress = _Progress.resume(resume_state, run.model) if resume_state else _Progress()
+    run_dir = Path(cfg.out)
+
+    stopped, started = None, False
+    for index, phase in enumerate(_phases(cfg)):
+        if progress.done_epochs >= phase.last:
+            continue  # finished before the resume
+        frozen = parse_freeze(phase.freeze, run.groups)
+        trainable, frozen_count = apply_freeze(run.model, run.groups, frozen)
+        if not started:
+            started = True
+            yield ev.Started(
+                str(run_dir),
+                cfg.to_dict(),
+                dataset.classes,
+                {k: len(v) for k, v in dataset.splits.items()},
+                str(run.device),
+                run.weights.note,
+                trainable,
+                frozen_count,
+                progress.done_epochs,
+            )
+            for warning in dataset.report.warnings:
+                yield ev.Notice(warning)
+        elif phase.name == "train":
+            yield ev.Notice(f"unfreezing: now training {trainable:,} parameters")
+
+        feeder = yield from _make_feeder(run, frozen, run_dir / ".cache", stop)
+        if feeder is None:
+            stopped = _STOPPED_BY_USER  # while caching
+        else:
+            try:
+                stopped = yield from _run_phase(
+                    run, index, phase, feeder, loss_fn, progress, resume_state, stop
+                )
+            finally:
+                feeder.close()
+        if stopped:
+            yield ev.Stopped(stopped, progress.done_epochs)
+            break
+
+    if not progress.history:
+        if stopped:
+            return  # stopped before the first epoch: there is no model to keep
+        raise StudioError("no epoch was trained")
+    yield _finish(run, progress, stopped, time.perf_counter() - t_start)
+
+
+def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
+    """The config to use and, when resuming, the checkpoint; refuses to overwrite a run."""
     run_dir = Path(cfg.out)
     checkpoint_path = run_dir / CHECKPOINT
-    resume_state = None
     if cfg.resume:
         if not checkpoint_path.is_file():
             raise StudioError(f"nothing to resume: {checkpoint_path} does not exist")
-        resume_state = load_checkpoint(checkpoint_path)
+        state = load_checkpoint(checkpoint_path)
         saved = load_json(run_dir / "config.json")
-        cfg = TrainConfig.from_dict({**saved, "resume": True, "out": str(run_dir)})
-    elif (run_dir / "config.json").exists():
+        return TrainConfig.from_dict({**saved, "resume": True, "out": str(run_dir)}), state
+    if (run_dir / "config.json").exists():
         hint = (
             " (it has a checkpoint: add --resume to continue it)"
             if checkpoint_path.exists()
@@ -464,269 +715,163 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
         )
         raise StudioError(f"{run_dir} already holds a run{hint}; choose another output folder")
     run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg, None
 
-    # ---- data
-    if dataset is None:
-        if not cfg.data:
-            raise StudioError("no dataset given")
-        dataset = load_dataset(
-            cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
-        )
-    if resume_state is not None and resume_state["split_hash"] != dataset.split_hash():
-        raise StudioError("the data changed since this run started; resume needs the same split")
-    classes, multilabel = dataset.classes, dataset.multilabel
 
-    # ---- model
-    device = select_device(cfg.device)
-    _seed_everything(cfg.seed)
-    model, weights = create_backbone(
-        cfg.backbone, len(classes), pretrained=cfg.pretrained, weights_file=cfg.weights_file
-    )
-    groups = model_groups(model)
-    head_params = {p for g in groups if g.name == "head" for p in g.params}
-    pretrained_reference = (
-        {n: p.detach().clone() for n, p in model.named_parameters() if n not in head_params}
-        if cfg.l2sp > 0
-        else {}
-    )
-    dcfg = data_config(model)
-    eval_tf = build_transform(dcfg, "none")
-    train_tf = build_transform(dcfg, cfg.augment, training=True)
-    # Channels-last is faster for convolutions on GPUs and, with oneDNN, on CPUs too (1.6x for
-    # full fine-tuning on a 2-core CPU: benchmarks/bench_channels_last.py); MPS is left alone.
-    use_channels_last = cfg.channels_last and device.type in ("cuda", "cpu")
-    model.to(device)
-    if use_channels_last:
-        model.to(memory_format=torch.channels_last)
-    for _, spec, _ in _phases(cfg):  # fail on a bad freeze spec before any work
-        parse_freeze(spec, groups)
-
-    # ---- the run folder: everything needed to repeat or reuse this run
-    if resume_state is None:
+def _write_run_files(run: _Setup, first: bool) -> None:
+    """What a classroom needs to repeat the run (config, data report, split) and a program
+    needs to use its model (labels, preprocessing)."""
+    run_dir, cfg, dataset = Path(run.cfg.out), run.cfg, run.dataset
+    if first:
         save_json(run_dir / "config.json", {**cfg.to_dict(), "resume": False})
         save_json(run_dir / "data_report.json", dataset.report.to_dict())
-        rows = dataset.split_rows()
         with open(run_dir / "split.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["split", "path", "labels"])
-            writer.writerows(rows)
+            writer.writerows(dataset.split_rows())
     save_json(
         run_dir / "labels.json",
-        {"labels": classes, "multilabel": multilabel, "threshold": cfg.threshold},
+        {"labels": dataset.classes, "multilabel": dataset.multilabel, "threshold": cfg.threshold},
     )
-    save_json(run_dir / "preprocess.json", _preprocess_info(dcfg))
+    save_json(run_dir / "preprocess.json", _preprocess_info(run.data_config))
 
-    history: list[dict] = list(resume_state["history"]) if resume_state else []
-    best = (
-        dict(resume_state["best"])
-        if resume_state
-        else {"loss": math.inf, "epoch": 0, "state": None}
+
+def _run_phase(
+    run: _Setup,
+    index: int,
+    phase: _Phase,
+    feeder,
+    loss_fn,
+    progress: _Progress,
+    resume_state: dict | None,
+    stop: StopFlag | None,
+):
+    """The epochs of one phase, each ending in a checkpoint; returns why it ended early, if so.
+
+    Each phase has its own optimizer and schedule (the trainable parameters differ).
+    """
+    cfg, model = run.cfg, run.model
+    optimizer = _make_optimizer(
+        cfg, optimizer_groups(model, run.groups, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     )
-    best_state = best.pop("state", None)
-    bad_epochs = int(resume_state["bad_epochs"]) if resume_state else 0
-    done_epochs = int(resume_state["epoch"]) if resume_state else 0
-    if resume_state:
-        model.load_state_dict(resume_state["model"], strict=False)  # frozen parts: pretrained
-        if best_state is None and best["epoch"] == int(resume_state["epoch"]):
-            best_state = _cpu_state(model)
+    steps = feeder.steps_per_epoch()
+    scheduler = _make_scheduler(cfg, optimizer, steps * phase.epochs, steps)
+    if resume_state and int(resume_state["phase"]) == index:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+    # bfloat16 needs no loss scaling; float16 (GPUs before Ampere) does.
+    scaler = torch.amp.GradScaler("cuda", enabled=run.amp and not torch.cuda.is_bf16_supported())
+    checkpoint_path = Path(cfg.out) / CHECKPOINT
 
-    train_ds = ImageSamples(dataset.train, train_tf, len(classes), multilabel)
-    val_ds = ImageSamples(dataset.val, eval_tf, len(classes), multilabel) if dataset.val else None
-    loss_fn = _loss_fn(multilabel, cfg.label_smoothing)
-    stopped_reason = None
-    started = False
-    global_epoch = 0
-
-    for phase_index, (phase, spec, phase_epochs) in enumerate(_phases(cfg)):
-        phase_start = global_epoch
-        global_epoch += phase_epochs
-        if done_epochs >= global_epoch:
-            continue  # finished before the resume
-        frozen = parse_freeze(spec, groups)
-        trainable, frozen_count = apply_freeze(model, groups, frozen)
-        if not started:
-            started = True
-            yield ev.Started(
-                str(run_dir),
-                cfg.to_dict(),
-                classes,
-                {k: len(v) for k, v in dataset.splits.items()},
-                str(device),
-                weights.note,
-                trainable,
-                frozen_count,
-                done_epochs,
-            )
-            for warning in dataset.report.warnings:
-                yield ev.Notice(warning)
-        elif phase == "train":
-            yield ev.Notice(f"unfreezing: now training {trainable:,} parameters")
-
-        # ---- the frozen prefix, computed once
-        feeder = yield from _make_feeder(
-            model,
-            cfg,
-            frozen,
-            train_ds,
-            val_ds,
-            eval_tf,
-            train_tf,
-            device,
-            use_channels_last,
-            run_dir / ".cache",
-            stop,
+    for epoch in range(max(phase.first, progress.done_epochs + 1), phase.last + 1):
+        t_epoch = time.perf_counter()
+        _seed_everything(_epoch_seed(cfg.seed, epoch))
+        loss, accuracy, seen, stop_asked = yield from _train_epoch(
+            run, feeder, loss_fn, optimizer, scheduler, scaler, epoch, stop
         )
-        if feeder is None:  # stopped while caching
-            stopped_reason = "stopped by user"
-            yield ev.Stopped(stopped_reason, done_epochs)
-            break
-
-        # ---- optimizer and schedule for this phase
-        param_groups = optimizer_groups(model, groups, cfg.lr, cfg.weight_decay, cfg.layer_decay)
-        optimizer = _make_optimizer(cfg, param_groups)
-        steps = feeder.steps_per_epoch()
-        scheduler = _make_scheduler(cfg, optimizer, steps * phase_epochs, steps)
-        if resume_state and int(resume_state["phase"]) == phase_index:
-            optimizer.load_state_dict(resume_state["optimizer"])
-            scheduler.load_state_dict(resume_state["scheduler"])
-        use_amp = cfg.amp and device.type == "cuda"
-        scaler = torch.amp.GradScaler(
-            "cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()
+        if stop_asked and seen < len(run.train_ds):
+            return _STOPPED_BY_USER  # a half epoch is not an epoch: keep the best finished one
+        val_loss, val_acc = _validate(run, feeder)
+        row = {
+            "epoch": epoch,
+            "phase": phase.name,
+            "train_loss": loss,
+            "train_acc": accuracy,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": optimizer.param_groups[-1]["lr"],
+            "seconds": time.perf_counter() - t_epoch,
+        }
+        improved = progress.record(row, model)
+        save_history(Path(cfg.out) / "history.csv", progress.history)
+        save_checkpoint(
+            checkpoint_path,
+            progress.checkpoint(model, optimizer, scheduler, index, run.dataset.split_hash()),
         )
+        yield ev.Epoch(
+            epoch,
+            cfg.epochs,
+            loss,
+            accuracy,
+            val_loss,
+            val_acc,
+            row["lr"],
+            row["seconds"],
+            improved,
+            phase.name,
+        )
+        yield ev.Checkpoint(str(checkpoint_path), epoch)
+        if stop_asked:
+            return _STOPPED_BY_USER
+        if cfg.patience and progress.bad_epochs >= cfg.patience:
+            return f"early stopping: validation loss has not improved for {cfg.patience} epochs"
+    return None
 
-        # ---- epochs
-        for epoch in range(max(phase_start, done_epochs) + 1, global_epoch + 1):
-            t_epoch = time.perf_counter()
-            _seed_everything(_epoch_seed(cfg.seed, epoch))
-            model.train()
-            keep_frozen_norms_in_eval(model)
-            total_loss, correct, seen = 0.0, 0, 0
-            for n, (x, y) in enumerate(feeder.train_batches(_epoch_seed(cfg.seed, epoch)), 1):
-                with _autocast(device, use_amp):
-                    logits = feeder.forward(model, x)
-                    loss = loss_fn(logits.float(), y)
-                    if pretrained_reference:
-                        penalty = _l2sp_penalty(model, pretrained_reference, head_params)
-                        if penalty is not None:
-                            loss = loss + cfg.l2sp / 2 * penalty
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                total_loss += float(loss.detach()) * len(y)
-                correct += _correct(logits.detach(), y, multilabel, cfg.threshold)
-                seen += len(y)
-                yield ev.Batch(epoch, n, steps, float(loss.detach()))
-                if stop is not None and stop.is_set():
-                    stopped_reason = "stopped by user"
-                    break
-            if stopped_reason and seen < len(train_ds):
-                break  # a half epoch is not an epoch: keep the best finished one
 
-            val_loss, val_acc = _validate(
-                model, feeder, loss_fn, multilabel, cfg.threshold, device, use_amp
-            )
-            improved = val_loss is not None and val_loss < best["loss"] - 1e-6
-            if improved:
-                best = {"loss": val_loss, "epoch": epoch}
-                best_state = _cpu_state(model)
-                bad_epochs = 0
-            elif val_loss is not None:
-                bad_epochs += 1
-            row = {
-                "epoch": epoch,
-                "phase": phase,
-                "train_loss": total_loss / max(1, seen),
-                "train_acc": correct / max(1, seen),
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "lr": optimizer.param_groups[-1]["lr"],
-                "seconds": time.perf_counter() - t_epoch,
-            }
-            history.append(row)
-            save_history(run_dir / "history.csv", history)
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "model": _mutable_state(model),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "phase": phase_index,
-                    "epoch": epoch,
-                    # The best weights are stored only when they differ from the current ones.
-                    "best": {**best, "state": None if best["epoch"] == epoch else best_state},
-                    "bad_epochs": bad_epochs,
-                    "history": history,
-                    "split_hash": dataset.split_hash(),
-                },
-            )
-            yield ev.Epoch(
-                epoch,
-                cfg.epochs,
-                row["train_loss"],
-                row["train_acc"],
-                val_loss,
-                val_acc,
-                row["lr"],
-                row["seconds"],
-                improved,
-                phase,
-            )
-            yield ev.Checkpoint(str(checkpoint_path), epoch)
-            if stopped_reason:
-                break
-            if cfg.patience and bad_epochs >= cfg.patience:
-                stopped_reason = (
-                    f"early stopping: validation loss has not improved for {cfg.patience} epochs"
-                )
-                break
-        feeder.close()
-        if stopped_reason:
-            yield ev.Stopped(stopped_reason, history[-1]["epoch"] if history else 0)
+def _train_epoch(run: _Setup, feeder, loss_fn, optimizer, scheduler, scaler, epoch: int, stop):
+    """One pass over the training batches, yielding a ``Batch`` event per step.
+
+    Returns ``(mean loss, accuracy, images seen, whether a stop was asked)``.
+    """
+    cfg, model = run.cfg, run.model
+    model.train()
+    keep_frozen_norms_in_eval(model)
+    steps = feeder.steps_per_epoch()
+    total_loss, correct, seen = 0.0, 0, 0
+    for n, (x, y) in enumerate(feeder.train_batches(_epoch_seed(cfg.seed, epoch)), 1):
+        with _autocast(run.device, run.amp):
+            logits = feeder.forward(model, x)
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total_loss += float(loss.detach()) * len(y)
+        correct += _correct(logits.detach(), y, run.dataset.multilabel, cfg.threshold)
+        seen += len(y)
+        yield ev.Batch(epoch, n, steps, float(loss.detach()))
+        if stop is not None and stop.is_set():
             break
+    stop_asked = stop is not None and stop.is_set()
+    return total_loss / max(1, seen), correct / max(1, seen), seen, stop_asked
 
-    # ---- keep the best epoch, measure it on held-out data, write the model files
-    if not history:
-        if stopped_reason:
-            return  # stopped before the first epoch: there is no model to keep
-        raise StudioError("no epoch was trained")
-    if best_state is not None and best["epoch"] != history[-1]["epoch"]:
-        model.load_state_dict(best_state)
+
+def _finish(run: _Setup, progress: _Progress, stopped: str | None, seconds: float) -> ev.Finished:
+    """Keep the best epoch, measure it on held-out data and write the model files."""
+    from .export import write_model_files
+
+    cfg, dataset, run_dir = run.cfg, run.dataset, Path(run.cfg.out)
+    progress.restore_best(run.model)
     split, held_out = dataset.held_out()
     if not held_out:
         split, held_out = "train", dataset.train
     metrics = evaluate_samples(
-        model,
+        run.model,
         held_out,
-        eval_tf,
-        classes,
-        multilabel,
-        device,
+        run.eval_tf,
+        dataset.classes,
+        dataset.multilabel,
+        run.device,
         threshold=cfg.threshold,
         batch_size=cfg.batch_size,
-        channels_last=use_channels_last,
+        channels_last=run.channels_last,
         split=split,
     )
-    from .export import write_model_files
-
     write_model_files(
         run_dir,
-        model.cpu(),
+        run.model.cpu(),
         cfg,
         dataset,
         metrics,
-        weights.note,
-        history,
-        best_epoch=best["epoch"] or history[-1]["epoch"],
+        run.weights.note,
+        progress.history,
+        best_epoch=progress.kept_epoch,
     )
-    if stopped_reason != "stopped by user":
-        checkpoint_path.unlink(missing_ok=True)
+    if stopped != _STOPPED_BY_USER:
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
     shutil.rmtree(run_dir / ".cache", ignore_errors=True)
-    yield ev.Finished(
-        str(run_dir), metrics, best["epoch"] or history[-1]["epoch"], time.perf_counter() - t_start
-    )
+    return ev.Finished(str(run_dir), metrics, progress.kept_epoch, seconds)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -751,14 +896,17 @@ def _mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _validate(model, feeder, loss_fn, multilabel, threshold, device, use_amp):
+def _validate(run: _Setup, feeder) -> tuple[float | None, float | None]:
+    """Validation loss and accuracy (the task's loss alone, without L2-SP); None without data."""
+    model, multilabel = run.model, run.dataset.multilabel
+    loss_fn = _loss_fn(multilabel, run.cfg.label_smoothing)
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in feeder.val_batches():
-        with _autocast(device, use_amp):
+        with _autocast(run.device, run.amp):
             logits = feeder.forward(model, x).float()
         total_loss += float(loss_fn(logits, y)) * len(y)
-        correct += _correct(logits, y, multilabel, threshold)
+        correct += _correct(logits, y, multilabel, run.cfg.threshold)
         seen += len(y)
     if not seen:
         return None, None

@@ -152,22 +152,29 @@ def test_resume_after_kill_gives_the_uninterrupted_result(small_example, tmp_pat
     assert resumed_events[-1].metrics == full.metrics
 
 
-def test_staged_unfreezing_trains_the_head_first(small_example, tmp_path):
-    events = list(
-        train(
-            _config(
-                small_example,
-                tmp_path / "run",
-                epochs=3,
-                head_epochs=1,
-                freeze="to:stage5",
-                lr=1e-3,
-            )
-        )
-    )
+@pytest.mark.parametrize("stop_after", [1, 2])
+def test_staged_unfreezing_trains_the_head_first_and_resumes_exactly(
+    small_example, tmp_path, stop_after
+):
+    staged = dict(epochs=3, head_epochs=1, freeze="to:stage5", lr=1e-3, l2sp=0.01)
+    events = list(train(_config(small_example, tmp_path / "full", **staged)))
     epochs = [e for e in events if isinstance(e, ev.Epoch)]
     assert [e.phase for e in epochs] == ["head", "train", "train"]
     assert any("unfreezing" in e.message for e in events if isinstance(e, ev.Notice))
+
+    # Stopped after the head phase (then the resume unfreezes with a fresh optimizer) or inside
+    # the unfrozen phase (then the optimizer state and the L2-SP reference, the pretrained
+    # weights rather than the resumed ones, must carry over): either way, the same run.
+    stop = threading.Event()
+    for event in train(_config(small_example, tmp_path / "staged", **staged), stop=stop):
+        if isinstance(event, ev.Epoch) and event.epoch == stop_after:
+            stop.set()
+    resumed = list(train(TrainConfig(out=str(tmp_path / "staged"), resume=True)))
+    assert resumed[0].resumed_from_epoch == stop_after
+    assert [e.phase for e in resumed if isinstance(e, ev.Epoch)] == ["train"] * (3 - stop_after)
+    strip = lambda p: [",".join(r.split(",")[:-1]) for r in p.read_text().splitlines()]  # noqa: E731
+    assert strip(tmp_path / "staged" / "history.csv") == strip(tmp_path / "full" / "history.csv")
+    assert resumed[-1].metrics == events[-1].metrics
 
 
 def test_early_stopping_restores_the_best_epoch(small_example, tmp_path):
