@@ -312,27 +312,40 @@ def _check(candidate: _Candidate, max_pixels: int) -> _Checked | Skipped:
     return _Checked(candidate, img.width, img.height, sha1, dhash)
 
 
-def _near_duplicate_groups(checked: list[_Checked]) -> list[list[int]]:
-    """Groups (indices) of images whose dHashes differ by a few bits: resized or re-saved copies."""
-    if len(checked) < 2:
-        return []
-    hashes = np.array([c.dhash for c in checked], dtype=np.uint64)
-    parent = list(range(len(checked)))
+def _connected_groups(n: int, links: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Indices ``0..n-1`` joined by ``links`` into groups (singletons too), each sorted, ordered by
+    their smallest index: a stable order, since the seeded split shuffles groups in it."""
+    from scipy.sparse import coo_matrix  # imported here: a quarter second the app's start skips
+    from scipy.sparse.csgraph import connected_components
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i in range(len(checked) - 1):
-        distance = np.bitwise_count(hashes[i + 1 :] ^ hashes[i])
-        for j in np.nonzero(distance <= _NEAR_DUPLICATE_BITS)[0]:
-            parent[find(i + 1 + int(j))] = find(i)
+    rows = [a for a, _ in links]
+    cols = [b for _, b in links]
+    graph = coo_matrix((np.ones(len(links)), (rows, cols)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
     groups: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(checked)):
-        groups[find(i)].append(i)
-    return [g for g in groups.values() if len(g) > 1]
+    for i, label in enumerate(component):
+        groups[int(label)].append(i)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def _duplicate_groups(checked: list[_Checked]) -> tuple[list[list[int]], list[list[int]]]:
+    """``(exact, near)``: groups of identical files, and groups of pictures whose dHashes differ
+    by a few bits (resized or re-saved copies) that are not already one exact group."""
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(checked):
+        by_sha[c.sha1].append(i)
+    exact = [g for g in by_sha.values() if len(g) > 1]
+    hashes = np.array([c.dhash for c in checked], dtype=np.uint64)
+    links = [
+        (i, i + 1 + int(j))
+        for i in range(len(checked) - 1)
+        for j in np.nonzero(np.bitwise_count(hashes[i + 1 :] ^ hashes[i]) <= _NEAR_DUPLICATE_BITS)[
+            0
+        ]
+    ]
+    near = [g for g in _connected_groups(len(checked), links) if len(g) > 1]
+    exact_sets = [set(g) for g in exact]
+    return exact, [g for g in near if not any(set(g) <= s for s in exact_sets)]
 
 
 # --------------------------------------------------------------------------- splitting
@@ -419,174 +432,173 @@ def load_dataset(
         raise DataError(f"{source} does not exist")
     skipped: list[Skipped] = []
     empty: list[str] = []
+    root, csv_path = _locate(source)
+    layout, candidates = _collect(root, csv_path, skipped, empty)
+    checked = _check_all(candidates, max_pixels, workers, progress, skipped)
 
-    root = source
-    if source.is_file() and source.suffix.lower() == ".zip":
-        digest = hashlib.sha1(source.read_bytes()).hexdigest()[:16]
-        target = cache_dir("zips", digest)
-        marker = target / ".complete"
-        if not marker.exists():
-            for child in target.iterdir():
-                if child.is_dir():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-            content = extract_zip(source, target / "content")
-            marker.write_text(str(content.relative_to(target)))
-        root = target / marker.read_text()
-        if not root.is_dir():
-            raise DataError(f"{source.name} did not unpack to a folder")
-
-    if root.is_file() and root.suffix.lower() == ".csv":
-        csv_path: Path | None = root
-        root = root.parent
-    elif root.is_dir() and (root / "labels.csv").is_file():
-        csv_path = root / "labels.csv"
-    else:
-        csv_path = None
-
-    if csv_path is not None:
-        layout = "csv"
-        candidates = _read_csv(csv_path, skipped)
-    elif root.is_dir():
-        split_dirs = _split_folders(root)
-        if split_dirs:
-            layout = "split folders"
-            candidates = []
-            for split, folder in sorted(split_dirs.items(), key=lambda kv: SPLITS.index(kv[0])):
-                candidates += _class_folders(folder, split, skipped, empty)
-            for entry in sorted(root.iterdir()):
-                if entry not in split_dirs.values() and not _is_system(entry):
-                    skipped.append(Skipped(str(entry), "not inside train/, val/ or test/"))
-        else:
-            layout = "class folders"
-            candidates = _class_folders(root, None, skipped, empty)
-    else:
-        raise DataError(f"{source.name} is not a folder, a .zip or a .csv file")
-
-    # Decode every image once; threads overlap file I/O and PIL's GIL-free decoding.
-    checked: list[_Checked] = []
-    total = len(candidates)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for done, result in enumerate(pool.map(lambda c: _check(c, max_pixels), candidates), 1):
-            if isinstance(result, Skipped):
-                skipped.append(result)
-            else:
-                checked.append(result)
-            if progress is not None:
-                progress(done, total)
-
-    class_names = sorted({label for c in checked for label in c.candidate.labels})
-    # A class that exists as a folder but whose every image was skipped is empty too.
-    folder_classes = {c.labels[0] for c in candidates} if layout != "csv" else set()
-    for name in sorted(folder_classes - set(class_names)):
-        empty.append(name)
+    classes = sorted({label for c in checked for label in c.candidate.labels})
+    if layout != "csv":  # a class folder whose every image was skipped is empty too
+        empty += sorted({c.labels[0] for c in candidates} - set(classes))
     if not checked:
         raise DataError(
             f"no usable images in {source}"
             + (f" ({len(skipped)} file(s) skipped, see the report)" if skipped else "")
         )
-    if len(class_names) < 2:
+    if len(classes) < 2:
         raise DataError(
-            f"need at least two classes with images to train; found {len(class_names)} "
-            f"({', '.join(class_names)})"
+            f"need at least two classes with images to train; found {len(classes)} "
+            f"({', '.join(classes)})"
         )
-    index = {name: i for i, name in enumerate(class_names)}
     multilabel = any(len(c.candidate.labels) > 1 for c in checked)
+    exact, near = _duplicate_groups(checked)
+    splits_of = _choose_splits(checked, exact + near, multilabel, val_fraction, test_fraction, seed)
 
-    # Duplicates: identical bytes, then near-identical pictures.
-    by_sha: dict[str, list[int]] = defaultdict(list)
-    for i, c in enumerate(checked):
-        by_sha[c.sha1].append(i)
-    exact_groups = [g for g in by_sha.values() if len(g) > 1]
-    near_groups = _near_duplicate_groups(checked)
-    exact_sets = [set(g) for g in exact_groups]
-    near_only = [g for g in near_groups if not any(set(g) <= s for s in exact_sets)]
-
-    # Split: given by folders/CSV column, otherwise made here with duplicates kept together.
-    given = {c.candidate.split for c in checked}
-    splits_of: dict[int, str] = {}
-    if given != {None}:
-        for i, c in enumerate(checked):
-            splits_of[i] = c.candidate.split or "train"
-    train_idx = [i for i in range(len(checked)) if splits_of.get(i, "train") == "train"]
-    want = {s for s in ("val", "test") if s not in set(splits_of.values())}
-    if want:
-        sub = {i: pos for pos, i in enumerate(train_idx)}
-        parent = {i: i for i in train_idx}
-        for group in exact_groups + near_groups:
-            members = [i for i in group if i in sub]
-            for i in members[1:]:
-                parent[i] = members[0]
-        groups: dict[int, list[int]] = defaultdict(list)
-        for i in train_idx:
-            root_i = i
-            while parent[root_i] != root_i:
-                root_i = parent[root_i]
-            groups[root_i].append(i)
-        group_list = list(groups.values())
-        keys = [";".join(checked[g[0]].candidate.labels) for g in group_list]
-        if multilabel:
-            keys = ["all"] * len(group_list)  # random split: label combinations are too sparse
-        assignment = _assign_splits(
-            group_list,
-            keys,
-            val_fraction if "val" in want else 0.0,
-            test_fraction if "test" in want else 0.0,
-            seed,
-            want,
-        )
-        splits_of.update(assignment)
-
+    index = {name: i for i, name in enumerate(classes)}
     splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
-    for i, c in enumerate(checked):
+    for c, split in zip(checked, splits_of):
         labels = tuple(sorted(index[name] for name in c.candidate.labels))
-        sample = Sample(str(c.candidate.path), labels, c.width, c.height)
-        splits[splits_of.get(i, "train")].append(sample)
+        splits[split].append(Sample(str(c.candidate.path), labels, c.width, c.height))
     splits = {k: v for k, v in splits.items() if v}
 
     def names(group: list[int]) -> list[str]:
         return [str(checked[i].candidate.path) for i in group]
 
-    leakage = []
-    conflicting = []
-    for group in exact_groups + near_only:
+    leakage, conflicting = [], []
+    for group in exact + near:
         # The same picture in two splits: pair the earliest copy with each copy elsewhere.
-        ordered = sorted(group, key=lambda i: SPLITS.index(splits_of.get(i, "train")))
+        ordered = sorted(group, key=lambda i: SPLITS.index(splits_of[i]))
         first = ordered[0]
-        leakage.extend(
-            [str(checked[first].candidate.path), str(checked[i].candidate.path)]
-            for i in ordered[1:]
-            if splits_of.get(i, "train") != splits_of.get(first, "train")
-        )
+        leakage += [names([first, i]) for i in ordered[1:] if splits_of[i] != splits_of[first]]
         if len({checked[i].candidate.labels for i in group}) > 1:
             conflicting.append(names(group))
 
-    counts = {
-        split: {name: sum(1 for s in samples if index[name] in s.labels) for name in class_names}
-        for split, samples in splits.items()
-    }
-    widths = [c.width for c in checked]
-    heights = [c.height for c in checked]
-    areas = [w * h for w, h in zip(widths, heights)]
-    smallest, largest = int(np.argmin(areas)), int(np.argmax(areas))
+    areas = [c.width * c.height for c in checked]
+    smallest, largest = checked[int(np.argmin(areas))], checked[int(np.argmax(areas))]
     report = DataReport(
         source=str(source),
         layout=layout,
-        classes=class_names,
+        classes=classes,
         multilabel=multilabel,
-        counts=counts,
+        counts={
+            split: {name: sum(index[name] in s.labels for s in samples) for name in classes}
+            for split, samples in splits.items()
+        },
         skipped=sorted(skipped, key=lambda s: s.path),
         empty_classes=sorted(set(empty)),
-        exact_duplicates=[names(g) for g in exact_groups],
-        near_duplicates=[names(g) for g in near_only],
+        exact_duplicates=[names(g) for g in exact],
+        near_duplicates=[names(g) for g in near],
         leakage=leakage,
         conflicting_labels=conflicting,
-        min_size=(widths[smallest], heights[smallest]),
-        max_size=(widths[largest], heights[largest]),
+        min_size=(smallest.width, smallest.height),
+        max_size=(largest.width, largest.height),
     )
     report.warnings = _warnings(report)
-    return Dataset(class_names, splits, multilabel, report, root.resolve(), seed)
+    return Dataset(classes, splits, multilabel, report, root.resolve(), seed)
+
+
+def _locate(source: Path) -> tuple[Path, Path | None]:
+    """The folder the images are in (a zip unpacked first) and the CSV, if labels come from one."""
+    root = _unpacked(source) if source.is_file() and source.suffix.lower() == ".zip" else source
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return root.parent, root
+    if root.is_dir():
+        return root, (root / "labels.csv" if (root / "labels.csv").is_file() else None)
+    raise DataError(f"{source.name} is not a folder, a .zip or a .csv file")
+
+
+def _unpacked(zip_path: Path) -> Path:
+    """Unpack once per distinct zip (by content) into the cache; a half unpack is redone."""
+    digest = hashlib.sha1(zip_path.read_bytes()).hexdigest()[:16]
+    target = cache_dir("zips", digest)
+    marker = target / ".complete"
+    if not marker.exists():
+        for child in target.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        content = extract_zip(zip_path, target / "content")
+        marker.write_text(str(content.relative_to(target)))
+    root = target / marker.read_text()
+    if not root.is_dir():
+        raise DataError(f"{zip_path.name} did not unpack to a folder")
+    return root
+
+
+def _collect(
+    root: Path, csv_path: Path | None, skipped: list[Skipped], empty: list[str]
+) -> tuple[str, list[_Candidate]]:
+    """``(layout, candidates)``: every file that may be a labelled image, not yet opened."""
+    if csv_path is not None:
+        return "csv", _read_csv(csv_path, skipped)
+    split_dirs = _split_folders(root)
+    if not split_dirs:
+        return "class folders", _class_folders(root, None, skipped, empty)
+    candidates = []
+    for split, folder in sorted(split_dirs.items(), key=lambda kv: SPLITS.index(kv[0])):
+        candidates += _class_folders(folder, split, skipped, empty)
+    for entry in sorted(root.iterdir()):
+        if entry not in split_dirs.values() and not _is_system(entry):
+            skipped.append(Skipped(str(entry), "not inside train/, val/ or test/"))
+    return "split folders", candidates
+
+
+def _check_all(
+    candidates: list[_Candidate],
+    max_pixels: int,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+    skipped: list[Skipped],
+) -> list[_Checked]:
+    """Decode every image once; threads overlap file I/O and PIL's GIL-free decoding."""
+    checked: list[_Checked] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(lambda c: _check(c, max_pixels), candidates)
+        for done, result in enumerate(results, 1):
+            if isinstance(result, Skipped):
+                skipped.append(result)
+            else:
+                checked.append(result)
+            if progress is not None:
+                progress(done, len(candidates))
+    return checked
+
+
+def _choose_splits(
+    checked: list[_Checked],
+    duplicate_groups: list[list[int]],
+    multilabel: bool,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> list[str]:
+    """The split of every image: as the folders or the CSV say, with a missing val or test
+    carved out of train here, a whole group of duplicates at a time (so never leaking)."""
+    given = any(c.candidate.split for c in checked)
+    splits_of = [(c.candidate.split if given else None) or "train" for c in checked]
+    want = {"val", "test"} - set(splits_of)
+    if not want:
+        return splits_of
+    train_idx = [i for i, split in enumerate(splits_of) if split == "train"]
+    position = {i: pos for pos, i in enumerate(train_idx)}
+    links = []
+    for group in duplicate_groups:
+        members = [position[i] for i in group if i in position]
+        links += [(members[0], other) for other in members[1:]]
+    groups = [[train_idx[p] for p in g] for g in _connected_groups(len(train_idx), links)]
+    if multilabel:
+        keys = ["all"] * len(groups)  # a random split: label combinations are too sparse
+    else:
+        keys = [";".join(checked[g[0]].candidate.labels) for g in groups]
+    assignment = _assign_splits(
+        groups,
+        keys,
+        val_fraction if "val" in want else 0.0,
+        test_fraction if "test" in want else 0.0,
+        seed,
+        want,
+    )
+    return [assignment.get(i, split) for i, split in enumerate(splits_of)]
 
 
 def _warnings(report: DataReport) -> list[str]:
