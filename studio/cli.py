@@ -84,10 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
-        "export", help="export a run as ONNX or TorchScript (checked against PyTorch)"
+        "export",
+        help="export a run as ONNX, torch.export (pt2) or TorchScript, checked against PyTorch",
     )
     p.add_argument("run")
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--format", required=True, choices=["onnx", "pt2", "torchscript"])
     p.add_argument("--out", help="output file (default: inside the run folder)")
     p.add_argument("--json", action="store_true")
 

@@ -1,9 +1,17 @@
-"""The model a person takes away: weights, labels, preprocessing, a model card, ONNX, TorchScript.
+"""The model a person takes away: weights, labels, preprocessing, a model card, exported graphs.
 
 Every run folder gets ``model.safetensors`` (weights only: nothing executable), ``labels.json``,
-``preprocess.json`` and ``MODEL_CARD.md``. :func:`export_run` adds ONNX or TorchScript and checks
-its own work: the exported file is run on the run's validation images and its predictions are
-compared with PyTorch's; agreement and the largest difference go into ``exports.json`` and the card.
+``preprocess.json`` and ``MODEL_CARD.md``. :func:`export_run` adds a graph that runs without this
+project and checks its own work: the exported file is run on the run's validation images and its
+predictions are compared with PyTorch's; agreement and the largest difference go into
+``exports.json`` and the card. The formats:
+
+* ``onnx`` -- ONNX Runtime on phones, in browsers, from C#, Java, C++ (made through
+  ``torch.export``, the dynamo exporter);
+* ``pt2`` -- a ``torch.export`` program (``torch.export.load``), PyTorch's own format for
+  deployment and AOTInductor;
+* ``torchscript`` -- for existing LibTorch C++ apps; PyTorch has deprecated TorchScript in favour
+  of ``torch.export``, so prefer ``pt2`` for anything new.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ from .runs import load_json, require_run, save_json
 
 __all__ = ["LoadedRun", "load_run", "write_model_files", "export_run", "ExportResult", "FORMATS"]
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "pt2", "torchscript")
+_FILE_NAMES = {"onnx": "model.onnx", "pt2": "model.pt2", "torchscript": "model.torchscript.pt"}
 
 
 @dataclass
@@ -172,21 +181,22 @@ def _batch(loaded: LoadedRun, paths: list[str]) -> torch.Tensor:
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> ExportResult:
-    """Export the run's model as ONNX or TorchScript and verify it against PyTorch.
+    """Export the run's model and verify the exported file against PyTorch.
 
     Args:
         run_dir: A finished run.
-        fmt: ``"onnx"`` or ``"torchscript"``.
-        out: Output file; defaults to ``model.onnx`` / ``model.torchscript.pt`` in the run.
+        fmt: One of :data:`FORMATS`: ``"onnx"``, ``"pt2"`` or ``"torchscript"``.
+        out: Output file; defaults to ``model.onnx`` / ``model.pt2`` / ``model.torchscript.pt``
+            in the run.
 
     Returns:
         An :class:`ExportResult` (also appended to ``exports.json`` and the model card).
     """
     if fmt not in FORMATS:
-        raise StudioError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
+        raise StudioError(f"unknown export format {fmt!r}; choose {', '.join(FORMATS)}")
     loaded = load_run(run_dir)
     run = loaded.run_dir
-    target = Path(out) if out else run / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    target = Path(out) if out else run / _FILE_NAMES[fmt]
     images = _batch(loaded, _check_images(run))
     start = time.perf_counter()
     with torch.no_grad():
@@ -195,6 +205,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
+        batch = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
         if fmt == "onnx":
             torch.onnx.export(
                 loaded.model,
@@ -203,9 +214,14 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
                 dynamo=True,
                 input_names=["image"],
                 output_names=["logits"],
-                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+                dynamic_shapes=batch,
             )
             got = _run_onnx(target, images.numpy())
+        elif fmt == "pt2":
+            program = torch.export.export(loaded.model, (example,), dynamic_shapes=batch)
+            torch.export.save(program, str(target))
+            with torch.no_grad():
+                got = torch.export.load(str(target)).module()(images).numpy()
         else:
             traced = torch.jit.trace(loaded.model, example)
             traced.save(str(target))

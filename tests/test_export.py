@@ -11,7 +11,7 @@ from studio.export import export_run, load_run
 from studio.predict import Predictor
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
 def test_export_agrees_with_pytorch(trained_run, fmt):
     result = export_run(trained_run, fmt)
     assert result.images >= 6  # real validation/test images were used, not noise

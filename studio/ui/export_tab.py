@@ -10,8 +10,9 @@ from .common import Context, friendly, load_engine, run_picker
 
 HELP = """### 7. Take your model with you
 **Build the download** makes a zip with your model as `model.safetensors` (for Python), ONNX (for
-phones, web pages, C#, Java) and TorchScript, plus the class names, the picture preparation and a
-model card describing it. Each exported file is checked to give the same answers as the original."""
+phones, web pages, C#, Java), `model.pt2` (PyTorch's `torch.export`) and TorchScript (older C++
+apps), plus the class names, the picture preparation and a model card describing it. Each exported
+file is checked to give the same answers as the original."""
 
 USAGE = """```python
 # pip install onnxruntime pillow numpy
@@ -32,6 +33,7 @@ print(labels[int(logits.argmax())])
 FILES = [
     "model.safetensors",
     "model.onnx",
+    "model.pt2",
     "model.torchscript.pt",
     "labels.json",
     "preprocess.json",
@@ -53,20 +55,21 @@ def build_export_tab(ctx: Context, ws_state: gr.State) -> dict:
     @friendly
     def make(ws_id, name, progress=gr.Progress()):
         load_engine()
-        from ..export import export_run
+        from ..export import FORMATS, export_run
 
         ws = ctx.workspace(ws_id)
         folder = ws.resolve_run(name or "")
         lines = []
-        for i, fmt in enumerate(("onnx", "torchscript")):
-            progress(i / 3, desc=f"exporting {fmt} and checking it")
+        steps = len(FORMATS) + 1
+        for i, fmt in enumerate(FORMATS):
+            progress(i / steps, desc=f"exporting {fmt} and checking it")
             result = export_run(folder, fmt)
             lines.append(
                 f"- **{fmt}**: same top answer as the original on "
                 f"{result.agreement:.0%} of {result.images} pictures "
                 f"(largest difference {result.max_abs_diff:.1e})"
             )
-        progress(2 / 3, desc="packing the zip")
+        progress(len(FORMATS) / steps, desc="packing the zip")
         target = folder / f"{folder.name}.zip"
         with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
             for file in FILES:

@@ -140,7 +140,8 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
 
     page.get_by_role("tab", name="7 · Export").click()
     page.get_by_role("button", name="Build the download").click()
-    expect(page.locator("#export-checks")).to_contain_text("onnx", timeout=180_000)
+    expect(page.locator("#export-checks")).to_contain_text("torchscript", timeout=180_000)
+    expect(page.locator("#export-checks")).to_contain_text("pt2")
     with page.expect_download() as info:
         page.locator("#export-zip a").first.click()
     target = tmp_path / "model.zip"
@@ -149,6 +150,7 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     assert {
         "model.safetensors",
         "model.onnx",
+        "model.pt2",
         "model.torchscript.pt",
         "labels.json",
         "preprocess.json",
