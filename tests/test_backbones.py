@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import skimage.data
 import timm
@@ -28,6 +32,24 @@ def test_catalog_has_many_families_and_reads_numbers_from_timm():
     lite2 = CATALOG["tf_efficientnet_lite2"]
     assert lite2.input_size == 260 and lite2.mean == (0.5, 0.5, 0.5)
     assert 6e6 < lite2.params < 6.2e6
+
+
+def test_catalog_lists_without_torch_or_timm_once_its_facts_are_on_disk(tmp_path):
+    # The app's first page shows the catalog: on a 2-core laptop importing torch and timm takes
+    # seconds, so only the very first start may pay for it.
+    code = (
+        "import sys; from studio.backbones import catalog, catalog_needs_timm\n"
+        "before = catalog_needs_timm(); rows = catalog()\n"
+        "print(before, len(rows), rows[2]['input_size'], 'torch' in sys.modules, 'timm' in sys.modules)"
+    )
+    env = {**os.environ, "STUDIO_CACHE": str(tmp_path)}
+    first, second = (
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        for _ in range(2)
+    )
+    n = str(len(CATALOG))
+    assert first.stdout.split() == ["True", n, "260", "True", "True"], first.stderr
+    assert second.stdout.split() == ["False", n, "260", "False", "False"], second.stderr
 
 
 def test_offline_availability_is_reported_honestly():

@@ -6,7 +6,14 @@ import functools
 
 import gradio as gr
 
-from ..backbones import CATALOG, DEFAULT_BACKBONE, catalog, measure_speed, model_groups
+from ..backbones import (
+    CATALOG,
+    DEFAULT_BACKBONE,
+    catalog,
+    catalog_needs_timm,
+    measure_speed,
+    model_groups,
+)
 from .common import friendly, load_engine
 
 HELP = """### 2. Choose a starting network
@@ -36,7 +43,8 @@ def groups_of(name: str) -> list[tuple[str, int]]:
 
 
 def catalog_rows() -> list[list]:
-    load_engine()
+    if catalog_needs_timm():  # first start only: later ones read the facts from disk
+        load_engine()
     return [
         [
             r["title"],
