@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 from helpers import write_image
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from studio.data import load_dataset
 from studio.errors import DataError
@@ -93,6 +93,22 @@ def test_duplicates_and_train_test_leakage_are_found(tmp_path):
     assert {"copy.png", "big.png"} <= leaked
     assert len(ds.report.leakage) == 2
     assert any("appear in two splits" in w for w in ds.report.warnings)
+
+
+def test_near_duplicates_are_copies_not_look_alikes(tmp_path, example):
+    # The example's tiles are 36 different patches of one brick wall: alike (three of them are
+    # 4 of 64 bits apart in a small dHash) but not copies. A copy made smaller, re-compressed or
+    # brightened is one.
+    data = tmp_path / "d"
+    shutil.copytree(example, data)
+    original = Image.open(data / "grass" / "grass_07.jpg")
+    original.resize((90, 90)).save(data / "grass" / "smaller.png")
+    original.save(data / "grass" / "recompressed.jpg", quality=35)
+    ImageEnhance.Brightness(original).enhance(1.2).save(data / "grass" / "brighter.jpg")
+    groups = load_dataset(data).report.near_duplicates
+    assert len(groups) == 1, groups
+    names = sorted(p.rsplit("/", 1)[-1] for p in groups[0])
+    assert names == ["brighter.jpg", "grass_07.jpg", "recompressed.jpg", "smaller.png"]
 
 
 def test_own_split_never_separates_duplicates(tmp_path):
