@@ -84,6 +84,12 @@ class BackboneSpec:
     def hub_id(self) -> str | None:
         return _facts(self.name)["hf_hub_id"]
 
+    @property
+    def group_sizes(self) -> list[tuple[str, int]]:
+        """``(group, parameter count)`` from input to output, with a two-class head: what the
+        freezing controls show before the real number of classes is known."""
+        return [(name, int(n)) for name, n in _facts(self.name)["groups"]]
+
 
 def _package_version(name: str) -> str:
     """A package's version without importing it (importing torch and timm takes seconds)."""
@@ -98,7 +104,7 @@ def _package_version(name: str) -> str:
 def _facts_file() -> Path:
     from .paths import cache_dir
 
-    return cache_dir() / f"backbone-facts-timm-{_package_version('timm')}.json"
+    return cache_dir() / f"backbone-facts-v2-timm-{_package_version('timm')}.json"
 
 
 @functools.lru_cache(maxsize=1)
@@ -110,7 +116,7 @@ def _cached_facts() -> dict[str, dict]:
 
 
 def _facts(name: str) -> dict:
-    """What the catalog shows of a timm model: its size, preprocessing and hub id.
+    """What the catalog shows of a timm model: its size, layer groups, preprocessing and hub id.
 
     Read from timm once and kept on disk per timm version, so the app's first page lists the
     catalog without importing torch and timm (seconds on a 2-core laptop).
@@ -123,10 +129,12 @@ def _facts(name: str) -> dict:
         from .runs import write_atomic
 
         cfg = timm.models.get_pretrained_cfg(name).to_dict()
-        with torch.device("meta"):
+        with torch.device("meta"):  # shapes only: no memory, no weights
             model = timm.create_model(name, pretrained=False)
+            two_class = timm.create_model(name, pretrained=False, num_classes=2)
         known[name] = {
             "params": sum(p.numel() for p in model.parameters()),
+            "groups": [[g.name, g.num_params] for g in model_groups(two_class)],
             "input_size": list(cfg["input_size"]),
             "mean": list(cfg["mean"]),
             "std": list(cfg["std"]),

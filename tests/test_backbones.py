@@ -35,11 +35,13 @@ def test_catalog_has_many_families_and_reads_numbers_from_timm():
 
 
 def test_catalog_lists_without_torch_or_timm_once_its_facts_are_on_disk(tmp_path):
-    # The app's first page shows the catalog: on a 2-core laptop importing torch and timm takes
-    # seconds, so only the very first start may pay for it.
+    # The app's first page shows the catalog and the layer groups: on a 2-core laptop importing
+    # torch and timm takes seconds, so only the very first start may pay for it.
     code = (
         "import sys; from studio.backbones import catalog, catalog_needs_timm\n"
+        "from studio.backbones import CATALOG\n"
         "before = catalog_needs_timm(); rows = catalog()\n"
+        "groups = [g for spec in CATALOG.values() for g in spec.group_sizes]\n"
         "print(before, len(rows), rows[2]['input_size'], 'torch' in sys.modules, 'timm' in sys.modules)"
     )
     env = {**os.environ, "STUDIO_CACHE": str(tmp_path)}
@@ -118,6 +120,10 @@ def test_groups_run_from_stem_to_head_and_cover_every_parameter(name):
     names = [p for g in groups for p in g.params]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
     assert groups[-1].num_params == sum(p.numel() for p in model.get_classifier().parameters())
+    # What the Model tab shows (kept on disk, two-class head) is the same grouping.
+    shown = CATALOG[name].group_sizes
+    assert [g for g, _ in shown] == [g.name for g in groups]
+    assert [n for _, n in shown[:-1]] == [g.num_params for g in groups[:-1]]
 
 
 def test_speed_is_measured_and_remembered_for_the_catalog():

@@ -90,7 +90,8 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
                 *export["views"],
             ],
         )
-        # The catalog needs torch and timm: it fills in separately, without holding up the rest.
+        # The catalog needs torch and timm on the first start: it fills in separately, without
+        # holding up the rest (later starts read it from disk).
         demo.load(model["refresh"], None, model["views"])
         # Lists of runs are re-read whenever their tab is opened.
         train_tab.select(training["refresh"], ws_state, training["views"])

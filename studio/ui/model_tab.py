@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import gradio as gr
 
 from ..backbones import (
@@ -11,8 +9,8 @@ from ..backbones import (
     DEFAULT_BACKBONE,
     catalog,
     catalog_needs_timm,
+    get_spec,
     measure_speed,
-    model_groups,
 )
 from .common import friendly, load_engine
 
@@ -30,16 +28,11 @@ SOURCE_WORDS = {
 }
 
 
-@functools.lru_cache(maxsize=32)
 def groups_of(name: str) -> list[tuple[str, int]]:
-    """``(group name, parameter count)`` from input to output (built on the meta device)."""
-    load_engine()
-    import timm
-    import torch
-
-    with torch.device("meta"):
-        model = timm.create_model(name, num_classes=2)
-    return [(g.name, g.num_params) for g in model_groups(model)]
+    """``(group name, parameter count)`` from input to output."""
+    if catalog_needs_timm():  # first start only: later ones read the groups from disk
+        load_engine()
+    return get_spec(name).group_sizes
 
 
 def catalog_rows() -> list[list]:
@@ -142,7 +135,7 @@ def build_model_tab() -> dict:
     freeze.change(friendly(freeze_summary), [backbone, freeze], summary)
 
     def refresh():
-        """Catalog and layer groups, read when the page opens (torch and timm load then)."""
+        """Catalog and layer groups, read when the page opens (from disk after the first start)."""
         n = len(groups_of(DEFAULT_BACKBONE))
         return (
             catalog_rows(),
