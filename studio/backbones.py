@@ -88,7 +88,10 @@ class BackboneSpec:
     def group_sizes(self) -> list[tuple[str, int]]:
         """``(group, parameter count)`` from input to output, with a two-class head: what the
         freezing controls show before the real number of classes is known."""
-        return [(name, int(n)) for name, n in _facts(self.name)["groups"]]
+        groups = _facts(self.name)["groups"]
+        if groups is None:
+            raise BackboneError(f"{self.name} does not tell timm how its layers are grouped")
+        return [(name, int(n)) for name, n in groups]
 
 
 def _package_version(name: str) -> str:
@@ -132,9 +135,13 @@ def _facts(name: str) -> dict:
         with torch.device("meta"):  # shapes only: no memory, no weights
             model = timm.create_model(name, pretrained=False)
             two_class = timm.create_model(name, pretrained=False, num_classes=2)
+        try:
+            groups = [[g.name, g.num_params] for g in model_groups(two_class)]
+        except (NotImplementedError, AttributeError):  # a timm model without a group_matcher
+            groups = None
         known[name] = {
             "params": sum(p.numel() for p in model.parameters()),
-            "groups": [[g.name, g.num_params] for g in model_groups(two_class)],
+            "groups": groups,
             "input_size": list(cfg["input_size"]),
             "mean": list(cfg["mean"]),
             "std": list(cfg["std"]),
