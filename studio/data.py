@@ -583,8 +583,7 @@ def _choose_splits(
 ) -> list[str]:
     """The split of every image: as the folders or the CSV say, with a missing val or test
     carved out of train here, a whole group of duplicates at a time (so never leaking)."""
-    given = any(c.candidate.split for c in checked)
-    splits_of = [(c.candidate.split if given else None) or "train" for c in checked]
+    splits_of = [c.candidate.split or "train" for c in checked]
     want = {"val", "test"} - set(splits_of)
     if not want:
         return splits_of

@@ -28,16 +28,21 @@ SOURCE_WORDS = {
 }
 
 
+def _facts_on_disk() -> None:
+    """The catalog's facts come from torch and timm on the first start only; later starts read
+    them from disk. Importing goes through the engine's lock (timm cannot be imported twice)."""
+    if catalog_needs_timm():
+        load_engine()
+
+
 def groups_of(name: str) -> list[tuple[str, int]]:
     """``(group name, parameter count)`` from input to output."""
-    if catalog_needs_timm():  # first start only: later ones read the groups from disk
-        load_engine()
+    _facts_on_disk()
     return get_spec(name).group_sizes
 
 
 def catalog_rows() -> list[list]:
-    if catalog_needs_timm():  # first start only: later ones read the facts from disk
-        load_engine()
+    _facts_on_disk()
     return [
         [
             r["title"],
