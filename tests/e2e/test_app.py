@@ -255,6 +255,15 @@ def test_only_the_workspace_is_served(app):
 def test_one_persons_training_does_not_block_another_persons_page(browser, app_url):
     with two_people(browser, app_url) as (a, b):
         load_example(a)
+        # The whole network learns: no frozen layers to cache, so every epoch takes seconds and
+        # the run is surely still going when B's page is used (cached, 60 epochs took ~10 s).
+        a.get_by_role("tab", name="2 · Model").click()
+        summary = a.locator("#freeze-summary")
+        expect(summary).to_contain_text("Training from head up", timeout=60_000)
+        slider = a.locator("#freeze-slider input[type=number]")
+        slider.fill("0")
+        slider.press("Tab")
+        expect(summary).to_contain_text("Training from stem up")
         a.get_by_role("tab", name="3 · Train").click()
         a.get_by_text("Advanced settings").click()
         set_number(a, "Epochs", "60")
