@@ -85,11 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="export a run as ONNX, torch.export (pt2) or TorchScript, checked against PyTorch",
+        help="export a run as ONNX, torch.export (pt2) or TorchScript, checked against PyTorch; "
+        "'--format zip' builds the app's download (every format) and checks the zip as received",
     )
     p.add_argument("run")
-    p.add_argument("--format", required=True, choices=["onnx", "pt2", "torchscript"])
-    p.add_argument("--out", help="output file (default: inside the run folder)")
+    p.add_argument("--format", required=True, choices=["onnx", "pt2", "torchscript", "zip"])
+    p.add_argument("--out", help="output file (default: inside the run folder; not for zip)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
@@ -358,6 +359,8 @@ def _cmd_export(args) -> int:
 
     from .export import export_run
 
+    if args.format == "zip":
+        return _package(args)
     result = export_run(args.run, args.format, args.out)
     if args.json:
         print(json.dumps(asdict(result)))
@@ -367,6 +370,26 @@ def _cmd_export(args) -> int:
             f"{result.agreement:.1%}, max logit difference {result.max_abs_diff:.2e}"
         )
     return 0
+
+
+def _package(args) -> int:
+    from dataclasses import asdict
+
+    from .errors import StudioError
+    from .package import build_package
+
+    if args.out:
+        raise StudioError("--out is not for --format zip: the zip is written into the run folder")
+    bar, update = _progress_bar("building the download")
+    with bar:
+        package = build_package(args.run, progress=update)
+    if args.json:
+        checks = [{**asdict(c), "passed": c.passed} for c in package.checks]
+        print(json.dumps({"zip": str(package.zip_path), "checks": checks}))
+    else:
+        print(f"wrote {package.zip_path}")
+        print(package.summary().replace("**", ""))
+    return 0 if package.all_passed else 1
 
 
 def _cmd_backbones(args) -> int:

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
+import os
 import platform
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -35,10 +39,22 @@ from .images import ImageProblem, open_rgb
 from .loaders import build_transform
 from .runs import load_json, require_run, save_json
 
-__all__ = ["LoadedRun", "load_run", "write_model_files", "export_run", "ExportResult", "FORMATS"]
+__all__ = [
+    "LoadedRun",
+    "load_run",
+    "write_model_files",
+    "export_run",
+    "checked_exports",
+    "check_images",
+    "file_sha256",
+    "ExportResult",
+    "FORMATS",
+    "FILE_NAMES",
+]
 
 FORMATS = ("onnx", "pt2", "torchscript")
-_FILE_NAMES = {"onnx": "model.onnx", "pt2": "model.pt2", "torchscript": "model.torchscript.pt"}
+FILE_NAMES = {"onnx": "model.onnx", "pt2": "model.pt2", "torchscript": "model.torchscript.pt"}
+EXPORTS = "exports.json"
 
 
 @dataclass
@@ -144,6 +160,17 @@ class ExportResult:
     agreement: float  # share of images where the top-1 class is the same as PyTorch's
     max_abs_diff: float  # largest difference in any logit
     seconds: float
+    sha256: str = ""  # of the exported file as checked: a later change makes the check void
+    source_sha256: str = ""  # of model.safetensors it was made from
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's SHA-256, read in blocks (exported graphs can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_images(run: Path, limit: int = 32) -> list[str]:
@@ -167,6 +194,11 @@ def _check_images(run: Path, limit: int = 32) -> list[str]:
     return found
 
 
+def check_images(run_dir: str | Path, limit: int = 32) -> list[str]:
+    """Up to ``limit`` of the run's own pictures that still exist (validation first)."""
+    return _check_images(Path(run_dir), limit)
+
+
 def _batch(loaded: LoadedRun, paths: list[str]) -> torch.Tensor:
     tf = loaded.transform()
     tensors = []
@@ -180,8 +212,50 @@ def _batch(loaded: LoadedRun, paths: list[str]) -> torch.Tensor:
     return torch.stack(tensors)
 
 
+def _write_graph(loaded: LoadedRun, fmt: str, target: Path, example: torch.Tensor) -> None:
+    """Write one format to ``target`` (a private temporary name: see :func:`export_run`)."""
+    batch = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
+    if fmt == "onnx":
+        # One self-contained file: ONNX keeps weights beside the graph ("model.onnx.data") unless
+        # told not to, and a user who copies only model.onnx would have a model that does not run.
+        # Protobuf caps one file at 2 GB; only models that large keep an external data file.
+        weights = sum(t.numel() * t.element_size() for t in loaded.model.state_dict().values())
+        torch.onnx.export(
+            loaded.model,
+            (example,),
+            str(target),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes=batch,
+            external_data=weights > 1_800_000_000,
+        )
+    elif fmt == "pt2":
+        program = torch.export.export(loaded.model, (example,), dynamic_shapes=batch)
+        torch.export.save(program, str(target))
+    else:
+        torch.jit.trace(loaded.model, example).save(str(target))
+
+
+def _run_graph(fmt: str, path: Path, images: torch.Tensor) -> np.ndarray:
+    """Load the written file the way its users will, and run it."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    with torch.no_grad():
+        module = torch.export.load(str(path)).module() if fmt == "pt2" else torch.jit.load(path)
+        return module(images).numpy()
+
+
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> ExportResult:
     """Export the run's model and verify the exported file against PyTorch.
+
+    The file is written and checked under a temporary name, then renamed into place: a crash or
+    a ``kill -9`` leaves either the previous checked file or none, never half of one. The
+    check's record in ``exports.json`` carries the file's SHA-256, so a file changed afterwards
+    is never called checked (see :func:`checked_exports`).
 
     Args:
         run_dir: A finished run.
@@ -190,67 +264,70 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
             in the run.
 
     Returns:
-        An :class:`ExportResult` (also appended to ``exports.json`` and the model card).
+        An :class:`ExportResult` (also recorded in ``exports.json`` and the model card when the
+        file is written into the run folder).
     """
     if fmt not in FORMATS:
         raise StudioError(f"unknown export format {fmt!r}; choose {', '.join(FORMATS)}")
     loaded = load_run(run_dir)
     run = loaded.run_dir
-    target = Path(out) if out else run / _FILE_NAMES[fmt]
+    target = Path(out) if out else run / FILE_NAMES[fmt]
+    target.parent.mkdir(parents=True, exist_ok=True)
     images = _batch(loaded, _check_images(run))
     start = time.perf_counter()
     with torch.no_grad():
         expected = loaded.model(images).numpy()
-    example = images[:2]
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
-        warnings.simplefilter("ignore")
-        batch = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
-        if fmt == "onnx":
-            torch.onnx.export(
-                loaded.model,
-                (example,),
-                str(target),
-                dynamo=True,
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_shapes=batch,
-            )
-            got = _run_onnx(target, images.numpy())
-        elif fmt == "pt2":
-            program = torch.export.export(loaded.model, (example,), dynamic_shapes=batch)
-            torch.export.save(program, str(target))
-            with torch.no_grad():
-                got = torch.export.load(str(target)).module()(images).numpy()
-        else:
-            traced = torch.jit.trace(loaded.model, example)
-            traced.save(str(target))
-            reloaded = torch.jit.load(str(target))
-            with torch.no_grad():
-                got = reloaded(images).numpy()
-    seconds = time.perf_counter() - start
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
+    try:
+        staged = scratch / target.name
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            _write_graph(loaded, fmt, staged, images[:2])
+            got = _run_graph(fmt, staged, images)
+        for part in sorted(scratch.iterdir(), key=lambda p: p == staged):  # the graph last
+            os.replace(part, target.parent / part.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     result = ExportResult(
         fmt,
         str(target),
         len(images),
         float((got.argmax(1) == expected.argmax(1)).mean()),
         float(np.abs(got - expected).max()),
-        seconds,
+        time.perf_counter() - start,
+        file_sha256(target),
+        file_sha256(run / "model.safetensors"),
     )
-    exports_file = run / "exports.json"
-    records = load_json(exports_file) if exports_file.exists() else []
-    records = [r for r in records if r["format"] != fmt] + [asdict(result)]
-    save_json(exports_file, records)
-    write_model_card(run)
+    if target.parent.resolve() == run.resolve():
+        record = {**asdict(result), "path": target.name}  # no absolute paths in the run's files
+        records = [r for r in _export_records(run) if r.get("format") != fmt] + [record]
+        save_json(run / EXPORTS, records)
+        write_model_card(run)
     return result
 
 
-def _run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+def _export_records(run: Path) -> list[dict]:
+    records = load_json(run / EXPORTS) if (run / EXPORTS).exists() else []
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return session.run(None, {name: images})[0]
+
+def checked_exports(run_dir: str | Path) -> dict[str, dict]:
+    """The exports whose check still holds: the file is there, byte for byte as it was checked,
+    and made from the model the run holds now. A format missing here must be exported again."""
+    run = Path(run_dir)
+    source = run / "model.safetensors"
+    source_hash = file_sha256(source) if source.is_file() else None
+    valid = {}
+    for record in _export_records(run):
+        path = run / Path(str(record.get("path", ""))).name
+        if (
+            record.get("format") in FORMATS
+            and path.is_file()
+            and record.get("sha256") == file_sha256(path)
+            and record.get("source_sha256") == source_hash
+        ):
+            valid[record["format"]] = record
+    return valid
 
 
 # --------------------------------------------------------------------------- the model card
@@ -264,7 +341,7 @@ def write_model_card(run_dir: str | Path) -> Path:
     metrics = load_json(run / "metrics.json")
     pre = load_json(run / "preprocess.json")
     report = load_json(run / "data_report.json") if (run / "data_report.json").exists() else {}
-    exports = load_json(run / "exports.json") if (run / "exports.json").exists() else []
+    exports = list(checked_exports(run).values())
     labels = metrics["labels"]
     lines = [
         f"# Model card: {run.name}",
@@ -285,7 +362,8 @@ def write_model_card(run_dir: str | Path) -> Path:
         f"(mean {pre['mean']}, std {pre['std']}).",
         "",
         "## Data",
-        f"- Source: `{report.get('source', cfg.get('data'))}`; images per split: {info['sizes']}.",
+        f"- Source: `{Path(str(report.get('source', cfg.get('data')))).name}`; images per split: "
+        f"{info['sizes']}.",
         f"- Split fingerprint `{info['split_hash']}` (seed {cfg['seed']}); `split.csv` lists "
         "which file went where.",
     ]

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import zipfile
 
 import pytest
 
 from studio.errors import RunError, StudioError
-from studio.export import export_run, load_run
+from studio.export import (
+    check_images,
+    checked_exports,
+    export_run,
+    load_run,
+    write_model_card,
+)
+from studio.package import build_package, check_zip
+from studio.samples import SAMPLES
 from studio.predict import Predictor
 
 
@@ -55,3 +67,75 @@ def test_broken_runs_are_refused(tmp_path, trained_run):
         load_run(broken)
     with pytest.raises(StudioError, match="unknown export format"):
         export_run(trained_run, "tflite")
+
+
+def test_the_zip_works_as_received(trained_run, tmp_path):
+    """What the person downloads, unpacked into an empty folder, runs with the code shown."""
+    package = build_package(trained_run)
+    assert package.all_passed, package.summary()
+    assert {c.format for c in package.checks} == {"onnx", "pt2", "torchscript", "safetensors"}
+    with zipfile.ZipFile(package.zip_path) as zf:
+        names = {n.split("/", 1)[1] for n in zf.namelist()}
+        zf.extractall(tmp_path)
+        texts = [zf.read(n).decode() for n in zf.namelist() if n.endswith((".json", ".md"))]
+    assert "model.onnx.data" not in names  # the weights live inside model.onnx
+    # No absolute paths: where the run lives on this computer is nobody else's business.
+    assert not any(str(trained_run.parent) in t for t in texts)
+    # Independently of the check: the ONNX sample as shown, in the unpacked folder.
+    folder = tmp_path / trained_run.name
+    shutil.copy(check_images(trained_run, 1)[0], folder / "photo.jpg")
+    printed = subprocess.run(
+        [sys.executable, "-c", SAMPLES["onnx"]], cwd=folder, capture_output=True, text=True
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.strip() in ["brick", "grass", "gravel"]
+
+
+def test_the_zip_check_catches_a_file_that_cannot_run(trained_run, tmp_path):
+    """A zip whose model.onnx keeps its weights in a file the zip lacks fails its check."""
+    import onnx
+
+    export_run(trained_run, "onnx")
+    graph = onnx.load(str(trained_run / "model.onnx"))
+    folder = tmp_path / trained_run.name
+    folder.mkdir()
+    onnx.save_model(graph, str(folder / "model.onnx"), save_as_external_data=True)
+    for name in ["labels.json", "preprocess.json", "config.json"]:
+        shutil.copy(trained_run / name, folder / name)
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(broken, "w") as zf:
+        for name in ["model.onnx", "labels.json", "preprocess.json", "config.json"]:
+            zf.write(folder / name, f"{trained_run.name}/{name}")
+    (check,) = check_zip(broken, load_run(trained_run))
+    assert check.format == "onnx" and not check.passed
+    assert "NOT checked" in check.sentence()
+
+
+def test_an_interrupted_export_keeps_the_checked_file(trained_run, monkeypatch):
+    """A crash while re-exporting leaves the earlier, checked file whole and still checked."""
+    import studio.export as export
+
+    export_run(trained_run, "pt2")
+    before = (trained_run / "model.pt2").read_bytes()
+
+    def dies_halfway(loaded, fmt, target, example):
+        target.write_bytes(b"half a file")
+        raise KeyboardInterrupt  # as good as kill -9 for what is on disk
+
+    monkeypatch.setattr(export, "_write_graph", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(trained_run, "pt2")
+    assert (trained_run / "model.pt2").read_bytes() == before
+    assert not list(trained_run.glob(".export-*"))
+    assert "pt2" in checked_exports(trained_run)
+
+
+def test_a_changed_export_is_no_longer_called_checked(trained_run):
+    export_run(trained_run, "torchscript")
+    assert "torchscript" in checked_exports(trained_run)
+    path = trained_run / "model.torchscript.pt"
+    path.write_bytes(path.read_bytes()[:100])  # truncated behind the app's back
+    assert "torchscript" not in checked_exports(trained_run)
+    write_model_card(trained_run)
+    assert "| torchscript |" not in (trained_run / "MODEL_CARD.md").read_text()
+    export_run(trained_run, "torchscript")  # leave the shared run as the other tests expect

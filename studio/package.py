@@ -1,0 +1,249 @@
+"""The download: one zip with the model in every format, checked as the person receives it.
+
+A check made in the run folder proves little about the zip: a file can be left out (ONNX's
+``model.onnx.data`` once was), or the code shown beside the download can disagree with how the
+app prepares pictures. So after packing, :func:`build_package` unpacks the zip into an empty
+folder and runs the very code samples the app and the README show (:data:`studio.samples.SAMPLES`), in a fresh
+Python process, on the run's own pictures, and compares their logits and answers with the model
+in the app. Only formats that pass are called checked.
+
+The zip holds no absolute paths: JSON files keep file names only (a workspace's location on the
+server is nobody else's business), and it is written under a temporary name and renamed, so a
+crash never leaves half a zip under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StudioError
+from .export import (
+    FILE_NAMES,
+    FORMATS,
+    LoadedRun,
+    check_images,
+    checked_exports,
+    export_run,
+    load_run,
+)
+from .images import open_rgb
+from .samples import SAMPLES
+
+__all__ = ["Package", "FormatCheck", "build_package", "check_zip"]
+
+ZIPPED = [
+    "model.safetensors",
+    *FILE_NAMES.values(),
+    "model.onnx.data",  # only for models over 2 GB; smaller ONNX files hold their weights
+    "labels.json",
+    "preprocess.json",
+    "MODEL_CARD.md",
+    "metrics.json",
+    "config.json",
+    "exports.json",
+]
+
+# Runs the samples in the unpacked folder; prints one JSON line: answers and logits per format.
+_RUNNER = """
+import contextlib, io, json, shutil, sys
+job = json.loads(sys.stdin.read())
+out = {}
+for fmt, code in job["samples"].items():
+    rows = []
+    for picture in job["pictures"]:
+        shutil.copyfile(picture, "photo.jpg")
+        printed, scope = io.StringIO(), {}
+        try:
+            with contextlib.redirect_stdout(printed):
+                exec(compile(code, fmt + "-sample", "exec"), scope)
+            rows.append({"answer": printed.getvalue().strip(),
+                         "logits": [float(v) for v in scope["logits"]]})
+        except Exception as exc:
+            rows.append({"error": f"{type(exc).__name__}: {exc}"})
+    out[fmt] = rows
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class FormatCheck:
+    """How the shown code did on the unpacked zip, for one format."""
+
+    format: str
+    pictures: int
+    same_answer: int  # pictures where it printed the app's answer
+    max_abs_diff: float  # largest logit difference from the app's model (inf: it failed)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and self.same_answer == self.pictures and self.max_abs_diff < 1e-2
+
+    def sentence(self) -> str:
+        if self.error:
+            return (
+                f"**{self.format}**: NOT checked: the code sample failed on the zip ({self.error})"
+            )
+        verdict = "checked" if self.passed else "NOT checked"
+        return (
+            f"**{self.format}**: {verdict}: unpacked from the zip into an empty folder, the code "
+            f"below gave the app's answer on {self.same_answer} of {self.pictures} pictures "
+            f"(largest difference {self.max_abs_diff:.1e})"
+        )
+
+
+@dataclass
+class Package:
+    """The built download and what was checked."""
+
+    zip_path: Path
+    exports: dict[str, dict]  # format -> record in exports.json (checked against PyTorch)
+    checks: list[FormatCheck] = field(default_factory=list)
+
+    @property
+    def all_passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def summary(self) -> str:
+        head = (
+            "Checked: every file in the zip works as shown."
+            if self.all_passed
+            else "Some files in the zip did NOT pass their check (see below)."
+        )
+        return head + "\n" + "\n".join(f"- {c.sentence()}" for c in self.checks)
+
+
+Progress = Callable[[float, str], None]
+
+
+def build_package(run_dir: str | Path, progress: Progress | None = None) -> Package:
+    """Export every format (reusing exports whose files are unchanged), zip, check the zip.
+
+    Args:
+        run_dir: A finished run.
+        progress: Called with (fraction done, what is happening).
+
+    Returns:
+        A :class:`Package`; ``zip_path`` is ``RUN/<run name>.zip``.
+    """
+    say = progress or (lambda _f, _t: None)
+    loaded = load_run(run_dir)
+    run = loaded.run_dir
+    steps = len(FORMATS) + 2
+    records = checked_exports(run)
+    for i, fmt in enumerate(FORMATS):
+        if fmt not in records:
+            say(i / steps, f"exporting {fmt} and checking it against PyTorch")
+            export_run(run, fmt)
+    records = checked_exports(run)
+    missing = [f for f in FORMATS if f not in records]
+    if missing:
+        raise StudioError(f"the {', '.join(missing)} export changed while it was being packed")
+    say(len(FORMATS) / steps, "packing the zip")
+    target = run / f"{run.name}.zip"
+    _write_zip(run, target)
+    say((len(FORMATS) + 1) / steps, "unpacking the zip and running the code samples on it")
+    return Package(target, records, check_zip(target, loaded))
+
+
+def _without_paths(value):
+    """JSON with every absolute path cut to its last part (the file or folder name)."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    return value
+
+
+def _write_zip(run: Path, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=run, prefix=".zip-", suffix=".tmp")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name in ZIPPED:
+                path = run / name
+                if not path.is_file():
+                    continue
+                arcname = f"{run.name}/{name}"
+                if name.endswith(".json"):
+                    text = json.dumps(_without_paths(json.loads(path.read_text())), indent=2)
+                    zf.writestr(arcname, text + "\n")
+                else:
+                    zf.write(path, arcname)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def check_zip(zip_path: str | Path, loaded: LoadedRun) -> list[FormatCheck]:
+    """Unpack ``zip_path`` into an empty folder and run :data:`SAMPLES` there on the run's
+    pictures, in a separate Python; compare with the app's model (``loaded``)."""
+    import torch
+
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+        top = names[0].split("/", 1)[0] if names else ""
+        pictures = check_images(loaded.run_dir, limit=4) or [_noise_picture(zip_path)]
+        transform = loaded.transform()
+        with torch.no_grad():
+            batch = torch.stack([transform(open_rgb(p)) for p in pictures])
+            expected = loaded.model(batch).numpy()
+        present = {n.split("/", 1)[-1] for n in names}
+        samples = {
+            fmt: SAMPLES[fmt]
+            for fmt in (*FORMATS, "safetensors")
+            if FILE_NAMES.get(fmt, "model.safetensors") in present
+        }
+        with tempfile.TemporaryDirectory(prefix="studio-zip-check-") as empty:
+            zf.extractall(empty)
+            results = _run_samples(Path(empty) / top, samples, pictures)
+    return [_compare(fmt, results.get(fmt), expected, loaded.labels) for fmt in samples]
+
+
+def _noise_picture(near: str | Path) -> str:
+    """A fixed picture for runs whose own pictures are gone (kept beside the zip, reused)."""
+    from PIL import Image
+
+    path = Path(near).parent / ".check-picture.png"
+    if not path.is_file():
+        pixels = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def _run_samples(folder: Path, samples: dict[str, str], pictures: list[str]) -> dict:
+    job = json.dumps({"samples": samples, "pictures": [str(Path(p).resolve()) for p in pictures]})
+    done = subprocess.run(
+        [sys.executable, "-c", _RUNNER],
+        input=job,
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return {fmt: [{"error": last}] for fmt in samples}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _compare(fmt: str, rows: list[dict] | None, expected: np.ndarray, labels) -> FormatCheck:
+    rows = rows or [{"error": "no result"}]
+    errors = [r["error"] for r in rows if "error" in r]
+    if errors:
+        return FormatCheck(fmt, len(expected), 0, float("inf"), errors[0])
+    got = np.array([r["logits"] for r in rows], dtype=np.float64)
+    same = sum(r["answer"] == labels[int(e.argmax())] for r, e in zip(rows, expected))
+    return FormatCheck(fmt, len(expected), same, float(np.abs(got - expected).max()))

@@ -1,0 +1,69 @@
+"""The code shown beside the download: how to run each exported file without Transfer Studio.
+
+Plain text with no imports, so the app can show it without loading torch. :mod:`studio.package`
+runs exactly these samples on the unpacked zip before it calls a file checked.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SAMPLES", "NEEDS", "usage_code"]
+
+# How a picture is prepared, exactly as the app does it (timm's eval transform: torchvision's
+# Resize of the shorter side, then CenterCrop), written with Pillow and NumPy only.
+PREPARE = """import json
+import numpy as np
+from PIL import Image, ImageOps
+
+pre = json.load(open("preprocess.json"))
+labels = json.load(open("labels.json"))["labels"]
+img = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB")
+# the shorter side to pre["resize"] pixels, then the centre pre["crop"] x pre["crop"]
+w, h = img.size
+short, long = pre["resize"], int(pre["resize"] * max(w, h) / min(w, h))
+img = img.resize((short, long) if w <= h else (long, short), Image.Resampling[pre["interpolation"].upper()])
+c = pre["crop"]
+left, top = int(round((img.width - c) / 2)), int(round((img.height - c) / 2))
+img = img.crop((left, top, left + c, top + c))
+x = (np.asarray(img, np.float32) / 255 - np.float32(pre["mean"])) / np.float32(pre["std"])
+x = x.transpose(2, 0, 1)[None].astype(np.float32)
+"""
+
+RUN = {
+    "onnx": """import onnxruntime as ort
+
+logits = ort.InferenceSession("model.onnx").run(None, {"image": x})[0][0]
+""",
+    "pt2": """import torch
+
+model = torch.export.load("model.pt2").module()
+logits = model(torch.from_numpy(x))[0].detach().numpy()
+""",
+    "torchscript": """import torch
+
+model = torch.jit.load("model.torchscript.pt")
+logits = model(torch.from_numpy(x))[0].detach().numpy()
+""",
+    "safetensors": """import timm, torch
+from safetensors.torch import load_file
+
+model = timm.create_model(json.load(open("config.json"))["backbone"], num_classes=len(labels))
+model.load_state_dict(load_file("model.safetensors"))
+logits = model.eval()(torch.from_numpy(x))[0].detach().numpy()
+""",
+}
+
+ANSWER = "print(labels[int(logits.argmax())])\n"
+
+NEEDS = {
+    "onnx": "pip install onnxruntime pillow numpy",
+    "pt2": "pip install torch pillow numpy",
+    "torchscript": "pip install torch pillow numpy",
+    "safetensors": "pip install timm safetensors pillow numpy",
+}
+
+SAMPLES = {fmt: PREPARE + "\n" + run + ANSWER for fmt, run in RUN.items()}
+
+
+def usage_code(fmt: str) -> str:
+    """What to install and the code that runs one picture through the file of format ``fmt``."""
+    return f"# {NEEDS[fmt]}\n{SAMPLES[fmt]}"
