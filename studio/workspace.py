@@ -1,7 +1,9 @@
 """A person's own folder of classes, pictures and runs: what the app edits, on disk.
 
-Each browser gets one workspace (``<base>/<id>/``) with ``data/<class>/`` image folders and
-``runs/``. Everything the Data tab does (add pictures to a class, import a zip, rename, delete,
+Each browser gets one workspace (``<base>/<id>/``) with two picture sets side by side, the
+person's own (``data/<class>/``) and a copy of the example (``example/<class>/``), one of them
+active, and ``runs/``. Loading the example never touches the person's own pictures, so the runs
+made on them keep working. Everything the Data tab does (add pictures to a class, import a zip, rename, delete,
 load the example) is a method here, so it is tested without a browser and usable from Python.
 Uploaded files are decoded before they are kept (nothing is ever unpickled or executed), names
 are cleaned so no upload can write outside the workspace, and every refused file is reported.
@@ -30,6 +32,9 @@ __all__ = ["Workspace", "AddReport", "clean_class_name"]
 _LOADED: dict[tuple[str, int], tuple[tuple, Dataset]] = {}
 _LOADED_MAX = 16
 _ID = re.compile(r"^[a-f0-9]{8,32}$")
+# The picture sets a workspace holds: key -> (folder, what the app calls it).
+PICTURE_SETS = {"mine": ("data", "Your pictures"), "example": ("example", "The example")}
+_ACTIVE = "active-pictures"
 _CLASS_NAME = re.compile(r"^[\w][\w \-.]{0,39}$", re.UNICODE)
 
 
@@ -72,10 +77,38 @@ class Workspace:
             workspace_id = secrets.token_hex(8)
         self.id = workspace_id
         self.root = Path(base) / workspace_id
-        self.data_dir = self.root / "data"
         self.runs_dir = self.root / "runs"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ picture sets
+
+    @property
+    def active(self) -> str:
+        """Which picture set the Data tab edits and training uses (a key of PICTURE_SETS)."""
+        marker = self.root / _ACTIVE
+        key = marker.read_text().strip() if marker.is_file() else "mine"
+        return key if key in PICTURE_SETS else "mine"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / PICTURE_SETS[self.active][0]
+
+    def use(self, key: str) -> None:
+        """Work on another picture set; the other keeps its pictures and runs."""
+        if key not in PICTURE_SETS:
+            raise StudioError(f"there is no picture set called '{key}'")
+        (self.root / PICTURE_SETS[key][0]).mkdir(parents=True, exist_ok=True)
+        (self.root / _ACTIVE).write_text(key)
+
+    def picture_sets(self) -> list[tuple[str, str, int]]:
+        """(key, name, number of pictures) for each set, for choosing between them."""
+        rows = []
+        for key, (folder, name) in PICTURE_SETS.items():
+            path = self.root / folder
+            count = sum(1 for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+            rows.append((key, name, count))
+        return rows
 
     # ------------------------------------------------------------------ classes
 
@@ -109,10 +142,6 @@ class Workspace:
 
     def delete_class(self, name: str) -> None:
         shutil.rmtree(self._class_dir(name))
-
-    def clear(self) -> None:
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        self.data_dir.mkdir(parents=True)
 
     def images(self, name: str) -> list[Path]:
         return sorted(f for f in self._class_dir(name).iterdir() if f.is_file())
@@ -194,13 +223,20 @@ class Workspace:
             return total
 
     def load_example(self) -> AddReport:
-        """Replace the pictures with the bundled example dataset."""
+        """Work on the example pictures, beside (never instead of) the person's own.
+
+        The example lives in its own picture set; loading it again puts back any example
+        picture that was deleted from that set and keeps what was added to it. The person's
+        own pictures, and the runs made on them, are not touched.
+        """
         from .example import example_dataset
 
-        self.clear()
+        self.use("example")
         report = AddReport()
         for folder in sorted(p for p in example_dataset().iterdir() if p.is_dir()):
-            part = self.add_images(folder.name, sorted(folder.glob("*.jpg")))
+            have = self.data_dir / folder.name
+            missing = [f for f in sorted(folder.glob("*.jpg")) if not (have / f.name).exists()]
+            part = self.add_images(folder.name, missing)
             report.added += part.added
             report.classes.append(folder.name)
         return report

@@ -19,8 +19,8 @@ from studio.export import (
     write_model_card,
 )
 from studio.package import build_package, check_zip
-from studio.samples import SAMPLES
 from studio.predict import Predictor
+from studio.samples import SAMPLES
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])

@@ -102,3 +102,28 @@ def test_a_failing_job_reports_instead_of_raising(tmp_path):
     assert job.wait(60)
     snap = job.snapshot()
     assert snap.state == "failed" and "no pretrained weights" in snap.message
+
+
+def test_the_example_never_replaces_a_persons_own_pictures(tmp_path):
+    """Loading the example puts it beside the person's pictures; their runs keep working."""
+    ws = Workspace(tmp_path / "ws")
+    mine = [write_image(tmp_path / f"cat{i}.png", size=(64, 64), seed=i) for i in range(3)]
+    ws.add_images("cats", mine)
+    own_folder = ws.data_dir
+    report = ws.load_example()
+    assert report.added == 108 and ws.active == "example"
+    assert ws.classes() == ["brick", "grass", "gravel"]
+    assert sorted(p.name for p in (own_folder / "cats").iterdir()) == [
+        "cat0.png",
+        "cat1.png",
+        "cat2.png",
+    ]
+    assert [(k, n) for k, _, n in ws.picture_sets()] == [("mine", 3), ("example", 108)]
+    ws.use("mine")
+    assert ws.classes() == ["cats"] and ws.data_dir == own_folder
+    # Loading it again puts back what was deleted from the example and keeps what was added.
+    ws.load_example()
+    ws.delete_class("brick")
+    ws.add_images("grass", mine[:1])
+    assert ws.load_example().added == 36
+    assert ws.counts() == {"brick": 36, "grass": 37, "gravel": 36}

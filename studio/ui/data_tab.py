@@ -11,13 +11,24 @@ from .common import Context, friendly
 HELP = """### 1. Your pictures
 Make one **class** for each kind of thing the computer should tell apart (for example *apples*
 and *pears*), then add pictures to each: upload files, take photos with the webcam, or upload a
-`.zip` with one folder per class. No pictures of your own yet? Press **Load example dataset**.
-20 or more pictures per class work best."""
+`.zip` with one folder per class. No pictures of your own yet? Press **Load example dataset**: it
+goes beside your own pictures, never instead of them, and **Pictures to work on** switches
+between the two. 20 or more pictures per class work best."""
+
+
+def _sets_update(ws):
+    """The picture-set chooser, each set named with its number of pictures."""
+    choices = [(f"{name} ({count})", key) for key, name, count in ws.picture_sets()]
+    return gr.update(choices=choices, value=ws.active)
 
 
 def _views(ctx: Context, ws_id: str, selected: str | None = None):
     """Everything the tab shows, recomputed from disk."""
     ws = ctx.workspace(ws_id)
+    return (_sets_update(ws), *_set_views(ws, selected))
+
+
+def _set_views(ws, selected: str | None):
     classes = ws.classes()
     pick = selected if selected in classes else (classes[0] if classes else None)
     class_update = gr.update(choices=classes, value=pick)
@@ -66,6 +77,14 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
     gr.Markdown(HELP)
     with gr.Row():
         example_btn = gr.Button("Load example dataset", variant="primary", scale=0)
+        picture_set = gr.Radio(
+            label="Pictures to work on",
+            choices=[],
+            elem_id="picture-set",
+            scale=0,
+            min_width=260,
+            info="Training uses these; the other set and its runs are kept.",
+        )
         zip_file = gr.File(
             label="Upload a .zip (one folder per class)",
             elem_id="data-zip",
@@ -125,12 +144,23 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
                 wrap=True,
             )
 
-    views = [target, show_class, counts_plot, report_md, gallery, skipped]
+    views = [picture_set, target, show_class, counts_plot, report_md, gallery, skipped]
 
     @friendly
     def load_example(ws_id):
         report = ctx.workspace(ws_id).load_example()
-        return (f"Loaded the example: {report.message()}.", *_views(ctx, ws_id))
+        return (
+            f"Working on the example ({report.message()}); your own pictures are kept: "
+            "choose **Your pictures** above to go back to them.",
+            *_views(ctx, ws_id),
+        )
+
+    @friendly
+    def choose_set(ws_id, key):
+        ws = ctx.workspace(ws_id)
+        if key and key != ws.active:
+            ws.use(key)
+        return ("", *_views(ctx, ws_id))
 
     @friendly
     def upload_zip(ws_id, path):
@@ -183,6 +213,7 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
 
     outputs = [status, *views]
     example_btn.click(load_example, ws_state, outputs, api_name="load_example")
+    picture_set.input(choose_set, [ws_state, picture_set], outputs)
     zip_file.upload(upload_zip, [ws_state, zip_file], outputs)
     add_class_btn.click(add_class, [ws_state, new_class], outputs)
     new_class.submit(add_class, [ws_state, new_class], outputs)

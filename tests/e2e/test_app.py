@@ -330,6 +330,12 @@ def test_classes_pictures_zip_and_augmentation_preview(page, tmp_path):
     expect(page.locator("#data-status")).to_contain_text("Deleted class bricks")
     expect(page.locator("#data-report")).to_contain_text("24 pictures in 2 classes")
 
+    # The example goes beside the person's own pictures, never instead of them.
+    load_example(page)
+    expect(page.locator("#data-status")).to_contain_text("your own pictures are kept")
+    page.locator("#picture-set").get_by_label("Your pictures (24)").check()
+    expect(page.locator("#data-report")).to_contain_text("24 pictures in 2 classes")
+
     page.get_by_role("tab", name="3 · Train").click()
     page.get_by_text("Advanced settings").click()
     page.get_by_label("light").check()
