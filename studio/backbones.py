@@ -93,6 +93,14 @@ class BackboneSpec:
             raise BackboneError(f"{self.name} does not tell timm how its layers are grouped")
         return [(name, int(n)) for name, n in groups]
 
+    def group_sizes_for(self, num_classes: int) -> list[tuple[str, int]]:
+        """:attr:`group_sizes` with the classifier sized for ``num_classes``: the last group
+        holds it, and each class adds one weight per feature plus a bias."""
+        sizes = self.group_sizes
+        per_class = int(_facts(self.name)["num_features"]) + 1
+        name, n = sizes[-1]
+        return [*sizes[:-1], (name, n + (int(num_classes) - 2) * per_class)]
+
 
 def _package_version(name: str) -> str:
     """A package's version without importing it (importing torch and timm takes seconds)."""
@@ -107,7 +115,7 @@ def _package_version(name: str) -> str:
 def _facts_file() -> Path:
     from .paths import cache_dir
 
-    return cache_dir() / f"backbone-facts-v2-timm-{_package_version('timm')}.json"
+    return cache_dir() / f"backbone-facts-v3-timm-{_package_version('timm')}.json"
 
 
 @functools.lru_cache(maxsize=1)
@@ -142,6 +150,7 @@ def _facts(name: str) -> dict:
         known[name] = {
             "params": sum(p.numel() for p in model.parameters()),
             "groups": groups,
+            "num_features": int(model.num_features),
             "input_size": list(cfg["input_size"]),
             "mean": list(cfg["mean"]),
             "std": list(cfg["std"]),

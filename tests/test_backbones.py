@@ -124,6 +124,8 @@ def test_groups_run_from_stem_to_head_and_cover_every_parameter(name):
     shown = CATALOG[name].group_sizes
     assert [g for g, _ in shown] == [g.name for g in groups]
     assert [n for _, n in shown[:-1]] == [g.num_params for g in groups[:-1]]
+    # ... and sized for the real number of classes once it is known (4 here, not 2).
+    assert CATALOG[name].group_sizes_for(4) == [(g.name, g.num_params) for g in groups]
 
 
 def test_speed_is_measured_and_remembered_for_the_catalog():

@@ -44,8 +44,8 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("1 · Data", id="data"):
                 data = build_data_tab(ctx, ws_state)
-            with gr.Tab("2 · Model", id="model"):
-                model = build_model_tab()
+            with gr.Tab("2 · Model", id="model") as model_tab:
+                model = build_model_tab(ctx, ws_state)
             with gr.Tab("3 · Train", id="train") as train_tab:
                 training = build_train_tab(ctx, ws_state, model["backbone"], model["freeze"])
             with gr.Tab("4 · Evaluate", id="evaluate") as evaluate_tab:
@@ -95,6 +95,7 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
         demo.load(model["refresh"], None, model["views"])
         # Lists of runs are re-read whenever their tab is opened.
         train_tab.select(training["refresh"], ws_state, training["views"])
+        model_tab.select(*model["on_select"])  # the head's size follows the classes
         explained["wire_top_losses"](tabs, evaluate["losses"], evaluate["run"])
         explained["wire_predict"](tabs, predict["explain_button"], predict["image"], predict["run"])
         tabs_and_parts = (

@@ -12,7 +12,7 @@ from ..backbones import (
     get_spec,
     measure_speed,
 )
-from .common import friendly, load_engine
+from .common import Context, friendly, load_engine
 
 HELP = """### 2. Choose a starting network
 A **backbone** is a network already trained on a million photos; it starts out knowing edges,
@@ -35,13 +35,25 @@ def _facts_on_disk() -> None:
         load_engine()
 
 
-def groups_of(name: str) -> list[tuple[str, int]]:
-    """``(group name, parameter count)`` from input to output."""
+def groups_of(name: str, num_classes: int = 2) -> list[tuple[str, int]]:
+    """``(group name, parameter count)`` from input to output, the head sized for the classes."""
     _facts_on_disk()
-    return get_spec(name).group_sizes
+    return get_spec(name).group_sizes_for(num_classes)
+
+
+HEADERS = [
+    "backbone",
+    "timm name",
+    "params (M)",
+    "input px",
+    "ms per picture here",
+    "pretrained weights now",
+    "about",
+]
 
 
 def catalog_rows() -> list[list]:
+    """One row per backbone, in the order of :data:`HEADERS`."""
     _facts_on_disk()
     return [
         [
@@ -49,6 +61,7 @@ def catalog_rows() -> list[list]:
             r["name"],
             r["params_m"],
             r["input_size"],
+            r["ms_per_image"] if r["ms_per_image"] is not None else "not measured",
             SOURCE_WORDS[r["weights"]],
             r["about"],
         ]
@@ -56,9 +69,14 @@ def catalog_rows() -> list[list]:
     ]
 
 
-def freeze_summary(name: str, frozen_count: int) -> str:
+def class_count(ctx: Context, ws_id: str | None) -> int:
+    """The number of classes the head will have: the workspace's (two until it has more)."""
+    return max(2, len(ctx.workspace(ws_id).classes())) if ws_id else 2
+
+
+def freeze_summary(name: str, frozen_count: int, num_classes: int = 2) -> str:
     """A table of groups with their state, and the trainable/frozen counts."""
-    groups = groups_of(name)
+    groups = groups_of(name, num_classes)
     frozen_count = max(0, min(int(frozen_count), len(groups) - 1))
     rows = ["| layer group | parameters | state |", "|---|---:|---|"]
     for i, (group, n) in enumerate(groups):
@@ -69,7 +87,7 @@ def freeze_summary(name: str, frozen_count: int) -> str:
     start = groups[frozen_count][0]
     return (
         f"**Training from `{start}` up:** {trainable:,} parameters learn, {frozen:,} stay "
-        f"frozen.\n\n" + "\n".join(rows)
+        f"frozen (with {num_classes} classes).\n\n" + "\n".join(rows)
     )
 
 
@@ -80,19 +98,11 @@ def freeze_spec(name: str, frozen_count: int) -> str:
     return "backbone" if frozen_count == len(groups) - 1 else str(frozen_count)
 
 
-def build_model_tab() -> dict:
+def build_model_tab(ctx: Context, ws_state: gr.State) -> dict:
     gr.Markdown(HELP)
     table = gr.Dataframe(
         label="Backbones",
-        headers=[
-            "backbone",
-            "timm name",
-            "params (M)",
-            "input px",
-            "ms per picture here",
-            "pretrained weights now",
-            "about",
-        ],
+        headers=HEADERS,
         interactive=False,
         wrap=True,
         elem_id="catalog",
@@ -119,7 +129,8 @@ def build_model_tab() -> dict:
     summary = gr.Markdown("Reading the catalog...", elem_id="freeze-summary")
 
     @friendly
-    def on_backbone(name):
+    def on_backbone(name, ws_id):
+        classes = class_count(ctx, ws_id)
         count = len(groups_of(name))
         row = next(r for r in catalog() if r["name"] == name)
         if not row["pretrained_available"]:
@@ -127,7 +138,10 @@ def build_model_tab() -> dict:
                 f"{row['title']} has no pretrained weights available offline; training "
                 "it will fail. Pick an EfficientNet-Lite to work offline."
             )
-        return gr.update(maximum=count - 1, value=count - 1), freeze_summary(name, count - 1)
+        return (
+            gr.update(maximum=count - 1, value=count - 1),
+            freeze_summary(name, count - 1, classes),
+        )
 
     def measure(progress=gr.Progress()):
         load_engine()
@@ -135,9 +149,13 @@ def build_model_tab() -> dict:
             measure_speed(name)
         return catalog_rows()
 
+    @friendly
+    def on_freeze(name, frozen, ws_id):
+        return freeze_summary(name, frozen, class_count(ctx, ws_id))
+
     speed_btn.click(friendly(measure), None, table)
-    backbone.change(on_backbone, backbone, [freeze, summary])
-    freeze.change(friendly(freeze_summary), [backbone, freeze], summary)
+    backbone.change(on_backbone, [backbone, ws_state], [freeze, summary])
+    freeze.change(on_freeze, [backbone, freeze, ws_state], summary)
 
     def refresh():
         """Catalog and layer groups, read when the page opens (from disk after the first start)."""
@@ -153,4 +171,5 @@ def build_model_tab() -> dict:
         "freeze": freeze,
         "refresh": refresh,
         "views": [table, freeze, summary],
+        "on_select": (on_freeze, [backbone, freeze, ws_state], summary),
     }

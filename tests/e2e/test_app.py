@@ -52,6 +52,19 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     summary = page.locator("#freeze-summary")
     # The catalog needs torch and timm, which load in the background (~10 s on 2 cores).
     expect(summary).to_contain_text("Training from head up", timeout=60_000)
+    # The head is sized for the example's 3 classes: 1280 features x 3 + 3 biases.
+    expect(summary).to_contain_text("3,843 parameters learn")
+    expect(summary).to_contain_text("with 3 classes")
+    page.get_by_role("button", name="Measure speed on this computer").click()
+    catalog = page.locator("#catalog")
+    expect(catalog.get_by_role("row").nth(1)).not_to_contain_text("not measured", timeout=120_000)
+    header = catalog.get_by_role("row").first.get_by_role("columnheader")
+    cells = catalog.get_by_role("row").nth(1).get_by_role("gridcell")
+    assert header.count() == cells.count() == 7  # every value under its own header
+    texts = [header.nth(i).inner_text().strip() for i in range(7)]
+    speed = cells.nth(texts.index("ms per picture here")).inner_text()
+    assert float(speed) > 0, speed
+    assert "yes, built in" in cells.nth(texts.index("pretrained weights now")).inner_text()
     slider = page.locator("#freeze-slider input[type=number]")
     slider.fill("6")
     slider.press("Tab")
