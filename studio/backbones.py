@@ -97,7 +97,7 @@ class BackboneSpec:
         """:attr:`group_sizes` with the classifier sized for ``num_classes``: the last group
         holds it, and each class adds one weight per feature plus a bias."""
         sizes = self.group_sizes
-        per_class = int(_facts(self.name)["num_features"]) + 1
+        per_class = int(_facts(self.name)["per_class"])
         name, n = sizes[-1]
         return [*sizes[:-1], (name, n + (int(num_classes) - 2) * per_class)]
 
@@ -115,7 +115,7 @@ def _package_version(name: str) -> str:
 def _facts_file() -> Path:
     from .paths import cache_dir
 
-    return cache_dir() / f"backbone-facts-v3-timm-{_package_version('timm')}.json"
+    return cache_dir() / f"backbone-facts-v4-timm-{_package_version('timm')}.json"
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,7 +150,8 @@ def _facts(name: str) -> dict:
         known[name] = {
             "params": sum(p.numel() for p in model.parameters()),
             "groups": groups,
-            "num_features": int(model.num_features),
+            # weights + bias each class adds to the classifier (a two-class one holds two sets)
+            "per_class": sum(p.numel() for p in two_class.get_classifier().parameters()) // 2,
             "input_size": list(cfg["input_size"]),
             "mean": list(cfg["mean"]),
             "std": list(cfg["std"]),
