@@ -17,7 +17,36 @@ from .data import Dataset
 from .errors import StudioError
 from .train import TrainConfig, train
 
-__all__ = ["TrainingJob", "JobSnapshot"]
+__all__ = ["TrainingJob", "JobSnapshot", "seconds_left"]
+
+
+def seconds_left(
+    events: list[ev.Event], times: list[float], now: float, total_epochs: int
+) -> float | None:
+    """How long the current step still needs, from the pace of that step alone.
+
+    The one-off caching pass and the epochs after it cost very different amounts (a frozen
+    backbone's epoch is a fraction of a second once cached), so each is timed on its own:
+    caching from its own progress, training from the batches since training began. ``None``
+    until there is enough to go on.
+    """
+    batches = [(e, t) for e, t in zip(events, times) if isinstance(e, ev.Batch)]
+    if not batches:
+        caching = [(e, t) for e, t in zip(events, times) if isinstance(e, ev.Caching)]
+        if len(caching) < 2 or caching[-1][0].done <= caching[0][0].done:
+            return None
+        (first, t0), (last, t1) = caching[0], caching[-1]
+        pace = (max(now, t1) - t0) / (last.done - first.done)
+        return pace * (last.of - last.done)
+
+    def done(batch: ev.Batch) -> float:  # epochs done, as a fraction of the run
+        return (batch.epoch - 1 + batch.n / max(1, batch.of)) / max(1, total_epochs)
+
+    (first, t0), (last, t1) = batches[0], batches[-1]
+    progress = done(last) - done(first)
+    if progress < 0.02:
+        return None
+    return (max(now, t1) - t0) / progress * (1 - done(last))
 
 
 @dataclass
@@ -41,6 +70,7 @@ class TrainingJob:
         self.config = config
         self.dataset = dataset
         self.events: list[ev.Event] = []
+        self.times: list[float] = []  # when each event arrived (time.monotonic)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="studio-train", daemon=True)
@@ -68,6 +98,7 @@ class TrainingJob:
             for event in train(self.config, self.dataset, stop=self._stop):
                 with self._lock:
                     self.events.append(event)
+                    self.times.append(time.monotonic())
         except StudioError as exc:
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - shown to the user, never raised into the UI
@@ -76,7 +107,7 @@ class TrainingJob:
     def snapshot(self) -> JobSnapshot:
         """The current state, safe to call from any thread at any time."""
         with self._lock:
-            events = list(self.events)
+            events, times = list(self.events), list(self.times)
         epochs = [e for e in events if isinstance(e, ev.Epoch)]
         notices = [e.message for e in events if isinstance(e, ev.Notice)]
         finished = next((e for e in events if isinstance(e, ev.Finished)), None)
@@ -90,8 +121,7 @@ class TrainingJob:
             fraction = done_epochs / total_epochs
         else:
             fraction = 0.0
-        elapsed = time.monotonic() - (self.started_at or time.monotonic())
-        eta = elapsed / fraction * (1 - fraction) if fraction > 0.02 else None
+        eta = seconds_left(events, times, time.monotonic(), total_epochs)
         if self.error:
             state, message = "failed", self.error
         elif finished is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "save_history",
     "require_run",
     "list_runs",
+    "describe_run",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -117,3 +118,21 @@ def list_runs(root: str | Path) -> list[Path]:
         return []
     runs = [p for p in root.iterdir() if (p / "config.json").is_file()]
     return sorted(runs, key=lambda p: (p / "config.json").stat().st_mtime, reverse=True)
+
+
+def describe_run(run_dir: str | Path) -> dict:
+    """What a list of runs shows: pictures, backbone, freeze, epochs run of those planned, and
+    accuracy (``None`` while unfinished). Reads only small JSON files."""
+    run = Path(run_dir)
+    config = load_json(run / "config.json")
+    info = load_json(run / "run_info.json") if (run / "run_info.json").is_file() else {}
+    metrics = load_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    return {
+        "name": run.name,
+        "classes": info.get("classes", []),
+        "backbone": config.get("backbone"),
+        "freeze": config.get("freeze"),
+        "epochs_run": info.get("epochs_run"),
+        "epochs": config.get("epochs"),
+        "accuracy": metrics.get("accuracy"),
+    }

@@ -275,9 +275,19 @@ class Workspace:
     def runs(self) -> list[Path]:
         return list_runs(self.runs_dir)
 
-    def new_run_dir(self, label: str = "run") -> Path:
-        label = re.sub(r"[^\w\-]", "_", label)[:30] or "run"
-        return self.runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
+    def new_run_dir(self, backbone: str = "run", classes: Iterable[str] = ()) -> Path:
+        """A new run's folder, named for when, on which pictures and classes, and the backbone:
+        ``20261123-2245-example-brick-grass-gravel-tf_efficientnet_lite0``."""
+        names = "-".join(classes)
+        names = names if len(names) <= 40 else names[:37] + "..."
+        label = "-".join(p for p in (self.active if names else "", names, backbone) if p)
+        label = re.sub(r"[^\w\-.]", "_", label)[:100].strip(".") or "run"
+        path = self.runs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = path.with_name(f"{path.name.rsplit('~', 1)[0]}~{n}")
+        return path
 
     def resolve_run(self, name: str) -> Path:
         """A run folder of this workspace by name; nothing outside it is ever returned."""

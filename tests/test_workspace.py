@@ -8,8 +8,10 @@ import pytest
 from helpers import write_image
 
 from studio import charts
+from studio import events as ev
 from studio.errors import DataError, StudioError
 from studio.jobs import TrainingJob
+from studio.runs import describe_run
 from studio.train import TrainConfig
 from studio.workspace import Workspace, clean_class_name
 
@@ -75,20 +77,32 @@ def test_example_then_a_background_job_that_can_be_stopped(tmp_path):
         ws.resolve_run("../../etc")
     config = TrainConfig(
         data=str(ws.data_dir),
-        out=str(ws.new_run_dir("demo")),
+        out=str(ws.new_run_dir("demo", ws.classes())),
         epochs=50,
         augment="none",
         batch_size=16,
     )
-    job = TrainingJob(config).start()
-    while not job.snapshot().epochs and not job.done:
-        job.wait(0.2)
-    job.stop()
+    job = TrainingJob(config)
+
+    class StopAfterTheFirstEpoch(list):
+        """Presses Stop from inside the run: on a busy machine, a Stop pressed from here
+        could arrive after a cached run's 50 epochs had ended by themselves."""
+
+        def append(self, event):
+            super().append(event)
+            if isinstance(event, ev.Epoch):
+                job.stop()
+
+    job.events = StopAfterTheFirstEpoch()
+    job.start()
     assert job.wait(120)
     snap = job.snapshot()
     assert snap.state == "stopped" and 1 <= len(snap.epochs) < 50
     assert snap.metrics["accuracy"] > 0.5
     assert [p.name for p in ws.runs()] == [config.out.rsplit("/", 1)[-1]]
+    listed = describe_run(ws.runs()[0])  # the run list says how far it got, not what was planned
+    assert listed["epochs_run"] == len(snap.epochs) and listed["epochs"] == 50
+    assert listed["classes"] == ["brick", "grass", "gravel"]
     figure = charts.training_curves({"run": [e.to_dict() for e in snap.epochs]})
     assert len(figure.data) == 4 and len(figure.data[0].x) == len(snap.epochs)
 
@@ -127,3 +141,16 @@ def test_the_example_never_replaces_a_persons_own_pictures(tmp_path):
     ws.add_images("grass", mine[:1])
     assert ws.load_example().added == 36
     assert ws.counts() == {"brick": 36, "grass": 37, "gravel": 36}
+
+
+def test_time_left_is_paced_by_the_current_step_not_the_caching():
+    """Ten seconds of caching, then one of ten epochs in a second: about 9 s are left, not 99."""
+    from studio import events as ev
+    from studio.jobs import seconds_left
+
+    caching = [ev.Caching(done, 100) for done in (0, 50, 100)]
+    batches = [ev.Batch(epoch, n, 4, 0.5) for epoch in (1, 2) for n in (1, 2, 3, 4)][:5]
+    times = [0.0, 5.0, 10.0] + [10.0 + 0.25 * i for i in range(5)]
+    assert seconds_left(caching[:2], times[:2], 5.0, 10) == pytest.approx(5.0)
+    left = seconds_left(caching + batches, times, 11.0, 10)
+    assert left == pytest.approx(9.0, rel=0.05)

@@ -9,6 +9,7 @@ import gradio as gr
 
 from .. import charts
 from ..errors import StudioError
+from ..runs import describe_run
 from .common import Context, friendly, load_engine, run_choices
 from .model_tab import freeze_spec
 
@@ -33,23 +34,34 @@ def _history_rows(run_dir) -> list[dict]:
 
 
 def history_table(ctx: Context, ws_id: str) -> list[list]:
-    import json
-
+    """One row per run: its classes, backbone, freeze, epochs actually run and accuracy."""
     rows = []
     for run in ctx.workspace(ws_id).runs():
-        metrics = run / "metrics.json"
-        config = json.loads((run / "config.json").read_text())
-        acc = json.loads(metrics.read_text())["accuracy"] if metrics.exists() else None
+        d = describe_run(run)
+        ran = "-" if d["epochs_run"] is None else d["epochs_run"]
+        acc = d["accuracy"]
         rows.append(
             [
-                run.name,
-                config["backbone"],
-                config["freeze"],
-                config["epochs"],
+                d["name"],
+                ", ".join(d["classes"]) or "?",
+                d["backbone"],
+                d["freeze"],
+                f"{ran} of {d['epochs']}",
                 f"{acc:.1%}" if acc is not None else "not finished",
             ]
         )
     return rows
+
+
+def status_line(snap) -> str:
+    """The run's progress in words: step, share done and the time left for this step."""
+    text = f"**{snap.message}.**"
+    if snap.state in ("caching", "training"):
+        text += f" {snap.fraction:.0%} of the training done."
+    if snap.eta_seconds:
+        what = "to prepare" if snap.state == "caching" else "left (less if it stops early)"
+        text += f" About {snap.eta_seconds:.0f} s {what}."
+    return text
 
 
 def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
@@ -144,7 +156,7 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
     curves = gr.Plot(label="Training curves", elem_id="train-curves")
     gr.Markdown("#### Earlier runs")
     history = gr.Dataframe(
-        headers=["run", "backbone", "freeze", "epochs", "accuracy"],
+        headers=["run", "classes", "backbone", "freeze", "epochs run", "accuracy"],
         interactive=False,
         label="Run history",
     )
@@ -191,9 +203,7 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
 
     preview_btn.click(preview_aug, [ws_state, augment], preview)
 
-    def run_training(
-        ws_id, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug, progress=gr.Progress()
-    ):
+    def run_training(ws_id, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug):
         load_engine()
         from ..jobs import TrainingJob  # the engine's torch side loads on first use
         from ..train import TrainConfig
@@ -205,7 +215,7 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
             dataset = ws.dataset(seed=int(sd))
             config = TrainConfig(
                 data=str(ws.data_dir),
-                out=str(ws.new_run_dir(bb)),
+                out=str(ws.new_run_dir(bb, dataset.classes)),
                 backbone=bb,
                 freeze=freeze_spec(bb, frz),
                 epochs=int(ep),
@@ -223,23 +233,21 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
             raise gr.Error(str(exc), print_exception=False) from None
         job = TrainingJob(config, dataset).start()
         ctx.jobs[ws_id] = job
-        shown = -1
+        shown, said = -1, ""
         while True:
             snap = job.snapshot()
-            progress(snap.fraction, desc=snap.message)
-            if len(snap.epochs) != shown or job.done:
-                shown = len(snap.epochs)
-                rows = [e.to_dict() for e in snap.epochs]
-                eta = f" About {snap.eta_seconds:.0f} s left." if snap.eta_seconds else ""
-                yield (
-                    f"**{snap.message}.**{eta}",
-                    charts.training_curves({"this run": rows}),
-                    gr.update(),
-                    gr.update(),
-                )
+            text = status_line(snap)
+            if len(snap.epochs) != shown or text != said or job.done:
+                curves_now = gr.update()
+                if len(snap.epochs) != shown:  # redraw the curves only when they grew
+                    shown = len(snap.epochs)
+                    rows = [e.to_dict() for e in snap.epochs]
+                    curves_now = charts.training_curves({"this run": rows})
+                said = text
+                yield text, curves_now, gr.update(), gr.update()
             if job.done:
                 break
-            time.sleep(0.3)
+            time.sleep(0.5)
         snap = job.snapshot()
         if snap.state == "failed":
             raise gr.Error(snap.message, print_exception=False)
@@ -285,6 +293,9 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
         [status, curves, history, compare],
         concurrency_limit=None,
         api_name="train",
+        # No overlay on the outputs: the curves are what the tab is for, and they must stay
+        # visible while they grow; the status line says how far the run is.
+        show_progress="hidden",
     )
     stop.click(stop_training, ws_state, None, concurrency_limit=None)
     compare.change(overlay, [ws_state, compare], compare_plot)

@@ -176,8 +176,21 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     shot(page, "7-export")
 
 
+def train_everything(page) -> None:
+    """Unfreeze the whole network: no frozen layers to cache, so every epoch takes seconds and
+    a long run is surely still going when Stop is pressed (cached, 60 epochs took ~10 s)."""
+    page.get_by_role("tab", name="2 · Model").click()
+    summary = page.locator("#freeze-summary")
+    expect(summary).to_contain_text("Training from head up", timeout=60_000)
+    slider = page.locator("#freeze-slider input[type=number]")
+    slider.fill("0")
+    slider.press("Tab")
+    expect(summary).to_contain_text("Training from stem up")
+
+
 def test_stop_ends_a_run_and_keeps_the_best_model(page):
     load_example(page)
+    train_everything(page)
     page.get_by_role("tab", name="3 · Train").click()
     page.get_by_text("Advanced settings").click()
     set_number(page, "Epochs", "40")
@@ -187,6 +200,13 @@ def test_stop_ends_a_run_and_keeps_the_best_model(page):
         " return p && p.data && p.data.length && p.data[0].x.length >= 1; })()",
         timeout=120_000,
     )
+    # While it trains, the curves are in plain view (no progress overlay on them) and the
+    # status line says how far it is and how long is left.
+    status = page.locator("#train-status")
+    expect(status).to_contain_text("of the training done")
+    expect(status).to_contain_text("s left")
+    assert page.locator("#train-curves .progress-text").count() == 0
+    expect(page.locator("#train-curves .js-plotly-plot")).to_be_visible()
     page.get_by_role("button", name="Stop").click()
     expect(page.locator("#train-status")).to_contain_text("stopped by user", timeout=60_000)
     assert 1 <= plot_points(page, "train-curves") < 40
@@ -197,6 +217,9 @@ def test_stop_ends_a_run_and_keeps_the_best_model(page):
     expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=120_000)
     boxes = page.locator("#compare-runs input[type=checkbox]")
     expect(boxes).to_have_count(2, timeout=30_000)
+    # The run list names the pictures and says how far the stopped run got, not what was planned.
+    expect(page.get_by_role("row").filter(has_text="of 40")).to_contain_text("brick, grass, gravel")
+    assert page.get_by_role("row").filter(has_text="40 of 40").count() == 0
     boxes.nth(0).check()
     boxes.nth(1).check()
     page.wait_for_function(
@@ -270,15 +293,7 @@ def test_only_the_workspace_is_served(app):
 def test_one_persons_training_does_not_block_another_persons_page(browser, app_url):
     with two_people(browser, app_url) as (a, b):
         load_example(a)
-        # The whole network learns: no frozen layers to cache, so every epoch takes seconds and
-        # the run is surely still going when B's page is used (cached, 60 epochs took ~10 s).
-        a.get_by_role("tab", name="2 · Model").click()
-        summary = a.locator("#freeze-summary")
-        expect(summary).to_contain_text("Training from head up", timeout=60_000)
-        slider = a.locator("#freeze-slider input[type=number]")
-        slider.fill("0")
-        slider.press("Tab")
-        expect(summary).to_contain_text("Training from stem up")
+        train_everything(a)
         a.get_by_role("tab", name="3 · Train").click()
         a.get_by_text("Advanced settings").click()
         set_number(a, "Epochs", "60")
