@@ -32,6 +32,8 @@ __all__ = [
     "find_cam_layer",
     "normalize",
     "overlay",
+    "colour_scale",
+    "for_display",
 ]
 
 SIGNS = ("positive", "negative", "absolute", "all")
@@ -383,6 +385,37 @@ def normalize(values: np.ndarray, sign: str = "positive", percentile: float = 99
 
 
 _COLOURMAPS = {"positive": "inferno", "negative": "viridis", "absolute": "inferno", "all": "RdBu_r"}
+
+
+_SCALE_WORDS = {
+    "positive": ("no evidence", "strong evidence for the class"),
+    "negative": ("no evidence", "strong evidence against the class"),
+    "absolute": ("no evidence", "strong evidence, for or against"),
+    "all": ("against the class", "for the class"),
+}
+
+
+def colour_scale(sign: str, stops: int = 7) -> tuple[list[str], str, str]:
+    """The colours :func:`overlay` paints with, low to high, as CSS hex, and what each end
+    means: the legend a map needs to be read at all."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    cmap = colormaps[_COLOURMAPS[sign]]
+    colours = [to_hex(cmap(i / (stops - 1))) for i in range(stops)]
+    low, high = _SCALE_WORDS[sign]
+    return colours, low, high
+
+
+def for_display(image: Image.Image, minimum: int = 256) -> Image.Image:
+    """A small picture enlarged (blocky, not blurred: its real pixels) so it can be seen; a
+    28 px picture shown at 28 px is a smudge."""
+    short = min(image.size)
+    if short >= minimum:
+        return image
+    factor = -(-minimum // short)
+    size = (image.width * factor, image.height * factor)
+    return image.resize(size, Image.Resampling.NEAREST)
 
 
 def overlay(

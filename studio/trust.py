@@ -142,6 +142,14 @@ def faithfulness_verdict(score: Faithfulness, floor: Faithfulness, margin: float
     insertion = score.insertion_auc > floor.insertion_auc + margin
     if deletion and insertion:
         return "faithful: beats a random map on both curves"
+    if (deletion or insertion) and score.score <= floor.score + margin:
+        # One curve is better, but the overall score shown beside it is not: the verdict may
+        # never praise a map whose own numbers say it does no better than chance.
+        which = "hiding its pixels" if deletion else "showing its pixels alone"
+        return (
+            f"no better than a random map overall ({score.score:.2f} against "
+            f"{floor.score:.2f}), though {which} does better than chance: do not trust it here"
+        )
     if deletion:
         return "partly: hiding its pixels hurts, but showing them alone is not enough"
     if insertion:
@@ -271,7 +279,9 @@ def randomization_check(
             _randomise([m for _, mods in blocks[done:depth] for m in mods])
             done = depth
             label = (
-                "everything" if depth == len(blocks) else f"{blocks[0][0]} … {blocks[depth - 1][0]}"
+                "all layers"
+                if depth == len(blocks)
+                else f"the last {depth} of {len(blocks)} layers"
             )
             values = attribute(shuffled, image, key, target, seed=seed, **options)
             steps.append((label, _similarity(reference, values)))

@@ -68,6 +68,11 @@ def test_faithfulness_verdict_judges_each_curve_against_the_random_map():
     assert "hiding its pixels hurts" in explain.faithfulness_verdict(curves(0.1, 0.3), floor)
     assert "region alone" in explain.faithfulness_verdict(curves(0.3, 0.6), floor)
     assert explain.faithfulness_verdict(curves(0.31, 0.29), floor).startswith("no better")
+    # Better on one curve but worse overall (0.113 against the random map's 0.215, as seen in
+    # the app): never "partly", since the overall score shown beside it says otherwise.
+    floor = curves(0.4, 0.615)
+    verdict = explain.faithfulness_verdict(curves(0.35, 0.463), floor)
+    assert verdict.startswith("no better than a random map overall (0.11 against 0.21)")
 
 
 def test_gradient_methods_are_deterministic_with_a_seed():
@@ -144,7 +149,8 @@ def test_randomization_sanity_check_on_real_imagenet_weights():
     result = explainer.explain(Image.fromarray(data.chelsea()), ["gradcam"])
     assert "cat" in result.target_label.lower()
     check = explainer.sanity(result, "gradcam", points=3)
-    assert len(check.steps) == 3 and check.steps[-1][0] == "everything"
+    assert len(check.steps) == 3 and check.steps[-1][0] == "all layers"
+    assert check.steps[0][0].startswith("the last ")
     assert check.repeat_similarity == 1.0
     assert check.final < 0.5 < check.repeat_similarity
     assert check.verdict.split(":")[0] in ("Passed", "Partly")

@@ -17,6 +17,19 @@ map to believe: **faithfulness** (hiding the bright pixels should make the model
 **sanity check** (a model with random weights should give a different map)."""
 
 PREDICTED, TRUE = "predicted class", "true class"
+FAITH_HEADERS = [
+    "method",
+    "sureness left when its top pixels are hidden (lower is better)",
+    "sureness when only its top pixels are shown (higher is better)",
+    "overall: shown minus hidden (higher is better)",
+    "verdict",
+]
+FAITH_WORDS = """*How these are measured:* the map's most important pixels are hidden (or shown alone)
+a step at a time, and the model's certainty about the class is followed along the way; each
+figure is the average certainty over all the steps (0 to 1, the area under the curve in the chart
+above). A map that really shows what the model uses makes it unsure fast when those pixels are
+hidden, and sure fast when only they are shown. The **random map** row is what chance gives: a
+method must beat it to mean anything."""
 METHOD_CHOICES = [
     ("Grad-CAM", "gradcam"),
     ("Integrated Gradients", "ig"),
@@ -46,13 +59,28 @@ def _imagenet_choices() -> list[tuple[str, str]]:
 
 def _gallery(result, sign: str, opacity: float) -> list:
     """The picture, then each method's map over it (drawn again when sign or opacity change)."""
+    from ..attribution import for_display
     from ..explain import METHODS, overlay
 
-    items = [(result.image, "the picture")]
+    items = [(for_display(result.image), "the picture")]
     for key, values in result.maps.items():
         caption = f"{METHODS[key].title} · {result.seconds[key]:.1f}s"
-        items.append((overlay(result.image, values, sign, opacity), caption))
+        items.append((for_display(overlay(result.image, values, sign, opacity)), caption))
     return items
+
+
+def legend(sign: str) -> str:
+    """A colour bar for the maps, with what its two ends mean."""
+    from ..attribution import colour_scale
+
+    colours, low, high = colour_scale(sign)
+    return (
+        '<div style="display:flex;align-items:center;gap:.6em;font-size:.9em">'
+        f"<span>{low}</span>"
+        f'<span style="flex:0 0 14em;height:.9em;border-radius:3px;'
+        f'background:linear-gradient(to right,{",".join(colours)})"></span>'
+        f"<span>{high}</span></div>"
+    )
 
 
 def _faithfulness_table(scores: dict) -> list[list]:
@@ -122,6 +150,7 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
         top_k = gr.Plot(label="What the model thinks", elem_id="explain-top")
     answer = gr.Markdown(elem_id="explain-answer")
     maps = gr.Gallery(label="Maps", columns=4, height=300, elem_id="explain-maps")
+    scale = gr.HTML(legend("positive"), elem_id="explain-legend")
     with gr.Row():
         sign = gr.Radio(SIGN_CHOICES, value="positive", label="Show evidence")
         opacity = gr.Slider(
@@ -129,10 +158,11 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
         )
     faith_plot = gr.Plot(label="Faithfulness", elem_id="explain-faith")
     faith_table = gr.Dataframe(
-        headers=["method", "deletion AUC ↓", "insertion AUC ↑", "score ↑", "verdict"],
+        headers=FAITH_HEADERS,
         interactive=False,
         elem_id="explain-faith-table",
     )
+    gr.Markdown(FAITH_WORDS)
     with gr.Accordion("Sanity check: does the map depend on what the model learnt?", open=False):
         gr.Markdown(
             "Replaces the model's weights with random ones, from the classifier down, and "
@@ -329,6 +359,7 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
     go_btn.click(run_explain, explain_inputs, explain_outputs)
     stop_btn.click(stop_now, ws_state, None, queue=False)
     sign.change(redraw, [state, sign, opacity], maps)
+    sign.change(legend, sign, scale)
     opacity.release(redraw, [state, sign, opacity], maps)
     sanity_btn.click(
         sanity, [ws_state, state, sanity_method, smooth], [sanity_verdict, sanity_plot]

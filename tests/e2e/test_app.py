@@ -416,10 +416,12 @@ def test_explain_an_imagenet_model_without_training(page, tmp_path):
     expect(page.locator("#explain-answer")).to_contain_text("cat")
     first = page.locator("#explain-maps .thumbnail-item img").nth(1).get_attribute("src")
     # Opacity and sign redraw the maps from the kept results, without computing them again.
+    expect(page.locator("#explain-legend")).to_contain_text("strong evidence for the class")
     page.get_by_label("both (red for, blue against)").check()
     page.wait_for_function(
         f"document.querySelectorAll('#explain-maps .thumbnail-item img')[1].src != {first!r}"
     )
+    expect(page.locator("#explain-legend")).to_contain_text("against the class")
     # A class the user picks: the map follows it.
     target = page.locator("#explain-target input")
     target.click()
@@ -429,4 +431,14 @@ def test_explain_an_imagenet_model_without_training(page, tmp_path):
     page.locator("#explain-go").click()
     expect(page.locator("#explain-answer")).to_contain_text(
         "explaining Egyptian cat", timeout=120_000
+    )
+    # A tiny picture is enlarged to be seen, its real pixels kept (no blur).
+    small = tmp_path / "small.png"
+    Image.fromarray(data.chelsea()).resize((28, 28)).save(small)
+    page.locator("#explain-image input[type=file]").set_input_files(str(small))
+    page.locator("#explain-go").click()
+    page.wait_for_function(
+        "(() => { const i = document.querySelector('#explain-maps .thumbnail-item img');"
+        " return i && i.complete && i.naturalWidth >= 256; })()",
+        timeout=120_000,
     )
