@@ -2,8 +2,8 @@
 
 ``metrics.json`` (written by :func:`evaluate_run` and at the end of training) holds ``accuracy``,
 ``macro_f1``, ``labels``, ``confusion_matrix`` (rows = true class, columns = predicted),
-``per_class`` (precision, recall, f1, support), ``top_losses`` (the images with the highest
-loss: confident mistakes first, then the least certain right answers) and ``most_confused`` (the
+``per_class`` (precision, recall, f1, support), ``top_losses`` (the hardest images: every
+mistake first, highest loss first, then the right answers it was least sure about) and ``most_confused`` (the
 class pairs mixed up most often).
 """
 
@@ -63,6 +63,13 @@ def predict_probs(
     return torch.cat(out).numpy() if out else np.zeros((0, dataset.num_classes))
 
 
+def hardest_first(losses: np.ndarray, correct: np.ndarray, limit: int = TOP_LOSSES) -> np.ndarray:
+    """Indices of the hardest pictures: every mistake before any right answer, each part by
+    loss, highest first. Loss alone would put an unsure right answer (with many classes, or with
+    label smoothing) before a mistake made with little confidence."""
+    return np.lexsort((-np.asarray(losses), np.asarray(correct, dtype=bool)))[:limit]
+
+
 def _per_class(classes, precision, recall, f1, support, ap=None) -> dict:
     rows = {}
     for k, name in enumerate(classes):
@@ -119,7 +126,7 @@ def compute_metrics(
             "confusion_matrix": multilabel_confusion_matrix(y_true, y_pred).tolist(),
             "per_class": _per_class(classes, p, r, f, support, ap=ap),
         }
-        order = np.argsort(-losses)[:TOP_LOSSES]
+        order = hardest_first(losses, (y_pred == y_true).all(1))
         metrics["top_losses"] = [
             {
                 "path": paths[i],
@@ -140,9 +147,7 @@ def compute_metrics(
     )
     cm = confusion_matrix(y_true, y_pred, labels=list(range(n)))
     losses = -np.log(probs[np.arange(len(y_true)), y_true] + eps) if len(probs) else np.zeros(0)
-    # Highest loss first, right or wrong (as fastai's top losses): mistakes come first, and a
-    # model with none still shows the pictures it was least sure about.
-    order = np.argsort(-losses, kind="stable")[:TOP_LOSSES]
+    order = hardest_first(losses, y_pred == y_true)
     pairs = [
         {"true": classes[i], "predicted": classes[j], "count": int(cm[i, j])}
         for i in range(n)

@@ -61,3 +61,15 @@ def test_example_dataset_is_reproducible_and_matches_the_shipped_copy(tmp_path, 
     b = np.asarray(Image.open(other / "brick" / "brick_05.jpg"), dtype=float)
     assert not np.allclose(a, b, atol=5)
     assert torch.tensor(a).shape == (128, 128, 3)
+
+
+def test_hardest_pictures_put_every_mistake_first():
+    """A right answer it was unsure about (loss 0.92) comes after a narrow mistake (0.80)."""
+    from studio.data import Sample
+    from studio.evaluate import compute_metrics
+
+    samples = [Sample(f"{i}.jpg", (0,)) for i in range(3)]
+    probs = np.array([[0.40, 0.30, 0.30], [0.45, 0.50, 0.05], [0.90, 0.05, 0.05]])
+    top = compute_metrics(samples, probs, ["a", "b", "c"])["top_losses"]
+    assert [t["path"] for t in top] == ["1.jpg", "0.jpg", "2.jpg"]
+    assert [t["correct"] for t in top] == [False, True, True]
