@@ -11,6 +11,7 @@ are cleaned so no upload can write outside the workspace, and every refused file
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 from .data import Dataset, load_dataset
 from .errors import DataError, StudioError
 from .images import ImageProblem, is_image_name, open_rgb
-from .runs import list_runs
+from .runs import list_runs, write_atomic
 from .safezip import extract_zip
 
 __all__ = ["Workspace", "AddReport", "clean_class_name"]
@@ -149,7 +150,29 @@ class Workspace:
     # ------------------------------------------------------------------ adding pictures
 
     def add_images(self, name: str, files: Iterable[str | Path]) -> AddReport:
-        """Copy pictures into class ``name`` (made if needed); undecodable files are refused."""
+        """Copy pictures into class ``name`` (made if needed); undecodable files are refused,
+        and remembered with their reason for the data report (see :meth:`refused`)."""
+        report = self._add_images(name, files)
+        self._remember_refused(report.skipped, report.classes[0])
+        return report
+
+    def refused(self) -> list[tuple[str, str]]:
+        """Uploads refused for the active picture set, ``(class/file, reason)``, newest last:
+        a refused file never reaches the data folder, so the report would not name it."""
+        path = self.root / f"refused-{self.active}.json"
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [(str(r[0]), str(r[1])) for r in rows if isinstance(r, list) and len(r) == 2]
+
+    def _remember_refused(self, skipped: list[tuple[str, str]], where: str) -> None:
+        if not skipped:
+            return
+        rows = self.refused() + [(f"{where}/{name}", why) for name, why in skipped]
+        write_atomic(self.root / f"refused-{self.active}.json", json.dumps(rows[-500:]).encode())
+
+    def _add_images(self, name: str, files: Iterable[str | Path]) -> AddReport:
         folder = self._class_dir(name, must_exist=False)
         folder.mkdir(exist_ok=True)
         report = AddReport(classes=[folder.name])
@@ -208,13 +231,14 @@ class Workspace:
                         total.skipped.append((folder.name + "/", str(exc)))
                         continue
                     files = [f for f in folder.rglob("*") if f.is_file() and not f.is_symlink()]
-                    part = self.add_images(folder.name, files)
+                    part = self._add_images(folder.name, files)
                     total.added += part.added
                     total.skipped += part.skipped
                     if folder.name not in total.classes:
                         total.classes.append(folder.name)
                 for loose in sorted(p for p in root.iterdir() if p.is_file()):
                     total.skipped.append((loose.name, "not inside a class folder"))
+            self._remember_refused(total.skipped, Path(str(zip_path)).name)
             if not total.classes:
                 raise DataError(
                     "the zip holds no class folders: put each class's pictures in a folder "
@@ -236,7 +260,7 @@ class Workspace:
         for folder in sorted(p for p in example_dataset().iterdir() if p.is_dir()):
             have = self.data_dir / folder.name
             missing = [f for f in sorted(folder.glob("*.jpg")) if not (have / f.name).exists()]
-            part = self.add_images(folder.name, missing)
+            part = self._add_images(folder.name, missing)
             report.added += part.added
             report.classes.append(folder.name)
         return report

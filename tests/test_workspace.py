@@ -154,3 +154,16 @@ def test_time_left_is_paced_by_the_current_step_not_the_caching():
     assert seconds_left(caching[:2], times[:2], 5.0, 10) == pytest.approx(5.0)
     left = seconds_left(caching + batches, times, 11.0, 10)
     assert left == pytest.approx(9.0, rel=0.05)
+
+
+def test_refused_uploads_are_remembered_for_the_report(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("not a picture")
+    report = ws.add_images("apples", [fake, write_image(tmp_path / "ok.png", size=(40, 40))])
+    assert report.added == 1
+    assert [name for name, _ in ws.refused()] == ["apples/holiday.jpg"]
+    ws.load_example()  # the example's own list starts empty; the person's is kept
+    assert ws.refused() == []
+    ws.use("mine")
+    assert len(ws.refused()) == 1

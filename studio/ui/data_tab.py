@@ -35,13 +35,15 @@ def _set_views(ws, selected: str | None):
     show_update = gr.update(choices=classes, value=pick)
     gallery = [(str(p), p.name) for p in ws.images(pick)][:60] if pick else []
     counts = ws.counts()
+    refused = [[name, f"refused on upload: {why}"] for name, why in ws.refused()]
     if sum(counts.values()) == 0:
-        return (class_update, show_update, charts.class_counts({}), "No pictures yet.", gallery, [])
+        empty = charts.class_counts({})
+        return class_update, show_update, empty, "No pictures yet.", gallery, refused
     try:
         dataset = ws.dataset()
     except StudioError as exc:
         figure = charts.class_counts({"pictures": counts})
-        return class_update, show_update, figure, f"**Not ready to train:** {exc}", gallery, []
+        return class_update, show_update, figure, f"**Not ready to train:** {exc}", gallery, refused
     report = dataset.report
     lines = [
         f"**{report.total} pictures in {len(report.classes)} classes**, split into "
@@ -60,7 +62,7 @@ def _set_views(ws, selected: str | None):
             f"- {len(report.near_duplicates)} group(s) of very similar pictures "
             "(kept together in one split)"
         )
-    skipped = [[s.path.rsplit("/", 1)[-1], s.reason] for s in report.skipped]
+    skipped = refused + [[s.path.rsplit("/", 1)[-1], s.reason] for s in report.skipped]
     if skipped:
         lines.append(f"- {len(skipped)} file(s) could not be used; they are listed below")
     return (
@@ -90,7 +92,6 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
             elem_id="data-zip",
             file_types=[".zip"],
             scale=1,
-            height=100,
         )
     status = gr.Markdown(elem_id="data-status")
     with gr.Row():
@@ -110,7 +111,7 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
                 label="Pictures",
                 file_count="multiple",
                 file_types=["image"],
-                height=120,
+                height=150,
                 elem_id="data-files",
             )
             add_btn = gr.Button("Add these pictures", variant="primary")
@@ -141,6 +142,7 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
                 headers=["file", "why it was skipped"],
                 label="Skipped files",
                 interactive=False,
+                elem_id="data-skipped",
                 wrap=True,
             )
 

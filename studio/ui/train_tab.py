@@ -204,15 +204,18 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
     preview_btn.click(preview_aug, [ws_state, augment], preview)
 
     def run_training(ws_id, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug):
+        try:  # what needs no torch is checked first: "no pictures" must not wait for it
+            ws = ctx.workspace(ws_id)
+            if ws_id in ctx.jobs and not ctx.jobs[ws_id].done:
+                raise StudioError("a training run is already going; stop it first")
+            dataset = ws.dataset(seed=int(sd))
+        except StudioError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
         load_engine()
         from ..jobs import TrainingJob  # the engine's torch side loads on first use
         from ..train import TrainConfig
 
-        ws = ctx.workspace(ws_id)
         try:
-            if ws_id in ctx.jobs and not ctx.jobs[ws_id].done:
-                raise StudioError("a training run is already going; stop it first")
-            dataset = ws.dataset(seed=int(sd))
             config = TrainConfig(
                 data=str(ws.data_dir),
                 out=str(ws.new_run_dir(bb, dataset.classes)),

@@ -240,6 +240,14 @@ def test_bad_uploads_show_a_message_and_the_app_keeps_working(page, tmp_path):
     page.locator("input[type=file]").nth(1).set_input_files(str(fake))
     page.get_by_role("button", name="Add these pictures").click()
     expect(page.locator("#data-status")).to_contain_text("holiday.jpg: not an image")
+    # ... and named in the report's list of skipped files, not only in a passing message.
+    expect(page.locator("#data-skipped")).to_contain_text("apples/holiday.jpg")
+    expect(page.locator("#data-skipped")).to_contain_text("refused on upload")
+    # Training with no usable pictures says so straight away.
+    page.get_by_role("tab", name="3 · Train").click()
+    page.get_by_role("button", name="Start training").click()
+    expect(page.get_by_text("at least two classes").first).to_be_visible()
+    page.get_by_role("tab", name="1 · Data").click()
     page.locator("input[type=file]").first.set_input_files(str(empty))
     expect(page.get_by_text("empty: it contains no files").first).to_be_visible()
     # Still working: the example loads fine afterwards.
