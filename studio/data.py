@@ -188,8 +188,25 @@ def split_hash(rows: Sequence[tuple[str, str, str]]) -> str:
     """SHA-256 (first 16 hex digits) of ``split, path, labels`` rows."""
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(("\t".join(row) + "\n").encode())
+        digest.update(("\t".join(row) + "\n").encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
+
+
+def readable(name: str) -> str:
+    """A file or folder name as text a person can read and any file can hold.
+
+    Names that are not UTF-8 on disk (an old zip, a folder made on Windows) reach Python with
+    their odd bytes as surrogate escapes, which cannot be written to a UTF-8 file or shown. Such
+    bytes are read as Windows-1252 instead (``caf\\xe9`` -> ``café``), the usual source of them.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        try:
+            return raw.decode("cp1252")
+        except UnicodeDecodeError:
+            return raw.decode("latin-1")
 
 
 # --------------------------------------------------------------------------- finding files
@@ -236,10 +253,11 @@ def _class_folders(
             elif not is_image_name(f):
                 skipped.append(Skipped(str(f), f"not an image file ({f.suffix or 'no extension'})"))
             else:
-                candidates.append(_Candidate(f, (entry.name,), split))
+                candidates.append(_Candidate(f, (readable(entry.name),), split))
                 usable += 1
         if usable == 0:
-            empty.append(entry.name if split is None else f"{split}/{entry.name}")
+            name = readable(entry.name)
+            empty.append(name if split is None else f"{split}/{name}")
     return candidates
 
 

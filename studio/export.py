@@ -34,6 +34,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
+from .data import readable
 from .errors import RunError, StudioError
 from .images import ImageProblem, open_rgb
 from .loaders import build_transform
@@ -179,7 +180,7 @@ def _check_images(run: Path, limit: int = 32) -> list[str]:
     if not split_file.is_file():
         return []
     root = Path(load_json(run / "run_info.json").get("data_root", ""))
-    with open(split_file, newline="") as fh:
+    with open(split_file, newline="", errors="surrogateescape") as fh:
         rows = list(csv.DictReader(fh))
     found = []
     for split in ("val", "test", "train"):
@@ -362,7 +363,8 @@ def write_model_card(run_dir: str | Path) -> Path:
         f"(mean {pre['mean']}, std {pre['std']}).",
         "",
         "## Data",
-        f"- Source: `{Path(str(report.get('source', cfg.get('data')))).name}`; images per split: "
+        f"- Source: `{readable(Path(str(report.get('source', cfg.get('data')))).name)}`; "
+        "images per split: "
         f"{info['sizes']}.",
         f"- Split fingerprint `{info['split_hash']}` (seed {cfg['seed']}); `split.csv` lists "
         "which file went where.",

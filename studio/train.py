@@ -707,7 +707,7 @@ def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
         state = load_checkpoint(checkpoint_path)
         saved = load_json(run_dir / "config.json")
         return TrainConfig.from_dict({**saved, "resume": True, "out": str(run_dir)}), state
-    if (run_dir / "config.json").exists():
+    if (run_dir / "config.json").exists() and not _never_set_up(run_dir):
         hint = (
             " (it has a checkpoint: add --resume to continue it)"
             if checkpoint_path.exists()
@@ -715,7 +715,25 @@ def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
         )
         raise StudioError(f"{run_dir} already holds a run{hint}; choose another output folder")
     run_dir.mkdir(parents=True, exist_ok=True)
+    for name in _SET_UP_FILES:  # what a set-up that failed or was killed left behind
+        (run_dir / name).unlink(missing_ok=True)
     return cfg, None
+
+
+_SET_UP_FILES = (
+    "config.json",
+    "data_report.json",
+    "split.csv",
+    "labels.json",
+    "preprocess.json",
+    "events.jsonl",
+)
+
+
+def _never_set_up(run_dir: Path) -> bool:
+    """A folder whose run failed (or was killed) before its first epoch ended: no checkpoint,
+    no model, nothing but the files the set-up writes. Retrying into it must not be refused."""
+    return all(p.name in _SET_UP_FILES for p in run_dir.iterdir())
 
 
 def _write_run_files(run: _Setup, first: bool) -> None:
@@ -725,7 +743,8 @@ def _write_run_files(run: _Setup, first: bool) -> None:
     if first:
         save_json(run_dir / "config.json", {**cfg.to_dict(), "resume": False})
         save_json(run_dir / "data_report.json", dataset.report.to_dict())
-        with open(run_dir / "split.csv", "w", newline="") as fh:
+        # Paths are kept byte for byte (a name that is not UTF-8 stays as it is on disk).
+        with open(run_dir / "split.csv", "w", newline="", errors="surrogateescape") as fh:
             writer = csv.writer(fh)
             writer.writerow(["split", "path", "labels"])
             writer.writerows(dataset.split_rows())

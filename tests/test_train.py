@@ -238,3 +238,29 @@ def test_bad_settings_fail_before_any_work(small_example, tmp_path):
 def test_tiny_images_and_write_image_helper(tmp_path):
     write_image(tmp_path / "a" / "x.png")
     assert (tmp_path / "a" / "x.png").stat().st_size > 0
+
+
+def test_names_that_are_not_utf8_train_and_a_failed_set_up_can_be_retried(small_example, tmp_path):
+    """Folder and file names in Windows-1252 (as old zips have them) train, with readable class
+    names; a folder left by a set-up that failed does not block the retry."""
+    import os
+    import shutil
+
+    data = os.fsencode(tmp_path / "data")
+    for cls in ("brick", "grass"):
+        folder = data + b"/" + cls.encode() + b"-caf\xe9"
+        os.makedirs(folder)
+        for i, image in enumerate(sorted((small_example / cls).glob("*.jpg"))[:8]):
+            shutil.copy(image, folder + b"/pic\xe9" + str(i).encode() + b".jpg")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # what a set-up killed half-way leaves
+    (out / "split.csv").write_text("half")
+    run_training(_config(os.fsdecode(data), out, epochs=1))
+    labels = json.loads((out / "labels.json").read_text())["labels"]
+    assert labels == ["brick-café", "grass-café"]
+    with open(out / "split.csv", newline="", errors="surrogateescape") as fh:
+        paths = [row["path"] for row in csv.DictReader(fh)]
+    assert all(Path(os.fsdecode(data), p).is_file() for p in paths)
+    with pytest.raises(StudioError, match="already holds a run"):  # a real run is kept
+        run_training(_config(os.fsdecode(data), out, epochs=1))
