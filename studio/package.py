@@ -97,7 +97,7 @@ class FormatCheck:
         verdict = "checked" if self.passed else "NOT checked"
         return (
             f"**{self.format}**: {verdict}: unpacked from the zip into an empty folder, the code "
-            f"below gave the app's answer on {self.same_answer} of {self.pictures} pictures "
+            f"shown for it gave the app's answer on {self.same_answer} of {self.pictures} pictures "
             f"(largest difference {self.max_abs_diff:.1e})"
         )
 
