@@ -262,7 +262,11 @@ def _cmd_evaluate(args) -> int:
 def _cmd_predict(args) -> int:
     from .predict import Predictor
 
-    results = Predictor(args.run).predict(args.images, top_k=args.top_k)
+    bar, update = _progress_bar("classifying")
+    with bar:
+        results = Predictor(args.run).predict(
+            args.images, top_k=args.top_k, progress=lambda done, total: update(done / total)
+        )
     if args.json:
         print(json.dumps([r.to_dict() for r in results]))
     else:

@@ -15,13 +15,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "ImageProblem", "open_rgb", "is_image_name"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DEFAULT_MAX_PIXELS",
+    "MAX_ASPECT",
+    "ImageProblem",
+    "open_rgb",
+    "is_image_name",
+]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
 # 40 megapixels: a modern phone photo passes, a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 40_000_000
+
+# Longest side over shortest. Preparing a picture scales its short side up to the model's size,
+# so a 1x39000 strip (238 bytes as PNG) would become 256x9,984,000 pixels: ~10 GB. Panoramas
+# (about 1:4) and long receipts (1:10) pass; strips beyond this are refused from the header.
+MAX_ASPECT = 50
 
 # Truncated files must fail loudly instead of decoding into grey half-images.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -67,6 +79,11 @@ def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
                 if width * height > max_pixels:
                     raise ImageProblem(
                         f"too large: {width}x{height} pixels (limit {max_pixels:,} pixels)"
+                    )
+                if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+                    raise ImageProblem(
+                        f"too long and thin: {width}x{height} pixels (a picture may be at most "
+                        f"{MAX_ASPECT} times longer than it is wide)"
                     )
                 img.load()
                 return to_rgb(img)

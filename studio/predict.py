@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +49,29 @@ class Predictor:
     def labels(self) -> list[str]:
         return self.run.labels
 
-    @torch.no_grad()
-    def predict(self, images: Sequence[str | Path], top_k: int = 5) -> list[Prediction]:
-        """Predictions in the order given; unreadable files get an ``error`` instead."""
+    def predict(
+        self,
+        images: Sequence[str | Path],
+        top_k: int = 5,
+        batch_size: int = 32,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Prediction]:
+        """Predictions in the order given; unreadable files get an ``error`` instead.
+
+        Pictures are decoded ``batch_size`` at a time, so memory stays the same for ten
+        pictures or ten thousand; ``progress(done, total)`` is called after each batch.
+        """
         if top_k < 1:
             raise StudioError("top-k must be at least 1")
+        results: list[Prediction] = []
+        for start in range(0, len(images), max(1, batch_size)):
+            results += self._predict_batch(images[start : start + batch_size], top_k)
+            if progress is not None:
+                progress(len(results), len(images))
+        return results
+
+    @torch.no_grad()
+    def _predict_batch(self, images: Sequence[str | Path], top_k: int) -> list[Prediction]:
         results: list[Prediction | None] = []
         tensors, slots = [], []
         for image in images:
@@ -64,8 +82,7 @@ class Predictor:
             except ImageProblem as exc:
                 results.append(Prediction(str(image), [], error=str(exc)))
         if tensors:
-            logits = self.run.model(torch.stack(tensors))
-            probs = probabilities(logits, self.run.multilabel)
+            probs = probabilities(self.run.model(torch.stack(tensors)), self.run.multilabel)
             k = min(top_k, len(self.labels))
             for slot, row in zip(slots, probs):
                 values, indices = row.topk(k)

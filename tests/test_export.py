@@ -139,3 +139,20 @@ def test_a_changed_export_is_no_longer_called_checked(trained_run):
     write_model_card(trained_run)
     assert "| torchscript |" not in (trained_run / "MODEL_CARD.md").read_text()
     export_run(trained_run, "torchscript")  # leave the shared run as the other tests expect
+
+
+def test_many_pictures_are_predicted_in_bounded_batches(trained_run, example):
+    """Memory stays flat: never more than one batch of pictures is decoded at a time."""
+    loaded = load_run(trained_run)
+    sizes, seen = [], []
+    hook = loaded.model.register_forward_hook(lambda m, args, out: sizes.append(len(args[0])))
+    pictures = sorted(example.rglob("*.jpg"))[:45] + [trained_run / "labels.json"]
+    predictor = Predictor(loaded)
+    many = predictor.predict(pictures, top_k=1, batch_size=16, progress=lambda d, t: seen.append(d))
+    hook.remove()
+    assert max(sizes) <= 16 and sum(sizes) == 45
+    assert seen == [16, 32, 46]
+    assert many[-1].error and not many[0].error
+    alone = [predictor.predict([p], top_k=1)[0].top[0] for p in pictures[:3]]
+    assert [m.top[0][0] for m in many[:3]] == [label for label, _ in alone]
+    assert [m.top[0][1] for m in many[:3]] == pytest.approx([p for _, p in alone], abs=1e-5)

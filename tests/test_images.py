@@ -81,3 +81,27 @@ def test_oversized_image_is_refused_before_decoding(tmp_path):
     Image.new("L", (3000, 3000)).save(tmp_path / "big.png")
     with pytest.raises(ImageProblem, match="too large"):
         open_rgb(tmp_path / "big.png", max_pixels=1_000_000)
+
+
+def test_a_long_thin_strip_is_refused_before_it_can_exhaust_memory(tmp_path, trained_run):
+    """A 238-byte 1x39000 PNG passes the pixel count, but preparing it would need ~10 GB."""
+    from studio.data import load_dataset
+    from studio.predict import Predictor
+
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (1, 39000), "white").save(strip)
+    assert strip.stat().st_size < 1000
+    with pytest.raises(ImageProblem, match="too long and thin"):
+        open_rgb(strip)
+    (prediction,) = Predictor(trained_run).predict([strip])
+    assert "too long and thin" in prediction.error
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        (data / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 30), (i * 80, 0, 0)).save(data / name / f"{i}.png")
+    (data / "a" / "strip.png").write_bytes(strip.read_bytes())
+    report = load_dataset(data).report
+    assert any(s.path.endswith("strip.png") and "long and thin" in s.reason for s in report.skipped)
+    Image.new("RGB", (40, 2000), "white").save(tmp_path / "receipt.png")  # 1:50 still passes
+    assert open_rgb(tmp_path / "receipt.png").size == (40, 2000)

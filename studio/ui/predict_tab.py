@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import tempfile
+import threading
 
 import gradio as gr
 
@@ -44,6 +45,7 @@ def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
     batch_csv = gr.File(label="Download results (CSV)", elem_id="predict-csv")
 
     predictors: dict = {}
+    lock = threading.Lock()  # several people predict at once: one of them may swap the model
 
     def predictor(ws_id, name):
         load_engine()
@@ -51,12 +53,12 @@ def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
 
         if not name:
             raise StudioError("train a model first, then pick it here")
-        path = ctx.workspace(ws_id).resolve_run(name)
-        key = str(path)
-        if key not in predictors:
-            predictors.clear()  # keep one model in memory per worker
-            predictors[key] = Predictor(path)
-        return predictors[key]
+        key = str(ctx.workspace(ws_id).resolve_run(name))
+        with lock:
+            if key not in predictors:
+                predictors.clear()  # keep one model in memory per worker
+                predictors[key] = Predictor(key)
+            return predictors[key]
 
     @friendly
     def one(ws_id, name, path):
@@ -69,10 +71,14 @@ def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
         return charts.top_k_bar(result.top), f"## {label} ({p:.0%} sure)"
 
     @friendly
-    def batch(ws_id, name, paths):
+    def batch(ws_id, name, paths, progress=gr.Progress()):
         if not paths:
             raise StudioError("choose some pictures first")
-        results = predictor(ws_id, name).predict(paths, top_k=1)
+        results = predictor(ws_id, name).predict(
+            paths,
+            top_k=1,
+            progress=lambda done, total: progress(done / total, desc=f"{done} of {total}"),
+        )
         rows = [
             [
                 r.path.rsplit("/", 1)[-1],
