@@ -10,7 +10,6 @@ model's input resolution. :func:`overlay` paints a map over the picture for peop
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 
 from .errors import StudioError
+from .rng import seeded
 
 __all__ = [
     "METHODS",
@@ -225,20 +225,6 @@ def _forward_count(key: str, side: int, steps: int, samples: int) -> int:
     return 2 if key == "guided-gradcam" else 1
 
 
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """Seed torch and numpy (GradientSHAP draws from numpy's global generator), then put back
-    the caller's random state, so explaining never changes what a later training run draws."""
-    numpy_state = np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            np.random.seed(seed)
-            yield
-    finally:
-        np.random.set_state(numpy_state)
-
-
 def attribute(
     model: torch.nn.Module,
     image: torch.Tensor,
@@ -313,7 +299,7 @@ def attribute(
     watched = _Watched(model, total, progress, should_stop)
     span = float(x.max() - x.min()) or 1.0
     x.requires_grad_()
-    with _seeded(seed), torch.enable_grad(), warnings.catch_warnings():
+    with seeded(seed), torch.enable_grad(), warnings.catch_warnings():
         # Captum announces the ReLU hooks of guided backpropagation every time.
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
         if key == "gradcam":

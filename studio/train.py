@@ -16,8 +16,8 @@ epochs, tracked by :class:`_Progress`, which is also what a checkpoint stores), 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
-import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +46,7 @@ from .evaluate import evaluate_samples
 from .freeze import apply_freeze, keep_frozen_norms_in_eval, optimizer_groups, parse_freeze
 from .images import open_rgb
 from .loaders import AUGMENT_PRESETS, ImageSamples, build_transform, image_loader
+from .rng import seeded, step_seed
 from .runs import CHECKPOINT, load_checkpoint, load_json, save_checkpoint, save_history, save_json
 
 __all__ = ["TrainConfig", "train", "run_training", "select_device", "StopFlag"]
@@ -147,12 +148,6 @@ def select_device(name: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -386,11 +381,11 @@ def _load_data(cfg: TrainConfig, dataset: Dataset | None) -> Dataset:
 def _set_up(cfg: TrainConfig, dataset: Dataset | None = None) -> _Setup:
     dataset = _load_data(cfg, dataset)
     device = select_device(cfg.device)
-    _seed_everything(cfg.seed)  # the new head's initial weights
     classes, multilabel = dataset.classes, dataset.multilabel
-    model, weights = create_backbone(
-        cfg.backbone, len(classes), pretrained=cfg.pretrained, weights_file=cfg.weights_file
-    )
+    with seeded(cfg.seed):  # the new head's initial weights
+        model, weights = create_backbone(
+            cfg.backbone, len(classes), pretrained=cfg.pretrained, weights_file=cfg.weights_file
+        )
     groups = model_groups(model)
     for phase in _phases(cfg):  # fail on a bad freeze spec before any work
         parse_freeze(phase.freeze, groups)
@@ -456,10 +451,14 @@ def _make_feeder(
 
         def batches(view: int, ds: ImageSamples = ds):
             tf = run.eval_tf if view == 0 else run.train_tf
-            _seed_everything(_epoch_seed(cfg.seed, -1 - view))
             view_ds = ImageSamples(ds.samples, tf, ds.num_classes, ds.multilabel)
-            for x, _ in image_loader(view_ds, cfg.batch_size, workers=cfg.workers):
-                yield x
+            loader = iter(image_loader(view_ds, cfg.batch_size, workers=cfg.workers))
+            for n in itertools.count():
+                with seeded(step_seed(cfg.seed, -1 - view, n)):  # the augmentation's draws
+                    x = next(loader, None)
+                if x is None:
+                    return
+                yield x[0]
 
         for n in fill_store(run.model, plan, store, batches, run.device, run.channels_last):
             done += n
@@ -784,7 +783,6 @@ def _run_phase(
 
     for epoch in range(max(phase.first, progress.done_epochs + 1), phase.last + 1):
         t_epoch = time.perf_counter()
-        _seed_everything(_epoch_seed(cfg.seed, epoch))
         loss, accuracy, seen, stop_asked = yield from _train_epoch(
             run, feeder, loss_fn, optimizer, scheduler, scaler, epoch, stop
         )
@@ -837,15 +835,23 @@ def _train_epoch(run: _Setup, feeder, loss_fn, optimizer, scheduler, scaler, epo
     keep_frozen_norms_in_eval(model)
     steps = feeder.steps_per_epoch()
     total_loss, correct, seen = 0.0, 0, 0
-    for n, (x, y) in enumerate(feeder.train_batches(_epoch_seed(cfg.seed, epoch)), 1):
-        with _autocast(run.device, run.amp):
-            logits = feeder.forward(model, x)
-            loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+    batches = feeder.train_batches(_epoch_seed(cfg.seed, epoch))
+    for n in range(1, steps + 1):
+        # Decoding (augmentation) and the step (dropout) draw from the global generators:
+        # seeded per batch, under the lock that keeps other runs' draws out (studio.rng).
+        with seeded(step_seed(cfg.seed, epoch, n)):
+            batch = next(batches, None)
+            if batch is None:
+                break
+            x, y = batch
+            with _autocast(run.device, run.amp):
+                logits = feeder.forward(model, x)
+                loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
         total_loss += float(loss.detach()) * len(y)
         correct += _correct(logits.detach(), y, run.dataset.multilabel, cfg.threshold)
         seen += len(y)

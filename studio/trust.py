@@ -23,13 +23,13 @@ from .attribution import (
     METHODS,
     ExplainStopped,
     _ready,
-    _seeded,
     attribute,
     method_key,
     model_blocks,
 )
 from .errors import StudioError
 from .evaluate import probabilities
+from .rng import seeded
 
 __all__ = [
     "Faithfulness",
@@ -274,7 +274,7 @@ def randomization_check(
     depths = sorted({round(len(blocks) * (i + 1) / points) for i in range(points)} - {0})
     steps: list[tuple[str, float]] = []
     done = 0
-    with _seeded(seed):
+    with seeded(seed):
         for n, depth in enumerate(depths, start=1):
             _randomise([m for _, mods in blocks[done:depth] for m in mods])
             done = depth

@@ -264,3 +264,32 @@ def test_names_that_are_not_utf8_train_and_a_failed_set_up_can_be_retried(small_
     assert all(Path(os.fsdecode(data), p).is_file() for p in paths)
     with pytest.raises(StudioError, match="already holds a run"):  # a real run is kept
         run_training(_config(os.fsdecode(data), out, epochs=1))
+
+
+def test_two_people_training_at_once_get_the_solo_result(small_example, tmp_path):
+    """Seeded runs repeat exactly even while another run trains in the same process (a
+    classroom on one app): randomness (head init, augmentation, dropout) is per run."""
+    kw = dict(augment="light", epochs=3, freeze="6")  # augmented views and dropout both draw
+
+    def history(out):
+        return [(r["train_loss"], r["val_loss"]) for r in _rows(out / "history.csv")]
+
+    run_training(_config(small_example, tmp_path / "solo", **kw))
+    results = {}
+
+    def one(name, seed):
+        results[name] = run_training(_config(small_example, tmp_path / name, seed=seed, **kw))
+
+    threads = [threading.Thread(target=one, args=(f"p{i}", s)) for i, s in enumerate((0, 7, 0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert history(tmp_path / "p0") == history(tmp_path / "solo")
+    assert history(tmp_path / "p2") == history(tmp_path / "solo")
+    assert history(tmp_path / "p1") != history(tmp_path / "solo")  # another seed differs
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
