@@ -167,3 +167,22 @@ def test_refused_uploads_are_remembered_for_the_report(tmp_path):
     assert ws.refused() == []
     ws.use("mine")
     assert len(ws.refused()) == 1
+
+
+def test_a_workspace_opens_only_with_its_browsers_key(tmp_path):
+    """Knowing a workspace's id (its folder name) opens nothing; the browser's key does."""
+    from studio.owners import Owners
+
+    owners = Owners(tmp_path)
+    key, mine = owners.open(None)
+    mine.add_class("private")
+    assert owners.open(key)[1].root == mine.root
+    for attempt in (mine.id, "../" + mine.id, key[:-1] + ("A" if key[-1] != "A" else "B"), ""):
+        other_key, other = owners.open(attempt)
+        assert other.root != mine.root and other.classes() == [] and other_key != key
+    assert Owners(tmp_path).open(key)[1].root == mine.root  # a restarted app, same key
+    # A workspace from before keys is claimed once, by the first browser that holds its id.
+    old = Workspace(tmp_path)
+    new_key, claimed = owners.open(old.id)
+    assert claimed.root == old.root and new_key != old.id
+    assert owners.open(old.id)[1].root != old.root

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import gradio as gr
@@ -57,14 +58,14 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
             with gr.Tab("7 · Export", id="export") as export_tab:
                 export = build_export_tab(ctx, ws_state)
 
-        def open_workspace(saved_id):
-            ws = ctx.open(saved_id)
+        def open_workspace(saved_key):
+            key, ws = ctx.open(saved_key)
             ctx.warm_up()
             ready = "Your workspace is ready." + (
-                " Your earlier pictures and runs are here." if saved_id == ws.id else ""
+                " Your earlier pictures and runs are here." if saved_key == key else ""
             )
             return (
-                ws.id,
+                key,  # the browser keeps its key; the folder id stays on the server
                 ws.id,
                 ready,
                 *data["refresh"](ws.id),
@@ -89,6 +90,9 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
                 *predict["views"],
                 *export["views"],
             ],
+            # Only the page itself opens a workspace: not offered to API clients (and a client
+            # that calls it anyway needs the browser's key: an id opens nothing).
+            api_visibility="private",
         )
         # The catalog needs torch and timm on the first start: it fills in separately, without
         # holding up the rest (later starts read it from disk).
@@ -133,12 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(args.workspace).resolve()
     demo = build_app(base)
     private = base / ".private"
+    # Nothing is served by its path: Gradio accepts files that handlers return from its working
+    # folder and hands each page a copy under an unguessable address, while the file route serves
+    # only allowed_paths (none). So the app works from inside the workspace base folder, and one
+    # person's pictures can never be fetched by another who learns their folder's name.
+    if os.environ.get("STUDIO_CACHE"):  # a relative cache folder must not move with the chdir
+        os.environ["STUDIO_CACHE"] = os.path.abspath(os.environ["STUDIO_CACHE"])
+    os.chdir(base)
     demo.queue(default_concurrency_limit=4).launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
         max_file_size=MAX_UPLOAD,
-        allowed_paths=[str(base)],
         blocked_paths=[str(private)],
         inbrowser=args.open_browser,
         footer_links=[],

@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import StudioError
+from ..owners import Owners
 from ..workspace import Workspace
 
 __all__ = [
@@ -36,6 +37,7 @@ class Context:
         self.base.mkdir(parents=True, exist_ok=True)
         self.jobs: dict = {}
         self.explainers = ExplainerCache()
+        self.owners = Owners(self.base)
         self._warmed = False
 
     def warm_up(self) -> None:
@@ -55,7 +57,10 @@ class Context:
         return path
 
     def browser_secret(self) -> str:
-        """Key for the workspace id kept in the browser; stable so a restarted app finds it."""
+        """Gradio's BrowserState encrypts what it keeps in the browser with this; it is sent to
+        every page, so it protects nothing: what opens a workspace is the key the browser
+        keeps, checked on the server (:class:`studio.owners.Owners`). Stable, so a restarted
+        app can still read the keys browsers hold."""
         path = self.private_dir / "browser-secret"
         if not path.exists():
             import secrets
@@ -65,13 +70,14 @@ class Context:
         return path.read_text().strip()
 
     def workspace(self, workspace_id: str | None) -> Workspace:
+        """The session's workspace; the id comes from the session's server-side state only."""
         if not workspace_id:
             raise StudioError("the page is still starting; try again in a moment")
         return Workspace(self.base, workspace_id)
 
-    def open(self, saved_id: str | None) -> Workspace:
-        """The browser's workspace, or a new one for a browser seen for the first time."""
-        return Workspace(self.base, saved_id)
+    def open(self, key: str | None) -> tuple[str, Workspace]:
+        """``(key, workspace)`` for the key a browser holds (a new pair for a new browser)."""
+        return self.owners.open(key)
 
 
 class ExplainerCache:

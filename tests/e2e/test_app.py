@@ -291,11 +291,39 @@ def test_only_the_workspace_is_served(app):
 
     url, workspace = app
     secret = next(workspace.glob(".private/*"), None)
-    assert secret is not None, "the app keeps its browser key under .private"
+    assert secret is not None, "the app keeps its keys under .private"
     for path in ["/etc/passwd", str(ROOT_FILE), str(secret)]:
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10)
         assert info.value.code in (403, 404), path
+
+
+def test_one_person_cannot_see_or_change_anothers_workspace(browser, app):
+    """B, and an API client, knowing A's workspace id and picture paths, get nothing of A's."""
+    from gradio_client import Client
+
+    url, workspace = app
+    with two_people(browser, url) as (a, b):
+        a.get_by_placeholder("e.g. apples").fill("secret")
+        a.get_by_role("button", name="Add class").click()
+        expect(a.locator("#data-status")).to_contain_text("Added class secret")
+        a.locator("#data-files input[type=file]").set_input_files(EXAMPLE_PICTURE)
+        a.get_by_role("button", name="Add these pictures").click()
+        expect(a.locator("#data-gallery img").first).to_be_visible()
+        shown = a.locator("#data-gallery img").first.get_attribute("src")
+        (picture,) = workspace.glob("*/data/secret/*")
+        folder = picture.parents[2].name
+        assert folder not in shown  # each page gets a copy under an address of its own
+        for path in (picture, picture.parents[2]):
+            status = b.evaluate(f"fetch('{url}gradio_api/file={path}').then(r => r.status)")
+            assert status in (403, 404), path
+    client = Client(url, verbose=False)
+    assert "open_workspace" not in str(client.view_api(print_info=False, return_format="dict"))
+    with pytest.raises(Exception):  # noqa: B017 - refused either way: not callable, no page
+        client.predict(folder, api_name="/open_workspace")
+    with pytest.raises(Exception, match="still starting"):
+        client.predict(api_name="/load_example")  # an API session opens no workspace
+    assert sorted(p.name for p in (workspace / folder / "data").iterdir()) == ["secret"]
 
 
 def test_one_persons_training_does_not_block_another_persons_page(browser, app_url):
