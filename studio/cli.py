@@ -150,6 +150,7 @@ def _cmd_train(args) -> int:
     from tqdm import tqdm
 
     from . import events as ev
+    from .evaluate import score_words
     from .train import TrainConfig, train
 
     overrides = {
@@ -225,9 +226,8 @@ def _cmd_train(args) -> int:
             elif isinstance(event, ev.Finished):
                 m = event.metrics
                 print(
-                    f"done in {event.seconds:.0f}s; kept epoch {event.best_epoch}. "
-                    f"On the {m['split']} split ({m['n']} images): accuracy {m['accuracy']:.3f}, "
-                    f"macro F1 {m['macro_f1']:.3f}"
+                    f"done in {event.seconds:.0f}s; kept epoch {event.best_epoch}: "
+                    f"{score_words(m)}; macro F1 {m['macro_f1']:.3f}"
                 )
                 print(f"model and report: {event.run_dir}")
     finally:

@@ -92,7 +92,7 @@ class DataReport:
     layout: str
     classes: list[str]
     multilabel: bool
-    counts: dict[str, dict[str, int]]  # split -> class -> images
+    counts: dict[str, dict[str, int]]  # split -> class -> images with that label
     skipped: list[Skipped] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     exact_duplicates: list[list[str]] = field(default_factory=list)
@@ -102,11 +102,13 @@ class DataReport:
     min_size: tuple[int, int] = (0, 0)
     max_size: tuple[int, int] = (0, 0)
     warnings: list[str] = field(default_factory=list)
+    # split -> images; not the sum of ``counts``: a multi-label picture counts once per tag there
+    images: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         """Usable images over all splits."""
-        return sum(sum(per_class.values()) for per_class in self.counts.values())
+        return sum(self.images.values())
 
     def per_class(self) -> dict[str, int]:
         """Usable images per class, all splits together."""
@@ -130,7 +132,7 @@ class DataReport:
         for split in SPLITS:
             if self.counts.get(split):
                 parts = ", ".join(f"{k}: {v}" for k, v in self.counts[split].items())
-                lines.append(f"  {split:5s} {sum(self.counts[split].values()):5d}  ({parts})")
+                lines.append(f"  {split:5s} {self.images.get(split, 0):5d}  ({parts})")
         if self.total:
             lines.append(
                 f"  image sizes from {self.min_size[0]}x{self.min_size[1]} "
@@ -286,6 +288,8 @@ def _read_csv(csv_path: Path, skipped: list[Skipped]) -> list[_Candidate]:
             rows = list(reader)
     except UnicodeDecodeError:
         raise DataError(f"{csv_path.name} is not a UTF-8 text CSV file") from None
+    except csv.Error as exc:  # a NUL byte, a field over the csv module's size limit...
+        raise DataError(f"{csv_path.name} is not a readable CSV file ({exc})") from None
     candidates = []
     for line_no, row in enumerate(rows, start=2):
         raw_path = (row.get(path_key) or "").strip()
@@ -294,6 +298,9 @@ def _read_csv(csv_path: Path, skipped: list[Skipped]) -> list[_Candidate]:
         where = f"{csv_path.name}:{line_no}"
         if not raw_path:
             skipped.append(Skipped(where, "row has no path"))
+            continue
+        if "\x00" in raw_path:
+            skipped.append(Skipped(where, "the path holds a NUL byte"))
             continue
         path = (base / raw_path).resolve()
         if not path.is_relative_to(base):
@@ -305,9 +312,14 @@ def _read_csv(csv_path: Path, skipped: list[Skipped]) -> list[_Candidate]:
         if not path.is_file():
             skipped.append(Skipped(str(path), f"listed in {where} but not found"))
             continue
-        split = (
-            _SPLIT_ALIASES.get((row.get(split_key) or "").strip().lower()) if split_key else None
-        )
+        said = (row.get(split_key) or "").strip() if split_key else ""
+        split = _SPLIT_ALIASES.get(said.lower()) if said else None
+        if said and split is None:
+            reason = (
+                f"unknown split {said[:40]!r} in {where}: use train, val or test, or leave it empty"
+            )
+            skipped.append(Skipped(str(path), reason))
+            continue
         candidates.append(_Candidate(path, labels, split))
     return candidates
 
@@ -510,6 +522,7 @@ def load_dataset(
             split: {name: sum(index[name] in s.labels for s in samples) for name in classes}
             for split, samples in splits.items()
         },
+        images={split: len(samples) for split, samples in splits.items()},
         skipped=sorted(skipped, key=lambda s: s.path),
         empty_classes=sorted(set(empty)),
         exact_duplicates=[names(g) for g in exact],

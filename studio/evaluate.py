@@ -63,6 +63,19 @@ def predict_probs(
     return torch.cat(out).numpy() if out else np.zeros((0, dataset.num_classes))
 
 
+def score_words(metrics: dict) -> str:
+    """The headline result in plain words, honest about which pictures it was measured on:
+    with too few pictures to keep any back, the score is on the training pictures and is no
+    test score at all."""
+    head = f"accuracy {metrics['accuracy']:.1%}"
+    if metrics.get("split") == "train":
+        return (
+            f"{head} on the {metrics.get('n', '?')} pictures it learnt from (too few pictures to "
+            "keep any back for testing, so this is not a test score: add more pictures)"
+        )
+    return f"{head} on {metrics.get('n', '?')} {metrics.get('split', 'held-out')} pictures"
+
+
 def hardest_first(losses: np.ndarray, correct: np.ndarray, limit: int = TOP_LOSSES) -> np.ndarray:
     """Indices of the hardest pictures: every mistake before any right answer, each part by
     loss, highest first. Loss alone would put an unsure right answer (with many classes, or with

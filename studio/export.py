@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from .data import readable
 from .errors import RunError, StudioError
+from .evaluate import score_words
 from .images import ImageProblem, open_rgb
 from .loaders import build_transform
 from .runs import load_json, require_run, save_json
@@ -379,6 +380,11 @@ def write_model_card(run_dir: str | Path) -> Path:
         f"- Accuracy: **{metrics['accuracy']:.3f}**; macro F1: **{metrics['macro_f1']:.3f}**"
         + (f"; mAP: {metrics['mAP']:.3f}" if metrics.get("mAP") is not None else ""),
         "",
+        *(
+            [f"- **Not a test score**: {score_words(metrics)}.", ""]
+            if metrics.get("split") == "train"
+            else []
+        ),
         "| class | precision | recall | F1 | images |",
         "|---|---|---|---|---|",
     ]

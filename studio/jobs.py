@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import events as ev
 from .data import Dataset
 from .errors import StudioError
+from .evaluate import score_words
 from .train import TrainConfig, train
 
 __all__ = ["TrainingJob", "JobSnapshot", "seconds_left"]
@@ -127,10 +128,7 @@ class TrainingJob:
         elif finished is not None:
             state, fraction, eta = ("stopped" if stopped else "finished"), 1.0, 0.0
             metrics = finished.metrics
-            message = (
-                f"Done: accuracy {metrics['accuracy']:.1%} on {metrics['n']} "
-                f"{metrics['split']} pictures" + (f" ({stopped.reason})" if stopped else "")
-            )
+            message = f"Done: {score_words(metrics)}" + (f" ({stopped.reason})" if stopped else "")
         elif stopped is not None and self.done:
             state, message = "stopped", f"Stopped before the first epoch ended ({stopped.reason})"
         elif last_batch is None and caching is not None:

@@ -199,3 +199,31 @@ def test_csv_without_needed_columns_says_so(tmp_path):
     (tmp_path / "bad.csv").write_text("file_name,class\na.png,x\n")
     with pytest.raises(DataError, match="'path' and 'labels'"):
         load_dataset(tmp_path / "bad.csv")
+
+
+def test_multilabel_counts_pictures_once_and_bad_csvs_are_named(tmp_path):
+    """24 pictures with two tags each are 24 pictures, not 48; a split the CSV misspells is
+    reported, not quietly taken as train; a CSV that is not one is a one-line DataError."""
+    rows = ["path,labels,split"]
+    for i in range(24):
+        write_image(tmp_path / "img" / f"{i}.png", seed=i)
+        rows.append(f"img/{i}.png,{'sky;tree' if i % 2 else 'sky;water'},")
+    write_image(tmp_path / "img" / "odd.png", seed=99)
+    rows.append("img/odd.png,sky,tset")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    report = load_dataset(tmp_path / "labels.csv", seed=0).report
+    assert report.total == 24 and sum(report.images.values()) == 24
+    assert (
+        report.images["train"] < 24
+        and sum(report.counts["train"].values()) == 2 * report.images["train"]
+    )
+    assert f"train {report.images['train']:5d}" in report.summary()
+    (odd,) = [s for s in report.skipped if s.path.endswith("odd.png")]
+    assert "unknown split 'tset'" in odd.reason
+    (tmp_path / "huge.csv").write_text("path,labels\nimg/0.png," + "x" * 200_000 + "\n")
+    with pytest.raises(DataError, match="not a readable CSV file"):
+        load_dataset(tmp_path / "huge.csv")
+    nul = "path,labels\nimg/0\x00.png,sky\n" + "".join(f"img/{i}.png,t{i % 2}\n" for i in range(8))
+    (tmp_path / "nul.csv").write_text(nul)
+    skipped = load_dataset(tmp_path / "nul.csv").report.skipped
+    assert [s.reason for s in skipped] == ["the path holds a NUL byte"]

@@ -293,3 +293,23 @@ def test_two_people_training_at_once_get_the_solo_result(small_example, tmp_path
 def _rows(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def test_a_score_on_the_training_pictures_is_not_called_a_test_score(tmp_path, small_example):
+    """With one picture per class nothing can be kept back: say so, everywhere it is shown."""
+    import shutil
+
+    from studio.evaluate import score_words
+    from studio.jobs import TrainingJob
+
+    data = tmp_path / "data"
+    for cls in ("brick", "grass"):
+        (data / cls).mkdir(parents=True)
+        shutil.copy(sorted((small_example / cls).glob("*.jpg"))[0], data / cls / "one.jpg")
+    job = TrainingJob(_config(data, tmp_path / "run", epochs=1)).start()
+    assert job.wait(120)
+    snap = job.snapshot()
+    assert snap.metrics["split"] == "train"
+    assert "not a test score" in snap.message and "pictures it learnt from" in snap.message
+    assert "Not a test score" in (tmp_path / "run" / "MODEL_CARD.md").read_text()
+    assert "not a test" not in score_words({"accuracy": 0.9, "n": 10, "split": "test"})

@@ -47,7 +47,7 @@ def _set_views(ws, selected: str | None):
     report = dataset.report
     lines = [
         f"**{report.total} pictures in {len(report.classes)} classes**, split into "
-        + ", ".join(f"{sum(v.values())} {k}" for k, v in report.counts.items())
+        + ", ".join(f"{n} {split}" for split, n in report.images.items())
         + "."
     ]
     if report.warnings:
