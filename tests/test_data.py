@@ -227,3 +227,34 @@ def test_multilabel_counts_pictures_once_and_bad_csvs_are_named(tmp_path):
     (tmp_path / "nul.csv").write_text(nul)
     skipped = load_dataset(tmp_path / "nul.csv").report.skipped
     assert [s.reason for s in skipped] == ["the path holds a NUL byte"]
+
+
+def test_look_alikes_do_not_chain_into_one_duplicate_group(tmp_path):
+    """600 small grey digits (scikit-learn's, 60 a class) are alike but not copies: no
+    duplicate groups, no 'conflicting labels', a stratified split; three real copies of one
+    digit are still found and kept together."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    seen = dict.fromkeys(range(10), 0)
+    for image, label in zip(digits.images, digits.target):
+        if seen[label] < 60:
+            pixels = (image / 16 * 255).astype("uint8")
+            (tmp_path / str(label)).mkdir(exist_ok=True)
+            Image.fromarray(pixels).resize((28, 28)).save(
+                tmp_path / str(label) / f"{seen[label]}.png"
+            )
+            seen[label] += 1
+    report = load_dataset(tmp_path, seed=0).report
+    assert report.near_duplicates == [] and report.conflicting_labels == []
+    for split in ("train", "val", "test"):
+        per_class = list(report.counts[split].values())
+        assert max(per_class) - min(per_class) <= 2, (split, per_class)
+    original = Image.open(tmp_path / "3" / "0.png")
+    original.resize((21, 21)).save(tmp_path / "3" / "smaller.png")
+    original.convert("RGB").save(tmp_path / "3" / "resaved.jpg", quality=35)
+    ImageEnhance.Brightness(original).enhance(1.2).save(tmp_path / "3" / "brighter.png")
+    groups = load_dataset(tmp_path, seed=0).report.near_duplicates
+    assert [sorted(p.rsplit("/", 1)[-1] for p in g) for g in groups] == [
+        ["0.png", "brighter.png", "resaved.jpg", "smaller.png"]
+    ]
