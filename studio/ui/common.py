@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ __all__ = [
     "Context",
     "ExplainerCache",
     "IMAGENET",
+    "as_text",
     "friendly",
     "load_engine",
     "run_choices",
@@ -127,6 +129,16 @@ def load_engine() -> None:
             importlib.import_module(name)
 
 
+_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*_[]()#|!~"})
+
+
+def as_text(value: object) -> str:
+    """``value`` shown as the very characters it holds in Markdown and toasts: a file called
+    ``<b>x</b>.jpg`` from someone's zip is a name to show, not markup to render (or to strip,
+    which cut messages short)."""
+    return html.escape(str(value), quote=False).translate(_MARKDOWN)
+
+
 def friendly(fn):
     """Turn engine errors into a readable message in the page instead of a traceback."""
 
@@ -135,12 +147,12 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except StudioError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            raise gr.Error(as_text(exc), print_exception=False) from None
         except gr.Error:
             raise
         except Exception as exc:  # noqa: BLE001 - the page must keep working
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Something went wrong: {type(exc).__name__}: {exc}") from None
+            raise gr.Error(as_text(f"Something went wrong: {type(exc).__name__}: {exc}")) from None
 
     return wrapper
 

@@ -6,7 +6,7 @@ import gradio as gr
 
 from .. import charts
 from ..errors import StudioError
-from .common import Context, friendly
+from .common import Context, as_text, friendly
 
 HELP = """### 1. Your pictures
 Make one **class** for each kind of thing the computer should tell apart (for example *apples*
@@ -152,7 +152,7 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
     def load_example(ws_id):
         report = ctx.workspace(ws_id).load_example()
         return (
-            f"Working on the example ({report.message()}); your own pictures are kept: "
+            f"Working on the example ({as_text(report.message())}); your own pictures are kept: "
             "choose **Your pictures** above to go back to them.",
             *_views(ctx, ws_id),
         )
@@ -171,7 +171,7 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
         report = ctx.workspace(ws_id).import_zip(path)
         if report.skipped:
             gr.Warning(f"{len(report.skipped)} file(s) in the zip were skipped; see the list.")
-        return (report.message() + ".", *_views(ctx, ws_id))
+        return (as_text(report.message()) + ".", *_views(ctx, ws_id))
 
     @friendly
     def add_class(ws_id, name):
@@ -187,7 +187,7 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
         report = ctx.workspace(ws_id).add_images(cls, paths)
         if report.skipped:
             gr.Warning(f"{len(report.skipped)} file(s) were not pictures and were skipped.")
-        return (report.message() + ".", *_views(ctx, ws_id, cls))
+        return (as_text(report.message()) + ".", *_views(ctx, ws_id, cls))
 
     @friendly
     def add_snapshot(ws_id, cls, image):

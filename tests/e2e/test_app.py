@@ -250,6 +250,13 @@ def test_bad_uploads_show_a_message_and_the_app_keeps_working(page, tmp_path):
     page.get_by_role("tab", name="1 · Data").click()
     page.locator("input[type=file]").first.set_input_files(str(empty))
     expect(page.get_by_text("empty: it contains no files").first).to_be_visible()
+    # Names from someone's zip are shown as the characters they are, never as markup.
+    marked = tmp_path / "marked.zip"
+    with zipfile.ZipFile(marked, "w") as zf:
+        zf.writestr("pears/<b>big</b>.jpg", "not a picture either")
+        zf.write(EXAMPLE_PICTURE, "pears/fine.jpg")
+    page.locator("#data-zip input[type=file]").set_input_files(str(marked))
+    expect(page.locator("#data-status")).to_contain_text("<b>big</b>.jpg: not an image")
     # Still working: the example loads fine afterwards.
     load_example(page)
 
