@@ -8,6 +8,7 @@ kept. Each browser session owns its jobs, so one person's training never blocks 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,56 @@ from .errors import StudioError
 from .evaluate import score_words
 from .train import TrainConfig, train
 
-__all__ = ["TrainingJob", "JobSnapshot", "seconds_left"]
+__all__ = ["TrainingJob", "JobSnapshot", "seconds_left", "TrainingQueue", "QUEUE"]
+
+
+class TrainingQueue:
+    """At most ``limit`` trainings at once in this process; the others wait in line, in order.
+
+    A class of thirty pressing Start on a 2-core laptop would otherwise run thirty trainings
+    side by side, each thirty times slower and all holding their memory. A waiting job can be
+    cancelled (its Stop) and then leaves nothing behind.
+    """
+
+    def __init__(self, limit: int | None = None):
+        self.limit = max(1, int(limit or self.default_limit()))
+        self._cond = threading.Condition()
+        self._waiting: list[object] = []
+        self._running = 0
+
+    @staticmethod
+    def default_limit() -> int:
+        """From ``STUDIO_MAX_TRAININGS``, else one training per two cores (at least one)."""
+        env = os.environ.get("STUDIO_MAX_TRAININGS", "")
+        return int(env) if env.isdigit() and int(env) > 0 else max(1, (os.cpu_count() or 1) // 2)
+
+    def enter(self, job: object, cancel: threading.Event) -> bool:
+        """Wait for a free place; False when ``cancel`` was set while waiting."""
+        with self._cond:
+            self._waiting.append(job)
+            while not (self._waiting[0] is job and self._running < self.limit):
+                if cancel.is_set():
+                    self._waiting.remove(job)
+                    self._cond.notify_all()
+                    return False
+                self._cond.wait(0.25)
+            self._waiting.pop(0)
+            self._running += 1
+            self._cond.notify_all()
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._running -= 1
+            self._cond.notify_all()
+
+    def place(self, job: object) -> int | None:
+        """1 for the next job to start, 2 for the one after it...; None when not waiting."""
+        with self._cond:
+            return self._waiting.index(job) + 1 if job in self._waiting else None
+
+
+QUEUE = TrainingQueue()
 
 
 def seconds_left(
@@ -54,7 +104,7 @@ def seconds_left(
 class JobSnapshot:
     """What a progress display needs, copied at one moment."""
 
-    state: str  # "caching", "training", "finished", "stopped", "failed"
+    state: str  # "queued", "caching", "training", "finished", "stopped", "cancelled", "failed"
     fraction: float  # 0..1 of all batches
     message: str
     epochs: list[ev.Epoch] = field(default_factory=list)
@@ -67,9 +117,16 @@ class JobSnapshot:
 class TrainingJob:
     """One training run in a daemon thread."""
 
-    def __init__(self, config: TrainConfig, dataset: Dataset | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset: Dataset | None = None,
+        queue: TrainingQueue | None = None,
+    ):
         self.config = config
         self.dataset = dataset
+        self.queue = queue or QUEUE
+        self.cancelled = False
         self.events: list[ev.Event] = []
         self.times: list[float] = []  # when each event arrived (time.monotonic)
         self._stop = threading.Event()
@@ -95,6 +152,15 @@ class TrainingJob:
         return self.done
 
     def _run(self) -> None:
+        if not self.queue.enter(self, self._stop):
+            self.cancelled = True  # stopped while waiting in line: no run folder was made
+            return
+        try:
+            self._train()
+        finally:
+            self.queue.leave()
+
+    def _train(self) -> None:
         try:
             for event in train(self.config, self.dataset, stop=self._stop):
                 with self._lock:
@@ -123,8 +189,18 @@ class TrainingJob:
         else:
             fraction = 0.0
         eta = seconds_left(events, times, time.monotonic(), total_epochs)
+        place = self.queue.place(self)
         if self.error:
             state, message = "failed", self.error
+        elif self.cancelled:
+            state, message = "cancelled", "Cancelled before it started"
+        elif place is not None and not events:
+            state = "queued"
+            message = (
+                f"Waiting for a free place: number {place} in line (this computer runs "
+                f"{self.queue.limit} training{'s' if self.queue.limit > 1 else ''} at a time; "
+                "Stop cancels it)"
+            )
         elif finished is not None:
             state, fraction, eta = ("stopped" if stopped else "finished"), 1.0, 0.0
             metrics = finished.metrics

@@ -186,3 +186,44 @@ def test_a_workspace_opens_only_with_its_browsers_key(tmp_path):
     new_key, claimed = owners.open(old.id)
     assert claimed.root == old.root and new_key != old.id
     assert owners.open(old.id)[1].root != old.root
+
+
+def test_trainings_wait_in_line_and_a_waiting_one_can_be_cancelled(tmp_path):
+    """One place: the second job waits, says its place, is cancelled leaving nothing behind;
+    the third starts once the first is done."""
+    import threading
+
+    from studio.jobs import TrainingQueue
+
+    ws = Workspace(tmp_path / "ws")
+    ws.load_example()
+    queue = TrainingQueue(limit=1)
+    release = threading.Event()
+
+    class HeldAfterTheFirstEvent(list):  # keeps the first job busy until the test lets it go
+        def append(self, event):
+            super().append(event)
+            release.wait(120)
+
+    def job(name):
+        cfg = TrainConfig(data=str(ws.data_dir), out=str(tmp_path / name), epochs=1)
+        return TrainingJob(cfg, queue=queue)
+
+    first, second, third = job("first"), job("second"), job("third")
+    first.events = HeldAfterTheFirstEvent()
+    first.start()
+    while not first.events:
+        first.wait(0.05)
+    second.start()
+    third.start()
+    while queue.place(third) is None:
+        third.wait(0.05)
+    assert second.snapshot().state == "queued" and "number 1 in line" in second.snapshot().message
+    assert "number 2 in line" in third.snapshot().message
+    second.stop()
+    assert second.wait(30) and second.snapshot().state == "cancelled"
+    assert not (tmp_path / "second").exists()
+    assert "number 1 in line" in third.snapshot().message
+    release.set()
+    assert first.wait(120) and third.wait(120)
+    assert third.snapshot().state == "finished"

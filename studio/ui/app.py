@@ -128,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         "--open-browser", action="store_true", help="open the app in the default web browser"
     )
     parser.add_argument(
+        "--max-trainings",
+        type=int,
+        default=None,
+        help="trainings that run at once; the others wait in line (default: one per two cores)",
+    )
+    parser.add_argument(
         "--workspace",
         default="workspace",
         help="folder for everyone's pictures and runs (default: ./workspace)",
@@ -135,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     base = Path(args.workspace).resolve()
+    if args.max_trainings:  # read by studio.jobs when the engine loads
+        os.environ["STUDIO_MAX_TRAININGS"] = str(max(1, args.max_trainings))
     demo = build_app(base)
     private = base / ".private"
     # Nothing is served by its path: Gradio accepts files that handlers return from its working

@@ -31,6 +31,16 @@ IMAGENET = "imagenet:"  # a model choice that is a catalog backbone with its Ima
 log = logging.getLogger("studio.ui")
 
 
+class _Starting:
+    """Holds a workspace's place while its training is being set up (torch may still be
+    loading): a second click on Start in that time finds it and is refused."""
+
+    done = False
+
+    def stop(self) -> None:
+        """Nothing to stop yet."""
+
+
 class Context:
     """App-wide settings and the per-session training jobs (keyed by workspace id)."""
 
@@ -38,9 +48,25 @@ class Context:
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.jobs: dict = {}
+        self._jobs_lock = threading.Lock()
         self.explainers = ExplainerCache()
         self.owners = Owners(self.base)
         self._warmed = False
+
+    def claim_training(self, ws_id: str) -> None:
+        """Reserve the workspace's one training slot, or say why not (check and claim are one
+        step: two quick clicks on Start cannot both pass)."""
+        with self._jobs_lock:
+            job = self.jobs.get(ws_id)
+            if job is not None and not job.done:
+                raise StudioError("a training run is already going or waiting; stop it first")
+            self.jobs[ws_id] = _Starting()
+
+    def release_training(self, ws_id: str) -> None:
+        """Give the slot back after a set-up that failed before its job started."""
+        with self._jobs_lock:
+            if isinstance(self.jobs.get(ws_id), _Starting):
+                del self.jobs[ws_id]
 
     def warm_up(self) -> None:
         """Load the engine's heavy half (torch, timm, scikit-learn) in the background once a

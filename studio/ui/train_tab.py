@@ -10,7 +10,7 @@ import gradio as gr
 from .. import charts
 from ..errors import StudioError
 from ..runs import describe_run
-from .common import Context, friendly, load_engine, run_choices
+from .common import Context, as_text, friendly, load_engine, run_choices
 from .model_tab import freeze_spec
 
 HELP = """### 3. Train
@@ -62,6 +62,63 @@ def status_line(snap) -> str:
         what = "to prepare" if snap.state == "caching" else "left (less if it stops early)"
         text += f" About {snap.eta_seconds:.0f} s {what}."
     return text
+
+
+def _start_job(ws, dataset, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug):
+    """A started (or queued) training job for the Train tab's settings."""
+    load_engine()
+    from ..jobs import TrainingJob  # the engine's torch side loads on first use
+    from ..train import TrainConfig
+
+    config = TrainConfig(
+        data=str(ws.data_dir),
+        out=str(ws.new_run_dir(bb, dataset.classes)),
+        backbone=bb,
+        freeze=freeze_spec(bb, frz),
+        epochs=int(ep),
+        batch_size=int(bs),
+        lr=float(rate),
+        layer_decay=float(ld),
+        head_epochs=int(he) if int(he) < int(ep) else 0,
+        patience=int(pat),
+        weight_decay=float(wd),
+        label_smoothing=float(ls),
+        seed=int(sd),
+        augment=aug,
+    ).validate()
+    return TrainingJob(config, dataset).start()
+
+
+def _follow(ctx: Context, ws_id: str, job):
+    """Stream a job's progress into (status, curves, history, compare) until it ends."""
+    shown, said = -1, ""
+    while True:
+        snap = job.snapshot()
+        text = status_line(snap)
+        if len(snap.epochs) != shown or text != said or job.done:
+            curves_now = gr.update()
+            if len(snap.epochs) != shown:  # redraw the curves only when they grew
+                shown = len(snap.epochs)
+                curves_now = charts.training_curves(
+                    {"this run": [e.to_dict() for e in snap.epochs]}
+                )
+            said = text
+            yield text, curves_now, gr.update(), gr.update()
+        if job.done:
+            break
+        time.sleep(0.5)
+    snap = job.snapshot()
+    if snap.state == "failed":
+        raise gr.Error(as_text(snap.message), print_exception=False)
+    if snap.state == "cancelled":
+        yield f"**{snap.message}.**", gr.update(), gr.update(), gr.update()
+        return
+    yield (
+        f"**{snap.message}.** Open the Evaluate tab to see where it goes wrong.",
+        charts.training_curves({"this run": [e.to_dict() for e in snap.epochs]}),
+        history_table(ctx, ws_id),
+        gr.update(choices=run_choices(ctx.workspace(ws_id))),
+    )
 
 
 def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
@@ -206,69 +263,31 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
     def run_training(ws_id, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug):
         try:  # what needs no torch is checked first: "no pictures" must not wait for it
             ws = ctx.workspace(ws_id)
-            if ws_id in ctx.jobs and not ctx.jobs[ws_id].done:
-                raise StudioError("a training run is already going; stop it first")
             dataset = ws.dataset(seed=int(sd))
+            ctx.claim_training(ws_id)
         except StudioError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-        load_engine()
-        from ..jobs import TrainingJob  # the engine's torch side loads on first use
-        from ..train import TrainConfig
-
+            raise gr.Error(as_text(exc), print_exception=False) from None
         try:
-            config = TrainConfig(
-                data=str(ws.data_dir),
-                out=str(ws.new_run_dir(bb, dataset.classes)),
-                backbone=bb,
-                freeze=freeze_spec(bb, frz),
-                epochs=int(ep),
-                batch_size=int(bs),
-                lr=float(rate),
-                layer_decay=float(ld),
-                head_epochs=int(he) if int(he) < int(ep) else 0,
-                patience=int(pat),
-                weight_decay=float(wd),
-                label_smoothing=float(ls),
-                seed=int(sd),
-                augment=aug,
-            ).validate()
+            job = _start_job(ws, dataset, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug)
         except StudioError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-        job = TrainingJob(config, dataset).start()
+            raise gr.Error(as_text(exc), print_exception=False) from None
+        finally:
+            ctx.release_training(ws_id)
         ctx.jobs[ws_id] = job
-        shown, said = -1, ""
-        while True:
-            snap = job.snapshot()
-            text = status_line(snap)
-            if len(snap.epochs) != shown or text != said or job.done:
-                curves_now = gr.update()
-                if len(snap.epochs) != shown:  # redraw the curves only when they grew
-                    shown = len(snap.epochs)
-                    rows = [e.to_dict() for e in snap.epochs]
-                    curves_now = charts.training_curves({"this run": rows})
-                said = text
-                yield text, curves_now, gr.update(), gr.update()
-            if job.done:
-                break
-            time.sleep(0.5)
-        snap = job.snapshot()
-        if snap.state == "failed":
-            raise gr.Error(snap.message, print_exception=False)
-        choices = run_choices(ws)
-        yield (
-            f"**{snap.message}.** Open the Evaluate tab to see where it goes wrong.",
-            charts.training_curves({"this run": [e.to_dict() for e in snap.epochs]}),
-            history_table(ctx, ws_id),
-            gr.update(choices=choices),
-        )
+        yield from _follow(ctx, ws_id, job)
 
     def stop_training(ws_id):
         job = ctx.jobs.get(ws_id)
         if job is None or job.done:
             gr.Info("Nothing is training.")
             return
+        waiting = job.snapshot().state == "queued"
         job.stop()
-        gr.Info("Stopping after this step; the best model so far is kept.")
+        gr.Info(
+            "Cancelled: it had not started yet."
+            if waiting
+            else "Stopping after this step; the best model so far is kept."
+        )
 
     @friendly
     def overlay(ws_id, names):

@@ -30,6 +30,7 @@ def running_app(workspace: Path, port: int | None = None):
         "HF_HUB_OFFLINE": "1",
         "STUDIO_OFFLINE": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
+        "STUDIO_MAX_TRAININGS": "1",  # one at a time, whatever the machine: tests see the line
     }
     with open(workspace / f"app-{port}.log", "a") as log:
         proc = subprocess.Popen(

@@ -237,7 +237,8 @@ def test_bad_uploads_show_a_message_and_the_app_keeps_working(page, tmp_path):
     page.get_by_placeholder("e.g. apples").fill("apples")
     page.get_by_role("button", name="Add class").click()
     expect(page.locator("#data-status")).to_contain_text("Added class apples")
-    page.locator("input[type=file]").nth(1).set_input_files(str(fake))
+    page.locator("#data-files input[type=file]").set_input_files(str(fake))
+    expect(page.locator("#data-files")).to_contain_text(" B")  # uploaded (its size shows)
     page.get_by_role("button", name="Add these pictures").click()
     expect(page.locator("#data-status")).to_contain_text("holiday.jpg: not an image")
     # ... and named in the report's list of skipped files, not only in a passing message.
@@ -253,10 +254,12 @@ def test_bad_uploads_show_a_message_and_the_app_keeps_working(page, tmp_path):
     # Names from someone's zip are shown as the characters they are, never as markup.
     marked = tmp_path / "marked.zip"
     with zipfile.ZipFile(marked, "w") as zf:
-        zf.writestr("pears/<b>big</b>.jpg", "not a picture either")
+        zf.writestr("pears/<b>big.jpg", "not a picture either")
         zf.write(EXAMPLE_PICTURE, "pears/fine.jpg")
+        zf.write(EXAMPLE_PICTURE, "plums/fine.jpg")
+    page.locator("#data-zip").get_by_label("Clear").click()  # the empty zip is still shown
     page.locator("#data-zip input[type=file]").set_input_files(str(marked))
-    expect(page.locator("#data-status")).to_contain_text("<b>big</b>.jpg: not an image")
+    expect(page.locator("#data-status")).to_contain_text("<b>big.jpg: not an image")
     # Still working: the example loads fine afterwards.
     load_example(page)
 
@@ -315,6 +318,7 @@ def test_one_person_cannot_see_or_change_anothers_workspace(browser, app):
         a.get_by_role("button", name="Add class").click()
         expect(a.locator("#data-status")).to_contain_text("Added class secret")
         a.locator("#data-files input[type=file]").set_input_files(EXAMPLE_PICTURE)
+        expect(a.locator("#data-files")).to_contain_text(" KB")
         a.get_by_role("button", name="Add these pictures").click()
         expect(a.locator("#data-gallery img").first).to_be_visible()
         shown = a.locator("#data-gallery img").first.get_attribute("src")
@@ -345,6 +349,12 @@ def test_one_persons_training_does_not_block_another_persons_page(browser, app_u
         # While A trains, B's page answers: its example loads and its report appears.
         load_example(b)
         assert "Done" not in a.locator("#train-status").inner_text()
+        # B's training waits in line (one at a time here), says so, and can be cancelled.
+        b.get_by_role("tab", name="3 · Train").click()
+        b.get_by_role("button", name="Start training").click()
+        expect(b.locator("#train-status")).to_contain_text("number 1 in line")
+        b.get_by_role("button", name="Stop").click()
+        expect(b.locator("#train-status")).to_contain_text("Cancelled before it started")
         a.get_by_role("button", name="Stop").click()
         expect(a.locator("#train-status")).to_contain_text("stopped by user", timeout=60_000)
 
@@ -379,6 +389,7 @@ def test_classes_pictures_zip_and_augmentation_preview(page, tmp_path):
     page.get_by_role("button", name="Add class").click()
     expect(page.locator("#data-status")).to_contain_text("Added class walls")
     page.locator("#data-files input[type=file]").set_input_files(pictures)
+    expect(page.locator("#data-files")).to_contain_text("2.7 KB")
     page.get_by_role("button", name="Add these pictures").click()
     expect(page.locator("#data-status")).to_contain_text("added 2 picture(s) to walls")
     expect(page.locator("#data-gallery img").first).to_be_visible()
