@@ -328,14 +328,19 @@ def weights_info(name: str, weights_file: str | Path | None = None) -> WeightsIn
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
-        raise BackboneError(f"cannot read weights file {path.name}: {exc}") from None
+        why = (
+            "it holds code to run, not only numbers, and code in a weights file is never run"
+            if "weights_only" in str(exc).lower() or "unpickl" in str(exc).lower()
+            else (str(exc).strip().splitlines() or ["unreadable"])[0][:200]
+        )
+        raise BackboneError(f"cannot read weights file {path.name}: {why}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

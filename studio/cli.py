@@ -161,7 +161,8 @@ def _cmd_train(args) -> int:
     overrides.pop("data", None)
     if not args.out:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        overrides["out"] = str(Path("runs") / f"{stamp}-{Path(args.data).stem}")
+        name = Path(args.data).stem[:80]  # a file name is at most 255 bytes
+        overrides["out"] = str(Path("runs") / f"{stamp}-{name}")
     config = TrainConfig(data=args.data, **overrides)
 
     stop = threading.Event()
@@ -483,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a read-only folder, a name too long: the user's to fix
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: cannot read or write a file: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
         if os.environ.get("STUDIO_DEBUG"):
             raise

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .data import readable
@@ -89,24 +90,75 @@ class LoadedRun:
 def load_run(run_dir: str | Path) -> LoadedRun:
     """Rebuild the trained model from its run folder (safetensors: no code is unpickled)."""
     run = require_run(run_dir)
-    config = load_json(run / "config.json")
-    labels_info = load_json(run / "labels.json")
-    labels = labels_info["labels"]
+    config, labels, multilabel, threshold, preprocess = _checked_run_files(run)
     try:
         model = timm.create_model(config["backbone"], pretrained=False, num_classes=len(labels))
         state = load_file(str(run / "model.safetensors"))
         model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - any mismatch means the files do not belong together
-        raise RunError(f"cannot load the model in {run}: {exc}") from None
+        raise RunError(f"cannot load the model in {run}: {_first_line(exc)}") from None
     model.eval()
-    return LoadedRun(
-        run,
-        model,
-        labels,
-        bool(labels_info.get("multilabel")),
-        float(labels_info.get("threshold", 0.5)),
-        load_json(run / "preprocess.json"),
-        config,
+    return LoadedRun(run, model, labels, multilabel, threshold, preprocess, config)
+
+
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _checked_run_files(run: Path) -> tuple[dict, list[str], bool, float, dict]:
+    """The run's settings, every value checked before anything is built from it: a run folder
+    may have been edited or damaged, and a label list of a million names would otherwise be
+    built into a classifier of gigabytes before any check."""
+    config, info, pre = (
+        load_json(run / n) for n in ("config.json", "labels.json", "preprocess.json")
+    )
+
+    def bad(what: str):
+        return RunError(f"{run.name} is damaged: {what}; train it again or restore the files")
+
+    if not all(isinstance(x, dict) for x in (config, info, pre)):
+        raise bad("a settings file does not hold settings")
+    labels = info.get("labels")
+    if not isinstance(config.get("backbone"), str):
+        raise bad("config.json names no backbone")
+    if not (isinstance(labels, list) and all(isinstance(x, str) and x for x in labels)):
+        raise bad("labels.json holds no list of class names")
+    try:  # the header only: no tensor is read
+        with safe_open(str(run / "model.safetensors"), "pt") as weights:
+            classes = (weights.metadata() or {}).get("num_classes")
+    except Exception:  # noqa: BLE001 - any failure means it is no safetensors file
+        raise bad("model.safetensors is not a weights file") from None
+    if not 2 <= len(labels) <= 100_000 or (classes is not None and str(len(labels)) != classes):
+        raise bad(f"labels.json lists {len(labels)} classes, the model has {classes or '?'}")
+    threshold = info.get("threshold", 0.5)
+    if not isinstance(threshold, int | float) or not 0 < threshold < 1:
+        raise bad(f"the threshold {threshold!r} is not a number between 0 and 1")
+    size, crop_pct = pre.get("input_size"), pre.get("crop_pct")
+    checks = [
+        (isinstance(size, list) and len(size) == 3 and size[0] == 3, "input size"),
+        (all(isinstance(n, int) and 8 <= n <= 4096 for n in (size or [0])[1:]), "input size"),
+        (isinstance(crop_pct, int | float) and 0.1 <= crop_pct <= 1.0, "crop share"),
+        (pre.get("interpolation") in _INTERPOLATIONS, "interpolation"),
+        (
+            _three_numbers(pre.get("mean")) and _three_numbers(pre.get("std"), positive=True),
+            "mean/std",
+        ),
+    ]
+    for ok, what in checks:
+        if not ok:
+            raise bad(f"preprocess.json has an impossible {what}")
+    return config, labels, bool(info.get("multilabel")), float(threshold), pre
+
+
+def _three_numbers(values, positive: bool = False) -> bool:
+    return (
+        isinstance(values, list)
+        and len(values) == 3
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        and (not positive or all(v > 0 for v in values))
     )
 
 

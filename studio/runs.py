@@ -84,7 +84,8 @@ def load_checkpoint(path: str | Path) -> dict:
     except FileNotFoundError:
         raise RunError(f"{path} is missing") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file raises many different types
-        raise RunError(f"cannot read checkpoint {path}: {exc}") from None
+        first = (str(exc).strip().splitlines() or ["unreadable"])[0][:200]
+        raise RunError(f"cannot read checkpoint {path}: {first}") from None
 
 
 def save_history(path: str | Path, rows: list[dict]) -> None:

@@ -16,6 +16,9 @@ from pathlib import Path, PurePosixPath
 
 from .errors import DataError
 
+# What Python's zipfile unpacks: stored, deflate, bzip2, lzma (not PPMd, not AES, ...).
+_READABLE = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
 __all__ = ["ZipLimits", "extract_zip"]
 
 
@@ -80,6 +83,16 @@ def extract_zip(zip_path: str | Path, dest: str | Path, limits: ZipLimits = ZipL
                     f"{zip_path.name} contains an unsafe path ({member.filename!r}) "
                     "that points outside the folder"
                 )
+            if member.flag_bits & 0x1:
+                raise DataError(
+                    f"{zip_path.name} is protected by a password ({member.filename}): "
+                    "zip the folders again without one"
+                )
+            if member.compress_type not in _READABLE:
+                raise DataError(
+                    f"{zip_path.name} uses a compression method this computer cannot unpack "
+                    f"({member.filename}): zip the folders again with the usual (deflate) method"
+                )
             if member.file_size > limits.max_file_bytes:
                 raise DataError(f"{member.filename} in {zip_path.name} is too large to extract")
             if member.compress_size and member.file_size / member.compress_size > limits.max_ratio:
@@ -103,7 +116,7 @@ def extract_zip(zip_path: str | Path, dest: str | Path, limits: ZipLimits = ZipL
                         if written > limits.max_total_bytes:
                             raise DataError(f"{zip_path.name} unpacks to more than the size limit")
                         out.write(chunk)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
             shutil.rmtree(dest, ignore_errors=True)
             raise DataError(f"{zip_path.name} is damaged ({exc})") from None
         except DataError:

@@ -41,7 +41,7 @@ from .backbones import (
 )
 from .cache import FeatureStore, fill_store, plan_cache, run_cached
 from .data import Dataset, load_dataset
-from .errors import StudioError
+from .errors import RunError, StudioError
 from .evaluate import evaluate_samples
 from .freeze import apply_freeze, keep_frozen_norms_in_eval, optimizer_groups, parse_freeze
 from .images import open_rgb
@@ -92,7 +92,15 @@ class TrainConfig:
     resume: bool = False
 
     def validate(self) -> TrainConfig:
-        """Raise :class:`StudioError` with a plain reason for any value that cannot work."""
+        """Raise :class:`StudioError` with a plain reason for any value that cannot work
+        (a resumed run's ``config.json`` is checked too: it may have been edited)."""
+        for f in fields(self):
+            wanted = _FIELD_TYPES.get(str(f.type))
+            value = getattr(self, f.name)
+            if wanted and (
+                not isinstance(value, wanted) or isinstance(value, bool) != (wanted is bool)
+            ):
+                raise StudioError(f"{f.name} must be {_TYPE_WORDS[str(f.type)]}, not {value!r}")
         checks = [
             (self.epochs >= 1, "epochs must be at least 1"),
             (
@@ -133,6 +141,10 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_FIELD_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str}
+_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
 
 
 class StopFlag(Protocol):
@@ -703,9 +715,11 @@ def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     if cfg.resume:
         if not checkpoint_path.is_file():
             raise StudioError(f"nothing to resume: {checkpoint_path} does not exist")
-        state = load_checkpoint(checkpoint_path)
         saved = load_json(run_dir / "config.json")
-        return TrainConfig.from_dict({**saved, "resume": True, "out": str(run_dir)}), state
+        if not isinstance(saved, dict):
+            raise RunError(f"{run_dir / 'config.json'} is damaged (not a settings object)")
+        config = TrainConfig.from_dict({**saved, "resume": True, "out": str(run_dir)})
+        return config.validate(), load_checkpoint(checkpoint_path)
     if (run_dir / "config.json").exists() and not _never_set_up(run_dir):
         hint = (
             " (it has a checkpoint: add --resume to continue it)"

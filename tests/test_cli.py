@@ -104,3 +104,115 @@ def test_lr_find_suggests_a_rate(example):
     assert result.returncode == 0, result.stderr
     suggestion = json.loads(result.stdout)["suggestion"]
     assert 1e-5 < suggestion < 1
+
+
+def _crafted_zip(path, flag_bits: int = 0, method: int | None = None) -> None:
+    """A zip whose member claims a password (flag bit 0) or a method like PPMd (98), made by
+    editing the headers: Python's zipfile writes neither."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name in ("a/1.jpg", "b/2.jpg"):
+            zf.writestr(name, b"x" * 10)
+    data = bytearray(path.read_bytes())
+    for sig, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        start = 0
+        while (at := data.find(sig, start)) != -1:
+            data[at + flag_at] |= flag_bits
+            if method is not None:
+                data[at + method_at : at + method_at + 2] = method.to_bytes(2, "little")
+            start = at + 4
+    path.write_bytes(bytes(data))
+
+
+def test_hostile_files_and_tampered_runs_get_one_line_and_exit_2(tmp_path, trained_run, capsys):
+    """Each case once answered 'internal error' (exit 1) or a six-line message."""
+    import os
+    import pickle
+    import shutil
+
+    from studio.cli import main
+
+    _crafted_zip(tmp_path / "locked.zip", flag_bits=1)
+    _crafted_zip(tmp_path / "ppmd.zip", method=98)
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 64)
+    (tmp_path / "code.pth").write_bytes(pickle.dumps(os.getcwd))  # would run code if unpickled
+    long_name = tmp_path / ("d" * 240)
+    shutil.copytree(ROOT / "assets" / "example", long_name)
+    picture = sorted((ROOT / "assets" / "example" / "grass").glob("*.jpg"))[0]
+
+    def tampered(name: str, file: str, change) -> str:
+        run = tmp_path / name
+        shutil.copytree(trained_run, run)
+        data = json.loads((run / file).read_text())
+        change(data)
+        (run / file).write_text(json.dumps(data))
+        return str(run)
+
+    runs = {
+        "no list of class names": tampered("t1", "labels.json", lambda d: d.pop("labels")),
+        "threshold 'high'": tampered("t2", "labels.json", lambda d: d.update(threshold="high")),
+        "mean/std": tampered("t3", "preprocess.json", lambda d: d.update(mean=["x", 0, 0])),
+        "interpolation": tampered("t4", "preprocess.json", lambda d: d.update(interpolation="?")),
+        "input size": tampered(
+            "t5", "preprocess.json", lambda d: d.update(input_size=[3, 9**9, 9])
+        ),
+        "1000000 classes": tampered(
+            "t6", "labels.json", lambda d: d.update(labels=[str(i) for i in range(10**6)])
+        ),
+    }
+    resumable = tmp_path / "resume"
+    shutil.copytree(trained_run, resumable)
+    (resumable / "checkpoint.pt").write_bytes((trained_run / "model.safetensors").read_bytes()[:10])
+    config = json.loads((resumable / "config.json").read_text())
+    not_a_folder = tmp_path / "a-file"  # where a folder should be: fails even for root
+    not_a_folder.write_text("")
+    cases = [
+        (("data", tmp_path / "locked.zip"), "password"),
+        (("data", tmp_path / "ppmd.zip"), "compression method"),
+        (
+            (
+                "train",
+                ROOT / "assets" / "example",
+                "--out",
+                tmp_path / "w1",
+                "--weights",
+                tmp_path / "garbage.safetensors",
+            ),
+            "garbage.safetensors",
+        ),
+        (
+            (
+                "train",
+                ROOT / "assets" / "example",
+                "--out",
+                tmp_path / "w2",
+                "--weights",
+                tmp_path / "code.pth",
+            ),
+            "code in a weights file is never run",
+        ),
+        *[(("predict", run, picture), what) for what, run in runs.items()],
+        (
+            ("train", ROOT / "assets" / "example", "--out", not_a_folder / "run", "--epochs", "1"),
+            "cannot read or write",
+        ),
+    ]
+    edits = (("batch_size", 0, "batch size"), ("lr", -1, "learning rate"), ("epochs", "ten", "ten"))
+
+    def one_line_exit_2(args, reason):
+        code = main([str(a) for a in args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, (args, err)
+        assert len(err) == 1 and reason in err[0], (args, err)
+
+    for args, reason in cases:
+        one_line_exit_2(args, reason)
+    for key, value, reason in edits:  # a resumed run's settings are checked like new ones
+        (resumable / "config.json").write_text(json.dumps({**config, key: value}))
+        one_line_exit_2(("train", ROOT, "--out", resumable, "--resume"), reason)
+    os.chdir(tmp_path)  # the default run folder is named after the data: cut to fit
+    try:
+        assert main(["train", str(long_name), "--epochs", "1"]) == 0
+    finally:
+        os.chdir(ROOT)
