@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -66,18 +67,55 @@ def install_stamp(extras: str) -> str:
     return f"{digest}{extras}"
 
 
+# PyTorch's own index of CPU-only builds: about 200 MB instead of about 4 GB with the GPU
+# libraries, which a computer without an NVIDIA GPU never uses.
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def has_nvidia_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia").exists()
+
+
+def pip(args: list[str], what: str) -> int:
+    """Run pip with its own progress, and say every half minute that it is still working: while
+    it unpacks PyTorch it prints nothing for minutes after 'Installing collected packages'."""
+    process = subprocess.Popen([sys.executable, "-m", "pip", *args], cwd=ROOT)
+    waited = 0
+    while True:
+        try:
+            return process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            waited += 30
+            say(f"still {what} ({waited} s so far; unpacking PyTorch alone takes minutes)...")
+
+
+def install_cpu_torch() -> None:
+    """On Linux without an NVIDIA GPU, try PyTorch's CPU-only build first (the default build
+    from PyPI carries ~4 GB of GPU libraries); where that index cannot be reached, the default
+    build is installed with the rest. STUDIO_TORCH=default skips this."""
+    if os.environ.get("STUDIO_TORCH") == "default" or not sys.platform.startswith("linux"):
+        return
+    if has_nvidia_gpu() or importlib.util.find_spec("torch") is not None:
+        return
+    say("no NVIDIA GPU here: trying PyTorch's CPU-only build (about 200 MB instead of 4 GB)")
+    args = ["install", "--index-url", CPU_TORCH_INDEX, "--timeout", "15", "--retries", "0"]
+    if pip([*args, "torch", "torchvision"], "installing PyTorch") != 0:
+        say("the CPU-only build could not be reached; installing the default build (about 4 GB)")
+
+
 def install(extras: str) -> None:
     """Install the project (editable) into the running environment, with pip's own progress."""
     target = f".[{extras}]" if extras else "."
+    install_cpu_torch()
     say(
-        f"installing Transfer Studio and its libraries ({target}); the first time this downloads "
-        "or unpacks a few GB and can take several minutes..."
+        f"installing Transfer Studio and its libraries ({target}): the first time this downloads "
+        "or unpacks up to 4 GB (PyTorch with GPU libraries on a computer without an NVIDIA GPU "
+        "that could not get the CPU-only build) and takes several minutes..."
     )
-    command = [sys.executable, "-m", "pip", "install", "--progress-bar", "on", "-e", target]
-    result = subprocess.run(command, cwd=ROOT)
-    if result.returncode != 0:
+    status = pip(["install", "--progress-bar", "on", "-e", target], "installing")
+    if status != 0:
         say("installation failed; the messages above say why. Fix that and run this again.")
-        sys.exit(result.returncode)
+        sys.exit(status)
     MARKER.write_text(install_stamp(extras))
     say("installation finished")
 

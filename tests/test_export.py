@@ -63,7 +63,7 @@ def test_broken_runs_are_refused(tmp_path, trained_run):
         (broken / name).write_text((trained_run / name).read_text())
     (broken / "model.safetensors").write_bytes(b"garbage")
     (broken / "preprocess.json").write_text((trained_run / "preprocess.json").read_text())
-    with pytest.raises(RunError, match="cannot load"):
+    with pytest.raises(RunError, match="model.safetensors is not a weights file"):
         load_run(broken)
     with pytest.raises(StudioError, match="unknown export format"):
         export_run(trained_run, "tflite")

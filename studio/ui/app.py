@@ -46,7 +46,7 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
             with gr.Tab("1 · Data", id="data"):
                 data = build_data_tab(ctx, ws_state)
             with gr.Tab("2 · Model", id="model") as model_tab:
-                model = build_model_tab(ctx, ws_state)
+                model = build_model_tab(ctx, ws_state, model_tab)
             with gr.Tab("3 · Train", id="train") as train_tab:
                 training = build_train_tab(ctx, ws_state, model["backbone"], model["freeze"])
             with gr.Tab("4 · Evaluate", id="evaluate") as evaluate_tab:
@@ -99,7 +99,6 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
         demo.load(model["refresh"], None, model["views"])
         # Lists of runs are re-read whenever their tab is opened.
         train_tab.select(training["refresh"], ws_state, training["views"])
-        model_tab.select(*model["on_select"])  # the head's size follows the classes
         explained["wire_top_losses"](tabs, evaluate["losses"], evaluate["run"])
         explained["wire_predict"](tabs, predict["explain_button"], predict["image"], predict["run"])
         tabs_and_parts = (
@@ -140,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # The terminal is for the person running the app: no line per HTTP request, no ONNX
+    # optimiser chatter during an export (warnings and errors still show).
+    for noisy in ("httpx", "httpcore", "onnxscript", "onnx_ir", "torch.onnx", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     base = Path(args.workspace).resolve()
     if args.max_trainings:  # read by studio.jobs when the engine loads
         os.environ["STUDIO_MAX_TRAININGS"] = str(max(1, args.max_trainings))
@@ -152,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("STUDIO_CACHE"):  # a relative cache folder must not move with the chdir
         os.environ["STUDIO_CACHE"] = os.path.abspath(os.environ["STUDIO_CACHE"])
     os.chdir(base)
+    where = "this computer only" if args.host in ("127.0.0.1", "localhost") else "the network"
+    print(f"Transfer Studio: http://{args.host}:{args.port} (open to {where}; Ctrl-C stops it)")
     demo.queue(default_concurrency_limit=4).launch(
         server_name=args.host,
         server_port=args.port,
@@ -162,5 +167,6 @@ def main(argv: list[str] | None = None) -> int:
         footer_links=[],
         theme=gr.themes.Soft(),
         show_error=False,
+        quiet=not args.share,  # Gradio's own lines (a share-link hint offline apps cannot use)
     )
     return 0

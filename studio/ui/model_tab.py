@@ -98,7 +98,7 @@ def freeze_spec(name: str, frozen_count: int) -> str:
     return "backbone" if frozen_count == len(groups) - 1 else str(frozen_count)
 
 
-def build_model_tab(ctx: Context, ws_state: gr.State) -> dict:
+def build_model_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab) -> dict:
     gr.Markdown(HELP)
     table = gr.Dataframe(
         label="Backbones",
@@ -154,8 +154,11 @@ def build_model_tab(ctx: Context, ws_state: gr.State) -> dict:
         return freeze_summary(name, frozen, class_count(ctx, ws_id))
 
     speed_btn.click(friendly(measure), None, table)
-    backbone.change(on_backbone, [backbone, ws_state], [freeze, summary])
-    freeze.change(on_freeze, [backbone, freeze, ws_state], summary)
+    # Opening the tab sizes the head for the classes the Data tab now has. A slow answer (torch
+    # still loading) must not overwrite a choice made meanwhile: a change cancels it.
+    opened = tab.select(on_freeze, [backbone, freeze, ws_state], summary)
+    backbone.change(on_backbone, [backbone, ws_state], [freeze, summary], cancels=[opened])
+    freeze.change(on_freeze, [backbone, freeze, ws_state], summary, cancels=[opened])
 
     def refresh():
         """Catalog and layer groups, read when the page opens (from disk after the first start)."""
@@ -171,5 +174,4 @@ def build_model_tab(ctx: Context, ws_state: gr.State) -> dict:
         "freeze": freeze,
         "refresh": refresh,
         "views": [table, freeze, summary],
-        "on_select": (on_freeze, [backbone, freeze, ws_state], summary),
     }
