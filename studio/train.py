@@ -661,10 +661,28 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
     loss_fn = _training_loss(run)  # before a resume loads trained weights (L2-SP's reference)
     _write_run_files(run, first=resume_state is None)
     progress = _Progress.resume(resume_state, run.model) if resume_state else _Progress()
-    run_dir = Path(cfg.out)
+    phases = _phases(cfg)
+    # Staged unfreezing: the head phase trains on the features cached for the later phase (its
+    # still-frozen middle layers run forward each epoch), so the pictures are decoded and the
+    # frozen prefix computed once for the whole run, not once per phase.
+    last_frozen = parse_freeze(phases[-1].freeze, run.groups)
+    shared = len(phases) > 1 and bool(last_frozen) and cfg.cache
+    stopped = yield from _run_phases(
+        run, phases, progress, loss_fn, resume_state, stop, last_frozen if shared else None
+    )
+    if not progress.history:
+        if stopped:
+            return  # stopped before the first epoch: there is no model to keep
+        raise StudioError("no epoch was trained")
+    yield _finish(run, progress, stopped, time.perf_counter() - t_start)
 
-    stopped, started = None, False
-    for index, phase in enumerate(_phases(cfg)):
+
+def _run_phases(run: _Setup, phases, progress, loss_fn, resume_state, stop, cache_frozen):
+    """Each phase in turn: its freeze, its feeder (one feeder for all phases when
+    ``cache_frozen`` names the prefix to cache), its epochs. Returns why it stopped, if it did."""
+    cfg, dataset, run_dir = run.cfg, run.dataset, Path(run.cfg.out)
+    stopped, started, feeder = None, False, None
+    for index, phase in enumerate(phases):
         if progress.done_epochs >= phase.last:
             continue  # finished before the resume
         frozen = parse_freeze(phase.freeze, run.groups)
@@ -687,25 +705,39 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
         elif phase.name == "train":
             yield ev.Notice(f"unfreezing: now training {trainable:,} parameters")
 
-        feeder = yield from _make_feeder(run, frozen, run_dir / ".cache", stop)
-        if feeder is None:
-            stopped = _STOPPED_BY_USER  # while caching
-        else:
-            try:
+        try:
+            if feeder is None or cache_frozen is None:
+                if feeder is not None:
+                    feeder.close()
+                feeder = yield from _feeder_for(run, frozen, cache_frozen, stop)
+            if feeder is None:
+                stopped = _STOPPED_BY_USER  # while caching
+            else:
                 stopped = yield from _run_phase(
                     run, index, phase, feeder, loss_fn, progress, resume_state, stop
                 )
-            finally:
+        except BaseException:
+            if feeder is not None:
                 feeder.close()
+            raise
         if stopped:
             yield ev.Stopped(stopped, progress.done_epochs)
             break
+    if feeder is not None:
+        feeder.close()
+    return stopped
 
-    if not progress.history:
-        if stopped:
-            return  # stopped before the first epoch: there is no model to keep
-        raise StudioError("no epoch was trained")
-    yield _finish(run, progress, stopped, time.perf_counter() - t_start)
+
+def _feeder_for(run: _Setup, frozen: list[str], cache_frozen: list[str] | None, stop):
+    """The phase's feeder; with ``cache_frozen``, one caching that prefix, which the cache plan
+    reads from ``requires_grad``: that freeze is applied while planning, then the phase's own."""
+    if cache_frozen is None:
+        return (yield from _make_feeder(run, frozen, Path(run.cfg.out) / ".cache", stop))
+    apply_freeze(run.model, run.groups, cache_frozen)
+    try:
+        return (yield from _make_feeder(run, cache_frozen, Path(run.cfg.out) / ".cache", stop))
+    finally:
+        apply_freeze(run.model, run.groups, frozen)
 
 
 def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:

@@ -161,6 +161,8 @@ def test_staged_unfreezing_trains_the_head_first_and_resumes_exactly(
     epochs = [e for e in events if isinstance(e, ev.Epoch)]
     assert [e.phase for e in epochs] == ["head", "train", "train"]
     assert any("unfreezing" in e.message for e in events if isinstance(e, ev.Notice))
+    # One caching pass for both phases: the head phase trains on the later phase's features.
+    assert sum(isinstance(e, ev.Caching) and e.done == 0 for e in events) == 1
 
     # Stopped after the head phase (then the resume unfreezes with a fresh optimizer) or inside
     # the unfrozen phase (then the optimizer state and the L2-SP reference, the pretrained
