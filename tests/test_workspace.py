@@ -188,15 +188,13 @@ def test_a_workspace_opens_only_with_its_browsers_key(tmp_path):
     assert owners.open(old.id)[1].root != old.root
 
 
-def test_trainings_wait_in_line_and_a_waiting_one_can_be_cancelled(tmp_path):
+def test_trainings_wait_in_line_and_a_waiting_one_can_be_cancelled(tmp_path, small_example):
     """One place: the second job waits, says its place, is cancelled leaving nothing behind;
     the third starts once the first is done."""
     import threading
 
     from studio.jobs import TrainingQueue
 
-    ws = Workspace(tmp_path / "ws")
-    ws.load_example()
     queue = TrainingQueue(limit=1)
     release = threading.Event()
 
@@ -206,7 +204,7 @@ def test_trainings_wait_in_line_and_a_waiting_one_can_be_cancelled(tmp_path):
             release.wait(120)
 
     def job(name):
-        cfg = TrainConfig(data=str(ws.data_dir), out=str(tmp_path / name), epochs=1)
+        cfg = TrainConfig(data=str(small_example), out=str(tmp_path / name), epochs=1)
         return TrainingJob(cfg, queue=queue)
 
     first, second, third = job("first"), job("second"), job("third")
