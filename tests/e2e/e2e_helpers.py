@@ -31,6 +31,8 @@ def running_app(workspace: Path, port: int | None = None):
         "STUDIO_OFFLINE": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
         "STUDIO_MAX_TRAININGS": "1",  # one at a time, whatever the machine: tests see the line
+        # Its own cache, as on a new computer: no speeds measured before, facts read from timm.
+        "STUDIO_CACHE": str(workspace / ".studio-cache"),
     }
     with open(workspace / f"app-{port}.log", "a") as log:
         proc = subprocess.Popen(
