@@ -125,6 +125,7 @@ def _crafted_zip(path, flag_bits: int = 0, method: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the refused file's own warning
 def test_hostile_files_and_tampered_runs_get_one_line_and_exit_2(tmp_path, trained_run, capsys):
     """Each case once answered 'internal error' (exit 1) or a six-line message."""
     import os
