@@ -211,6 +211,10 @@ class Workspace:
         """Add the class folders inside a zip (extracted safely) to this workspace."""
         with tempfile.TemporaryDirectory(dir=self.root) as tmp:
             content = extract_zip(zip_path, Path(tmp) / "zip")
+            if content.name != "zip" and not any(p.is_dir() for p in content.iterdir()):
+                # extract_zip unwraps a lone top folder; one holding only pictures is itself a
+                # class (a zip of one class's folder), not a wrapper around class folders.
+                content = content.parent
             # Accept train/val/test wrappers too: their class folders are merged.
             splits = [
                 p

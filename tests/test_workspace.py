@@ -225,3 +225,14 @@ def test_trainings_wait_in_line_and_a_waiting_one_can_be_cancelled(tmp_path, sma
     release.set()
     assert first.wait(120) and third.wait(120)
     assert third.snapshot().state == "finished"
+
+
+def test_a_zip_of_one_class_folder_adds_that_class(tmp_path):
+    """pears.zip holding pears/*.jpg adds the class 'pears' (it was refused as holding none)."""
+    ws = Workspace(tmp_path / "ws")
+    archive = tmp_path / "pears.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(3):
+            zf.write(write_image(tmp_path / f"{i}.png", size=(40, 40), seed=i), f"pears/{i}.png")
+    report = ws.import_zip(archive)
+    assert report.classes == ["pears"] and report.added == 3 and ws.classes() == ["pears"]
