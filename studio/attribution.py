@@ -28,6 +28,7 @@ __all__ = [
     "ExplainStopped",
     "method_key",
     "model_blocks",
+    "ready_for_attribution",
     "attribute",
     "find_cam_layer",
     "normalize",
@@ -143,7 +144,7 @@ class _Watched(torch.nn.Module):
         return out
 
 
-def _ready(model: torch.nn.Module) -> torch.nn.Module:
+def ready_for_attribution(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode, and no in-place activations: Captum's backward hooks cannot wrap them."""
     model.eval()
     for module in model.modules():
@@ -291,7 +292,7 @@ def attribute(
         raise StudioError("attribute() explains one picture at a time (1 x 3 x H x W)")
     side = x.shape[-1]
     base = torch.zeros_like(x) if baseline is None else baseline.detach().float().reshape(x.shape)
-    model = _ready(model)
+    model = ready_for_attribution(model)
     if info.needs_layer and layer is None:
         layer = find_cam_layer(model, tuple(x.shape[-2:]))[1]
 

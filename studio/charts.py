@@ -15,7 +15,6 @@ __all__ = [
     "training_curves",
     "confusion_matrix",
     "top_k_bar",
-    "lr_curve",
     "faithfulness_curves",
     "sanity_curve",
 ]
@@ -118,19 +117,6 @@ def top_k_bar(top: Sequence[tuple[str, float]], title: str = "") -> go.Figure:
         title=title,
         xaxis=dict(range=[0, 1], tickformat=".0%"),
         **{**_LAYOUT, "height": 80 + 40 * len(top)},
-    )
-    return fig
-
-
-def lr_curve(lrs: Sequence[float], losses: Sequence[float], suggestion: float) -> go.Figure:
-    fig = go.Figure(go.Scatter(x=list(lrs), y=list(losses), mode="lines"))
-    fig.add_vline(x=suggestion, line_dash="dash", annotation_text=f"suggested {suggestion:.1e}")
-    fig.update_layout(
-        title="Learning-rate finder",
-        xaxis_type="log",
-        xaxis_title="learning rate",
-        yaxis_title="loss",
-        **_LAYOUT,
     )
     return fig
 

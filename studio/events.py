@@ -8,7 +8,7 @@ line with a ``"kind"`` field.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "Stopped",
     "Finished",
     "Error",
-    "event_from_dict",
 ]
 
 
@@ -92,7 +91,6 @@ class Epoch(Event):
     seconds: float
     best: bool = False
     phase: str = "train"
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -127,16 +125,3 @@ class Error(Event):
     kind: ClassVar[str] = "error"
     message: str
     bad_input: bool = True
-
-
-_KINDS = {
-    cls.kind: cls
-    for cls in (Started, Notice, Caching, Batch, Epoch, Checkpoint, Stopped, Finished, Error)
-}
-
-
-def event_from_dict(data: dict) -> Event:
-    """Rebuild an event read back from ``events.jsonl``."""
-    data = dict(data)
-    cls = _KINDS[data.pop("kind")]
-    return cls(**data)

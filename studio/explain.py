@@ -26,12 +26,12 @@ from .attribution import (
     SIGNS,
     ExplainStopped,
     Method,
-    _ready,
     attribute,
     find_cam_layer,
     method_key,
     normalize,
     overlay,
+    ready_for_attribution,
 )
 from .errors import DataError, StudioError
 from .evaluate import probabilities
@@ -117,7 +117,7 @@ class Explainer:
         from .loaders import build_transform
 
         self.device = torch.device(device)
-        self.model = _ready(model).to(self.device)
+        self.model = ready_for_attribution(model).to(self.device)
         self.labels = list(labels)
         self.multilabel = multilabel
         self.mean = torch.tensor(data_cfg["mean"]).view(3, 1, 1)

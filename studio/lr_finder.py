@@ -14,7 +14,7 @@ import numpy as np
 from .data import Dataset
 from .freeze import apply_freeze, keep_frozen_norms_in_eval, optimizer_groups, parse_freeze
 from .paths import cache_dir
-from .train import TrainConfig, _loss_fn, _make_feeder, _make_optimizer, _set_up
+from .train import TrainConfig, make_feeder, make_optimizer, make_task_loss, set_up
 
 __all__ = ["lr_find", "suggest_lr"]
 
@@ -45,22 +45,22 @@ def lr_find(
         ``{"lrs": [...], "losses": [...], "suggestion": lr}`` (losses smoothed).
     """
     quiet = TrainConfig(**{**config.to_dict(), "augment": "none", "cache_views": 1})
-    run = _set_up(quiet, dataset)
+    run = set_up(quiet, dataset)
     model, groups = run.model, run.groups
     frozen = parse_freeze(config.freeze, groups)
     apply_freeze(model, groups, frozen)
-    feeder_gen = _make_feeder(run, frozen, cache_dir("lr-find"), with_val=False)
+    feeder_gen = make_feeder(run, frozen, cache_dir("lr-find"), with_val=False)
     try:
         while True:
             next(feeder_gen)  # caching progress: nobody watches it here
     except StopIteration as done:
         feeder = done.value
-    optimizer = _make_optimizer(
+    optimizer = make_optimizer(
         config, optimizer_groups(model, groups, start_lr, config.weight_decay, config.layer_decay)
     )
     base = [g["lr"] for g in optimizer.param_groups]
     factor = (end_lr / start_lr) ** (1 / max(1, steps - 1))
-    loss_fn = _loss_fn(run.dataset.multilabel, config.label_smoothing)
+    loss_fn = make_task_loss(run.dataset.multilabel, config.label_smoothing)
     lrs, losses = [], []
     smoothed, best = 0.0, math.inf
     step = 0

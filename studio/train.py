@@ -8,7 +8,7 @@ the run folder; ``checkpoint.pt`` after every epoch makes a killed run resumable
 ``resume=True`` to the exact same result as an uninterrupted one (RNGs are re-seeded per epoch).
 
 The pieces, in the order a run meets them: :func:`_open_run` (new run or resume),
-:func:`_set_up` (data, model, transforms; shared with the LR finder), :func:`_make_feeder`
+:func:`set_up` (data, model, transforms; shared with the LR finder), :func:`make_feeder`
 (cached frozen-prefix features or images), :func:`_run_phase` and :func:`_train_epoch` (the
 epochs, tracked by :class:`_Progress`, which is also what a checkpoint stores), :func:`_finish`.
 """
@@ -49,7 +49,19 @@ from .loaders import AUGMENT_PRESETS, ImageSamples, build_transform, image_loade
 from .rng import seeded, step_seed
 from .runs import CHECKPOINT, load_checkpoint, load_json, save_checkpoint, save_history, save_json
 
-__all__ = ["TrainConfig", "train", "run_training", "select_device", "StopFlag"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "run_training",
+    "select_device",
+    "StopFlag",
+    # the pieces the LR finder shares (the seams issue moves them into a loop module)
+    "RunSetup",
+    "set_up",
+    "make_feeder",
+    "make_optimizer",
+    "make_task_loss",
+]
 
 CHECKPOINT_FORMAT = 1
 
@@ -267,7 +279,9 @@ class _CachedFeeder:
 # --------------------------------------------------------------------------- pieces of the loop
 
 
-def _loss_fn(multilabel: bool, label_smoothing: float):
+def make_task_loss(multilabel: bool, label_smoothing: float):
+    """The task's loss, ``loss(logits, targets)``: cross-entropy with label smoothing, or
+    binary cross-entropy per tag for multi-label data (no regulariser: see L2-SP)."""
     if multilabel:
         return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)
     return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
@@ -279,7 +293,8 @@ def _correct(logits: torch.Tensor, y: torch.Tensor, multilabel: bool, threshold:
     return int((logits.argmax(1) == y).sum())
 
 
-def _make_optimizer(cfg: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum, over per-group learning rates (freeze.py)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.AdamW(param_groups, lr=cfg.lr)
@@ -356,7 +371,7 @@ def _auto_views(cfg: TrainConfig) -> int:
 
 
 @dataclass
-class _Setup:
+class RunSetup:
     """A config made concrete: data, device, the model and its transforms.
 
     Shared by training and the LR finder, so both see the same model and the same inputs.
@@ -390,7 +405,9 @@ def _load_data(cfg: TrainConfig, dataset: Dataset | None) -> Dataset:
     )
 
 
-def _set_up(cfg: TrainConfig, dataset: Dataset | None = None) -> _Setup:
+def set_up(cfg: TrainConfig, dataset: Dataset | None = None) -> RunSetup:
+    """Everything a run (or the LR finder) trains with: data, device, model with its new head,
+    layer groups, transforms. Shared so both build the model the same way."""
     dataset = _load_data(cfg, dataset)
     device = select_device(cfg.device)
     classes, multilabel = dataset.classes, dataset.multilabel
@@ -410,7 +427,7 @@ def _set_up(cfg: TrainConfig, dataset: Dataset | None = None) -> _Setup:
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return _Setup(
+    return RunSetup(
         cfg,
         dataset,
         device,
@@ -426,8 +443,8 @@ def _set_up(cfg: TrainConfig, dataset: Dataset | None = None) -> _Setup:
     )
 
 
-def _make_feeder(
-    run: _Setup,
+def make_feeder(
+    run: RunSetup,
     frozen: list[str],
     cache_folder: Path,
     stop: StopFlag | None = None,
@@ -496,11 +513,11 @@ def _make_feeder(
     )
 
 
-def _training_loss(run: _Setup) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _training_loss(run: RunSetup) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss that is minimised: the task's loss plus, with L2-SP, a pull towards the
     pretrained weights (captured here, before any training or resume changes them)."""
     cfg, model = run.cfg, run.model
-    task_loss = _loss_fn(run.dataset.multilabel, cfg.label_smoothing)
+    task_loss = make_task_loss(run.dataset.multilabel, cfg.label_smoothing)
     if cfg.l2sp <= 0:
         return task_loss
     head = {name for g in run.groups if g.name == "head" for name in g.params}
@@ -657,7 +674,7 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
     dataset = _load_data(cfg, dataset)
     if resume_state is not None and resume_state["split_hash"] != dataset.split_hash():
         raise StudioError("the data changed since this run started; resume needs the same split")
-    run = _set_up(cfg, dataset)
+    run = set_up(cfg, dataset)
     loss_fn = _training_loss(run)  # before a resume loads trained weights (L2-SP's reference)
     _write_run_files(run, first=resume_state is None)
     progress = _Progress.resume(resume_state, run.model) if resume_state else _Progress()
@@ -677,7 +694,7 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
     yield _finish(run, progress, stopped, time.perf_counter() - t_start)
 
 
-def _run_phases(run: _Setup, phases, progress, loss_fn, resume_state, stop, cache_frozen):
+def _run_phases(run: RunSetup, phases, progress, loss_fn, resume_state, stop, cache_frozen):
     """Each phase in turn: its freeze, its feeder (one feeder for all phases when
     ``cache_frozen`` names the prefix to cache), its epochs. Returns why it stopped, if it did."""
     cfg, dataset, run_dir = run.cfg, run.dataset, Path(run.cfg.out)
@@ -728,14 +745,14 @@ def _run_phases(run: _Setup, phases, progress, loss_fn, resume_state, stop, cach
     return stopped
 
 
-def _feeder_for(run: _Setup, frozen: list[str], cache_frozen: list[str] | None, stop):
+def _feeder_for(run: RunSetup, frozen: list[str], cache_frozen: list[str] | None, stop):
     """The phase's feeder; with ``cache_frozen``, one caching that prefix, which the cache plan
     reads from ``requires_grad``: that freeze is applied while planning, then the phase's own."""
     if cache_frozen is None:
-        return (yield from _make_feeder(run, frozen, Path(run.cfg.out) / ".cache", stop))
+        return (yield from make_feeder(run, frozen, Path(run.cfg.out) / ".cache", stop))
     apply_freeze(run.model, run.groups, cache_frozen)
     try:
-        return (yield from _make_feeder(run, cache_frozen, Path(run.cfg.out) / ".cache", stop))
+        return (yield from make_feeder(run, cache_frozen, Path(run.cfg.out) / ".cache", stop))
     finally:
         apply_freeze(run.model, run.groups, frozen)
 
@@ -781,7 +798,7 @@ def _never_set_up(run_dir: Path) -> bool:
     return all(p.name in _SET_UP_FILES for p in run_dir.iterdir())
 
 
-def _write_run_files(run: _Setup, first: bool) -> None:
+def _write_run_files(run: RunSetup, first: bool) -> None:
     """What a classroom needs to repeat the run (config, data report, split) and a program
     needs to use its model (labels, preprocessing)."""
     run_dir, cfg, dataset = Path(run.cfg.out), run.cfg, run.dataset
@@ -801,7 +818,7 @@ def _write_run_files(run: _Setup, first: bool) -> None:
 
 
 def _run_phase(
-    run: _Setup,
+    run: RunSetup,
     index: int,
     phase: _Phase,
     feeder,
@@ -815,7 +832,7 @@ def _run_phase(
     Each phase has its own optimizer and schedule (the trainable parameters differ).
     """
     cfg, model = run.cfg, run.model
-    optimizer = _make_optimizer(
+    optimizer = make_optimizer(
         cfg, optimizer_groups(model, run.groups, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     )
     steps = feeder.steps_per_epoch()
@@ -871,7 +888,7 @@ def _run_phase(
     return None
 
 
-def _train_epoch(run: _Setup, feeder, loss_fn, optimizer, scheduler, scaler, epoch: int, stop):
+def _train_epoch(run: RunSetup, feeder, loss_fn, optimizer, scheduler, scaler, epoch: int, stop):
     """One pass over the training batches, yielding a ``Batch`` event per step.
 
     Returns ``(mean loss, accuracy, images seen, whether a stop was asked)``.
@@ -908,7 +925,7 @@ def _train_epoch(run: _Setup, feeder, loss_fn, optimizer, scheduler, scaler, epo
     return total_loss / max(1, seen), correct / max(1, seen), seen, stop_asked
 
 
-def _finish(run: _Setup, progress: _Progress, stopped: str | None, seconds: float) -> ev.Finished:
+def _finish(run: RunSetup, progress: _Progress, stopped: str | None, seconds: float) -> ev.Finished:
     """Keep the best epoch, measure it on held-out data and write the model files."""
     from .export import write_model_files
 
@@ -967,10 +984,10 @@ def _mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _validate(run: _Setup, feeder) -> tuple[float | None, float | None]:
+def _validate(run: RunSetup, feeder) -> tuple[float | None, float | None]:
     """Validation loss and accuracy (the task's loss alone, without L2-SP); None without data."""
     model, multilabel = run.model, run.dataset.multilabel
-    loss_fn = _loss_fn(multilabel, run.cfg.label_smoothing)
+    loss_fn = make_task_loss(multilabel, run.cfg.label_smoothing)
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in feeder.val_batches():

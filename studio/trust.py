@@ -22,10 +22,10 @@ import torch
 from .attribution import (
     METHODS,
     ExplainStopped,
-    _ready,
     attribute,
     method_key,
     model_blocks,
+    ready_for_attribution,
 )
 from .errors import StudioError
 from .evaluate import probabilities
@@ -113,7 +113,7 @@ def faithfulness(
     blurred = _blur(x)
     zeros = torch.zeros_like(x)
     curves: dict[str, list[float]] = {"deletion": [], "insertion": []}
-    model = _ready(model)
+    model = ready_for_attribution(model)
     for kind, (first, second) in {"deletion": (zeros, x), "insertion": (x, blurred)}.items():
         # Pixels ranked below the cut come from `first`, the rest from `second`.
         batch = torch.cat(
