@@ -98,9 +98,16 @@ def install_cpu_torch() -> None:
     if has_nvidia_gpu() or importlib.util.find_spec("torch") is not None:
         return
     say("no NVIDIA GPU here: trying PyTorch's CPU-only build (about 200 MB instead of 4 GB)")
-    args = ["install", "--index-url", CPU_TORCH_INDEX, "--timeout", "15", "--retries", "0"]
-    if pip([*args, "torch", "torchvision"], "installing PyTorch") != 0:
+    # --isolated: that index alone, so torch and torchvision come as a matching pair (pip's
+    # configured indexes or wheel folders could pair a CPU torch with a GPU torchvision).
+    args = ["install", "--isolated", "--index-url", CPU_TORCH_INDEX, "--timeout", "15"]
+    if pip([*args, "--retries", "0", "torch", "torchvision"], "installing PyTorch") != 0:
         say("the CPU-only build could not be reached; installing the default build (about 4 GB)")
+        return
+    check = "import torch, torchvision; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)"
+    if subprocess.run([sys.executable, "-c", check], cwd=ROOT).returncode != 0:
+        say("that PyTorch build does not work here; installing the default build instead")
+        pip(["uninstall", "-y", "torch", "torchvision"], "removing it")
 
 
 def install(extras: str) -> None:
