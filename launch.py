@@ -168,10 +168,7 @@ def start(args: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
     from studio.ui.app import main as app
 
-    say(
-        "starting Transfer Studio; open http://127.0.0.1:7860 if no browser window appears "
-        "(stop it with Ctrl-C)"
-    )
+    say("starting Transfer Studio; if no browser window appears, open the address below")
     extra = (
         []
         if any(a.startswith("--workspace") for a in args)
