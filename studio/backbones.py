@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import BackboneError
+from .errors import BackboneError, first_line
 
 if TYPE_CHECKING:  # torch and timm load on first use: the app's page answers before they do
     import torch
@@ -338,7 +338,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         why = (
             "it holds code to run, not only numbers, and code in a weights file is never run"
             if "weights_only" in str(exc).lower() or "unpickl" in str(exc).lower()
-            else (str(exc).strip().splitlines() or ["unreadable"])[0][:200]
+            else first_line(exc)
         )
         raise BackboneError(f"cannot read weights file {path.name}: {why}") from None
     for key in ("state_dict", "model", "model_state_dict"):

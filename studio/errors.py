@@ -7,7 +7,7 @@ error (exit status 1).
 
 from __future__ import annotations
 
-__all__ = ["StudioError", "DataError", "BackboneError", "RunError"]
+__all__ = ["StudioError", "DataError", "BackboneError", "RunError", "first_line"]
 
 
 class StudioError(Exception):
@@ -24,3 +24,9 @@ class BackboneError(StudioError):
 
 class RunError(StudioError):
     """A run folder is missing, incomplete or from an incompatible version."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of a library's error, for a one-line message (torch's refusal to unpickle
+    runs to six lines)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

@@ -44,7 +44,6 @@ def probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-@torch.inference_mode()  # no autograd graph: half the memory, and faster
 def predict_probs(
     model: torch.nn.Module,
     dataset: ImageSamples,

@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .data import readable
-from .errors import RunError, StudioError
+from .errors import RunError, StudioError, first_line
 from .evaluate import score_words
 from .images import ImageProblem, open_rgb
 from .loaders import build_transform
@@ -96,16 +96,12 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         state = load_file(str(run / "model.safetensors"))
         model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - any mismatch means the files do not belong together
-        raise RunError(f"cannot load the model in {run}: {_first_line(exc)}") from None
+        raise RunError(f"cannot load the model in {run}: {first_line(exc, 300)}") from None
     model.eval()
     return LoadedRun(run, model, labels, multilabel, threshold, preprocess, config)
 
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _checked_run_files(run: Path) -> tuple[dict, list[str], bool, float, dict]:
@@ -303,7 +299,9 @@ def _run_graph(fmt: str, path: Path, images: torch.Tensor) -> np.ndarray:
         return module(images).numpy()
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> ExportResult:
+def export_run(
+    run_dir: str | Path | LoadedRun, fmt: str, out: str | Path | None = None
+) -> ExportResult:
     """Export the run's model and verify the exported file against PyTorch.
 
     The file is written and checked under a temporary name, then renamed into place: a crash or
@@ -312,7 +310,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     is never called checked (see :func:`checked_exports`).
 
     Args:
-        run_dir: A finished run.
+        run_dir: A finished run (or one already loaded, to export several formats from it).
         fmt: One of :data:`FORMATS`: ``"onnx"``, ``"pt2"`` or ``"torchscript"``.
         out: Output file; defaults to ``model.onnx`` / ``model.pt2`` / ``model.torchscript.pt``
             in the run.
@@ -323,7 +321,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     """
     if fmt not in FORMATS:
         raise StudioError(f"unknown export format {fmt!r}; choose {', '.join(FORMATS)}")
-    loaded = load_run(run_dir)
+    loaded = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
     run = loaded.run_dir
     target = Path(out) if out else run / FILE_NAMES[fmt]
     target.parent.mkdir(parents=True, exist_ok=True)

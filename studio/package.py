@@ -144,7 +144,7 @@ def build_package(run_dir: str | Path, progress: Progress | None = None) -> Pack
     for i, fmt in enumerate(FORMATS):
         if fmt not in records:
             say(i / steps, f"exporting {fmt} and checking it against PyTorch")
-            export_run(run, fmt)
+            export_run(loaded, fmt)  # loaded once for every format
     records = checked_exports(run)
     missing = [f for f in FORMATS if f not in records]
     if missing:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import RunError
+from .errors import RunError, first_line
 
 __all__ = [
     "CHECKPOINT",
@@ -84,8 +84,7 @@ def load_checkpoint(path: str | Path) -> dict:
     except FileNotFoundError:
         raise RunError(f"{path} is missing") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file raises many different types
-        first = (str(exc).strip().splitlines() or ["unreadable"])[0][:200]
-        raise RunError(f"cannot read checkpoint {path}: {first}") from None
+        raise RunError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
 
 
 def save_history(path: str | Path, rows: list[dict]) -> None:

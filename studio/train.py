@@ -5,7 +5,8 @@ then for each *phase* (an optional head-only warm-up, then the main phase with t
 spec) apply the freeze, cache the frozen prefix's outputs when possible, and run epochs that
 yield :mod:`studio.events`. Everything a run needs to be repeated (config, seed, split) is saved in
 the run folder; ``checkpoint.pt`` after every epoch makes a killed run resumable with
-``resume=True`` to the exact same result as an uninterrupted one (RNGs are re-seeded per epoch).
+``resume=True`` to the exact same result as an uninterrupted one (every step's random draws are
+seeded from the run's seed and the step's number: :mod:`studio.rng`).
 
 The pieces, in the order a run meets them: :func:`_open_run` (new run or resume),
 :func:`set_up` (data, model, transforms; shared with the LR finder), :func:`make_feeder`
@@ -699,33 +700,34 @@ def _run_phases(run: RunSetup, phases, progress, loss_fn, resume_state, stop, ca
     ``cache_frozen`` names the prefix to cache), its epochs. Returns why it stopped, if it did."""
     cfg, dataset, run_dir = run.cfg, run.dataset, Path(run.cfg.out)
     stopped, started, feeder = None, False, None
-    for index, phase in enumerate(phases):
-        if progress.done_epochs >= phase.last:
-            continue  # finished before the resume
-        frozen = parse_freeze(phase.freeze, run.groups)
-        trainable, frozen_count = apply_freeze(run.model, run.groups, frozen)
-        if not started:
-            started = True
-            yield ev.Started(
-                str(run_dir),
-                cfg.to_dict(),
-                dataset.classes,
-                {k: len(v) for k, v in dataset.splits.items()},
-                str(run.device),
-                run.weights.note,
-                trainable,
-                frozen_count,
-                progress.done_epochs,
-            )
-            for warning in dataset.report.warnings:
-                yield ev.Notice(warning)
-        elif phase.name == "train":
-            yield ev.Notice(f"unfreezing: now training {trainable:,} parameters")
+    try:
+        for index, phase in enumerate(phases):
+            if progress.done_epochs >= phase.last:
+                continue  # finished before the resume
+            frozen = parse_freeze(phase.freeze, run.groups)
+            trainable, frozen_count = apply_freeze(run.model, run.groups, frozen)
+            if not started:
+                started = True
+                yield ev.Started(
+                    str(run_dir),
+                    cfg.to_dict(),
+                    dataset.classes,
+                    {k: len(v) for k, v in dataset.splits.items()},
+                    str(run.device),
+                    run.weights.note,
+                    trainable,
+                    frozen_count,
+                    progress.done_epochs,
+                )
+                for warning in dataset.report.warnings:
+                    yield ev.Notice(warning)
+            elif phase.name == "train":
+                yield ev.Notice(f"unfreezing: now training {trainable:,} parameters")
 
-        try:
-            if feeder is None or cache_frozen is None:
+            if feeder is None or cache_frozen is None:  # else the shared feeder serves on
                 if feeder is not None:
                     feeder.close()
+                    feeder = None
                 feeder = yield from _feeder_for(run, frozen, cache_frozen, stop)
             if feeder is None:
                 stopped = _STOPPED_BY_USER  # while caching
@@ -733,15 +735,12 @@ def _run_phases(run: RunSetup, phases, progress, loss_fn, resume_state, stop, ca
                 stopped = yield from _run_phase(
                     run, index, phase, feeder, loss_fn, progress, resume_state, stop
                 )
-        except BaseException:
-            if feeder is not None:
-                feeder.close()
-            raise
-        if stopped:
-            yield ev.Stopped(stopped, progress.done_epochs)
-            break
-    if feeder is not None:
-        feeder.close()
+            if stopped:
+                yield ev.Stopped(stopped, progress.done_epochs)
+                break
+    finally:
+        if feeder is not None:
+            feeder.close()
     return stopped
 
 

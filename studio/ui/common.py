@@ -33,12 +33,16 @@ log = logging.getLogger("studio.ui")
 
 class _Starting:
     """Holds a workspace's place while its training is being set up (torch may still be
-    loading): a second click on Start in that time finds it and is refused."""
+    loading): a second click on Start in that time finds it and is refused, and a Stop in that
+    time is remembered and passed on to the job once it exists."""
 
     done = False
 
+    def __init__(self) -> None:
+        self.stopped = False
+
     def stop(self) -> None:
-        """Nothing to stop yet."""
+        self.stopped = True
 
 
 class Context:
@@ -67,6 +71,14 @@ class Context:
         with self._jobs_lock:
             if isinstance(self.jobs.get(ws_id), _Starting):
                 del self.jobs[ws_id]
+
+    def hand_over_training(self, ws_id: str, job) -> None:
+        """Put the started job in the slot its set-up held (a Stop pressed meanwhile stops it)."""
+        with self._jobs_lock:
+            placeholder = self.jobs.get(ws_id)
+            self.jobs[ws_id] = job
+        if isinstance(placeholder, _Starting) and placeholder.stopped:
+            job.stop()
 
     def warm_up(self) -> None:
         """Load the engine's heavy half (torch, timm, scikit-learn) in the background once a

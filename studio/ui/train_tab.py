@@ -269,11 +269,12 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
             raise gr.Error(as_text(exc), print_exception=False) from None
         try:
             job = _start_job(ws, dataset, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug)
-        except StudioError as exc:
-            raise gr.Error(as_text(exc), print_exception=False) from None
-        finally:
-            ctx.release_training(ws_id)
-        ctx.jobs[ws_id] = job
+        except BaseException as exc:
+            ctx.release_training(ws_id)  # only a failed set-up gives the slot back
+            if isinstance(exc, StudioError):
+                raise gr.Error(as_text(exc), print_exception=False) from None
+            raise
+        ctx.hand_over_training(ws_id, job)
         yield from _follow(ctx, ws_id, job)
 
     def stop_training(ws_id):
@@ -281,7 +282,7 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
         if job is None or job.done:
             gr.Info("Nothing is training.")
             return
-        waiting = job.snapshot().state == "queued"
+        waiting = not hasattr(job, "snapshot") or job.snapshot().state == "queued"
         job.stop()
         gr.Info(
             "Cancelled: it had not started yet."
