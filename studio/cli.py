@@ -49,7 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from random weights (much worse on small data)",
     )
     p.add_argument(
-        "--freeze", help="none | backbone | N | to:GROUP | GROUP,GROUP (default backbone)"
+        "--freeze",
+        help="none | backbone | N | to:GROUP | last:N | GROUP,GROUP (default backbone)",
+    )
+    p.add_argument(
+        "--preset",
+        choices=["auto", "quick", "balanced", "thorough", "custom"],
+        default="auto",
+        help="a recipe (printed when used); other options change it. auto (default) picks "
+        "from the number of pictures and this computer's speed; custom: the options alone",
+    )
+    p.add_argument(
+        "--head-solver",
+        choices=["exact", "sgd"],
+        help="a head on a frozen backbone: solved exactly (default) or trained by epochs",
     )
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--head-epochs", type=int, help="staged unfreezing: head-only epochs first")
@@ -146,12 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 
-def _cmd_train(args) -> int:
-    from tqdm import tqdm
+def _train_config(args):
+    """``(config, dataset, note)``: the preset laid over the defaults, then the options given;
+    the dataset is loaded here once (the automatic preset counts its pictures)."""
+    from dataclasses import replace
 
-    from . import events as ev
-    from .evaluate import score_words
-    from .train import TrainConfig, train
+    from .presets import apply_preset
+    from .train import TrainConfig, load_training_data
 
     overrides = {
         k: v
@@ -164,6 +178,37 @@ def _cmd_train(args) -> int:
         name = Path(args.data).stem[:80]  # a file name is at most 255 bytes
         overrides["out"] = str(Path("runs") / f"{stamp}-{name}")
     config = TrainConfig(data=args.data, **overrides)
+    if args.resume:
+        return config, None, ""  # the run's own config.json decides
+    dataset = load_training_data(config)
+    config, note = apply_preset(config, args.preset, dataset)
+    if args.preset != "custom":
+        defaults = TrainConfig()
+        given = {  # what the command line set, beyond what a flag's absence leaves as it is
+            k: v
+            for k, v in overrides.items()
+            if k not in ("out", "preset", "resume")
+            and not (isinstance(v, bool) and v == getattr(defaults, k))
+        }
+        config = replace(config, **given)
+        if given:
+            note += "; then, as given: " + ", ".join(f"{k}={v}" for k, v in given.items())
+        if "head_epochs" not in given and config.head_epochs >= config.epochs:
+            config = replace(config, head_epochs=config.epochs - 1)
+            note += f"; head_epochs={config.head_epochs} to fit in {config.epochs} epochs"
+    return config, dataset, note
+
+
+def _cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from . import events as ev
+    from .evaluate import score_words
+    from .train import train
+
+    config, dataset, note = _train_config(args)
+    if note:
+        print(ev.Notice(note).to_json() if args.json else f"note: {note}", flush=True)
 
     stop = threading.Event()
 
@@ -176,7 +221,7 @@ def _cmd_train(args) -> int:
     previous = signal.signal(signal.SIGINT, on_interrupt)
     bar = None
     try:
-        for event in train(config, stop=stop):
+        for event in train(config, dataset, stop=stop):
             if args.json:
                 if not isinstance(event, ev.Batch | ev.Caching):
                     print(event.to_json(), flush=True)

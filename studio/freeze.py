@@ -10,6 +10,8 @@ A *freeze spec* is a short string, the same in the CLI, the app and ``config.jso
     freeze the first three groups (stem, stage1, stage2): "train from group 3 up".
 ``to:stage4``
     freeze everything up to and including ``stage4``.
+``last:2``
+    train the last two groups before the head, and the head: "fine-tune the top".
 ``stem,stage1``
     freeze exactly these groups.
 """
@@ -40,6 +42,8 @@ def parse_freeze(spec: str | int, groups: list[Group]) -> list[str]:
     >>> groups = [Group(n, (), 0, ()) for n in names]
     >>> parse_freeze("2", groups), parse_freeze("backbone", groups), parse_freeze("to:stage1", groups)
     (['stem', 'stage1'], ['stem', 'stage1', 'stage2'], ['stem', 'stage1'])
+    >>> parse_freeze("last:1", groups)
+    ['stem', 'stage1']
     """
     names = [g.name for g in groups]
     text = str(spec).strip().lower()
@@ -55,6 +59,10 @@ def parse_freeze(spec: str | int, groups: list[Group]) -> list[str]:
                 f"({', '.join(names)}), so use at most {len(names) - 1}"
             )
         return names[:k]
+    if text.startswith("last:") and text[5:].isdigit():
+        body = [n for n in names if n != "head"]
+        keep = min(int(text[5:]), len(body))
+        return body[: len(body) - keep]
     if text.startswith("to:"):
         last = text[3:]
         if last not in names:
@@ -65,7 +73,7 @@ def parse_freeze(spec: str | int, groups: list[Group]) -> list[str]:
     if unknown:
         raise StudioError(
             f"unknown group(s) {', '.join(unknown)} in freeze spec; "
-            f"use none, backbone, a number, to:GROUP or names from {', '.join(names)}"
+            f"use none, backbone, a number, to:GROUP, last:N or names from {', '.join(names)}"
         )
     if set(wanted) == set(names):
         raise StudioError("that freezes every group: nothing would be trained")

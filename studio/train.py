@@ -56,6 +56,8 @@ __all__ = [
     "run_training",
     "select_device",
     "StopFlag",
+    "load_training_data",
+    "solves_head_exactly",
     # the pieces the LR finder shares (the seams issue moves them into a loop module)
     "RunSetup",
     "set_up",
@@ -77,6 +79,10 @@ class TrainConfig:
     weights_file: str | None = None
     pretrained: bool = True
     freeze: str = "backbone"
+    # How a head on a frozen backbone learns: "exact" solves it (logistic regression to
+    # convergence, weight decay by cross-validation: studio.head_fit); "sgd" runs epochs.
+    head_solver: str = "exact"
+    preset: str = ""  # the preset these settings came from (studio.presets), for the record
     epochs: int = 10
     head_epochs: int = 0  # staged unfreezing: train only the head this many epochs first
     batch_size: int = 32
@@ -123,6 +129,7 @@ class TrainConfig:
             (self.batch_size >= 1, "batch size must be at least 1"),
             (0 < self.lr < 10, "learning rate must be between 0 and 10"),
             (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
+            (self.head_solver in ("exact", "sgd"), "head solver must be exact or sgd"),
             (
                 self.schedule in ("cosine", "onecycle", "constant"),
                 "schedule must be cosine, onecycle or constant",
@@ -222,6 +229,12 @@ class _ImageFeeder:
         for x, y in image_loader(self.val_ds, self.cfg.batch_size, workers=self.cfg.workers):
             yield self._move(x), y.to(self.device)
 
+    def plain_train_batches(self, eval_tf: Callable):
+        """The training pictures in order, without augmentation (for the exact head fit)."""
+        ds = ImageSamples(self.train_ds.samples, eval_tf, self.train_ds.num_classes, False)
+        for x, y in image_loader(ds, self.cfg.batch_size, workers=self.cfg.workers):
+            yield self._move(x), y.to(self.device)
+
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
@@ -260,13 +273,19 @@ class _CachedFeeder:
             yield x, self.train_targets[idx].to(self.device)
 
     def val_batches(self):
-        if self.val_store is None:
-            return
-        n = self.val_store.n_images
+        if self.val_store is not None:
+            yield from self._in_order(self.val_store, self.val_targets)
+
+    def plain_train_batches(self, eval_tf: Callable | None = None):
+        """The training pictures in order, unaugmented (view 0), for the exact head fit."""
+        yield from self._in_order(self.train_store, self.train_targets)
+
+    def _in_order(self, store: FeatureStore, targets: torch.Tensor):
+        n = store.n_images
         for start in range(0, n, self.cfg.batch_size):
             idx = np.arange(start, min(n, start + self.cfg.batch_size))
-            x = self.val_store.get(np.zeros_like(idx), idx).to(self.device)
-            yield x, self.val_targets[idx].to(self.device)
+            x = store.get(np.zeros_like(idx), idx).to(self.device)
+            yield x, targets[idx].to(self.device)
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return run_cached(model, self.plan, x)
@@ -362,10 +381,29 @@ def _phases(cfg: TrainConfig) -> list[_Phase]:
     return [_Phase("train", cfg.freeze, 1, cfg.epochs)]
 
 
-def _auto_views(cfg: TrainConfig) -> int:
+def _auto_views(run: RunSetup) -> int:
+    """Augmented views per cached picture: one when nothing would use more (no augmentation,
+    or an exact head fit, which learns from the plain pictures), else the set number or 3."""
+    cfg = run.cfg
     if cfg.cache_views > 0:
         return cfg.cache_views
-    return 1 if cfg.augment == "none" else 3
+    if cfg.augment == "none" or all(solves_head_exactly(run, ph) for ph in _phases(cfg)):
+        return 1
+    return 3
+
+
+def solves_head_exactly(run: RunSetup, phase: _Phase) -> bool:
+    """True when this phase trains a linear head alone on a frozen backbone and the config
+    asks for the exact solution (single-label data: the fit is a logistic regression)."""
+    frozen = set(parse_freeze(phase.freeze, run.groups))
+    body = {g.name for g in run.groups if g.name != "head"}
+    classifier = getattr(run.model, "get_classifier", lambda: None)()
+    return (
+        run.cfg.head_solver == "exact"
+        and not run.dataset.multilabel
+        and frozen == body
+        and isinstance(classifier, nn.Linear)
+    )
 
 
 # --------------------------------------------------------------------------- setting up
@@ -394,6 +432,12 @@ class RunSetup:
     @property
     def amp(self) -> bool:
         return self.cfg.amp and self.device.type == "cuda"
+
+
+def load_training_data(cfg: TrainConfig) -> Dataset:
+    """The config's dataset, split by its fractions and seed (what :func:`train` loads when
+    it is not given one)."""
+    return _load_data(cfg, None)
 
 
 def _load_data(cfg: TrainConfig, dataset: Dataset | None) -> Dataset:
@@ -465,7 +509,7 @@ def make_feeder(
     if plan is None:
         yield ev.Notice(f"not caching frozen layers: {why}")
         return _ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last)
-    views = _auto_views(cfg)
+    views = _auto_views(run)
     total = len(train_ds) * views + (len(val_ds) if val_ds else 0)
     done = 0
     yield ev.Caching(0, total)
@@ -500,7 +544,7 @@ def make_feeder(
                 return None
     where = "on disk" if stores[0].on_disk else "in memory"
     note = why + f" ({views} view{'s' if views > 1 else ''} per image, {where})"
-    if cfg.augment != "none":
+    if cfg.augment != "none" and views > 1:
         note += f"; augmentation repeats every {views} epochs"
     yield ev.Notice(note)
     return _CachedFeeder(
@@ -572,11 +616,15 @@ class _Progress:
             progress.best_state = _cpu_state(model)
         return progress
 
-    def record(self, row: dict, model: nn.Module) -> bool:
-        """Add a finished epoch; True when it is the best so far (lowest validation loss)."""
+    def record(self, row: dict, model: nn.Module, candidate: bool = True) -> bool:
+        """Add a finished epoch; True when it is the best so far (lowest validation loss).
+
+        A row that is not a ``candidate`` (a round of the exact head fit before it ends) is
+        history only: the fit keeps its converged solution, not an early, half-solved one.
+        """
         self.history.append(row)
         val_loss = row["val_loss"]
-        if val_loss is None:
+        if val_loss is None or not candidate:
             return False
         if val_loss < self.best_loss - 1e-6:
             self.best_loss, self.best_epoch = val_loss, row["epoch"]
@@ -591,8 +639,8 @@ class _Progress:
         return {
             "format": CHECKPOINT_FORMAT,
             "model": _mutable_state(model),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer else {},
+            "scheduler": scheduler.state_dict() if scheduler else {},
             "phase": phase_index,
             "epoch": epoch,
             # The best weights are stored only when they differ from the current ones.
@@ -731,6 +779,8 @@ def _run_phases(run: RunSetup, phases, progress, loss_fn, resume_state, stop, ca
                 feeder = yield from _feeder_for(run, frozen, cache_frozen, stop)
             if feeder is None:
                 stopped = _STOPPED_BY_USER  # while caching
+            elif solves_head_exactly(run, phase):
+                stopped = yield from _fit_head_phase(run, index, phase, feeder, progress, stop)
             else:
                 stopped = yield from _run_phase(
                     run, index, phase, feeder, loss_fn, progress, resume_state, stop
@@ -885,6 +935,98 @@ def _run_phase(
         if cfg.patience and progress.bad_epochs >= cfg.patience:
             return f"early stopping: validation loss has not improved for {cfg.patience} epochs"
     return None
+
+
+def _fit_head_phase(run: RunSetup, index: int, phase: _Phase, feeder, progress, stop):
+    """The head solved exactly on the frozen features (studio.head_fit): the features of the
+    plain training pictures are gathered once, the weight decay chosen by cross-validation, and
+    each of the phase's epochs is a round of the solver, reported like an epoch. Returns why it
+    ended early, if so."""
+    from .head_fit import LinearFit, choose_l2, fit_rounds
+
+    cfg, model, classes = run.cfg, run.model, len(run.dataset.classes)
+    t_start = time.perf_counter()
+    x, y = _head_inputs(model, feeder, feeder.plain_train_batches(run.eval_tf))
+    x_val, y_val = _head_inputs(model, feeder, feeder.val_batches())
+    l2, scores = choose_l2(x, y, classes, seed=cfg.seed)
+    how = (
+        "cross-validation on the training pictures"
+        if scores
+        else "default (too few pictures per class to cross-validate)"
+    )
+    yield ev.Notice(
+        f"fitting the last layer exactly (logistic regression solved by L-BFGS on the frozen "
+        f"features; weight decay {l2:.0e}, chosen by {how})"
+    )
+    head = model.get_classifier()
+    start = None
+    if progress.done_epochs >= phase.first:  # resumed inside the phase: go on from the head
+        start = LinearFit(head.weight.detach().float(), head.bias.detach().float(), l2)
+    epochs = range(max(phase.first, progress.done_epochs + 1), phase.last + 1)
+    task_loss = make_task_loss(False, cfg.label_smoothing)
+    seconds = time.perf_counter() - t_start
+    for epoch, fit in zip(epochs, fit_rounds(x, y, classes, l2, len(epochs), start), strict=True):
+        t_round = time.perf_counter()
+        with torch.no_grad():
+            head.weight.copy_(fit.weight)
+            head.bias.copy_(fit.bias)
+            logits = x @ fit.weight.T + fit.bias
+            val_logits = x_val @ fit.weight.T + fit.bias if len(y_val) else None
+        row = {
+            "epoch": epoch,
+            "phase": phase.name,
+            "train_loss": float(task_loss(logits, y)),
+            "train_acc": float((logits.argmax(1) == y).float().mean()),
+            "val_loss": None if val_logits is None else float(task_loss(val_logits, y_val)),
+            "val_acc": None
+            if val_logits is None
+            else float((val_logits.argmax(1) == y_val).float().mean()),
+            "lr": 1.0,  # L-BFGS's step scale; its line search sets the real step
+            "seconds": time.perf_counter() - t_round + seconds,
+        }
+        seconds = 0.0  # the gathering and the cross-validation count in the first round
+        improved = progress.record(row, model, candidate=epoch == phase.last)
+        save_history(Path(cfg.out) / "history.csv", progress.history)
+        save_checkpoint(
+            Path(cfg.out) / CHECKPOINT,
+            progress.checkpoint(model, None, None, index, run.dataset.split_hash()),
+        )
+        yield ev.Epoch(
+            epoch,
+            cfg.epochs,
+            row["train_loss"],
+            row["train_acc"],
+            row["val_loss"],
+            row["val_acc"],
+            row["lr"],
+            row["seconds"],
+            improved,
+            phase.name,
+        )
+        yield ev.Checkpoint(str(Path(cfg.out) / CHECKPOINT), epoch)
+        if stop is not None and stop.is_set() and epoch < phase.last:
+            return _STOPPED_BY_USER
+    return None
+
+
+@torch.no_grad()
+def _head_inputs(model: nn.Module, feeder, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the classifier receives for each picture of ``batches``, and the targets."""
+    seen: list[torch.Tensor] = []
+    hook = model.get_classifier().register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].detach().float().flatten(1))
+    )
+    model.eval()
+    targets = []
+    try:
+        for x, y in batches:
+            feeder.forward(model, x)
+            targets.append(y)
+    finally:
+        hook.remove()
+    if not targets:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(seen), torch.cat(targets)
 
 
 def _train_epoch(run: RunSetup, feeder, loss_fn, optimizer, scheduler, scaler, epoch: int, stop):

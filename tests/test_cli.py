@@ -34,7 +34,10 @@ def test_train_with_defaults_on_the_example_reaches_high_accuracy(example, tmp_p
     assert metrics["split"] == "test" and metrics["n"] >= 15
     assert metrics["accuracy"] >= 0.9  # chance is 1/3
     config = json.loads((run / "config.json").read_text())
-    assert config["backbone"] == "tf_efficientnet_lite0" and config["freeze"] == "backbone"
+    assert config["backbone"] == "tf_efficientnet_lite0"
+    # The automatic preset says what it chose, and why, and the run records it.
+    assert "chosen automatically" in result.stdout and f"preset {config['preset']}" in result.stdout
+    assert config["preset"] in ("quick", "balanced", "thorough")
 
     evaluated = studio("evaluate", run, example, "--json")
     assert evaluated.returncode == 0, evaluated.stderr

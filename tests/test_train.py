@@ -19,7 +19,10 @@ from studio.train import TrainConfig, run_training, train
 
 
 def _config(data, out, **kw):
-    base = dict(data=str(data), out=str(out), epochs=3, augment="none", batch_size=8)
+    """Small runs of the epoch machinery (the exact head fit has its own tests below)."""
+    base = dict(
+        data=str(data), out=str(out), epochs=3, augment="none", batch_size=8, head_solver="sgd"
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -129,6 +132,10 @@ def test_resume_after_kill_gives_the_uninterrupted_result(small_example, tmp_pat
         "--batch-size",
         "8",
         "--no-cache",
+        "--preset",
+        "custom",
+        "--head-solver",
+        "sgd",
     ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240

@@ -18,11 +18,20 @@ Pick a preset and press **Start training**. The curves grow while it learns: *lo
 down, *accuracy* up. The *validation* line uses pictures the model does not learn from; when it
 stops improving, more training will not help. **Stop** ends the run and keeps the best model."""
 
-PRESETS = {
-    "Quick": dict(epochs=5, augment="none", patience=0, head_epochs=0),
-    "Balanced": dict(epochs=10, augment="light", patience=5, head_epochs=0),
-    "Thorough": dict(epochs=25, augment="strong", patience=8, head_epochs=0),
-}
+# The engine's presets (studio.presets), by their titles; Custom uses the Advanced settings
+# and the Model tab's freeze slider as they are.
+PRESET_NAMES = {"Auto": "auto", "Quick": "quick", "Balanced": "balanced", "Thorough": "thorough"}
+CUSTOM = "Custom"
+PRESET_INFO = (
+    "Auto picks for your pictures and this computer. Quick: only the last layer learns "
+    "(seconds). Balanced and Thorough also fine-tune the top of the network (minutes). "
+    "Custom: your Advanced settings and the Model tab's choice of layers."
+)
+# The Advanced fields a preset fills in, in the order of on_preset's outputs.
+PRESET_FIELDS = (
+    "epochs", "lr", "layer_decay", "head_epochs", "patience", "weight_decay",
+    "label_smoothing", "augment",
+)  # fmt: skip
 
 
 def _history_rows(run_dir) -> list[dict]:
@@ -64,10 +73,12 @@ def status_line(snap) -> str:
     return text
 
 
-def _start_job(ws, dataset, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug):
-    """A started (or queued) training job for the Train tab's settings."""
+def _start_job(ws, dataset, preset, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug):
+    """A started (or queued) training job for the Train tab's settings, and a line saying
+    what the preset set (and, for Auto, what it chose and why)."""
     load_engine()
     from ..jobs import TrainingJob  # the engine's torch side loads on first use
+    from ..presets import apply_preset
     from ..train import TrainConfig
 
     config = TrainConfig(
@@ -85,16 +96,18 @@ def _start_job(ws, dataset, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug)
         label_smoothing=float(ls),
         seed=int(sd),
         augment=aug,
-    ).validate()
-    return TrainingJob(config, dataset).start()
+    )
+    config, note = apply_preset(config, PRESET_NAMES.get(preset, "custom"), dataset)
+    return TrainingJob(config.validate(), dataset).start(), note
 
 
-def _follow(ctx: Context, ws_id: str, job):
+def _follow(ctx: Context, ws_id: str, job, note: str):
     """Stream a job's progress into (status, curves, history, compare) until it ends."""
     shown, said = -1, ""
+    note = f"\n\n{as_text(note[:1].upper() + note[1:])}." if note else ""
     while True:
         snap = job.snapshot()
-        text = status_line(snap)
+        text = status_line(snap) + note
         if len(snap.epochs) != shown or text != said or job.done:
             curves_now = gr.update()
             if len(snap.epochs) != shown:  # redraw the curves only when they grew
@@ -114,20 +127,29 @@ def _follow(ctx: Context, ws_id: str, job):
         yield f"**{snap.message}.**", gr.update(), gr.update(), gr.update()
         return
     yield (
-        f"**{snap.message}.** Open the Evaluate tab to see where it goes wrong.",
+        f"**{snap.message}.** Open the Evaluate tab to see where it goes wrong.{note}",
         charts.training_curves({"this run": [e.to_dict() for e in snap.epochs]}),
         history_table(ctx, ws_id),
         gr.update(choices=run_choices(ctx.workspace(ws_id))),
     )
 
 
+def preset_fields(title: str) -> list:
+    """The Advanced fields' values for a preset (unchanged for Auto and Custom, which decide
+    at Start)."""
+    from ..presets import PRESETS  # no torch: presets imports it only when applied
+
+    name = PRESET_NAMES.get(title)
+    if name not in PRESETS:
+        return [gr.update()] * len(PRESET_FIELDS)
+    settings = PRESETS[name].settings
+    return [settings.get(f, gr.update()) for f in PRESET_FIELDS]
+
+
 def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
     gr.Markdown(HELP)
     preset = gr.Radio(
-        list(PRESETS),
-        value="Quick",
-        label="Preset",
-        info="Quick: a minute. Balanced: better results. Thorough: the best, slowest.",
+        [*PRESET_NAMES, CUSTOM], value="Auto", label="Preset", info=PRESET_INFO, elem_id="preset"
     )
     with gr.Accordion("Advanced settings", open=False):
         with gr.Row():
@@ -225,11 +247,12 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
     )
     compare_plot = gr.Plot(label="Comparison", elem_id="compare-plot")
 
-    def on_preset(name):
-        p = PRESETS[name]
-        return p["epochs"], p["augment"], p["patience"], p["head_epochs"]
-
-    preset.input(on_preset, preset, [epochs, augment, patience, head_epochs])
+    fields = [epochs, lr, layer_decay, head_epochs, patience, weight_decay, smoothing, augment]
+    preset.input(preset_fields, preset, fields)
+    # Changing a setting by hand (or the layers on the Model tab) makes the run a custom one.
+    for component in [*fields, batch, seed]:
+        component.input(lambda: CUSTOM, None, preset)
+    freeze.input(lambda: CUSTOM, None, preset)
 
     @friendly
     def preview_aug(ws_id, aug):
@@ -260,7 +283,7 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
 
     preview_btn.click(preview_aug, [ws_state, augment], preview)
 
-    def run_training(ws_id, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug):
+    def run_training(ws_id, preset_name, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug):
         try:  # what needs no torch is checked first: "no pictures" must not wait for it
             ws = ctx.workspace(ws_id)
             dataset = ws.dataset(seed=int(sd))
@@ -268,14 +291,16 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
         except StudioError as exc:
             raise gr.Error(as_text(exc), print_exception=False) from None
         try:
-            job = _start_job(ws, dataset, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug)
+            job, note = _start_job(
+                ws, dataset, preset_name, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug
+            )
         except BaseException as exc:
             ctx.release_training(ws_id)  # only a failed set-up gives the slot back
             if isinstance(exc, StudioError):
                 raise gr.Error(as_text(exc), print_exception=False) from None
             raise
         ctx.hand_over_training(ws_id, job)
-        yield from _follow(ctx, ws_id, job)
+        yield from _follow(ctx, ws_id, job, note)
 
     def stop_training(ws_id):
         job = ctx.jobs.get(ws_id)
@@ -300,6 +325,7 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
         run_training,
         [
             ws_state,
+            preset,
             backbone,
             freeze,
             epochs,

@@ -419,6 +419,25 @@ def test_classes_pictures_zip_and_augmentation_preview(page, tmp_path):
     expect(page.locator("#augment-preview img").first).to_be_visible(timeout=30_000)
 
 
+def choose_preset_and_train(page) -> None:
+    """A preset fills in the Advanced settings and says what it set; a setting changed by
+    hand makes the run a custom one."""
+    preset = page.locator("#preset")
+    expect(preset.get_by_label("Auto")).to_be_checked()  # the default
+    page.get_by_text("Advanced settings").click()
+    epochs = page.locator("input[aria-label='number input for Epochs']")
+    preset.get_by_text("Balanced").click()
+    expect(epochs).to_have_value("13")
+    preset.get_by_text("Quick").click()
+    expect(epochs).to_have_value("5")
+    page.get_by_role("button", name="Start training").click()
+    status = page.locator("#train-status")
+    expect(status).to_contain_text("Done", timeout=180_000)
+    expect(status).to_contain_text("Preset quick: freeze=backbone, head_solver=exact")
+    set_number(page, "Epochs", "4")
+    expect(preset.get_by_label("Custom")).to_be_checked()
+
+
 def test_a_restarted_app_shows_earlier_pictures_and_runs(browser, tmp_path):
     from e2e_helpers import free_port, running_app
 
@@ -433,8 +452,7 @@ def test_a_restarted_app_shows_earlier_pictures_and_runs(browser, tmp_path):
             page.get_by_text("Your workspace is ready").wait_for()
             load_example(page)
             page.get_by_role("tab", name="3 · Train").click()
-            page.get_by_role("button", name="Start training").click()  # Quick preset
-            expect(page.locator("#train-status")).to_contain_text("Done", timeout=180_000)
+            choose_preset_and_train(page)
         with running_app(workspace, port) as url:
             page.goto(url)
             # The restarted app decodes the pictures and imports torch on its first page: allow
