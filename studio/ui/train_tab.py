@@ -25,7 +25,7 @@ CUSTOM = "Custom"
 PRESET_INFO = (
     "Auto picks for your pictures and this computer. Quick: only the last layer learns "
     "(seconds). Balanced and Thorough also fine-tune the top of the network (minutes). "
-    "Custom: your Advanced settings and the Model tab's choice of layers."
+    "Custom: the settings below as you set them, and the Model tab's choice of layers."
 )
 # The Advanced fields a preset fills in, in the order of on_preset's outputs.
 PRESET_FIELDS = (

@@ -426,9 +426,9 @@ def choose_preset_and_train(page) -> None:
     expect(preset.get_by_label("Auto")).to_be_checked()  # the default
     page.get_by_text("Advanced settings").click()
     epochs = page.locator("input[aria-label='number input for Epochs']")
-    preset.get_by_text("Balanced").click()
+    preset.get_by_text("Balanced", exact=True).click()
     expect(epochs).to_have_value("13")
-    preset.get_by_text("Quick").click()
+    preset.get_by_text("Quick", exact=True).click()
     expect(epochs).to_have_value("5")
     page.get_by_role("button", name="Start training").click()
     status = page.locator("#train-status")
