@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from .presets import CHOICES as PRESET_CHOICES  # names only: no torch
+
 __all__ = ["main", "build_parser"]
 
 
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--preset",
-        choices=["auto", "quick", "balanced", "thorough", "custom"],
+        choices=PRESET_CHOICES,
         default="auto",
         help="a recipe (printed when used); other options change it. auto (default) picks "
         "from the number of pictures and this computer's speed; custom: the options alone",

@@ -891,7 +891,6 @@ def _run_phase(
         scheduler.load_state_dict(resume_state["scheduler"])
     # bfloat16 needs no loss scaling; float16 (GPUs before Ampere) does.
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp and not torch.cuda.is_bf16_supported())
-    checkpoint_path = Path(cfg.out) / CHECKPOINT
 
     for epoch in range(max(phase.first, progress.done_epochs + 1), phase.last + 1):
         t_epoch = time.perf_counter()
@@ -911,30 +910,39 @@ def _run_phase(
             "lr": optimizer.param_groups[-1]["lr"],
             "seconds": time.perf_counter() - t_epoch,
         }
-        improved = progress.record(row, model)
-        save_history(Path(cfg.out) / "history.csv", progress.history)
-        save_checkpoint(
-            checkpoint_path,
-            progress.checkpoint(model, optimizer, scheduler, index, run.dataset.split_hash()),
-        )
-        yield ev.Epoch(
-            epoch,
-            cfg.epochs,
-            loss,
-            accuracy,
-            val_loss,
-            val_acc,
-            row["lr"],
-            row["seconds"],
-            improved,
-            phase.name,
-        )
-        yield ev.Checkpoint(str(checkpoint_path), epoch)
+        yield from _close_epoch(run, index, progress, row, optimizer, scheduler)
         if stop_asked:
             return _STOPPED_BY_USER
         if cfg.patience and progress.bad_epochs >= cfg.patience:
             return f"early stopping: validation loss has not improved for {cfg.patience} epochs"
     return None
+
+
+def _close_epoch(
+    run: RunSetup, index: int, progress, row: dict, optimizer=None, scheduler=None, candidate=True
+):
+    """Record a finished epoch (history and checkpoint) and yield its ``Epoch`` and
+    ``Checkpoint`` events; shared by trained epochs and the exact fit's rounds."""
+    model, run_dir = run.model, Path(run.cfg.out)
+    improved = progress.record(row, model, candidate)
+    save_history(run_dir / "history.csv", progress.history)
+    save_checkpoint(
+        run_dir / CHECKPOINT,
+        progress.checkpoint(model, optimizer, scheduler, index, run.dataset.split_hash()),
+    )
+    yield ev.Epoch(
+        row["epoch"],
+        run.cfg.epochs,
+        row["train_loss"],
+        row["train_acc"],
+        row["val_loss"],
+        row["val_acc"],
+        row["lr"],
+        row["seconds"],
+        improved,
+        row["phase"],
+    )
+    yield ev.Checkpoint(str(run_dir / CHECKPOINT), row["epoch"])
 
 
 def _fit_head_phase(run: RunSetup, index: int, phase: _Phase, feeder, progress, stop):
@@ -976,34 +984,16 @@ def _fit_head_phase(run: RunSetup, index: int, phase: _Phase, feeder, progress, 
             "epoch": epoch,
             "phase": phase.name,
             "train_loss": float(task_loss(logits, y)),
-            "train_acc": float((logits.argmax(1) == y).float().mean()),
+            "train_acc": _correct(logits, y, False, cfg.threshold) / len(y),
             "val_loss": None if val_logits is None else float(task_loss(val_logits, y_val)),
             "val_acc": None
             if val_logits is None
-            else float((val_logits.argmax(1) == y_val).float().mean()),
+            else _correct(val_logits, y_val, False, cfg.threshold) / len(y_val),
             "lr": 1.0,  # L-BFGS's step scale; its line search sets the real step
             "seconds": time.perf_counter() - t_round + seconds,
         }
         seconds = 0.0  # the gathering and the cross-validation count in the first round
-        improved = progress.record(row, model, candidate=epoch == phase.last)
-        save_history(Path(cfg.out) / "history.csv", progress.history)
-        save_checkpoint(
-            Path(cfg.out) / CHECKPOINT,
-            progress.checkpoint(model, None, None, index, run.dataset.split_hash()),
-        )
-        yield ev.Epoch(
-            epoch,
-            cfg.epochs,
-            row["train_loss"],
-            row["train_acc"],
-            row["val_loss"],
-            row["val_acc"],
-            row["lr"],
-            row["seconds"],
-            improved,
-            phase.name,
-        )
-        yield ev.Checkpoint(str(Path(cfg.out) / CHECKPOINT), epoch)
+        yield from _close_epoch(run, index, progress, row, candidate=epoch == phase.last)
         if stop is not None and stop.is_set() and epoch < phase.last:
             return _STOPPED_BY_USER
     return None

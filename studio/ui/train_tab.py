@@ -9,6 +9,7 @@ import gradio as gr
 
 from .. import charts
 from ..errors import StudioError
+from ..presets import PRESETS  # no torch: presets imports it only when applied
 from ..runs import describe_run
 from .common import Context, as_text, friendly, load_engine, run_choices
 from .model_tab import freeze_spec
@@ -20,7 +21,7 @@ stops improving, more training will not help. **Stop** ends the run and keeps th
 
 # The engine's presets (studio.presets), by their titles; Custom uses the Advanced settings
 # and the Model tab's freeze slider as they are.
-PRESET_NAMES = {"Auto": "auto", "Quick": "quick", "Balanced": "balanced", "Thorough": "thorough"}
+PRESET_NAMES = {"Auto": "auto", **{p.title: name for name, p in PRESETS.items()}}
 CUSTOM = "Custom"
 PRESET_INFO = (
     "Auto picks for your pictures and this computer. Quick: only the last layer learns "
@@ -137,8 +138,6 @@ def _follow(ctx: Context, ws_id: str, job, note: str):
 def preset_fields(title: str) -> list:
     """The Advanced fields' values for a preset (unchanged for Auto and Custom, which decide
     at Start)."""
-    from ..presets import PRESETS  # no torch: presets imports it only when applied
-
     name = PRESET_NAMES.get(title)
     if name not in PRESETS:
         return [gr.update()] * len(PRESET_FIELDS)
