@@ -27,7 +27,7 @@ _EXPORTS = {
     "run_training": "train",
     "Predictor": "predict",
     "export_run": "export",
-    "load_run": "export",
+    "load_run": "models",
     "evaluate_run": "evaluate",
     "catalog": "backbones",
     "create_backbone": "backbones",

@@ -236,8 +236,8 @@ def evaluate_run(run_dir: str | Path, data: str | Path, batch_size: int = 32) ->
     """
     from .data import load_dataset
     from .errors import DataError
-    from .export import load_run
-    from .runs import load_json, save_json
+    from .models import load_run
+    from .runs import METRICS, RUN_INFO, load_json, save_json
 
     loaded = load_run(run_dir)
     cfg = loaded.config
@@ -250,10 +250,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path, batch_size: int = 32) ->
             f"the model does not know the class(es) {', '.join(unknown)}; "
             f"it knows {', '.join(loaded.labels)}"
         )
-    info = load_json(loaded.run_dir / "run_info.json")
+    info = load_json(loaded.run_dir / RUN_INFO)
     if dataset.split_hash() == info.get("split_hash"):
         split, samples = dataset.held_out()
-        target = loaded.run_dir / "metrics.json"
+        target = loaded.run_dir / METRICS
     else:
         split = "all"
         samples = [s for part in dataset.splits.values() for s in part]

@@ -73,9 +73,9 @@ __all__ = [
 
 def evaluation_samples(run_dir: str | Path) -> list[tuple[str, str]]:
     """``(picture, true class)`` for the pictures a run was evaluated on (from metrics.json)."""
-    from .runs import load_json, require_run
+    from .runs import METRICS, load_json, require_run
 
-    metrics = load_json(require_run(run_dir) / "metrics.json")
+    metrics = load_json(require_run(run_dir) / METRICS)
     rows = metrics.get("predictions") or []
     if metrics.get("task") == "multilabel" or not rows:
         raise StudioError("this check needs a single-label run with evaluated pictures")
@@ -129,9 +129,12 @@ class Explainer:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> Explainer:
-        from .export import load_run
+        from .models import load_run
 
         run = load_run(run_dir)
+        run.kind.require(
+            "explaining with attribution maps (they need gradients)", run.kind.gradients
+        )
         return cls(run.model, run.labels, run.data_config(), run.multilabel, device)
 
     @classmethod

@@ -21,7 +21,6 @@ import csv
 import hashlib
 import io
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -30,22 +29,32 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from .data import readable
-from .errors import RunError, StudioError, first_line
+from .errors import StudioError
 from .evaluate import score_words
 from .images import ImageProblem, open_rgb
-from .loaders import build_transform
-from .runs import load_json, require_run, save_json
+from .models import LoadedRun, load_run, model_record
+from .runs import (
+    CONFIG,
+    DATA_REPORT,
+    EXPORTS,
+    LABELS,
+    METRICS,
+    MODEL_CARD,
+    PREPROCESS,
+    RUN_INFO,
+    SPLIT,
+    WEIGHTS,
+    load_json,
+    read_optional,
+    save_json,
+)
 
 __all__ = [
     "LoadedRun",
     "load_run",
-    "write_model_files",
     "export_run",
     "checked_exports",
     "check_images",
@@ -57,146 +66,6 @@ __all__ = [
 
 FORMATS = ("onnx", "pt2", "torchscript")
 FILE_NAMES = {"onnx": "model.onnx", "pt2": "model.pt2", "torchscript": "model.torchscript.pt"}
-EXPORTS = "exports.json"
-
-
-@dataclass
-class LoadedRun:
-    """A finished run, ready to predict: the model (eval mode, CPU) and how to feed it."""
-
-    run_dir: Path
-    model: torch.nn.Module
-    labels: list[str]
-    multilabel: bool
-    threshold: float
-    preprocess: dict
-    config: dict
-
-    def data_config(self) -> dict:
-        """``preprocess.json`` in the shape timm's transforms take (tuples, not lists)."""
-        p = self.preprocess
-        return {
-            "input_size": tuple(p["input_size"]),
-            "interpolation": p["interpolation"],
-            "mean": tuple(p["mean"]),
-            "std": tuple(p["std"]),
-            "crop_pct": p["crop_pct"],
-        }
-
-    def transform(self):
-        return build_transform(self.data_config(), "none")
-
-
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """Rebuild the trained model from its run folder (safetensors: no code is unpickled)."""
-    run = require_run(run_dir)
-    config, labels, multilabel, threshold, preprocess = _checked_run_files(run)
-    try:
-        model = timm.create_model(config["backbone"], pretrained=False, num_classes=len(labels))
-        state = load_file(str(run / "model.safetensors"))
-        model.load_state_dict(state)
-    except Exception as exc:  # noqa: BLE001 - any mismatch means the files do not belong together
-        raise RunError(f"cannot load the model in {run}: {first_line(exc, 300)}") from None
-    model.eval()
-    return LoadedRun(run, model, labels, multilabel, threshold, preprocess, config)
-
-
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
-
-
-def _checked_run_files(run: Path) -> tuple[dict, list[str], bool, float, dict]:
-    """The run's settings, every value checked before anything is built from it: a run folder
-    may have been edited or damaged, and a label list of a million names would otherwise be
-    built into a classifier of gigabytes before any check."""
-    config, info, pre = (
-        load_json(run / n) for n in ("config.json", "labels.json", "preprocess.json")
-    )
-
-    def bad(what: str):
-        return RunError(f"{run.name} is damaged: {what}; train it again or restore the files")
-
-    if not all(isinstance(x, dict) for x in (config, info, pre)):
-        raise bad("a settings file does not hold settings")
-    labels = info.get("labels")
-    if not isinstance(config.get("backbone"), str):
-        raise bad("config.json names no backbone")
-    if not (isinstance(labels, list) and all(isinstance(x, str) and x for x in labels)):
-        raise bad("labels.json holds no list of class names")
-    try:  # the header only: no tensor is read
-        with safe_open(str(run / "model.safetensors"), "pt") as weights:
-            classes = (weights.metadata() or {}).get("num_classes")
-    except Exception:  # noqa: BLE001 - any failure means it is no safetensors file
-        raise bad("model.safetensors is not a weights file") from None
-    if not 2 <= len(labels) <= 100_000 or (classes is not None and str(len(labels)) != classes):
-        raise bad(f"labels.json lists {len(labels)} classes, the model has {classes or '?'}")
-    threshold = info.get("threshold", 0.5)
-    if not isinstance(threshold, int | float) or not 0 < threshold < 1:
-        raise bad(f"the threshold {threshold!r} is not a number between 0 and 1")
-    size, crop_pct = pre.get("input_size"), pre.get("crop_pct")
-    checks = [
-        (isinstance(size, list) and len(size) == 3 and size[0] == 3, "input size"),
-        (all(isinstance(n, int) and 8 <= n <= 4096 for n in (size or [0])[1:]), "input size"),
-        (isinstance(crop_pct, int | float) and 0.1 <= crop_pct <= 1.0, "crop share"),
-        (pre.get("interpolation") in _INTERPOLATIONS, "interpolation"),
-        (
-            _three_numbers(pre.get("mean")) and _three_numbers(pre.get("std"), positive=True),
-            "mean/std",
-        ),
-    ]
-    for ok, what in checks:
-        if not ok:
-            raise bad(f"preprocess.json has an impossible {what}")
-    return config, labels, bool(info.get("multilabel")), float(threshold), pre
-
-
-def _three_numbers(values, positive: bool = False) -> bool:
-    return (
-        isinstance(values, list)
-        and len(values) == 3
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        and (not positive or all(v > 0 for v in values))
-    )
-
-
-def write_model_files(
-    run_dir: Path,
-    model: torch.nn.Module,
-    cfg,
-    dataset,
-    metrics: dict,
-    weights_note: str,
-    history: list[dict],
-    best_epoch: int,
-) -> None:
-    """Write weights, metrics and the model card at the end of training."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(
-        state,
-        str(run_dir / "model.safetensors"),
-        metadata={
-            "backbone": cfg.backbone,
-            "num_classes": str(len(dataset.classes)),
-            "format": "transfer-studio/1",
-        },
-    )
-    save_json(run_dir / "metrics.json", metrics)
-    save_json(
-        run_dir / "run_info.json",
-        {
-            "best_epoch": best_epoch,
-            "epochs_run": len(history),
-            "weights": weights_note,
-            "split_hash": dataset.split_hash(),
-            "data_root": str(dataset.root),
-            "classes": dataset.classes,
-            "sizes": {k: len(v) for k, v in dataset.splits.items()},
-            "torch": torch.__version__,
-            "timm": timm.__version__,
-            "python": platform.python_version(),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        },
-    )
-    write_model_card(run_dir)
 
 
 # --------------------------------------------------------------------------- exports
@@ -225,10 +94,10 @@ def file_sha256(path: str | Path) -> str:
 
 def _check_images(run: Path, limit: int = 32) -> list[str]:
     """Validation images of the run (then test, then train) that still exist, for the self-check."""
-    split_file = run / "split.csv"
+    split_file = run / SPLIT
     if not split_file.is_file():
         return []
-    root = Path(load_json(run / "run_info.json").get("data_root", ""))
+    root = Path(load_json(run / RUN_INFO).get("data_root", ""))
     with open(split_file, newline="", errors="surrogateescape") as fh:
         rows = list(csv.DictReader(fh))
     found = []
@@ -322,6 +191,7 @@ def export_run(
     if fmt not in FORMATS:
         raise StudioError(f"unknown export format {fmt!r}; choose {', '.join(FORMATS)}")
     loaded = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
+    loaded.kind.require(f"exporting to {fmt}", fmt in loaded.kind.exports)
     run = loaded.run_dir
     target = Path(out) if out else run / FILE_NAMES[fmt]
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -348,7 +218,7 @@ def export_run(
         float(np.abs(got - expected).max()),
         time.perf_counter() - start,
         file_sha256(target),
-        file_sha256(run / "model.safetensors"),
+        file_sha256(run / WEIGHTS),
     )
     if target.parent.resolve() == run.resolve():
         record = {**asdict(result), "path": target.name}  # no absolute paths in the run's files
@@ -367,7 +237,7 @@ def checked_exports(run_dir: str | Path) -> dict[str, dict]:
     """The exports whose check still holds: the file is there, byte for byte as it was checked,
     and made from the model the run holds now. A format missing here must be exported again."""
     run = Path(run_dir)
-    source = run / "model.safetensors"
+    source = run / WEIGHTS
     source_hash = file_sha256(source) if source.is_file() else None
     valid = {}
     for record in _export_records(run):
@@ -385,15 +255,26 @@ def checked_exports(run_dir: str | Path) -> dict[str, dict]:
 # --------------------------------------------------------------------------- the model card
 
 
+def _lineage(record: dict) -> list[str]:
+    """The card's line on where a derived model came from (none for a plain trained model)."""
+    if record.get("kind", "timm") == "timm" and not record.get("parent"):
+        return []
+    step = record.get("step") or {}
+    how = ", ".join(f"{k} {v}" for k, v in step.items()) if isinstance(step, dict) else step
+    parent = f" from run `{record['parent']}`" if record.get("parent") else ""
+    return [f"- A {record['kind']} model{parent}" + (f" ({how})." if how else ".")]
+
+
 def write_model_card(run_dir: str | Path) -> Path:
     """MODEL_CARD.md from what the run folder holds: data, backbone, freeze, metrics, limits."""
     run = Path(run_dir)
-    cfg = load_json(run / "config.json")
-    info = load_json(run / "run_info.json")
-    metrics = load_json(run / "metrics.json")
-    pre = load_json(run / "preprocess.json")
-    report = load_json(run / "data_report.json") if (run / "data_report.json").exists() else {}
+    cfg = load_json(run / CONFIG)
+    info = load_json(run / RUN_INFO)
+    metrics = load_json(run / METRICS)
+    pre = load_json(run / PREPROCESS)
+    report = read_optional(run, DATA_REPORT, {})
     exports = list(checked_exports(run).values())
+    record = model_record(run)
     labels = metrics["labels"]
     lines = [
         f"# Model card: {run.name}",
@@ -403,6 +284,7 @@ def write_model_card(run_dir: str | Path) -> Path:
         "",
         "## Model",
         f"- Backbone: `{cfg['backbone']}` (timm), starting from {info['weights']}.",
+        *_lineage(record),
         f"- Frozen: `{cfg['freeze']}`"
         + (f" after {cfg['head_epochs']} head-only epochs" if cfg.get("head_epochs") else "")
         + f"; trained {info['epochs_run']} epochs, kept epoch {info['best_epoch']} "
@@ -476,9 +358,9 @@ def write_model_card(run_dir: str | Path) -> Path:
         "from studio.predict import Predictor",
         f"print(Predictor('{run.name}').predict(['photo.jpg']))",
         "```",
-        f"Files: `model.safetensors`, `labels.json`, `preprocess.json`. "
+        f"Files: `{WEIGHTS}`, `{LABELS}`, `{PREPROCESS}`. "
         f"Made with torch {info['torch']}, timm {info['timm']}, on {info['finished']}.",
     ]
-    path = run / "MODEL_CARD.md"
+    path = run / MODEL_CARD
     path.write_text("\n".join(lines) + "\n")
     return path

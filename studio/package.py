@@ -27,30 +27,25 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StudioError
-from .export import (
-    FILE_NAMES,
-    FORMATS,
-    LoadedRun,
-    check_images,
-    checked_exports,
-    export_run,
-    load_run,
-)
+from .export import FILE_NAMES, FORMATS, check_images, checked_exports, export_run
 from .images import open_rgb
+from .models import LoadedRun, load_run
+from .runs import CONFIG, EXPORTS, LABELS, METRICS, MODEL_CARD, MODEL_RECORD, PREPROCESS, WEIGHTS
 from .samples import SAMPLES
 
 __all__ = ["Package", "FormatCheck", "build_package", "check_zip"]
 
 ZIPPED = [
-    "model.safetensors",
+    WEIGHTS,
+    MODEL_RECORD,
     *FILE_NAMES.values(),
     "model.onnx.data",  # only for models over 2 GB; smaller ONNX files hold their weights
-    "labels.json",
-    "preprocess.json",
-    "MODEL_CARD.md",
-    "metrics.json",
-    "config.json",
-    "exports.json",
+    LABELS,
+    PREPROCESS,
+    MODEL_CARD,
+    METRICS,
+    CONFIG,
+    EXPORTS,
 ]
 
 # Runs the samples in the unpacked folder; prints one JSON line: answers and logits per format.
@@ -204,7 +199,7 @@ def check_zip(zip_path: str | Path, loaded: LoadedRun) -> list[FormatCheck]:
         samples = {
             fmt: SAMPLES[fmt]
             for fmt in (*FORMATS, "safetensors")
-            if FILE_NAMES.get(fmt, "model.safetensors") in present
+            if FILE_NAMES.get(fmt, WEIGHTS) in present
         }
         with tempfile.TemporaryDirectory(prefix="studio-zip-check-") as empty:
             zf.extractall(empty)

@@ -10,8 +10,8 @@ import torch
 
 from .errors import StudioError
 from .evaluate import probabilities
-from .export import LoadedRun, load_run
 from .images import ImageProblem, open_rgb
+from .models import LoadedRun, load_run
 
 __all__ = ["Prediction", "Predictor"]
 

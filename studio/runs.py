@@ -1,11 +1,18 @@
-"""The run folder: what a training run leaves on disk, written so a crash never leaves half a file.
+"""The run folder: what a run leaves on disk, named in one place, written so a crash never
+leaves half a file.
 
 ```
 RUN/
-  config.json  data_report.json  split.csv  events.jsonl  history.csv  metrics.json
-  model.safetensors  labels.json  preprocess.json  MODEL_CARD.md
+  config.json        # the settings that made it (TrainConfig, or a derived run's own)
+  data_report.json  split.csv  run_info.json
+  events.jsonl  history.csv  metrics.json
+  model.safetensors  model.json     # the weights, and what kind of model they are (studio.models)
+  labels.json  preprocess.json  MODEL_CARD.md
+  exports.json  model.onnx ...      # checked exports (studio.export)
   checkpoint.pt      # while training or after a stop: resume from here
 ```
+
+Every module reads and writes these names through the constants below, never as literals.
 """
 
 from __future__ import annotations
@@ -20,7 +27,21 @@ from typing import Any
 from .errors import RunError, first_line
 
 __all__ = [
+    "CONFIG",
+    "DATA_REPORT",
+    "SPLIT",
+    "RUN_INFO",
+    "EVENTS",
+    "HISTORY",
+    "METRICS",
+    "WEIGHTS",
+    "MODEL_RECORD",
+    "LABELS",
+    "PREPROCESS",
+    "MODEL_CARD",
+    "EXPORTS",
     "CHECKPOINT",
+    "read_optional",
     "write_atomic",
     "save_json",
     "load_json",
@@ -32,6 +53,19 @@ __all__ = [
     "describe_run",
 ]
 
+CONFIG = "config.json"
+DATA_REPORT = "data_report.json"
+SPLIT = "split.csv"
+RUN_INFO = "run_info.json"
+EVENTS = "events.jsonl"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+WEIGHTS = "model.safetensors"
+MODEL_RECORD = "model.json"
+LABELS = "labels.json"
+PREPROCESS = "preprocess.json"
+MODEL_CARD = "MODEL_CARD.md"
+EXPORTS = "exports.json"
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -62,6 +96,13 @@ def load_json(path: str | Path) -> Any:
         raise RunError(f"{path} is missing") from None
     except json.JSONDecodeError as exc:
         raise RunError(f"{path} is damaged ({exc})") from None
+
+
+def read_optional(run_dir: str | Path, name: str, default: Any = None) -> Any:
+    """The JSON file ``name`` of a run, or ``default`` when the run has none (yet): an
+    unfinished run has no metrics, an older one no ``model.json``."""
+    path = Path(run_dir) / name
+    return load_json(path) if path.is_file() else default
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -105,7 +146,7 @@ def require_run(run_dir: str | Path) -> Path:
     run = Path(run_dir).expanduser()
     if not run.is_dir():
         raise RunError(f"{run} is not a run folder")
-    for name in ("config.json", "labels.json", "model.safetensors"):
+    for name in (CONFIG, LABELS, WEIGHTS):
         if not (run / name).is_file():
             raise RunError(f"{run} holds no finished model ({name} is missing)")
     return run
@@ -116,17 +157,18 @@ def list_runs(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir() if (p / "config.json").is_file()]
-    return sorted(runs, key=lambda p: (p / "config.json").stat().st_mtime, reverse=True)
+    runs = [p for p in root.iterdir() if (p / CONFIG).is_file()]
+    return sorted(runs, key=lambda p: (p / CONFIG).stat().st_mtime, reverse=True)
 
 
 def describe_run(run_dir: str | Path) -> dict:
     """What a list of runs shows: pictures, backbone, freeze, epochs run of those planned, and
     accuracy (``None`` while unfinished). Reads only small JSON files."""
     run = Path(run_dir)
-    config = load_json(run / "config.json")
-    info = load_json(run / "run_info.json") if (run / "run_info.json").is_file() else {}
-    metrics = load_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+    config = load_json(run / CONFIG)
+    info = read_optional(run, RUN_INFO, {})
+    metrics = read_optional(run, METRICS, {})
+    record = read_optional(run, MODEL_RECORD, {})
     return {
         "name": run.name,
         "classes": info.get("classes", []),
@@ -135,4 +177,6 @@ def describe_run(run_dir: str | Path) -> dict:
         "epochs_run": info.get("epochs_run"),
         "epochs": config.get("epochs"),
         "accuracy": metrics.get("accuracy"),
+        "kind": record.get("kind", "timm"),
+        "parent": record.get("parent"),
     }

@@ -47,8 +47,25 @@ from .evaluate import evaluate_samples
 from .freeze import apply_freeze, keep_frozen_norms_in_eval, optimizer_groups, parse_freeze
 from .images import open_rgb
 from .loaders import AUGMENT_PRESETS, ImageSamples, build_transform, image_loader
+from .models import save_model
 from .rng import seeded, step_seed
-from .runs import CHECKPOINT, load_checkpoint, load_json, save_checkpoint, save_history, save_json
+from .runs import (
+    CHECKPOINT,
+    CONFIG,
+    DATA_REPORT,
+    EVENTS,
+    HISTORY,
+    LABELS,
+    METRICS,
+    PREPROCESS,
+    RUN_INFO,
+    SPLIT,
+    load_checkpoint,
+    load_json,
+    save_checkpoint,
+    save_history,
+    save_json,
+)
 
 __all__ = [
     "TrainConfig",
@@ -685,7 +702,7 @@ def train(
     try:
         for event in _train(config, dataset, stop):
             if isinstance(event, ev.Started):
-                log_file = open(run_dir / "events.jsonl", "a")  # noqa: SIM115 - closed below
+                log_file = open(run_dir / EVENTS, "a")  # noqa: SIM115 - closed below
             if log_file is not None and not isinstance(event, ev.Batch | ev.Caching):
                 log_file.write(event.to_json() + "\n")
                 log_file.flush()
@@ -813,12 +830,12 @@ def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     if cfg.resume:
         if not checkpoint_path.is_file():
             raise StudioError(f"nothing to resume: {checkpoint_path} does not exist")
-        saved = load_json(run_dir / "config.json")
+        saved = load_json(run_dir / CONFIG)
         if not isinstance(saved, dict):
-            raise RunError(f"{run_dir / 'config.json'} is damaged (not a settings object)")
+            raise RunError(f"{run_dir / CONFIG} is damaged (not a settings object)")
         config = TrainConfig.from_dict({**saved, "resume": True, "out": str(run_dir)})
         return config.validate(), load_checkpoint(checkpoint_path)
-    if (run_dir / "config.json").exists() and not _never_set_up(run_dir):
+    if (run_dir / CONFIG).exists() and not _never_set_up(run_dir):
         hint = (
             " (it has a checkpoint: add --resume to continue it)"
             if checkpoint_path.exists()
@@ -831,14 +848,7 @@ def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     return cfg, None
 
 
-_SET_UP_FILES = (
-    "config.json",
-    "data_report.json",
-    "split.csv",
-    "labels.json",
-    "preprocess.json",
-    "events.jsonl",
-)
+_SET_UP_FILES = (CONFIG, DATA_REPORT, SPLIT, LABELS, PREPROCESS, EVENTS)
 
 
 def _never_set_up(run_dir: Path) -> bool:
@@ -852,18 +862,18 @@ def _write_run_files(run: RunSetup, first: bool) -> None:
     needs to use its model (labels, preprocessing)."""
     run_dir, cfg, dataset = Path(run.cfg.out), run.cfg, run.dataset
     if first:
-        save_json(run_dir / "config.json", {**cfg.to_dict(), "resume": False})
-        save_json(run_dir / "data_report.json", dataset.report.to_dict())
+        save_json(run_dir / CONFIG, {**cfg.to_dict(), "resume": False})
+        save_json(run_dir / DATA_REPORT, dataset.report.to_dict())
         # Paths are kept byte for byte (a name that is not UTF-8 stays as it is on disk).
-        with open(run_dir / "split.csv", "w", newline="", errors="surrogateescape") as fh:
+        with open(run_dir / SPLIT, "w", newline="", errors="surrogateescape") as fh:
             writer = csv.writer(fh)
             writer.writerow(["split", "path", "labels"])
             writer.writerows(dataset.split_rows())
     save_json(
-        run_dir / "labels.json",
+        run_dir / LABELS,
         {"labels": dataset.classes, "multilabel": dataset.multilabel, "threshold": cfg.threshold},
     )
-    save_json(run_dir / "preprocess.json", _preprocess_info(run.data_config))
+    save_json(run_dir / PREPROCESS, _preprocess_info(run.data_config))
 
 
 def _run_phase(
@@ -925,7 +935,7 @@ def _close_epoch(
     ``Checkpoint`` events; shared by trained epochs and the exact fit's rounds."""
     model, run_dir = run.model, Path(run.cfg.out)
     improved = progress.record(row, model, candidate)
-    save_history(run_dir / "history.csv", progress.history)
+    save_history(run_dir / HISTORY, progress.history)
     save_checkpoint(
         run_dir / CHECKPOINT,
         progress.checkpoint(model, optimizer, scheduler, index, run.dataset.split_hash()),
@@ -1058,7 +1068,7 @@ def _train_epoch(run: RunSetup, feeder, loss_fn, optimizer, scheduler, scaler, e
 
 def _finish(run: RunSetup, progress: _Progress, stopped: str | None, seconds: float) -> ev.Finished:
     """Keep the best epoch, measure it on held-out data and write the model files."""
-    from .export import write_model_files
+    from .export import write_model_card
 
     cfg, dataset, run_dir = run.cfg, run.dataset, Path(run.cfg.out)
     progress.restore_best(run.model)
@@ -1077,20 +1087,36 @@ def _finish(run: RunSetup, progress: _Progress, stopped: str | None, seconds: fl
         channels_last=run.channels_last,
         split=split,
     )
-    write_model_files(
-        run_dir,
-        run.model.cpu(),
-        cfg,
-        dataset,
-        metrics,
-        run.weights.note,
-        progress.history,
-        best_epoch=progress.kept_epoch,
-    )
+    save_model(run_dir, run.model.cpu(), backbone=cfg.backbone, num_classes=len(dataset.classes))
+    save_json(run_dir / METRICS, metrics)
+    save_json(run_dir / RUN_INFO, _run_info(run, progress))
+    write_model_card(run_dir)
     if stopped != _STOPPED_BY_USER:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
     shutil.rmtree(run_dir / ".cache", ignore_errors=True)
     return ev.Finished(str(run_dir), metrics, progress.kept_epoch, seconds)
+
+
+def _run_info(run: RunSetup, progress: _Progress) -> dict:
+    """How the run went and with what: the model card and the run list read it."""
+    import platform
+
+    import timm
+
+    dataset = run.dataset
+    return {
+        "best_epoch": progress.kept_epoch,
+        "epochs_run": len(progress.history),
+        "weights": run.weights.note,
+        "split_hash": dataset.split_hash(),
+        "data_root": str(dataset.root),
+        "classes": dataset.classes,
+        "sizes": {k: len(v) for k, v in dataset.splits.items()},
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

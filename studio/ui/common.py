@@ -12,6 +12,7 @@ import gradio as gr
 
 from ..errors import StudioError
 from ..owners import Owners
+from ..runs import METRICS, WEIGHTS, load_json
 from ..workspace import Workspace
 
 __all__ = [
@@ -197,14 +198,12 @@ def friendly(fn):
 
 def run_metrics(ws: Workspace, name: str) -> dict:
     """A finished run's ``metrics.json``."""
-    import json
-
-    return json.loads((ws.resolve_run(name) / "metrics.json").read_text())
+    return load_json(ws.resolve_run(name) / METRICS)
 
 
 def run_choices(ws: Workspace) -> list[str]:
     """Finished runs, newest first, by folder name."""
-    return [p.name for p in ws.runs() if (p / "model.safetensors").exists()]
+    return [p.name for p in ws.runs() if (p / WEIGHTS).exists()]
 
 
 def run_picker(ctx: Context, ws_state: gr.State, info: str, elem_id: str):

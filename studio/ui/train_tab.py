@@ -10,7 +10,7 @@ import gradio as gr
 from .. import charts
 from ..errors import StudioError
 from ..presets import PRESETS  # no torch: presets imports it only when applied
-from ..runs import describe_run
+from ..runs import HISTORY, describe_run
 from .common import Context, as_text, friendly, load_engine, run_choices
 from .model_tab import freeze_spec
 
@@ -36,7 +36,7 @@ PRESET_FIELDS = (
 
 
 def _history_rows(run_dir) -> list[dict]:
-    path = run_dir / "history.csv"
+    path = run_dir / HISTORY
     if not path.is_file():
         return []
     with open(path, newline="") as fh:
