@@ -1,9 +1,16 @@
-"""Training in the background, so a page can watch it, stop it, and stay responsive.
+"""Long work in the background, so a page can watch it, stop it, and stay responsive.
 
-A :class:`TrainingJob` runs :func:`studio.train.train` in a thread and keeps every event; the app
-polls :meth:`TrainingJob.snapshot` to redraw its curves, and its Stop button calls
-:meth:`TrainingJob.stop`, which ends the run cleanly after the current batch with the best model
-kept. Each browser session owns its jobs, so one person's training never blocks another's page.
+A :class:`Job` runs any event stream (training, and later compression, adaptation or checks:
+a function ``stream(stop) -> Iterator[Event]``) in a thread and keeps every event; the app polls
+:meth:`Job.snapshot` to redraw its curves, and its Stop button calls :meth:`Job.stop`, which
+ends the work cleanly after the current step with the best model kept. :class:`TrainingJob` is
+the job for :func:`studio.train.train`.
+
+Jobs live in a :class:`JobRegistry`: one slot per workspace and kind of job, claimed and filled
+under one lock, so two quick clicks on Start cannot start two runs. Each browser session owns
+its workspace's jobs, so one person's work never blocks another's page.
+
+Light on purpose: the app imports it at start, before torch is loaded.
 """
 
 from __future__ import annotations
@@ -11,19 +18,26 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import events as ev
-from .data import Dataset
 from .errors import StudioError
-from .evaluate import score_words
-from .train import TrainConfig, train
 
-__all__ = ["TrainingJob", "JobSnapshot", "seconds_left", "TrainingQueue", "QUEUE"]
+__all__ = [
+    "Job",
+    "TrainingJob",
+    "JobSnapshot",
+    "JobRegistry",
+    "seconds_left",
+    "JobQueue",
+    "QUEUE",
+]
 
 
-class TrainingQueue:
-    """At most ``limit`` trainings at once in this process; the others wait in line, in order.
+class JobQueue:
+    """At most ``limit`` jobs at once in this process; the others wait in line, in order.
 
     A class of thirty pressing Start on a 2-core laptop would otherwise run thirty trainings
     side by side, each thirty times slower and all holding their memory. A waiting job can be
@@ -31,10 +45,18 @@ class TrainingQueue:
     """
 
     def __init__(self, limit: int | None = None):
-        self.limit = max(1, int(limit or self.default_limit()))
+        self._limit = max(1, int(limit)) if limit else None
         self._cond = threading.Condition()
         self._waiting: list[object] = []
         self._running = 0
+
+    @property
+    def limit(self) -> int:
+        """The set limit, or the default read when first needed (the app sets
+        ``STUDIO_MAX_TRAININGS`` from its command line after this module is imported)."""
+        if self._limit is None:
+            self._limit = self.default_limit()
+        return self._limit
 
     @staticmethod
     def default_limit() -> int:
@@ -68,7 +90,7 @@ class TrainingQueue:
             return self._waiting.index(job) + 1 if job in self._waiting else None
 
 
-QUEUE = TrainingQueue()
+QUEUE = JobQueue()
 
 
 def seconds_left(
@@ -114,28 +136,38 @@ class JobSnapshot:
     metrics: dict | None = None
 
 
-class TrainingJob:
-    """One training run in a daemon thread."""
+class Job:
+    """One stream of events in a daemon thread.
+
+    Args:
+        kind: What it does, in words for messages ("training", "compression"...).
+        stream: ``stream(stop)`` yields the events; it must check ``stop`` (a
+            :class:`threading.Event`) between steps and end cleanly once it is set.
+        total_epochs: Epochs the stream plans, for the progress bar (0 when it has none).
+        queue: The line it waits in for a free place (:data:`QUEUE` by default).
+    """
 
     def __init__(
         self,
-        config: TrainConfig,
-        dataset: Dataset | None = None,
-        queue: TrainingQueue | None = None,
+        kind: str,
+        stream: Callable[[threading.Event], Iterator[ev.Event]],
+        total_epochs: int = 0,
+        queue: JobQueue | None = None,
     ):
-        self.config = config
-        self.dataset = dataset
+        self.kind = kind
+        self.stream = stream
+        self.total_epochs = total_epochs
         self.queue = queue or QUEUE
         self.cancelled = False
         self.events: list[ev.Event] = []
         self.times: list[float] = []  # when each event arrived (time.monotonic)
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="studio-train", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"studio-{kind}", daemon=True)
         self.error: str | None = None
         self.started_at: float | None = None
 
-    def start(self) -> TrainingJob:
+    def start(self) -> Job:
         self.started_at = time.monotonic()
         self._thread.start()
         return self
@@ -156,20 +188,20 @@ class TrainingJob:
             self.cancelled = True  # stopped while waiting in line: no run folder was made
             return
         try:
-            self._train()
+            self._follow()
         finally:
             self.queue.leave()
 
-    def _train(self) -> None:
+    def _follow(self) -> None:
         try:
-            for event in train(self.config, self.dataset, stop=self._stop):
+            for event in self.stream(self._stop):
                 with self._lock:
                     self.events.append(event)
                     self.times.append(time.monotonic())
         except StudioError as exc:
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - shown to the user, never raised into the UI
-            self.error = f"training failed unexpectedly: {type(exc).__name__}: {exc}"
+            self.error = f"{self.kind} failed unexpectedly: {type(exc).__name__}: {exc}"
 
     def snapshot(self) -> JobSnapshot:
         """The current state, safe to call from any thread at any time."""
@@ -180,7 +212,7 @@ class TrainingJob:
         finished = next((e for e in events if isinstance(e, ev.Finished)), None)
         stopped = next((e for e in events if isinstance(e, ev.Stopped)), None)
         started = next((e for e in events if isinstance(e, ev.Started)), None)
-        total_epochs = self.config.epochs
+        total_epochs = max(1, self.total_epochs)
         last_batch = next((e for e in reversed(events) if isinstance(e, ev.Batch)), None)
         caching = next((e for e in reversed(events) if isinstance(e, ev.Caching)), None)
         if last_batch is not None:
@@ -198,13 +230,13 @@ class TrainingJob:
             state = "queued"
             message = (
                 f"Waiting for a free place: number {place} in line (this computer runs "
-                f"{self.queue.limit} training{'s' if self.queue.limit > 1 else ''} at a time; "
+                f"{self.queue.limit} job{'s' if self.queue.limit > 1 else ''} at a time; "
                 "Stop cancels it)"
             )
         elif finished is not None:
             state, fraction, eta = ("stopped" if stopped else "finished"), 1.0, 0.0
             metrics = finished.metrics
-            message = f"Done: {score_words(metrics)}" + (f" ({stopped.reason})" if stopped else "")
+            message = f"Done: {_words(metrics)}" + (f" ({stopped.reason})" if stopped else "")
         elif stopped is not None and self.done:
             state, message = "stopped", f"Stopped before the first epoch ended ({stopped.reason})"
         elif last_batch is None and caching is not None:
@@ -229,3 +261,75 @@ class TrainingJob:
             started.run_dir if started else None,
             finished.metrics if finished else None,
         )
+
+
+def _words(metrics: dict) -> str:
+    from .evaluate import score_words  # torch is loaded by now: the job has run
+
+    return score_words(metrics)
+
+
+class TrainingJob(Job):
+    """:func:`studio.train.train` as a job."""
+
+    def __init__(self, config: Any, dataset: Any = None, queue: JobQueue | None = None):
+        self.config = config
+        self.dataset = dataset
+        super().__init__("training", self._train, config.epochs, queue)
+
+    def _train(self, stop: threading.Event) -> Iterator[ev.Event]:
+        from .train import train
+
+        return train(self.config, self.dataset, stop=stop)
+
+
+class _Starting:
+    """Holds a slot while its job is being set up (torch may still be loading): a second
+    click on Start in that time finds it and is refused, and a Stop in that time is remembered
+    and passed on to the job once it exists."""
+
+    done = False
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class JobRegistry:
+    """The jobs of every workspace, one slot per (workspace, kind), behind one lock.
+
+    The app claims a slot before it sets a job up, hands the started job over, or releases
+    the slot when the set-up failed; :meth:`get` finds what is running to show or stop it.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[tuple[str, str], Job | _Starting] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, workspace: str, kind: str) -> None:
+        """Reserve the slot, or say why not (check and claim are one step)."""
+        with self._lock:
+            job = self._jobs.get((workspace, kind))
+            if job is not None and not job.done:
+                raise StudioError(f"a {kind} run is already going or waiting; stop it first")
+            self._jobs[(workspace, kind)] = _Starting()
+
+    def release(self, workspace: str, kind: str) -> None:
+        """Give the slot back after a set-up that failed before its job started."""
+        with self._lock:
+            if isinstance(self._jobs.get((workspace, kind)), _Starting):
+                del self._jobs[(workspace, kind)]
+
+    def hand_over(self, workspace: str, kind: str, job: Job) -> None:
+        """Put the started job in its slot (a Stop pressed during the set-up stops it)."""
+        with self._lock:
+            placeholder = self._jobs.get((workspace, kind))
+            self._jobs[(workspace, kind)] = job
+        if isinstance(placeholder, _Starting) and placeholder.stopped:
+            job.stop()
+
+    def get(self, workspace: str, kind: str) -> Job | _Starting | None:
+        with self._lock:
+            return self._jobs.get((workspace, kind))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import zipfile
 
 import pytest
@@ -193,9 +194,9 @@ def test_trainings_wait_in_line_and_a_waiting_one_can_be_cancelled(tmp_path, sma
     the third starts once the first is done."""
     import threading
 
-    from studio.jobs import TrainingQueue
+    from studio.jobs import JobQueue
 
-    queue = TrainingQueue(limit=1)
+    queue = JobQueue(limit=1)
     release = threading.Event()
 
     class HeldAfterTheFirstEvent(list):  # keeps the first job busy until the test lets it go
@@ -236,3 +237,67 @@ def test_a_zip_of_one_class_folder_adds_that_class(tmp_path):
             zf.write(write_image(tmp_path / f"{i}.png", size=(40, 40), seed=i), f"pears/{i}.png")
     report = ws.import_zip(archive)
     assert report.classes == ["pears"] and report.added == 3 and ws.classes() == ["pears"]
+
+
+def test_any_event_stream_is_a_job_with_the_same_snapshot_and_stop():
+    from studio import events as ev
+    from studio.jobs import Job, JobQueue
+
+    started = threading.Event()
+
+    def stream(stop):  # a stand-in for compression or adaptation: epochs until stopped
+        epoch = 0
+        while not stop.is_set():
+            epoch += 1
+            yield ev.Batch(epoch, 1, 1, 0.5)
+            yield ev.Epoch(epoch, 100, 0.5, 0.8, 0.6, 0.7, 1e-3, 0.01)
+            started.set()
+            stop.wait(0.01)
+        yield ev.Stopped("stopped by user", epoch)
+
+    job = Job("compression", stream, total_epochs=100, queue=JobQueue(limit=1)).start()
+    assert started.wait(60)
+    snap = job.snapshot()
+    assert snap.state == "training" and snap.epochs and 0 < snap.fraction < 1
+    job.stop()
+    assert job.wait(60)
+    assert job.snapshot().state == "stopped" and job.error is None
+
+
+def test_the_job_registry_gives_each_workspace_and_kind_one_slot():
+    from studio.errors import StudioError
+    from studio.jobs import JobRegistry
+
+    jobs = JobRegistry()
+    results = []
+
+    def click():  # thirty clicks on Start at once: one claim wins
+        try:
+            jobs.claim("ws", "training")
+            results.append("won")
+        except StudioError:
+            results.append("refused")
+
+    threads = [threading.Thread(target=click) for _ in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("won") == 1
+    jobs.claim("ws", "compression")  # another kind has its own slot
+    jobs.claim("other", "training")  # and so has another workspace
+    placeholder = jobs.get("ws", "training")
+    placeholder.stop()  # Stop pressed while the job is being set up
+
+    class Started:
+        done, stopped = False, False
+
+        def stop(self):
+            self.stopped = True
+
+    job = Started()
+    jobs.hand_over("ws", "training", job)
+    assert job.stopped and jobs.get("ws", "training") is job
+    jobs.release("other", "training")
+    assert jobs.get("other", "training") is None
+    jobs.claim("other", "training")

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore", "onnxscript", "onnx_ir", "torch.onnx", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     base = Path(args.workspace).resolve()
-    if args.max_trainings:  # read by studio.jobs when the engine loads
+    if args.max_trainings:  # read by studio.jobs when the first job starts
         os.environ["STUDIO_MAX_TRAININGS"] = str(max(1, args.max_trainings))
     demo = build_app(base)
     private = base / ".private"

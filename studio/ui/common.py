@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import StudioError
+from ..jobs import JobRegistry
 from ..owners import Owners
 from ..runs import METRICS, WEIGHTS, load_json
 from ..workspace import Workspace
@@ -32,54 +33,16 @@ IMAGENET = "imagenet:"  # a model choice that is a catalog backbone with its Ima
 log = logging.getLogger("studio.ui")
 
 
-class _Starting:
-    """Holds a workspace's place while its training is being set up (torch may still be
-    loading): a second click on Start in that time finds it and is refused, and a Stop in that
-    time is remembered and passed on to the job once it exists."""
-
-    done = False
-
-    def __init__(self) -> None:
-        self.stopped = False
-
-    def stop(self) -> None:
-        self.stopped = True
-
-
 class Context:
-    """App-wide settings and the per-session training jobs (keyed by workspace id)."""
+    """App-wide settings and the sessions' jobs (by workspace and kind: studio.jobs)."""
 
     def __init__(self, base: Path):
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
-        self.jobs: dict = {}
-        self._jobs_lock = threading.Lock()
+        self.jobs = JobRegistry()
         self.explainers = ExplainerCache()
         self.owners = Owners(self.base)
         self._warmed = False
-
-    def claim_training(self, ws_id: str) -> None:
-        """Reserve the workspace's one training slot, or say why not (check and claim are one
-        step: two quick clicks on Start cannot both pass)."""
-        with self._jobs_lock:
-            job = self.jobs.get(ws_id)
-            if job is not None and not job.done:
-                raise StudioError("a training run is already going or waiting; stop it first")
-            self.jobs[ws_id] = _Starting()
-
-    def release_training(self, ws_id: str) -> None:
-        """Give the slot back after a set-up that failed before its job started."""
-        with self._jobs_lock:
-            if isinstance(self.jobs.get(ws_id), _Starting):
-                del self.jobs[ws_id]
-
-    def hand_over_training(self, ws_id: str, job) -> None:
-        """Put the started job in the slot its set-up held (a Stop pressed meanwhile stops it)."""
-        with self._jobs_lock:
-            placeholder = self.jobs.get(ws_id)
-            self.jobs[ws_id] = job
-        if isinstance(placeholder, _Starting) and placeholder.stopped:
-            job.stop()
 
     def warm_up(self) -> None:
         """Load the engine's heavy half (torch, timm, scikit-learn) in the background once a

@@ -286,7 +286,7 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
         try:  # what needs no torch is checked first: "no pictures" must not wait for it
             ws = ctx.workspace(ws_id)
             dataset = ws.dataset(seed=int(sd))
-            ctx.claim_training(ws_id)
+            ctx.jobs.claim(ws_id, "training")
         except StudioError as exc:
             raise gr.Error(as_text(exc), print_exception=False) from None
         try:
@@ -294,15 +294,15 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
                 ws, dataset, preset_name, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug
             )
         except BaseException as exc:
-            ctx.release_training(ws_id)  # only a failed set-up gives the slot back
+            ctx.jobs.release(ws_id, "training")  # only a failed set-up gives the slot back
             if isinstance(exc, StudioError):
                 raise gr.Error(as_text(exc), print_exception=False) from None
             raise
-        ctx.hand_over_training(ws_id, job)
+        ctx.jobs.hand_over(ws_id, "training", job)
         yield from _follow(ctx, ws_id, job, note)
 
     def stop_training(ws_id):
-        job = ctx.jobs.get(ws_id)
+        job = ctx.jobs.get(ws_id, "training")
         if job is None or job.done:
             gr.Info("Nothing is training.")
             return
