@@ -161,6 +161,7 @@ class Dataset:
     report: DataReport
     root: Path
     seed: int
+    fractions: tuple[float, float] = (0.15, 0.15)  # (validation, test) asked of load_dataset
 
     @property
     def train(self) -> list[Sample]:
@@ -577,7 +578,8 @@ def load_dataset(
         max_size=(largest.width, largest.height),
     )
     report.warnings = _warnings(report)
-    return Dataset(classes, splits, multilabel, report, root.resolve(), seed)
+    fractions = (val_fraction, test_fraction)
+    return Dataset(classes, splits, multilabel, report, root.resolve(), seed, fractions)
 
 
 def _locate(source: Path) -> tuple[Path, Path | None]:

@@ -459,12 +459,35 @@ def load_training_data(cfg: TrainConfig) -> Dataset:
 
 def _load_data(cfg: TrainConfig, dataset: Dataset | None) -> Dataset:
     if dataset is not None:
+        _check_same_data(cfg, dataset)
         return dataset
     if not cfg.data:
         raise StudioError("no dataset given")
     return load_dataset(
         cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
     )
+
+
+def _check_same_data(cfg: TrainConfig, dataset: Dataset) -> None:
+    """A dataset handed in already loaded (to save decoding it again) must be the one the
+    config names, split as the config says: ``config.json`` records the config, and a resume
+    or a repeat of the run loads the data from it."""
+    problems = []
+    if cfg.data:
+        named = Path(cfg.data).expanduser().resolve()
+        if named not in (Path(dataset.report.source).expanduser().resolve(), dataset.root):
+            problems.append(f"the settings name {cfg.data}, the pictures are {dataset.root}")
+    if dataset.seed != cfg.seed:
+        problems.append(f"it was split with seed {dataset.seed}, the settings say {cfg.seed}")
+    if dataset.fractions != (cfg.val_fraction, cfg.test_fraction):
+        problems.append(
+            f"it holds back {dataset.fractions} (validation, test), the settings say "
+            f"{(cfg.val_fraction, cfg.test_fraction)}"
+        )
+    if problems:
+        raise StudioError(
+            "the loaded dataset is not the one the settings describe: " + "; ".join(problems)
+        )
 
 
 def set_up(cfg: TrainConfig, dataset: Dataset | None = None) -> RunSetup:

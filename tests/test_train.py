@@ -322,3 +322,19 @@ def test_a_score_on_the_training_pictures_is_not_called_a_test_score(tmp_path, s
     assert "not a test score" in snap.message and "pictures it learnt from" in snap.message
     assert "Not a test score" in (tmp_path / "run" / "MODEL_CARD.md").read_text()
     assert "not a test" not in score_words({"accuracy": 0.9, "n": 10, "split": "test"})
+
+
+def test_a_dataset_handed_in_must_be_the_one_the_settings_describe(tmp_path, small_example):
+    """One way in: the settings are what config.json records and a resume loads, so a loaded
+    dataset split another way (or other pictures) is refused before any work, with the reason."""
+    from studio.data import load_dataset
+    from studio.errors import StudioError
+    from studio.train import train
+
+    other_split = load_dataset(small_example, seed=3, val_fraction=0.3)
+    with pytest.raises(StudioError, match="seed 3.*settings say 0.*holds back"):
+        list(train(_config(small_example, tmp_path / "run"), other_split))
+    elsewhere = _config(tmp_path / "elsewhere", tmp_path / "run2")
+    with pytest.raises(StudioError, match="the settings name"):
+        list(train(elsewhere, load_dataset(small_example)))
+    assert not (tmp_path / "run" / "model.safetensors").exists()
