@@ -11,10 +11,11 @@ import math
 
 import numpy as np
 
+from .config import TrainConfig
 from .data import Dataset
 from .freeze import apply_freeze, keep_frozen_norms_in_eval, optimizer_groups, parse_freeze
+from .loop import make_feeder, make_optimizer, make_task_loss, set_up, without_events
 from .paths import cache_dir
-from .train import TrainConfig, make_feeder, make_optimizer, make_task_loss, set_up
 
 __all__ = ["lr_find", "suggest_lr"]
 
@@ -49,12 +50,7 @@ def lr_find(
     model, groups = run.model, run.groups
     frozen = parse_freeze(config.freeze, groups)
     apply_freeze(model, groups, frozen)
-    feeder_gen = make_feeder(run, frozen, cache_dir("lr-find"), with_val=False)
-    try:
-        while True:
-            next(feeder_gen)  # caching progress: nobody watches it here
-    except StopIteration as done:
-        feeder = done.value
+    feeder = without_events(make_feeder(run, frozen, cache_dir("lr-find"), with_val=False))
     optimizer = make_optimizer(
         config, optimizer_groups(model, groups, start_lr, config.weight_decay, config.layer_decay)
     )

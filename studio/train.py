@@ -8,47 +8,48 @@ the run folder; ``checkpoint.pt`` after every epoch makes a killed run resumable
 ``resume=True`` to the exact same result as an uninterrupted one (every step's random draws are
 seeded from the run's seed and the step's number: :mod:`studio.rng`).
 
-The pieces, in the order a run meets them: :func:`_open_run` (new run or resume),
-:func:`set_up` (data, model, transforms; shared with the LR finder), :func:`make_feeder`
-(cached frozen-prefix features or images), :func:`_run_phase` and :func:`_train_epoch` (the
-epochs, tracked by :class:`_Progress`, which is also what a checkpoint stores), :func:`_finish`.
+The loop's parts (set-up, feeders, optimizer, one epoch, validation) are public in
+:mod:`studio.loop`; this module is the fine-tuning recipe on top of them, in the order a run
+meets it: :func:`_open_run` (new run or resume), :func:`~studio.loop.set_up`, the phases
+(:func:`_run_phases`: a head solved exactly by :func:`_fit_head_phase`, or epochs by
+:func:`_run_phase`), each epoch closed by :func:`_close_epoch` into :class:`_Progress` (history,
+best weights, what a checkpoint stores), and :func:`_finish` (evaluate, save the model).
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import events as ev
-from .backbones import (
-    DEFAULT_BACKBONE,
-    Group,
-    WeightsInfo,
-    create_backbone,
-    data_config,
-    model_groups,
-)
-from .cache import FeatureStore, fill_store, plan_cache, run_cached
-from .data import Dataset, load_dataset
+from .config import TrainConfig
+from .data import Dataset
 from .errors import RunError, StudioError
 from .evaluate import evaluate_samples
-from .freeze import apply_freeze, keep_frozen_norms_in_eval, optimizer_groups, parse_freeze
-from .images import open_rgb
-from .loaders import AUGMENT_PRESETS, ImageSamples, build_transform, image_loader
+from .freeze import apply_freeze, optimizer_groups, parse_freeze
+from .loop import (
+    RunSetup,
+    StopFlag,
+    count_correct,
+    load_training_data,
+    make_feeder,
+    make_optimizer,
+    make_scheduler,
+    make_task_loss,
+    select_device,
+    set_up,
+    train_epoch,
+    validate,
+)
 from .models import save_model
-from .rng import seeded, step_seed
 from .runs import (
     CHECKPOINT,
     CONFIG,
@@ -75,294 +76,9 @@ __all__ = [
     "StopFlag",
     "load_training_data",
     "solves_head_exactly",
-    # the pieces the LR finder shares (the seams issue moves them into a loop module)
-    "RunSetup",
-    "set_up",
-    "make_feeder",
-    "make_optimizer",
-    "make_task_loss",
 ]
 
 CHECKPOINT_FORMAT = 1
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; saved as ``config.json`` so a run can be repeated exactly."""
-
-    data: str = ""
-    out: str = "runs/run"
-    backbone: str = DEFAULT_BACKBONE
-    weights_file: str | None = None
-    pretrained: bool = True
-    freeze: str = "backbone"
-    # How a head on a frozen backbone learns: "exact" solves it (logistic regression to
-    # convergence, weight decay by cross-validation: studio.head_fit); "sgd" runs epochs.
-    head_solver: str = "exact"
-    preset: str = ""  # the preset these settings came from (studio.presets), for the record
-    epochs: int = 10
-    head_epochs: int = 0  # staged unfreezing: train only the head this many epochs first
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adamw"  # adamw | sgd
-    momentum: float = 0.9
-    weight_decay: float = 0.01
-    layer_decay: float = 0.75  # layer-wise LR decay; 1.0 = same LR everywhere
-    schedule: str = "cosine"  # cosine | onecycle | constant
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.1
-    l2sp: float = 0.0  # pull fine-tuned weights towards their pretrained values (L2-SP)
-    augment: str = "light"  # none | light | strong
-    patience: int = 5  # early stopping: epochs without a better val loss; 0 = off
-    threshold: float = 0.5  # multi-label decision threshold
-    seed: int = 0
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    cache: bool = True
-    cache_views: int = 0  # augmented views stored per image when caching; 0 = auto
-    cache_memory_mb: int = 2048
-    device: str = "auto"
-    amp: bool = True  # mixed precision on CUDA
-    channels_last: bool = True  # memory format for CUDA and CPU
-    workers: int = -1  # image-decoding processes; -1 = auto
-    resume: bool = False
-
-    def validate(self) -> TrainConfig:
-        """Raise :class:`StudioError` with a plain reason for any value that cannot work
-        (a resumed run's ``config.json`` is checked too: it may have been edited)."""
-        for f in fields(self):
-            wanted = _FIELD_TYPES.get(str(f.type))
-            value = getattr(self, f.name)
-            if wanted and (
-                not isinstance(value, wanted) or isinstance(value, bool) != (wanted is bool)
-            ):
-                raise StudioError(f"{f.name} must be {_TYPE_WORDS[str(f.type)]}, not {value!r}")
-        checks = [
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (
-                0 <= self.head_epochs < self.epochs or self.head_epochs == 0,
-                "head epochs must be fewer than epochs",
-            ),
-            (self.batch_size >= 1, "batch size must be at least 1"),
-            (0 < self.lr < 10, "learning rate must be between 0 and 10"),
-            (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
-            (self.head_solver in ("exact", "sgd"), "head solver must be exact or sgd"),
-            (
-                self.schedule in ("cosine", "onecycle", "constant"),
-                "schedule must be cosine, onecycle or constant",
-            ),
-            (0 < self.layer_decay <= 1, "layer decay must be in (0, 1]"),
-            (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
-            (
-                self.augment in AUGMENT_PRESETS,
-                f"augment must be one of {', '.join(AUGMENT_PRESETS)}",
-            ),
-            (
-                0 <= self.val_fraction < 1
-                and 0 <= self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1,
-                "split fractions must sum below 1",
-            ),
-            (self.weight_decay >= 0 and self.l2sp >= 0, "weight decay and L2-SP must be >= 0"),
-            (0 < self.threshold < 1, "threshold must be between 0 and 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise StudioError(message)
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-_FIELD_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str}
-_TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
-
-
-class StopFlag(Protocol):
-    def is_set(self) -> bool: ...
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch
-
-
-# --------------------------------------------------------------------------- feeding batches
-
-
-class _ImageFeeder:
-    """Batches of decoded, transformed images through the whole model."""
-
-    def __init__(
-        self,
-        train_ds: ImageSamples,
-        val_ds: ImageSamples | None,
-        cfg: TrainConfig,
-        device: torch.device,
-        channels_last: bool,
-    ):
-        self.train_ds, self.val_ds, self.cfg = train_ds, val_ds, cfg
-        self.device, self.channels_last = device, channels_last
-
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train_ds) / self.cfg.batch_size)
-
-    def _move(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def train_batches(self, seed: int):
-        # The same seeded order as the cached feeder, so both paths see identical batches.
-        order = np.random.default_rng(seed).permutation(len(self.train_ds)).tolist()
-        loader = image_loader(
-            self.train_ds,
-            self.cfg.batch_size,
-            sampler=order,
-            workers=self.cfg.workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        for x, y in loader:
-            yield self._move(x), y.to(self.device)
-
-    def val_batches(self):
-        if self.val_ds is None:
-            return
-        for x, y in image_loader(self.val_ds, self.cfg.batch_size, workers=self.cfg.workers):
-            yield self._move(x), y.to(self.device)
-
-    def plain_train_batches(self, eval_tf: Callable):
-        """The training pictures in order, without augmentation (for the exact head fit)."""
-        ds = ImageSamples(self.train_ds.samples, eval_tf, self.train_ds.num_classes, False)
-        for x, y in image_loader(ds, self.cfg.batch_size, workers=self.cfg.workers):
-            yield self._move(x), y.to(self.device)
-
-    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return model(x)
-
-    def close(self) -> None:
-        pass
-
-
-class _CachedFeeder:
-    """Batches of stored frozen-prefix outputs; only the trainable rest of the model runs."""
-
-    def __init__(
-        self,
-        plan,
-        train_store: FeatureStore,
-        val_store: FeatureStore | None,
-        train_targets: torch.Tensor,
-        val_targets: torch.Tensor | None,
-        cfg: TrainConfig,
-        device: torch.device,
-    ):
-        self.plan, self.train_store, self.val_store = plan, train_store, val_store
-        self.train_targets, self.val_targets = train_targets, val_targets
-        self.cfg, self.device = cfg, device
-
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.train_store.n_images / self.cfg.batch_size)
-
-    def train_batches(self, seed: int):
-        rng = np.random.default_rng(seed)
-        n = self.train_store.n_images
-        order = rng.permutation(n)
-        views = rng.integers(0, self.train_store.views, size=n)
-        for start in range(0, n, self.cfg.batch_size):
-            idx = order[start : start + self.cfg.batch_size]
-            x = self.train_store.get(views[idx], idx).to(self.device, non_blocking=True)
-            yield x, self.train_targets[idx].to(self.device)
-
-    def val_batches(self):
-        if self.val_store is not None:
-            yield from self._in_order(self.val_store, self.val_targets)
-
-    def plain_train_batches(self, eval_tf: Callable | None = None):
-        """The training pictures in order, unaugmented (view 0), for the exact head fit."""
-        yield from self._in_order(self.train_store, self.train_targets)
-
-    def _in_order(self, store: FeatureStore, targets: torch.Tensor):
-        n = store.n_images
-        for start in range(0, n, self.cfg.batch_size):
-            idx = np.arange(start, min(n, start + self.cfg.batch_size))
-            x = store.get(np.zeros_like(idx), idx).to(self.device)
-            yield x, targets[idx].to(self.device)
-
-    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return run_cached(model, self.plan, x)
-
-    def close(self) -> None:
-        self.train_store.close()
-        if self.val_store is not None:
-            self.val_store.close()
-
-
-# --------------------------------------------------------------------------- pieces of the loop
-
-
-def make_task_loss(multilabel: bool, label_smoothing: float):
-    """The task's loss, ``loss(logits, targets)``: cross-entropy with label smoothing, or
-    binary cross-entropy per tag for multi-label data (no regulariser: see L2-SP)."""
-    if multilabel:
-        return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)
-    return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-
-
-def _correct(logits: torch.Tensor, y: torch.Tensor, multilabel: bool, threshold: float) -> int:
-    if multilabel:
-        return int(((logits.sigmoid() >= threshold) == (y > 0.5)).all(1).sum())
-    return int((logits.argmax(1) == y).sum())
-
-
-def make_optimizer(cfg: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
-    """AdamW, or SGD with Nesterov momentum, over per-group learning rates (freeze.py)."""
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.AdamW(param_groups, lr=cfg.lr)
-
-
-def _warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """LR multiplier: linear warm-up, then cosine down to 1% of the peak."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _make_scheduler(cfg: TrainConfig, optimizer, total_steps: int, steps_per_epoch: int):
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps
-        )
-    if cfg.schedule == "constant":
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _warmup_cosine(step, total_steps, warmup)
-    )
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if device.type == "cuda" and enabled:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
 
 
 def _l2sp_penalty(model: nn.Module, reference: dict[str, torch.Tensor], head: set[str]):
@@ -420,181 +136,6 @@ def solves_head_exactly(run: RunSetup, phase: _Phase) -> bool:
         and not run.dataset.multilabel
         and frozen == body
         and isinstance(classifier, nn.Linear)
-    )
-
-
-# --------------------------------------------------------------------------- setting up
-
-
-@dataclass
-class RunSetup:
-    """A config made concrete: data, device, the model and its transforms.
-
-    Shared by training and the LR finder, so both see the same model and the same inputs.
-    """
-
-    cfg: TrainConfig
-    dataset: Dataset
-    device: torch.device
-    model: nn.Module
-    weights: WeightsInfo
-    groups: list[Group]
-    data_config: dict
-    eval_tf: Callable
-    train_tf: Callable
-    channels_last: bool
-    train_ds: ImageSamples
-    val_ds: ImageSamples | None
-
-    @property
-    def amp(self) -> bool:
-        return self.cfg.amp and self.device.type == "cuda"
-
-
-def load_training_data(cfg: TrainConfig) -> Dataset:
-    """The config's dataset, split by its fractions and seed (what :func:`train` loads when
-    it is not given one)."""
-    return _load_data(cfg, None)
-
-
-def _load_data(cfg: TrainConfig, dataset: Dataset | None) -> Dataset:
-    if dataset is not None:
-        _check_same_data(cfg, dataset)
-        return dataset
-    if not cfg.data:
-        raise StudioError("no dataset given")
-    return load_dataset(
-        cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
-    )
-
-
-def _check_same_data(cfg: TrainConfig, dataset: Dataset) -> None:
-    """A dataset handed in already loaded (to save decoding it again) must be the one the
-    config names, split as the config says: ``config.json`` records the config, and a resume
-    or a repeat of the run loads the data from it."""
-    problems = []
-    if cfg.data:
-        named = Path(cfg.data).expanduser().resolve()
-        if named not in (Path(dataset.report.source).expanduser().resolve(), dataset.root):
-            problems.append(f"the settings name {cfg.data}, the pictures are {dataset.root}")
-    if dataset.seed != cfg.seed:
-        problems.append(f"it was split with seed {dataset.seed}, the settings say {cfg.seed}")
-    if dataset.fractions != (cfg.val_fraction, cfg.test_fraction):
-        problems.append(
-            f"it holds back {dataset.fractions} (validation, test), the settings say "
-            f"{(cfg.val_fraction, cfg.test_fraction)}"
-        )
-    if problems:
-        raise StudioError(
-            "the loaded dataset is not the one the settings describe: " + "; ".join(problems)
-        )
-
-
-def set_up(cfg: TrainConfig, dataset: Dataset | None = None) -> RunSetup:
-    """Everything a run (or the LR finder) trains with: data, device, model with its new head,
-    layer groups, transforms. Shared so both build the model the same way."""
-    dataset = _load_data(cfg, dataset)
-    device = select_device(cfg.device)
-    classes, multilabel = dataset.classes, dataset.multilabel
-    with seeded(cfg.seed):  # the new head's initial weights
-        model, weights = create_backbone(
-            cfg.backbone, len(classes), pretrained=cfg.pretrained, weights_file=cfg.weights_file
-        )
-    groups = model_groups(model)
-    for phase in _phases(cfg):  # fail on a bad freeze spec before any work
-        parse_freeze(phase.freeze, groups)
-    dcfg = data_config(model)
-    eval_tf = build_transform(dcfg, "none")
-    train_tf = build_transform(dcfg, cfg.augment, training=True)
-    # Channels-last is faster for convolutions on GPUs and, with oneDNN, on CPUs too (1.6x for
-    # full fine-tuning on a 2-core CPU: benchmarks/bench_channels_last.py); MPS is left alone.
-    channels_last = cfg.channels_last and device.type in ("cuda", "cpu")
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return RunSetup(
-        cfg,
-        dataset,
-        device,
-        model,
-        weights,
-        groups,
-        dcfg,
-        eval_tf,
-        train_tf,
-        channels_last,
-        ImageSamples(dataset.train, train_tf, len(classes), multilabel),
-        ImageSamples(dataset.val, eval_tf, len(classes), multilabel) if dataset.val else None,
-    )
-
-
-def make_feeder(
-    run: RunSetup,
-    frozen: list[str],
-    cache_folder: Path,
-    stop: StopFlag | None = None,
-    with_val: bool = True,
-):
-    """Cached features when a frozen prefix can be cut off, otherwise images.
-
-    A generator: yields ``Caching``/``Notice`` events and returns the feeder, or None when
-    stopped while caching.
-    """
-    cfg = run.cfg
-    train_ds, val_ds = run.train_ds, (run.val_ds if with_val else None)
-    if not (cfg.cache and frozen):
-        return _ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last)
-    sample = torch.stack([run.eval_tf(open_rgb(s.path)) for s in train_ds.samples[:2]])
-    plan, why = plan_cache(run.model, sample.to(run.device))
-    if plan is None:
-        yield ev.Notice(f"not caching frozen layers: {why}")
-        return _ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last)
-    views = _auto_views(run)
-    total = len(train_ds) * views + (len(val_ds) if val_ds else 0)
-    done = 0
-    yield ev.Caching(0, total)
-    stores: list[FeatureStore | None] = []
-    for ds, n_views in ((train_ds, views), (val_ds, 1)):
-        if ds is None:
-            stores.append(None)
-            continue
-        store = FeatureStore(
-            len(ds), n_views, plan.feature_shape, cfg.cache_memory_mb * 1024**2, cache_folder
-        )
-        stores.append(store)
-
-        def batches(view: int, ds: ImageSamples = ds):
-            tf = run.eval_tf if view == 0 else run.train_tf
-            view_ds = ImageSamples(ds.samples, tf, ds.num_classes, ds.multilabel)
-            loader = iter(image_loader(view_ds, cfg.batch_size, workers=cfg.workers))
-            for n in itertools.count():
-                with seeded(step_seed(cfg.seed, -1 - view, n)):  # the augmentation's draws
-                    x = next(loader, None)
-                if x is None:
-                    return
-                yield x[0]
-
-        for n in fill_store(run.model, plan, store, batches, run.device, run.channels_last):
-            done += n
-            yield ev.Caching(done, total)
-            if stop is not None and stop.is_set():
-                for made in stores:
-                    if made is not None:
-                        made.close()
-                return None
-    where = "on disk" if stores[0].on_disk else "in memory"
-    note = why + f" ({views} view{'s' if views > 1 else ''} per image, {where})"
-    if cfg.augment != "none" and views > 1:
-        note += f"; augmentation repeats every {views} epochs"
-    yield ev.Notice(note)
-    return _CachedFeeder(
-        plan,
-        stores[0],
-        stores[1],
-        train_ds.targets(),
-        val_ds.targets() if val_ds else None,
-        cfg,
-        run.device,
     )
 
 
@@ -760,7 +301,7 @@ _STOPPED_BY_USER = "stopped by user"
 def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> Iterator[ev.Event]:
     t_start = time.perf_counter()
     cfg, resume_state = _open_run(cfg.validate())
-    dataset = _load_data(cfg, dataset)
+    dataset = load_training_data(cfg, dataset)
     if resume_state is not None and resume_state["split_hash"] != dataset.split_hash():
         raise StudioError("the data changed since this run started; resume needs the same split")
     run = set_up(cfg, dataset)
@@ -837,11 +378,12 @@ def _run_phases(run: RunSetup, phases, progress, loss_fn, resume_state, stop, ca
 def _feeder_for(run: RunSetup, frozen: list[str], cache_frozen: list[str] | None, stop):
     """The phase's feeder; with ``cache_frozen``, one caching that prefix, which the cache plan
     reads from ``requires_grad``: that freeze is applied while planning, then the phase's own."""
+    folder, views = Path(run.cfg.out) / ".cache", _auto_views(run)
     if cache_frozen is None:
-        return (yield from make_feeder(run, frozen, Path(run.cfg.out) / ".cache", stop))
+        return (yield from make_feeder(run, frozen, folder, stop, views=views))
     apply_freeze(run.model, run.groups, cache_frozen)
     try:
-        return (yield from make_feeder(run, cache_frozen, Path(run.cfg.out) / ".cache", stop))
+        return (yield from make_feeder(run, cache_frozen, folder, stop, views=views))
     finally:
         apply_freeze(run.model, run.groups, frozen)
 
@@ -918,7 +460,7 @@ def _run_phase(
         cfg, optimizer_groups(model, run.groups, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     )
     steps = feeder.steps_per_epoch()
-    scheduler = _make_scheduler(cfg, optimizer, steps * phase.epochs, steps)
+    scheduler = make_scheduler(cfg, optimizer, steps * phase.epochs, steps)
     if resume_state and int(resume_state["phase"]) == index:
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
@@ -927,12 +469,12 @@ def _run_phase(
 
     for epoch in range(max(phase.first, progress.done_epochs + 1), phase.last + 1):
         t_epoch = time.perf_counter()
-        loss, accuracy, seen, stop_asked = yield from _train_epoch(
+        loss, accuracy, seen, stop_asked = yield from train_epoch(
             run, feeder, loss_fn, optimizer, scheduler, scaler, epoch, stop
         )
         if stop_asked and seen < len(run.train_ds):
             return _STOPPED_BY_USER  # a half epoch is not an epoch: keep the best finished one
-        val_loss, val_acc = _validate(run, feeder)
+        val_loss, val_acc = validate(run, feeder)
         row = {
             "epoch": epoch,
             "phase": phase.name,
@@ -1017,11 +559,11 @@ def _fit_head_phase(run: RunSetup, index: int, phase: _Phase, feeder, progress, 
             "epoch": epoch,
             "phase": phase.name,
             "train_loss": float(task_loss(logits, y)),
-            "train_acc": _correct(logits, y, False, cfg.threshold) / len(y),
+            "train_acc": count_correct(logits, y, False, cfg.threshold) / len(y),
             "val_loss": None if val_logits is None else float(task_loss(val_logits, y_val)),
             "val_acc": None
             if val_logits is None
-            else _correct(val_logits, y_val, False, cfg.threshold) / len(y_val),
+            else count_correct(val_logits, y_val, False, cfg.threshold) / len(y_val),
             "lr": 1.0,  # L-BFGS's step scale; its line search sets the real step
             "seconds": time.perf_counter() - t_round + seconds,
         }
@@ -1050,43 +592,6 @@ def _head_inputs(model: nn.Module, feeder, batches) -> tuple[torch.Tensor, torch
     if not targets:
         return torch.zeros(0), torch.zeros(0, dtype=torch.long)
     return torch.cat(seen), torch.cat(targets)
-
-
-def _train_epoch(run: RunSetup, feeder, loss_fn, optimizer, scheduler, scaler, epoch: int, stop):
-    """One pass over the training batches, yielding a ``Batch`` event per step.
-
-    Returns ``(mean loss, accuracy, images seen, whether a stop was asked)``.
-    """
-    cfg, model = run.cfg, run.model
-    model.train()
-    keep_frozen_norms_in_eval(model)
-    steps = feeder.steps_per_epoch()
-    total_loss, correct, seen = 0.0, 0, 0
-    batches = feeder.train_batches(_epoch_seed(cfg.seed, epoch))
-    for n in range(1, steps + 1):
-        # Decoding (augmentation) and the step (dropout) draw from the global generators:
-        # seeded per batch, under the lock that keeps other runs' draws out (studio.rng).
-        with seeded(step_seed(cfg.seed, epoch, n)):
-            batch = next(batches, None)
-            if batch is None:
-                break
-            x, y = batch
-            with _autocast(run.device, run.amp):
-                logits = feeder.forward(model, x)
-                loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-        total_loss += float(loss.detach()) * len(y)
-        correct += _correct(logits.detach(), y, run.dataset.multilabel, cfg.threshold)
-        seen += len(y)
-        yield ev.Batch(epoch, n, steps, float(loss.detach()))
-        if stop is not None and stop.is_set():
-            break
-    stop_asked = stop is not None and stop.is_set()
-    return total_loss / max(1, seen), correct / max(1, seen), seen, stop_asked
 
 
 def _finish(run: RunSetup, progress: _Progress, stopped: str | None, seconds: float) -> ev.Finished:
@@ -1161,24 +666,6 @@ def _mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
             keep.update(dot + n for n, p in own if p.requires_grad)
             keep.update(dot + n for n, _ in module.named_buffers(recurse=False))
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in keep}
-
-
-@torch.no_grad()
-def _validate(run: RunSetup, feeder) -> tuple[float | None, float | None]:
-    """Validation loss and accuracy (the task's loss alone, without L2-SP); None without data."""
-    model, multilabel = run.model, run.dataset.multilabel
-    loss_fn = make_task_loss(multilabel, run.cfg.label_smoothing)
-    model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
-    for x, y in feeder.val_batches():
-        with _autocast(run.device, run.amp):
-            logits = feeder.forward(model, x).float()
-        total_loss += float(loss_fn(logits, y)) * len(y)
-        correct += _correct(logits, y, multilabel, run.cfg.threshold)
-        seen += len(y)
-    if not seen:
-        return None, None
-    return total_loss / seen, correct / seen
 
 
 def _preprocess_info(dcfg: dict) -> dict:

@@ -1,0 +1,542 @@
+"""The training loop's pieces, public, for every kind of run that trains a model.
+
+Fine-tuning (:mod:`studio.train`), the LR finder, and the runs still to come (distillation,
+compression's recovery fine-tune, domain adaptation) build from the same parts, in this order:
+
+1. :func:`set_up` -- a :class:`~studio.config.TrainConfig` made concrete: the data (loaded, or
+   checked to be the one named), the device, the model with its new head, its layer groups and
+   transforms (:class:`RunSetup`).
+2. :func:`make_feeder` -- where batches come from (a :class:`Feeder`): the frozen prefix's
+   outputs computed once and stored (:class:`CachedFeeder`), or pictures decoded every epoch
+   (:class:`ImageFeeder`). It yields ``Caching`` events; :func:`without_events` runs it quietly.
+3. :func:`make_optimizer`, :func:`make_scheduler`, :func:`make_task_loss` -- per-group
+   learning rates (:mod:`studio.freeze`), the schedule, the task's loss.
+4. :func:`train_epoch` -- one pass with a ``Batch`` event per step, every step's random draws
+   seeded from the run's seed and the step's number (:mod:`studio.rng`). Its hooks take what
+   other runs add: ``extra_loss`` (a teacher's logits, a domain discrepancy) and
+   ``extra_batches`` (a second stream, such as unlabelled pictures).
+5. :func:`validate` -- validation loss and accuracy with the task's loss alone.
+
+What a run does between epochs (keeping the best weights, checkpoints, early stopping, the run
+folder) is the recipe's, not the loop's: see :mod:`studio.train`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import events as ev
+from .backbones import Group, WeightsInfo, create_backbone, data_config, model_groups
+from .cache import FeatureStore, fill_store, plan_cache, run_cached
+from .config import TrainConfig
+from .data import Dataset, load_dataset
+from .errors import StudioError
+from .freeze import keep_frozen_norms_in_eval, parse_freeze
+from .images import open_rgb
+from .loaders import ImageSamples, build_transform, image_loader
+from .rng import seeded, step_seed
+
+__all__ = [
+    "StopFlag",
+    "Feeder",
+    "Step",
+    "RunSetup",
+    "ImageFeeder",
+    "CachedFeeder",
+    "select_device",
+    "epoch_seed",
+    "load_training_data",
+    "set_up",
+    "make_feeder",
+    "without_events",
+    "make_task_loss",
+    "count_correct",
+    "make_optimizer",
+    "make_scheduler",
+    "autocast",
+    "train_epoch",
+    "validate",
+]
+
+T = TypeVar("T")
+
+
+class StopFlag(Protocol):
+    """What a loop checks between steps (a :class:`threading.Event` is one)."""
+
+    def is_set(self) -> bool: ...
+
+
+class Feeder(Protocol):
+    """Where a loop's batches come from: decoded pictures through the whole model
+    (:class:`ImageFeeder`) or a frozen prefix's stored outputs through the rest
+    (:class:`CachedFeeder`). ``forward`` runs the model on what the feeder gives."""
+
+    def steps_per_epoch(self) -> int: ...
+
+    def train_batches(self, seed: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def val_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def plain_train_batches(
+        self, eval_tf: Callable | None = None
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Step:
+    """What an extra loss term sees at one training step (see :func:`train_epoch`)."""
+
+    model: nn.Module
+    x: torch.Tensor  # the feeder's input: pictures, or a frozen prefix's outputs
+    y: torch.Tensor
+    logits: torch.Tensor
+    extra: Any  # this step's item of the extra stream, if any
+    epoch: int
+    n: int  # the step's number within the epoch, from 1
+
+
+def without_events(gen: Generator[Any, None, T]) -> T:
+    """Run an event generator (such as :func:`make_feeder`) for its result alone."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+# --------------------------------------------------------------------------- feeding batches
+
+
+class ImageFeeder:
+    """Batches of decoded, transformed images through the whole model."""
+
+    def __init__(
+        self,
+        train_ds: ImageSamples,
+        val_ds: ImageSamples | None,
+        cfg: TrainConfig,
+        device: torch.device,
+        channels_last: bool,
+    ):
+        self.train_ds, self.val_ds, self.cfg = train_ds, val_ds, cfg
+        self.device, self.channels_last = device, channels_last
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_ds) / self.cfg.batch_size)
+
+    def _move(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train_batches(self, seed: int):
+        # The same seeded order as the cached feeder, so both paths see identical batches.
+        order = np.random.default_rng(seed).permutation(len(self.train_ds)).tolist()
+        loader = image_loader(
+            self.train_ds,
+            self.cfg.batch_size,
+            sampler=order,
+            workers=self.cfg.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for x, y in loader:
+            yield self._move(x), y.to(self.device)
+
+    def val_batches(self):
+        if self.val_ds is None:
+            return
+        for x, y in image_loader(self.val_ds, self.cfg.batch_size, workers=self.cfg.workers):
+            yield self._move(x), y.to(self.device)
+
+    def plain_train_batches(self, eval_tf: Callable):
+        """The training pictures in order, without augmentation (for the exact head fit)."""
+        ds = ImageSamples(self.train_ds.samples, eval_tf, self.train_ds.num_classes, False)
+        for x, y in image_loader(ds, self.cfg.batch_size, workers=self.cfg.workers):
+            yield self._move(x), y.to(self.device)
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    def close(self) -> None:
+        pass
+
+
+class CachedFeeder:
+    """Batches of stored frozen-prefix outputs; only the trainable rest of the model runs."""
+
+    def __init__(
+        self,
+        plan,
+        train_store: FeatureStore,
+        val_store: FeatureStore | None,
+        train_targets: torch.Tensor,
+        val_targets: torch.Tensor | None,
+        cfg: TrainConfig,
+        device: torch.device,
+    ):
+        self.plan, self.train_store, self.val_store = plan, train_store, val_store
+        self.train_targets, self.val_targets = train_targets, val_targets
+        self.cfg, self.device = cfg, device
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.train_store.n_images / self.cfg.batch_size)
+
+    def train_batches(self, seed: int):
+        rng = np.random.default_rng(seed)
+        n = self.train_store.n_images
+        order = rng.permutation(n)
+        views = rng.integers(0, self.train_store.views, size=n)
+        for start in range(0, n, self.cfg.batch_size):
+            idx = order[start : start + self.cfg.batch_size]
+            x = self.train_store.get(views[idx], idx).to(self.device, non_blocking=True)
+            yield x, self.train_targets[idx].to(self.device)
+
+    def val_batches(self):
+        if self.val_store is not None:
+            yield from self._in_order(self.val_store, self.val_targets)
+
+    def plain_train_batches(self, eval_tf: Callable | None = None):
+        """The training pictures in order, unaugmented (view 0), for the exact head fit."""
+        yield from self._in_order(self.train_store, self.train_targets)
+
+    def _in_order(self, store: FeatureStore, targets: torch.Tensor):
+        n = store.n_images
+        for start in range(0, n, self.cfg.batch_size):
+            idx = np.arange(start, min(n, start + self.cfg.batch_size))
+            x = store.get(np.zeros_like(idx), idx).to(self.device)
+            yield x, targets[idx].to(self.device)
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return run_cached(model, self.plan, x)
+
+    def close(self) -> None:
+        self.train_store.close()
+        if self.val_store is not None:
+            self.val_store.close()
+
+
+# --------------------------------------------------------------------------- pieces of the loop
+
+
+def make_task_loss(multilabel: bool, label_smoothing: float):
+    """The task's loss, ``loss(logits, targets)``: cross-entropy with label smoothing, or
+    binary cross-entropy per tag for multi-label data (no regulariser: see L2-SP)."""
+    if multilabel:
+        return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)
+    return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+
+def count_correct(logits: torch.Tensor, y: torch.Tensor, multilabel: bool, threshold: float) -> int:
+    if multilabel:
+        return int(((logits.sigmoid() >= threshold) == (y > 0.5)).all(1).sum())
+    return int((logits.argmax(1) == y).sum())
+
+
+def make_optimizer(cfg: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum, over per-group learning rates (freeze.py)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr)
+
+
+def _warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """LR multiplier: linear warm-up, then cosine down to 1% of the peak."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int, steps_per_epoch: int):
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps
+        )
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _warmup_cosine(step, total_steps, warmup)
+    )
+
+
+def autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+# --------------------------------------------------------------------------- setting up
+
+
+@dataclass
+class RunSetup:
+    """A config made concrete: data, device, the model and its transforms.
+
+    Shared by training and the LR finder, so both see the same model and the same inputs.
+    """
+
+    cfg: TrainConfig
+    dataset: Dataset
+    device: torch.device
+    model: nn.Module
+    weights: WeightsInfo
+    groups: list[Group]
+    data_config: dict
+    eval_tf: Callable
+    train_tf: Callable
+    channels_last: bool
+    train_ds: ImageSamples
+    val_ds: ImageSamples | None
+
+    @property
+    def amp(self) -> bool:
+        return self.cfg.amp and self.device.type == "cuda"
+
+
+def load_training_data(cfg: TrainConfig, dataset: Dataset | None = None) -> Dataset:
+    """The config's dataset, split by its fractions and seed; a ``dataset`` already loaded
+    (to save decoding it again) is checked to be that one and returned."""
+    if dataset is not None:
+        _check_same_data(cfg, dataset)
+        return dataset
+    if not cfg.data:
+        raise StudioError("no dataset given")
+    return load_dataset(
+        cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
+    )
+
+
+def _check_same_data(cfg: TrainConfig, dataset: Dataset) -> None:
+    """A dataset handed in already loaded (to save decoding it again) must be the one the
+    config names, split as the config says: ``config.json`` records the config, and a resume
+    or a repeat of the run loads the data from it."""
+    problems = []
+    if cfg.data:
+        named = Path(cfg.data).expanduser().resolve()
+        if named not in (Path(dataset.report.source).expanduser().resolve(), dataset.root):
+            problems.append(f"the settings name {cfg.data}, the pictures are {dataset.root}")
+    if dataset.seed != cfg.seed:
+        problems.append(f"it was split with seed {dataset.seed}, the settings say {cfg.seed}")
+    if dataset.fractions != (cfg.val_fraction, cfg.test_fraction):
+        problems.append(
+            f"it holds back {dataset.fractions} (validation, test), the settings say "
+            f"{(cfg.val_fraction, cfg.test_fraction)}"
+        )
+    if problems:
+        raise StudioError(
+            "the loaded dataset is not the one the settings describe: " + "; ".join(problems)
+        )
+
+
+def set_up(cfg: TrainConfig, dataset: Dataset | None = None) -> RunSetup:
+    """Everything a run (or the LR finder) trains with: data, device, model with its new head,
+    layer groups, transforms. Shared so both build the model the same way."""
+    dataset = load_training_data(cfg, dataset)
+    device = select_device(cfg.device)
+    classes, multilabel = dataset.classes, dataset.multilabel
+    with seeded(cfg.seed):  # the new head's initial weights
+        model, weights = create_backbone(
+            cfg.backbone, len(classes), pretrained=cfg.pretrained, weights_file=cfg.weights_file
+        )
+    groups = model_groups(model)
+    parse_freeze(cfg.freeze, groups)  # fail on a bad freeze spec before any work
+    dcfg = data_config(model)
+    eval_tf = build_transform(dcfg, "none")
+    train_tf = build_transform(dcfg, cfg.augment, training=True)
+    # Channels-last is faster for convolutions on GPUs and, with oneDNN, on CPUs too (1.6x for
+    # full fine-tuning on a 2-core CPU: benchmarks/bench_channels_last.py); MPS is left alone.
+    channels_last = cfg.channels_last and device.type in ("cuda", "cpu")
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return RunSetup(
+        cfg,
+        dataset,
+        device,
+        model,
+        weights,
+        groups,
+        dcfg,
+        eval_tf,
+        train_tf,
+        channels_last,
+        ImageSamples(dataset.train, train_tf, len(classes), multilabel),
+        ImageSamples(dataset.val, eval_tf, len(classes), multilabel) if dataset.val else None,
+    )
+
+
+def make_feeder(
+    run: RunSetup,
+    frozen: list[str],
+    cache_folder: Path,
+    stop: StopFlag | None = None,
+    with_val: bool = True,
+    views: int = 1,
+) -> Generator[ev.Event, None, Feeder | None]:
+    """Cached features when a frozen prefix can be cut off, otherwise images.
+
+    A generator: yields ``Caching``/``Notice`` events and returns the feeder, or None when
+    stopped while caching (:func:`without_events` runs it for a caller that shows nothing).
+    ``views`` is the number of versions of each training picture cached: the plain one, then
+    augmented ones, a different one each epoch.
+    """
+    cfg = run.cfg
+    train_ds, val_ds = run.train_ds, (run.val_ds if with_val else None)
+    if not (cfg.cache and frozen):
+        return ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last)
+    sample = torch.stack([run.eval_tf(open_rgb(s.path)) for s in train_ds.samples[:2]])
+    plan, why = plan_cache(run.model, sample.to(run.device))
+    if plan is None:
+        yield ev.Notice(f"not caching frozen layers: {why}")
+        return ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last)
+    total = len(train_ds) * views + (len(val_ds) if val_ds else 0)
+    done = 0
+    yield ev.Caching(0, total)
+    stores: list[FeatureStore | None] = []
+    for ds, n_views in ((train_ds, views), (val_ds, 1)):
+        if ds is None:
+            stores.append(None)
+            continue
+        store = FeatureStore(
+            len(ds), n_views, plan.feature_shape, cfg.cache_memory_mb * 1024**2, cache_folder
+        )
+        stores.append(store)
+
+        def batches(view: int, ds: ImageSamples = ds):
+            tf = run.eval_tf if view == 0 else run.train_tf
+            view_ds = ImageSamples(ds.samples, tf, ds.num_classes, ds.multilabel)
+            loader = iter(image_loader(view_ds, cfg.batch_size, workers=cfg.workers))
+            for n in itertools.count():
+                with seeded(step_seed(cfg.seed, -1 - view, n)):  # the augmentation's draws
+                    x = next(loader, None)
+                if x is None:
+                    return
+                yield x[0]
+
+        for n in fill_store(run.model, plan, store, batches, run.device, run.channels_last):
+            done += n
+            yield ev.Caching(done, total)
+            if stop is not None and stop.is_set():
+                for made in stores:
+                    if made is not None:
+                        made.close()
+                return None
+    where = "on disk" if stores[0].on_disk else "in memory"
+    note = why + f" ({views} view{'s' if views > 1 else ''} per image, {where})"
+    if cfg.augment != "none" and views > 1:
+        note += f"; augmentation repeats every {views} epochs"
+    yield ev.Notice(note)
+    return CachedFeeder(
+        plan,
+        stores[0],
+        stores[1],
+        train_ds.targets(),
+        val_ds.targets() if val_ds else None,
+        cfg,
+        run.device,
+    )
+
+
+def train_epoch(
+    run: RunSetup,
+    feeder: Feeder,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+    stop: StopFlag | None,
+    extra_loss: Callable[[Step], torch.Tensor] | None = None,
+    extra_batches: Iterator | None = None,
+) -> Generator[ev.Batch, None, tuple[float, float, int, bool]]:
+    """One pass over the training batches, yielding a ``Batch`` event per step.
+
+    ``extra_loss(step)`` adds a term to each step's loss (distillation: the distance to a
+    teacher's logits; adaptation: a discrepancy between two domains' features); it sees the
+    step's model, inputs, targets and logits, and the step's item of ``extra_batches`` (a second
+    stream, for example unlabelled pictures; ``None`` once it runs out).
+
+    Returns ``(mean loss, accuracy, images seen, whether a stop was asked)``.
+    """
+    cfg, model = run.cfg, run.model
+    model.train()
+    keep_frozen_norms_in_eval(model)
+    steps = feeder.steps_per_epoch()
+    total_loss, correct, seen = 0.0, 0, 0
+    batches = iter(feeder.train_batches(epoch_seed(cfg.seed, epoch)))
+    for n in range(1, steps + 1):
+        # Decoding (augmentation) and the step (dropout) draw from the global generators:
+        # seeded per batch, under the lock that keeps other runs' draws out (studio.rng).
+        with seeded(step_seed(cfg.seed, epoch, n)):
+            batch = next(batches, None)
+            if batch is None:
+                break
+            x, y = batch
+            extra = next(extra_batches, None) if extra_batches is not None else None
+            with autocast(run.device, run.amp):
+                logits = feeder.forward(model, x)
+                loss = loss_fn(logits.float(), y)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(Step(model, x, y, logits, extra, epoch, n))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+        total_loss += float(loss.detach()) * len(y)
+        correct += count_correct(logits.detach(), y, run.dataset.multilabel, cfg.threshold)
+        seen += len(y)
+        yield ev.Batch(epoch, n, steps, float(loss.detach()))
+        if stop is not None and stop.is_set():
+            break
+    stop_asked = stop is not None and stop.is_set()
+    return total_loss / max(1, seen), correct / max(1, seen), seen, stop_asked
+
+
+@torch.no_grad()
+def validate(run: RunSetup, feeder) -> tuple[float | None, float | None]:
+    """Validation loss and accuracy (the task's loss alone, without L2-SP); None without data."""
+    model, multilabel = run.model, run.dataset.multilabel
+    loss_fn = make_task_loss(multilabel, run.cfg.label_smoothing)
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in feeder.val_batches():
+        with autocast(run.device, run.amp):
+            logits = feeder.forward(model, x).float()
+        total_loss += float(loss_fn(logits, y)) * len(y)
+        correct += count_correct(logits, y, multilabel, run.cfg.threshold)
+        seen += len(y)
+    if not seen:
+        return None, None
+    return total_loss / seen, correct / seen
