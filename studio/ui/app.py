@@ -23,14 +23,26 @@ from .explain_tab import build_explain_tab
 from .export_tab import build_export_tab
 from .model_tab import build_model_tab
 from .predict_tab import build_predict_tab
+from .tabs import TabParts, TabSpec, as_values
 from .train_tab import build_train_tab
 
-__all__ = ["build_app", "main", "MAX_UPLOAD"]
+__all__ = ["build_app", "main", "MAX_UPLOAD", "TABS"]
 
 MAX_UPLOAD = "200mb"
 INTRO = """# Transfer Studio
 Teach the computer to recognise your own pictures. **Start with the Data tab**: add pictures (or
 load the example), then go through the tabs from left to right."""
+
+# The tabs, left to right (the contract they follow: studio.ui.tabs).
+TABS = [
+    TabSpec("1 · Data", "data", build_data_tab),
+    TabSpec("2 · Model", "model", build_model_tab),
+    TabSpec("3 · Train", "train", build_train_tab),
+    TabSpec("4 · Evaluate", "evaluate", build_evaluate_tab),
+    TabSpec("5 · Explain", "explain", build_explain_tab),
+    TabSpec("6 · Predict", "predict", build_predict_tab),
+    TabSpec("7 · Export", "export", build_export_tab),
+]
 
 
 def build_app(workspace_base: str | Path) -> gr.Blocks:
@@ -42,74 +54,50 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
         )
         ws_state = gr.State(None)
         gr.Markdown(INTRO)
+        built: dict[str, TabParts] = {}
+        selects: dict[str, gr.Tab] = {}
         with gr.Tabs() as tabs:
-            with gr.Tab("1 · Data", id="data"):
-                data = build_data_tab(ctx, ws_state)
-            with gr.Tab("2 · Model", id="model") as model_tab:
-                model = build_model_tab(ctx, ws_state, model_tab)
-            with gr.Tab("3 · Train", id="train") as train_tab:
-                training = build_train_tab(ctx, ws_state, model["backbone"], model["freeze"])
-            with gr.Tab("4 · Evaluate", id="evaluate") as evaluate_tab:
-                evaluate = build_evaluate_tab(ctx, ws_state)
-            with gr.Tab("5 · Explain", id="explain") as explain_tab:
-                explained = build_explain_tab(ctx, ws_state)
-            with gr.Tab("6 · Predict", id="predict") as predict_tab:
-                predict = build_predict_tab(ctx, ws_state)
-            with gr.Tab("7 · Export", id="export") as export_tab:
-                export = build_export_tab(ctx, ws_state)
-
-        def open_workspace(saved_key):
-            key, ws = ctx.open(saved_key)
-            ctx.warm_up()
-            ready = "Your workspace is ready." + (
-                " Your earlier pictures and runs are here." if saved_key == key else ""
-            )
-            return (
-                key,  # the browser keeps its key; the folder id stays on the server
-                ws.id,
-                ready,
-                *data["refresh"](ws.id),
-                *training["refresh"](ws.id),
-                evaluate["refresh"](ws.id),
-                explained["refresh"](ws.id),
-                predict["refresh"](ws.id),
-                export["refresh"](ws.id),
-            )
-
-        demo.load(
-            open_workspace,
-            browser_id,
-            [
-                browser_id,
-                ws_state,
-                data["status"],
-                *data["views"],
-                *training["views"],
-                *evaluate["views"],
-                *explained["views"],
-                *predict["views"],
-                *export["views"],
-            ],
-            # Only the page itself opens a workspace: not offered to API clients (and a client
-            # that calls it anyway needs the browser's key: an id opens nothing).
-            api_visibility="private",
-        )
-        # The catalog needs torch and timm on the first start: it fills in separately, without
-        # holding up the rest (later starts read it from disk).
-        demo.load(model["refresh"], None, model["views"])
-        # Lists of runs are re-read whenever their tab is opened.
-        train_tab.select(training["refresh"], ws_state, training["views"])
-        explained["wire_top_losses"](tabs, evaluate["losses"], evaluate["run"])
-        explained["wire_predict"](tabs, predict["explain_button"], predict["image"], predict["run"])
-        tabs_and_parts = (
-            (evaluate_tab, evaluate),
-            (explain_tab, explained),
-            (predict_tab, predict),
-            (export_tab, export),
-        )
-        for tab, part in tabs_and_parts:
-            tab.select(part["refresh"], part.get("refresh_inputs", ws_state), part["views"])
+            for spec in TABS:
+                with gr.Tab(spec.title, id=spec.id) as tab:
+                    built[spec.id] = spec.build(ctx, ws_state, tab, built)
+                selects[spec.id] = tab
+        _refresh_on_open(demo, ctx, browser_id, ws_state, built)
+        for name, parts in built.items():
+            inputs = parts.refresh_inputs or [ws_state]
+            if parts.on_load:
+                demo.load(parts.refresh, None, parts.views)
+            if parts.on_select:
+                selects[name].select(parts.refresh, inputs, parts.views)
+            if parts.wire is not None:
+                parts.wire(tabs, built)
     return demo
+
+
+def _refresh_on_open(demo, ctx: Context, browser_id, ws_state, built) -> None:
+    """When a page opens: find the browser's workspace and fill every tab that shows it. The
+    greeting goes to the first tab that exposes a ``status`` line (the Data tab, where a person
+    starts)."""
+    opening = [parts for parts in built.values() if parts.on_open and parts.refresh]
+    status = next(p.exposes["status"] for p in built.values() if "status" in p.exposes)
+
+    def open_workspace(saved_key):
+        key, ws = ctx.open(saved_key)
+        ctx.warm_up()
+        ready = "Your workspace is ready." + (
+            " Your earlier pictures and runs are here." if saved_key == key else ""
+        )
+        values = [v for p in opening for v in as_values(p.refresh(ws.id), p.views)]
+        # The browser keeps its key; the folder id stays on the server.
+        return (key, ws.id, ready, *values)
+
+    demo.load(
+        open_workspace,
+        browser_id,
+        [browser_id, ws_state, status, *(view for p in opening for view in p.views)],
+        # Only the page itself opens a workspace: not offered to API clients (and a client
+        # that calls it anyway needs the browser's key: an id opens nothing).
+        api_visibility="private",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import gradio as gr
 from .. import charts
 from ..errors import StudioError
 from .common import Context, as_text, friendly
+from .tabs import TabParts
 
 HELP = """### 1. Your pictures
 Make one **class** for each kind of thing the computer should tell apart (for example *apples*
@@ -75,7 +76,7 @@ def _set_views(ws, selected: str | None):
     )
 
 
-def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
+def build_data_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
     gr.Markdown(HELP)
     with gr.Row():
         example_btn = gr.Button("Load example dataset", variant="primary", scale=0)
@@ -224,4 +225,9 @@ def build_data_tab(ctx: Context, ws_state: gr.State) -> dict:
     rename_btn.click(rename, [ws_state, target, rename_to], outputs)
     delete_btn.click(delete, [ws_state, target], outputs)
     show_class.change(show, [ws_state, show_class], gallery)
-    return {"refresh": lambda ws_id: _views(ctx, ws_id), "views": views, "status": status}
+    return TabParts(
+        views=views,
+        refresh=lambda ws_id: _views(ctx, ws_id),
+        on_select=False,  # what it shows changes only by its own buttons
+        exposes={"status": status},
+    )

@@ -7,6 +7,7 @@ import gradio as gr
 from .. import charts
 from ..errors import StudioError
 from .common import Context, friendly, run_metrics, run_picker
+from .tabs import TabParts
 
 HELP = """### 4. How good is it?
 These numbers come from pictures the model never learnt from. In the **confusion matrix** each
@@ -14,7 +15,7 @@ row is the true class and each column what the model said; everything off the di
 mistake. **Click a cell in the table** to see exactly which pictures ended up there."""
 
 
-def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
+def build_evaluate_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
     gr.Markdown(HELP)
     run, refresh = run_picker(ctx, ws_state, "Which trained model to look at.", "eval-run")
     headline = gr.Markdown(elem_id="eval-headline")
@@ -132,4 +133,4 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State) -> dict:
     table.select(cell, [ws_state, run], [cell_title, cell_gallery])
     explain_all.click(maps, [ws_state, run], [loss_maps, loss_maps_note])
 
-    return {"refresh": refresh, "views": [run], "losses": losses, "run": run}
+    return TabParts([run], refresh, exposes={"losses": losses, "run": run})

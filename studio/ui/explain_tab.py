@@ -9,6 +9,7 @@ import gradio as gr
 from .. import charts
 from ..errors import StudioError
 from .common import IMAGENET, Context, friendly, run_choices, run_metrics
+from .tabs import TabParts
 
 HELP = """### 5. Why did it say that?
 Pick a picture and one or more **methods**: each paints the parts of the picture that pushed the
@@ -104,7 +105,7 @@ def _faithfulness_table(scores: dict) -> list[list]:
     return rows
 
 
-def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
+def build_explain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
     gr.Markdown(HELP)
     stops: dict[str, threading.Event] = {}
     with gr.Row():
@@ -382,18 +383,17 @@ def build_explain_tab(ctx: Context, ws_state: gr.State) -> dict:
             run_explain, explain_inputs, explain_outputs
         )
 
-    def wire_predict(tabs: gr.Tabs, button: gr.Button, picture: gr.Image, run: gr.Dropdown) -> None:
-        """'Explain this picture' on the Predict tab opens it here with its maps."""
-        explain_when_opened(button.click(from_predict, [ws_state, run, picture], [tabs, *opened]))
+    def wire(tabs: gr.Tabs, built: dict) -> None:
+        """'Explain this picture' on the Predict tab, and a click on a top-loss picture on the
+        Evaluate tab, open the picture here with its maps."""
+        predict, evaluate = built["predict"].exposes, built["evaluate"].exposes
+        explain_when_opened(
+            predict["explain_button"].click(
+                from_predict, [ws_state, predict["run"], predict["image"]], [tabs, *opened]
+            )
+        )
+        explain_when_opened(
+            evaluate["losses"].select(from_top_loss, [ws_state, evaluate["run"]], [tabs, *opened])
+        )
 
-    def wire_top_losses(tabs: gr.Tabs, losses: gr.Gallery, eval_run: gr.Dropdown) -> None:
-        """One click on a top-loss picture opens it here with maps for its true class."""
-        explain_when_opened(losses.select(from_top_loss, [ws_state, eval_run], [tabs, *opened]))
-
-    return {
-        "refresh": refresh,
-        "views": [source],
-        "refresh_inputs": [ws_state, source],
-        "wire_top_losses": wire_top_losses,
-        "wire_predict": wire_predict,
-    }
+    return TabParts([source], refresh, refresh_inputs=[ws_state, source], wire=wire)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .common import Context, friendly, load_engine, run_picker
+from .tabs import TabParts
 
 HELP = """### 7. Take your model with you
 **Build the download** makes a zip with your model as `model.safetensors` (for Python), ONNX (for
@@ -14,7 +15,7 @@ checked the way you will use it: the zip is unpacked into an empty folder and th
 is run on it, on your own pictures, and must give the same answers as the app."""
 
 
-def build_export_tab(ctx: Context, ws_state: gr.State) -> dict:
+def build_export_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
     from ..samples import usage_code  # plain text: no torch import at start-up
 
     gr.Markdown(HELP)
@@ -39,7 +40,7 @@ def build_export_tab(ctx: Context, ws_state: gr.State) -> dict:
 
     build.click(make, [ws_state, run], [checks, download], api_name="export")
 
-    return {"refresh": refresh, "views": [run]}
+    return TabParts([run], refresh)
 
 
 FORMAT_TITLES = {

@@ -13,6 +13,7 @@ from ..backbones import (
     measure_speed,
 )
 from .common import Context, friendly, load_engine
+from .tabs import TabParts
 
 HELP = """### 2. Choose a starting network
 A **backbone** is a network already trained on a million photos; it starts out knowing edges,
@@ -98,7 +99,7 @@ def freeze_spec(name: str, frozen_count: int) -> str:
     return "backbone" if frozen_count == len(groups) - 1 else str(frozen_count)
 
 
-def build_model_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab) -> dict:
+def build_model_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
     gr.Markdown(HELP)
     table = gr.Dataframe(
         label="Backbones",
@@ -169,9 +170,12 @@ def build_model_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab) -> dict:
             freeze_summary(DEFAULT_BACKBONE, n - 1),
         )
 
-    return {
-        "backbone": backbone,
-        "freeze": freeze,
-        "refresh": refresh,
-        "views": [table, freeze, summary],
-    }
+    return TabParts(
+        [table, freeze, summary],
+        refresh,
+        refresh_inputs=[],
+        on_open=False,
+        on_select=False,  # the tab's own select sizes the head (above)
+        on_load=True,
+        exposes={"backbone": backbone, "freeze": freeze},
+    )

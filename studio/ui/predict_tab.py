@@ -11,13 +11,14 @@ import gradio as gr
 from .. import charts
 from ..errors import StudioError
 from .common import Context, friendly, load_engine, run_picker
+from .tabs import TabParts
 
 HELP = """### 6. Try it
 Give the model a picture it has never seen: upload one, paste one, or use the webcam. The bars
 show how sure it is about each class."""
 
 
-def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
+def build_predict_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
     gr.Markdown(HELP)
     run, refresh = run_picker(ctx, ws_state, "Which trained model to use.", "predict-run")
     with gr.Row():
@@ -97,10 +98,6 @@ def build_predict_tab(ctx: Context, ws_state: gr.State) -> dict:
     run.change(one, [ws_state, run, image], [bars, answer])
     batch_btn.click(batch, [ws_state, run, many], [batch_table, batch_csv])
 
-    return {
-        "refresh": refresh,
-        "views": [run],
-        "explain_button": explain_btn,
-        "image": image,
-        "run": run,
-    }
+    return TabParts(
+        [run], refresh, exposes={"explain_button": explain_btn, "image": image, "run": run}
+    )

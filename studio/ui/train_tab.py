@@ -13,6 +13,7 @@ from ..presets import PRESETS  # no torch: presets imports it only when applied
 from ..runs import HISTORY, describe_run
 from .common import Context, as_text, friendly, load_engine, run_choices
 from .model_tab import freeze_spec
+from .tabs import TabParts
 
 HELP = """### 3. Train
 Pick a preset and press **Start training**. The curves grow while it learns: *loss* should go
@@ -145,7 +146,8 @@ def preset_fields(title: str) -> list:
     return [settings.get(f, gr.update()) for f in PRESET_FIELDS]
 
 
-def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
+def build_train_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
+    backbone, freeze = built["model"].exposes["backbone"], built["model"].exposes["freeze"]
     gr.Markdown(HELP)
     preset = gr.Radio(
         [*PRESET_NAMES, CUSTOM], value="Auto", label="Preset", info=PRESET_INFO, elem_id="preset"
@@ -351,4 +353,4 @@ def build_train_tab(ctx: Context, ws_state: gr.State, backbone, freeze) -> dict:
     def refresh(ws_id):
         return history_table(ctx, ws_id), gr.update(choices=run_choices(ctx.workspace(ws_id)))
 
-    return {"refresh": refresh, "views": [history, compare]}
+    return TabParts([history, compare], refresh)
