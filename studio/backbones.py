@@ -435,6 +435,16 @@ def create_backbone(
     return model, info
 
 
+def preprocess_config(name: str) -> dict:
+    """The preprocessing timm uses for the backbone ``name`` (input size, interpolation, crop,
+    mean/std), from its pretrained config, without building the model: what
+    :func:`data_config` gives for the built model."""
+    import timm
+    from timm.data import resolve_data_config
+
+    return resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict())
+
+
 def data_config(model: torch.nn.Module) -> dict:
     """Input size, mean/std, interpolation and crop from the model itself (timm's resolver)."""
     from timm.data import resolve_model_data_config

@@ -164,9 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_config(args):
     """``(config, dataset, note)``: the preset laid over the defaults, then the options given;
     the dataset is loaded here once (the automatic preset counts its pictures)."""
-    from dataclasses import replace
 
-    from .presets import apply_preset
+    from .presets import apply_preset, lay_over
     from .train import TrainConfig, load_training_data
 
     overrides = {
@@ -192,12 +191,8 @@ def _train_config(args):
             if k not in ("out", "preset", "resume")
             and not (isinstance(v, bool) and v == getattr(defaults, k))
         }
-        config = replace(config, **given)
-        if given:
-            note += "; then, as given: " + ", ".join(f"{k}={v}" for k, v in given.items())
-        if "head_epochs" not in given and config.head_epochs >= config.epochs:
-            config = replace(config, head_epochs=config.epochs - 1)
-            note += f"; head_epochs={config.head_epochs} to fit in {config.epochs} epochs"
+        config, more = lay_over(config, given)
+        note += more
     return config, dataset, note
 
 

@@ -18,13 +18,17 @@ A *freeze spec* is a short string, the same in the CLI, the app and ``config.jso
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .backbones import Group
 from .errors import StudioError
 
+if TYPE_CHECKING:  # torch loads on first use: the app's Model tab reads specs before it
+    from torch import nn
+
 __all__ = [
     "parse_freeze",
+    "spec_for_count",
     "apply_freeze",
     "optimizer_groups",
     "keep_frozen_norms_in_eval",
@@ -80,6 +84,17 @@ def parse_freeze(spec: str | int, groups: list[Group]) -> list[str]:
     return [n for n in names if n in wanted]
 
 
+def spec_for_count(frozen_count: int, n_groups: int) -> str:
+    """The freeze spec for "freeze the first ``frozen_count`` of ``n_groups`` groups" (the
+    app's slider), clamped to what the model has: ``backbone`` when only the head trains.
+
+    >>> spec_for_count(3, 9), spec_for_count(8, 9), spec_for_count(99, 9), spec_for_count(-1, 9)
+    ('3', 'backbone', 'backbone', '0')
+    """
+    frozen_count = max(0, min(int(frozen_count), n_groups - 1))
+    return "backbone" if frozen_count == n_groups - 1 else str(frozen_count)
+
+
 def apply_freeze(model: nn.Module, groups: list[Group], frozen: list[str]) -> tuple[int, int]:
     """Set ``requires_grad``; returns ``(trainable, frozen)`` parameter counts."""
     frozen_params = {p for g in groups if g.name in frozen for p in g.params}
@@ -100,8 +115,10 @@ def keep_frozen_norms_in_eval(model: nn.Module) -> None:
     A frozen BatchNorm in training mode would still update its running mean/variance from the new
     data, silently changing the "frozen" features; call this after every ``model.train()``.
     """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, _BatchNorm):
             params = list(module.parameters(recurse=False))
             if params and not any(p.requires_grad for p in params):
                 module.eval()

@@ -12,7 +12,14 @@ from torch.utils.data import DataLoader
 from .data import Sample
 from .images import open_rgb
 
-__all__ = ["AUGMENT_PRESETS", "build_transform", "ImageSamples", "image_loader", "default_workers"]
+__all__ = [
+    "AUGMENT_PRESETS",
+    "build_transform",
+    "augmentation_preview",
+    "ImageSamples",
+    "image_loader",
+    "default_workers",
+]
 
 # Each preset is a set of arguments to timm's create_transform; strength grows down the list.
 AUGMENT_PRESETS: dict[str, dict] = {
@@ -35,6 +42,23 @@ def build_transform(data_cfg: dict, augment: str = "none", training: bool = Fals
     if not training or augment == "none":
         return create_transform(**data_cfg, is_training=False)
     return create_transform(**data_cfg, is_training=True, **AUGMENT_PRESETS[augment])
+
+
+def augmentation_preview(paths: list[str], data_cfg: dict, augment: str, seed: int = 0) -> list:
+    """What training feeds the model from each picture with ``augment``, as 8-bit RGB arrays:
+    the backbone's own size, crop and interpolation, before the colours are normalised (a
+    normalised picture cannot be shown)."""
+    from .images import open_rgb
+    from .rng import seeded
+
+    shown = {**data_cfg, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    tf = build_transform(shown, augment, training=True)
+    out = []
+    with seeded(seed):
+        for path in paths:
+            tensor = tf(open_rgb(path)).clamp(0, 1)
+            out.append((tensor.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+    return out
 
 
 class ImageSamples(torch.utils.data.Dataset):

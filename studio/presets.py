@@ -26,6 +26,7 @@ __all__ = [
     "Preset",
     "AUTO_BUDGET_S",
     "apply_preset",
+    "lay_over",
     "choose_preset",
     "estimate_seconds",
 ]
@@ -164,6 +165,23 @@ def apply_preset(config, name: str, dataset, ms_per_image: float | None = None):
     note = f"preset {name}" + (f" (chosen automatically: {why})" if why else "")
     note += f": {preset.describe()}"
     return replace(config, **preset.settings, preset=name), note
+
+
+def lay_over(config, given: dict):
+    """``(config, note)``: settings a person gave by hand laid over a preset's config.
+
+    When they shorten the run below the preset's head-only epochs (``--epochs 2`` with
+    Balanced's three), the head phase is shortened to fit and the note says so; head epochs
+    given by hand are left for the config's check to judge.
+    """
+    from dataclasses import replace
+
+    config = replace(config, **given)
+    note = "; then, as given: " + ", ".join(f"{k}={v}" for k, v in given.items()) if given else ""
+    if "head_epochs" not in given and config.head_epochs >= config.epochs:
+        config = replace(config, head_epochs=config.epochs - 1)
+        note += f"; head_epochs={config.head_epochs} to fit in {config.epochs} epochs"
+    return config, note
 
 
 def _auto(backbone: str, dataset, ms_per_image: float | None) -> tuple[str, str]:

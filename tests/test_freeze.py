@@ -61,3 +61,28 @@ def test_layer_decay_and_no_decay_on_biases(model):
     apply_freeze(model, groups, parse_freeze("backbone", groups))
     only_head = optimizer_groups(model, groups, 1.0, 0.0)
     assert {g["group"] for g in only_head} == {"head"}
+
+
+def test_the_augmentation_preview_uses_the_chosen_backbones_preprocessing(small_example):
+    from studio.backbones import preprocess_config
+    from studio.loaders import augmentation_preview
+
+    pictures = [str(p) for p in sorted(small_example.rglob("*.jpg"))[:2]]
+    lite0 = augmentation_preview(pictures, preprocess_config("tf_efficientnet_lite0"), "strong")
+    lite2 = augmentation_preview(pictures, preprocess_config("tf_efficientnet_lite2"), "strong")
+    assert lite0[0].shape == (224, 224, 3) and lite2[0].shape == (260, 260, 3)
+    assert lite0[0].dtype.name == "uint8"
+    again = augmentation_preview(pictures, preprocess_config("tf_efficientnet_lite0"), "strong")
+    assert all((a == b).all() for a, b in zip(lite0, again))  # seeded: the same preview twice
+
+
+def test_the_sliders_count_becomes_a_freeze_spec():
+    from studio.freeze import spec_for_count
+
+    assert [spec_for_count(n, 4) for n in (-2, 0, 2, 3, 10)] == [
+        "0",
+        "0",
+        "2",
+        "backbone",
+        "backbone",
+    ]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from studio import events as ev
+from studio.errors import StudioError
 from studio.head_fit import choose_l2, fit_rounds
 from studio.presets import CHOICES, PRESETS, apply_preset, choose_preset
 from studio.train import TrainConfig, load_training_data, train
@@ -139,3 +140,16 @@ def test_a_staged_preset_solves_the_head_then_fine_tunes_and_resumes(small_examp
     assert resumed[-1].metrics == full[-1].metrics
     saved = json.loads((tmp_path / "b" / "config.json").read_text())
     assert saved["preset"] == "balanced" and saved["freeze"] == "last:1"
+
+
+def test_settings_given_by_hand_lie_over_the_preset_and_the_head_phase_fits():
+    from studio.presets import PRESETS, lay_over
+
+    balanced = TrainConfig(**PRESETS["balanced"].settings)
+    config, note = lay_over(balanced, {"epochs": 2})
+    assert (config.epochs, config.head_epochs) == (2, 1) and "head_epochs=1 to fit" in note
+    config, note = lay_over(balanced, {"epochs": 2, "head_epochs": 5})
+    assert config.head_epochs == 5  # given by hand: the config's own check speaks
+    with pytest.raises(StudioError, match="head epochs must be fewer"):
+        config.validate()
+    assert lay_over(balanced, {}) == (balanced, "")

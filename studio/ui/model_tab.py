@@ -12,6 +12,7 @@ from ..backbones import (
     get_spec,
     measure_speed,
 )
+from ..freeze import spec_for_count
 from .common import Context, friendly, load_engine
 from .tabs import TabParts
 
@@ -94,9 +95,7 @@ def freeze_summary(name: str, frozen_count: int, num_classes: int = 2) -> str:
 
 def freeze_spec(name: str, frozen_count: int) -> str:
     """The engine's freeze spec for the slider value: 'backbone' when only the head trains."""
-    groups = groups_of(name)
-    frozen_count = max(0, min(int(frozen_count), len(groups) - 1))
-    return "backbone" if frozen_count == len(groups) - 1 else str(frozen_count)
+    return spec_for_count(frozen_count, len(groups_of(name)))
 
 
 def build_model_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:

@@ -92,7 +92,7 @@ def _start_job(ws, dataset, preset, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, 
         batch_size=int(bs),
         lr=float(rate),
         layer_decay=float(ld),
-        head_epochs=int(he) if int(he) < int(ep) else 0,
+        head_epochs=int(he),  # more than epochs: the engine's check says so
         patience=int(pat),
         weight_decay=float(wd),
         label_smoothing=float(ls),
@@ -256,33 +256,18 @@ def build_train_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) 
     freeze.input(lambda: CUSTOM, None, preset)
 
     @friendly
-    def preview_aug(ws_id, aug):
+    def preview_aug(ws_id, aug, bb):
+        """Eight training pictures as the chosen backbone will see them with ``aug``."""
         load_engine()
-        from ..loaders import build_transform
+        from ..backbones import preprocess_config
+        from ..loaders import augmentation_preview
 
-        ws = ctx.workspace(ws_id)
-        dataset = ws.dataset()
-        from ..backbones import get_spec
+        dataset = ctx.workspace(ws_id).dataset()
+        samples = dataset.train[:: max(1, len(dataset.train) // 8)][:8]
+        pictures = augmentation_preview([s.path for s in samples], preprocess_config(bb), aug)
+        return [(p, dataset.classes[s.labels[0]]) for p, s in zip(pictures, samples)]
 
-        spec = get_spec("tf_efficientnet_lite0")
-        cfg = {
-            "input_size": (3, spec.input_size, spec.input_size),
-            "mean": (0, 0, 0),
-            "std": (1, 1, 1),
-            "interpolation": "bicubic",
-            "crop_pct": 0.875,
-        }
-        tf = build_transform(cfg, aug, training=True)
-        from ..images import open_rgb
-
-        out = []
-        for sample in dataset.train[:: max(1, len(dataset.train) // 8)][:8]:
-            tensor = tf(open_rgb(sample.path)).clamp(0, 1)
-            pixels = (tensor.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-            out.append((pixels, dataset.classes[sample.labels[0]]))
-        return out
-
-    preview_btn.click(preview_aug, [ws_state, augment], preview)
+    preview_btn.click(preview_aug, [ws_state, augment, backbone], preview)
 
     def run_training(ws_id, preset_name, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug):
         try:  # what needs no torch is checked first: "no pictures" must not wait for it
