@@ -25,8 +25,10 @@ stops improving, more training will not help. **Stop** ends the run and keeps th
 PRESET_NAMES = {"Auto": "auto", **{p.title: name for name, p in PRESETS.items()}}
 CUSTOM = "Custom"
 PRESET_INFO = (
-    "Auto picks for your pictures and this computer. Quick: only the last layer learns "
-    "(seconds). Balanced and Thorough also fine-tune the top of the network (minutes). "
+    "Auto picks for your pictures and this computer (Quick below 50 pictures a class, where "
+    "fine-tuning did not help; else Balanced if it fits in five minutes). Quick: only the last "
+    "layer learns (seconds). Balanced and Thorough also fine-tune the top of the network "
+    "(minutes). "
     "Custom: the settings below as you set them, and the Model tab's choice of layers."
 )
 # The Advanced fields a preset fills in, in the order of on_preset's outputs.
