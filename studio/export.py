@@ -273,9 +273,21 @@ def write_model_card(run_dir: str | Path) -> Path:
     metrics = load_json(run / METRICS)
     pre = load_json(run / PREPROCESS)
     report = read_optional(run, DATA_REPORT, {})
-    exports = list(checked_exports(run).values())
-    record = model_record(run)
     labels = metrics["labels"]
+    lines = [
+        *_card_model(run, cfg, info, pre, report, labels),
+        *_card_results(metrics),
+        *_card_exports(list(checked_exports(run).values())),
+        *_card_limits_and_use(run, info, metrics, labels),
+    ]
+    path = run / MODEL_CARD
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _card_model(run: Path, cfg, info, pre, report, labels) -> list[str]:
+    """The card's title, model and data sections."""
+    record = model_record(run)
     lines = [
         f"# Model card: {run.name}",
         "",
@@ -306,7 +318,12 @@ def write_model_card(run_dir: str | Path) -> Path:
         lines.append(f"- {len(report['skipped'])} file(s) were skipped; see `data_report.json`.")
     for warning in report.get("warnings", []):
         lines.append(f"- Warning: {warning}")
-    lines += [
+    return lines
+
+
+def _card_results(metrics: dict) -> list[str]:
+    """Accuracy, F1, the per-class table and the commonest mistakes."""
+    lines = [
         "",
         f"## Results (on the {metrics.get('split', 'held-out')} split, {metrics.get('n', '?')} images)",
         f"- Accuracy: **{metrics['accuracy']:.3f}**; macro F1: **{metrics['macro_f1']:.3f}**"
@@ -331,6 +348,11 @@ def write_model_card(run_dir: str | Path) -> Path:
             for p in metrics["most_confused"][:5]
         )
         lines += ["", f"Most common mistakes: {pairs}."]
+    return lines
+
+
+def _card_exports(exports: list[dict]) -> list[str]:
+    lines: list[str] = []
     if exports:
         lines += [
             "",
@@ -344,7 +366,11 @@ def write_model_card(run_dir: str | Path) -> Path:
                 f"| {e['format']} | `{Path(e['path']).name}` | {e['images']} | "
                 f"{e['agreement']:.3f} | {e['max_abs_diff']:.2e} |"
             )
-    lines += [
+    return lines
+
+
+def _card_limits_and_use(run: Path, info: dict, metrics: dict, labels: list[str]) -> list[str]:
+    return [
         "",
         "## Limits",
         f"- Only knows these classes: {', '.join(labels)}. Any other picture is still forced "
@@ -361,6 +387,3 @@ def write_model_card(run_dir: str | Path) -> Path:
         f"Files: `{WEIGHTS}`, `{LABELS}`, `{PREPROCESS}`. "
         f"Made with torch {info['torch']}, timm {info['timm']}, on {info['finished']}.",
     ]
-    path = run / MODEL_CARD
-    path.write_text("\n".join(lines) + "\n")
-    return path

@@ -21,3 +21,34 @@ def test_no_module_imports_another_modules_private_names():
                 if private and node.level:  # within the studio package
                     found.append(f"{path.relative_to(STUDIO)}: {', '.join(private)}")
     assert found == [], found
+
+
+# Functions still longer than the rule allows, with the length they may not grow past: the
+# list may only shrink (issue 15 splits the tab builders into module-level handlers).
+LONG_FUNCTIONS = {
+    "attribution.py:attribute": 118,
+    "cli.py:_cmd_train": 82,
+    "cli.py:build_parser": 124,
+    "data.py:load_dataset": 102,
+    "evaluate.py:compute_metrics": 104,
+    "safezip.py:extract_zip": 83,
+    "ui/data_tab.py:build_data_tab": 155,
+    "ui/evaluate_tab.py:build_evaluate_tab": 119,
+    "ui/explain_tab.py:build_explain_tab": 292,
+    "ui/train_tab.py:build_train_tab": 193,
+}
+MAX_LINES = 80
+
+
+def test_no_function_is_longer_than_80_lines_except_the_listed_ones_which_do_not_grow():
+    found = {}
+    for path in sorted(STUDIO.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_LINES:
+                    found[f"{path.relative_to(STUDIO).as_posix()}:{node.name}"] = lines
+    too_long = {k: v for k, v in found.items() if v > LONG_FUNCTIONS.get(k, MAX_LINES)}
+    assert too_long == {}, f"split these functions: {too_long}"
+    fixed = sorted(set(LONG_FUNCTIONS) - set(found))
+    assert fixed == [], f"now short enough: remove {fixed} from LONG_FUNCTIONS"

@@ -3,6 +3,8 @@ and its refresh fills exactly its views for a fresh workspace."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 import pytest
 
@@ -39,3 +41,26 @@ def test_the_app_is_built_from_the_list(tmp_path):
     demo = build_app(tmp_path)
     labels = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
     assert [spec.title for spec in TABS] == [label for label in labels if "·" in label]
+
+
+def test_the_predict_handlers_work_without_a_browser(tmp_path, trained_run, small_example):
+    import shutil
+
+    from studio.ui.predict_tab import Predictors, predict_many, predict_one
+
+    ctx = Context(tmp_path / "app")
+    _, ws = ctx.open(None)
+    shutil.copytree(trained_run, ws.runs_dir / "mine")
+    predictors = Predictors(ctx)
+    picture = str(next(small_example.rglob("*.jpg")))
+    chart, headline = predict_one(predictors, ws.id, "mine", picture)
+    assert chart is not None and "% sure" in headline
+    assert predict_one(predictors, ws.id, "mine", None) == (None, "")
+    (bad := tmp_path / "notes.jpg").write_text("not a picture")
+    rows, csv_file = predict_many(
+        predictors, ws.id, "mine", [picture, str(bad)], lambda *a, **k: None
+    )
+    assert rows[0][1] in ("brick", "grass", "gravel") and rows[1][1].startswith("error:")
+    assert Path(csv_file).read_text().startswith("picture,class,probability")
+    with pytest.raises(Exception, match="train a model first"):
+        predict_one(predictors, ws.id, None, picture)

@@ -153,7 +153,7 @@ def friendly(fn):
         except gr.Error:
             raise
         except Exception as exc:  # noqa: BLE001 - the page must keep working
-            log.exception("unexpected error in %s", fn.__name__)
+            log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
             raise gr.Error(as_text(f"Something went wrong: {type(exc).__name__}: {exc}")) from None
 
     return wrapper

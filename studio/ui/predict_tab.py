@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import tempfile
 import threading
 
@@ -16,6 +17,63 @@ from .tabs import TabParts
 HELP = """### 6. Try it
 Give the model a picture it has never seen: upload one, paste one, or use the webcam. The bars
 show how sure it is about each class."""
+
+
+class Predictors:
+    """The loaded model, one per app (several people predict at once: one may swap it)."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._loaded: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, ws_id: str | None, name: str | None):
+        load_engine()
+        from ..predict import Predictor
+
+        if not name:
+            raise StudioError("train a model first, then pick it here")
+        key = str(self.ctx.workspace(ws_id).resolve_run(name))
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded.clear()  # keep one model in memory per worker
+                self._loaded[key] = Predictor(key)
+            return self._loaded[key]
+
+
+def predict_one(predictors: Predictors, ws_id, name, path):
+    """The top-5 chart and a headline for one picture (nothing before a picture is given)."""
+    if not path:
+        return None, ""
+    result = predictors.get(ws_id, name).predict([path], top_k=5)[0]
+    if result.error:
+        raise StudioError(f"cannot read that picture: {result.error}")
+    label, p = result.top[0]
+    return charts.top_k_bar(result.top), f"## {label} ({p:.0%} sure)"
+
+
+def predict_many(predictors: Predictors, ws_id, name, paths, progress=gr.Progress()):
+    """A row per picture (unreadable ones say why) and the same rows as a CSV file."""
+    if not paths:
+        raise StudioError("choose some pictures first")
+    results = predictors.get(ws_id, name).predict(
+        paths,
+        top_k=1,
+        progress=lambda done, total: progress(done / total, desc=f"{done} of {total}"),
+    )
+    rows = [
+        [
+            r.path.rsplit("/", 1)[-1],
+            r.top[0][0] if r.top else f"error: {r.error}",
+            round(r.top[0][1], 4) if r.top else None,
+        ]
+        for r in results
+    ]
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False, newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["picture", "class", "probability"])
+        writer.writerows(rows)
+    return rows, out.name
 
 
 def build_predict_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
@@ -45,55 +103,9 @@ def build_predict_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict
     )
     batch_csv = gr.File(label="Download results (CSV)", elem_id="predict-csv")
 
-    predictors: dict = {}
-    lock = threading.Lock()  # several people predict at once: one of them may swap the model
-
-    def predictor(ws_id, name):
-        load_engine()
-        from ..predict import Predictor
-
-        if not name:
-            raise StudioError("train a model first, then pick it here")
-        key = str(ctx.workspace(ws_id).resolve_run(name))
-        with lock:
-            if key not in predictors:
-                predictors.clear()  # keep one model in memory per worker
-                predictors[key] = Predictor(key)
-            return predictors[key]
-
-    @friendly
-    def one(ws_id, name, path):
-        if not path:
-            return None, ""
-        result = predictor(ws_id, name).predict([path], top_k=5)[0]
-        if result.error:
-            raise StudioError(f"cannot read that picture: {result.error}")
-        label, p = result.top[0]
-        return charts.top_k_bar(result.top), f"## {label} ({p:.0%} sure)"
-
-    @friendly
-    def batch(ws_id, name, paths, progress=gr.Progress()):
-        if not paths:
-            raise StudioError("choose some pictures first")
-        results = predictor(ws_id, name).predict(
-            paths,
-            top_k=1,
-            progress=lambda done, total: progress(done / total, desc=f"{done} of {total}"),
-        )
-        rows = [
-            [
-                r.path.rsplit("/", 1)[-1],
-                r.top[0][0] if r.top else f"error: {r.error}",
-                round(r.top[0][1], 4) if r.top else None,
-            ]
-            for r in results
-        ]
-        with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False, newline="") as out:
-            writer = csv.writer(out)
-            writer.writerow(["picture", "class", "probability"])
-            writer.writerows(rows)
-        return rows, out.name
-
+    predictors = Predictors(ctx)
+    one = friendly(functools.partial(predict_one, predictors))
+    batch = friendly(functools.partial(predict_many, predictors))
     image.change(one, [ws_state, run, image], [bars, answer])
     run.change(one, [ws_state, run, image], [bars, answer])
     batch_btn.click(batch, [ws_state, run, many], [batch_table, batch_csv])
