@@ -20,10 +20,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import events as ev
 from .errors import StudioError
+
+if TYPE_CHECKING:  # the app imports this module before torch is loaded
+    from .config import TrainConfig
+    from .data import Dataset
 
 __all__ = [
     "Job",
@@ -272,7 +276,9 @@ def _words(metrics: dict) -> str:
 class TrainingJob(Job):
     """:func:`studio.train.train` as a job."""
 
-    def __init__(self, config: Any, dataset: Any = None, queue: JobQueue | None = None):
+    def __init__(
+        self, config: TrainConfig, dataset: Dataset | None = None, queue: JobQueue | None = None
+    ):
         self.config = config
         self.dataset = dataset
         super().__init__("training", self._train, config.epochs, queue)

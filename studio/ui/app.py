@@ -63,9 +63,9 @@ def build_app(workspace_base: str | Path) -> gr.Blocks:
                 selects[spec.id] = tab
         _refresh_on_open(demo, ctx, browser_id, ws_state, built)
         for name, parts in built.items():
-            inputs = parts.refresh_inputs or [ws_state]
+            inputs = [ws_state] if parts.refresh_inputs is None else parts.refresh_inputs
             if parts.on_load:
-                demo.load(parts.refresh, None, parts.views)
+                demo.load(parts.refresh, inputs, parts.views)
             if parts.on_select:
                 selects[name].select(parts.refresh, inputs, parts.views)
             if parts.wire is not None:

@@ -1,8 +1,8 @@
-"""The tab contract: what a tab gives the app, and the list of tabs the app is built from.
+"""The tab contract: what a tab gives the app.
 
 A tab is a module with a ``build_*_tab(ctx, ws_state, tab, built)`` function that lays out its
-components inside ``tab`` (its ``gr.Tab``) and returns a :class:`TabParts`: the components its ``refresh``
-fills (``views``), when the app should refresh them, the components other tabs may wire to
+components inside ``tab`` (its ``gr.Tab``) and returns a :class:`TabParts`: the components its
+``refresh`` fills (``views``), when the app should refresh them, the components other tabs may wire to
 (``exposes``), and an optional ``wire`` step that runs once every tab is built (for a button on
 one tab that opens another). ``built`` holds the parts of the tabs built before it, by id.
 

@@ -416,7 +416,7 @@ def test_classes_pictures_zip_and_augmentation_preview(page, tmp_path):
     page.get_by_text("Advanced settings").click()
     page.get_by_label("light").check()
     page.get_by_role("button", name="Preview augmented pictures").click()
-    expect(page.locator("#augment-preview img").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#augment-preview img").first).to_be_visible(timeout=120_000)
 
 
 def choose_preset_and_train(page) -> None:
