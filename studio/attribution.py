@@ -270,17 +270,6 @@ def attribute(
     Returns:
         ``H x W`` float32 array, signed: positive values support ``target``.
     """
-    from captum.attr import (
-        GradientShap,
-        GuidedGradCam,
-        IntegratedGradients,
-        LayerAttribution,
-        LayerGradCam,
-        NoiseTunnel,
-        Occlusion,
-        Saliency,
-    )
-
     key = method_key(method)
     info = METHODS[key]
     if smoothgrad and not info.smoothgrad:
@@ -290,60 +279,85 @@ def attribute(
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.shape[0] != 1:
         raise StudioError("attribute() explains one picture at a time (1 x 3 x H x W)")
-    side = x.shape[-1]
     base = torch.zeros_like(x) if baseline is None else baseline.detach().float().reshape(x.shape)
     model = ready_for_attribution(model)
     if info.needs_layer and layer is None:
         layer = find_cam_layer(model, tuple(x.shape[-2:]))[1]
 
-    total = _forward_count(key, side, steps, samples) * (smoothgrad_samples if smoothgrad else 1)
-    watched = _Watched(model, total, progress, should_stop)
-    span = float(x.max() - x.min()) or 1.0
+    total = _forward_count(key, x.shape[-1], steps, samples)
+    watched = _Watched(
+        model, total * (smoothgrad_samples if smoothgrad else 1), progress, should_stop
+    )
+    span = float(x.max() - x.min()) or 1.0  # noise is a fraction of the picture's range
     x.requires_grad_()
     with seeded(seed), torch.enable_grad(), warnings.catch_warnings():
         # Captum announces the ReLU hooks of guided backpropagation every time.
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-        if key == "gradcam":
-            cam = LayerGradCam(watched, layer).attribute(x, target=target)
-            attr = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")
-        elif key == "guided-gradcam":
-            attr = GuidedGradCam(watched, layer).attribute(x, target=target)
-        elif key == "occlusion":
-            window, stride = _occlusion_window(side)
-            attr = Occlusion(watched).attribute(
-                x,
-                sliding_window_shapes=(x.shape[1], window, window),
-                strides=(x.shape[1], stride, stride),
-                baselines=base,
-                target=target,
-                perturbations_per_eval=batch_size,
-            )
+        if key in ("gradcam", "guided-gradcam", "occlusion"):
+            attr = _layer_or_occlusion(key, watched, x, target, layer, base, batch_size)
         else:
-            if key == "saliency":
-                explainer, kwargs = Saliency(watched), {"abs": False}
-            elif key == "ig":
-                explainer = IntegratedGradients(watched)
-                kwargs = {"baselines": base, "n_steps": steps, "internal_batch_size": batch_size}
-            else:  # gradshap: the baseline plus a noisy version of it, SHAP averages over both
-                explainer = GradientShap(watched)
-                kwargs = {
-                    "baselines": torch.cat([base, base + 0.5 * span * torch.rand_like(base)]),
-                    "n_samples": samples,
-                    "stdevs": noise * span,
-                }
+            explainer, kwargs = _gradient_method(
+                key, watched, base, span, steps, samples, noise, batch_size
+            )
             if smoothgrad:
-                attr = NoiseTunnel(explainer).attribute(
-                    x,
-                    nt_type="smoothgrad",
-                    nt_samples=smoothgrad_samples,
-                    nt_samples_batch_size=1 if key == "ig" else batch_size,
-                    stdevs=noise * span,
-                    target=target,
-                    **kwargs,
+                attr = _smoothed(
+                    explainer, x, target, key, smoothgrad_samples, noise * span, batch_size, kwargs
                 )
             else:
                 attr = explainer.attribute(x, target=target, **kwargs)
     return attr.detach()[0].sum(0).float().cpu().numpy()
+
+
+def _layer_or_occlusion(key, watched, x, target, layer, base, batch_size) -> torch.Tensor:
+    """Grad-CAM (upsampled to the picture), Guided Grad-CAM or Occlusion."""
+    from captum.attr import GuidedGradCam, LayerAttribution, LayerGradCam, Occlusion
+
+    if key == "gradcam":
+        cam = LayerGradCam(watched, layer).attribute(x, target=target)
+        return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")
+    if key == "guided-gradcam":
+        return GuidedGradCam(watched, layer).attribute(x, target=target)
+    window, stride = _occlusion_window(x.shape[-1])
+    return Occlusion(watched).attribute(
+        x,
+        sliding_window_shapes=(x.shape[1], window, window),
+        strides=(x.shape[1], stride, stride),
+        baselines=base,
+        target=target,
+        perturbations_per_eval=batch_size,
+    )
+
+
+def _gradient_method(key, watched, base, span, steps, samples, noise, batch_size) -> tuple:
+    """The Captum explainer for Saliency, Integrated Gradients or GradientSHAP, and its options."""
+    from captum.attr import GradientShap, IntegratedGradients, Saliency
+
+    if key == "saliency":
+        return Saliency(watched), {"abs": False}
+    if key == "ig":
+        explainer = IntegratedGradients(watched)
+        return explainer, {"baselines": base, "n_steps": steps, "internal_batch_size": batch_size}
+    # GradientSHAP: the baseline plus a noisy version of it, SHAP averages over both
+    return GradientShap(watched), {
+        "baselines": torch.cat([base, base + 0.5 * span * torch.rand_like(base)]),
+        "n_samples": samples,
+        "stdevs": noise * span,
+    }
+
+
+def _smoothed(explainer, x, target, key, n, stdevs, batch_size, kwargs) -> torch.Tensor:
+    """SmoothGrad: ``explainer`` averaged over ``n`` noisy copies (Captum's NoiseTunnel)."""
+    from captum.attr import NoiseTunnel
+
+    return NoiseTunnel(explainer).attribute(
+        x,
+        nt_type="smoothgrad",
+        nt_samples=n,
+        nt_samples_batch_size=1 if key == "ig" else batch_size,
+        stdevs=stdevs,
+        target=target,
+        **kwargs,
+    )
 
 
 # --------------------------------------------------------------------------- display

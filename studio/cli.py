@@ -7,12 +7,14 @@ internal error, 130 when interrupted twice. ``STUDIO_DEBUG=1`` shows tracebacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .presets import CHOICES as PRESET_CHOICES  # names only: no torch
@@ -38,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer Studio: fine-tune pretrained image classifiers, offline.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # One function per group of commands; a new capability adds its own.
+    for add in (_add_train, _add_run_commands, _add_explain_commands, _add_tools):
+        add(sub)
+    return parser
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a classifier on a folder, zip or CSV of images")
     p.add_argument("data", help="folder of class folders, train/val/test folders, .zip or .csv")
     p.add_argument("--out", help="run folder to create (default: runs/<date>-<data name>)")
@@ -87,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
 
+
+def _add_run_commands(sub) -> None:
+    """What one does with a finished run: evaluate, predict, export."""
     p = sub.add_parser("evaluate", help="measure a trained run on data")
     p.add_argument("run")
     p.add_argument("data")
@@ -108,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file (default: inside the run folder; not for zip)")
     p.add_argument("--json", action="store_true")
 
+
+def _add_explain_commands(sub) -> None:
     p = sub.add_parser(
         "explain", help="attribution map: which pixels made the model choose a class"
     )
@@ -136,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="gradcam", choices=list(_explain_methods()))
     p.add_argument("--json", action="store_true")
 
+
+def _add_tools(sub) -> None:
+    """The catalog, a dataset's report, the LR finder, the app and the example."""
     p = sub.add_parser("backbones", help="list the backbone catalog")
     p.add_argument("--json", action="store_true")
 
@@ -155,7 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("example", help="write the example dataset to a folder")
     p.add_argument("dest", nargs="?", help="default: print where the bundled copy is")
-    return parser
 
 
 # --------------------------------------------------------------------------- commands
@@ -196,17 +211,10 @@ def _train_config(args):
     return config, dataset, note
 
 
-def _cmd_train(args) -> int:
-    from tqdm import tqdm
-
-    from . import events as ev
-    from .evaluate import score_words
-    from .train import train
-
-    config, dataset, note = _train_config(args)
-    if note:
-        print(ev.Notice(note).to_json() if args.json else f"note: {note}", flush=True)
-
+@contextlib.contextmanager
+def _ctrl_c_stops() -> Iterator[threading.Event]:
+    """A stop flag that the first Ctrl-C raises (the run ends after its batch and keeps what it
+    has); a second Ctrl-C aborts."""
     stop = threading.Event()
 
     def on_interrupt(signum, frame):
@@ -216,67 +224,111 @@ def _cmd_train(args) -> int:
         print("\nstopping after this batch (press Ctrl-C again to abort)...", file=sys.stderr)
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
-    bar = None
     try:
-        for event in train(config, dataset, stop=stop):
-            if args.json:
-                if not isinstance(event, ev.Batch | ev.Caching):
-                    print(event.to_json(), flush=True)
-                continue
-            if isinstance(event, ev.Started):
-                print(f"run folder: {event.run_dir}")
-                print(f"data: {event.sizes}  classes: {', '.join(event.classes)}")
-                print(
-                    f"backbone: {config.backbone} ({event.weights}) on {event.device}; "
-                    f"training {event.trainable_params:,} of "
-                    f"{event.trainable_params + event.frozen_params:,} parameters"
-                )
-            elif isinstance(event, ev.Notice):
-                tqdm.write(f"note: {event.message}")
-            elif isinstance(event, ev.Caching):
-                if bar is None:
-                    bar = tqdm(
-                        total=event.of, desc="caching frozen layers", unit="img", leave=False
-                    )
-                bar.n = event.done
-                bar.refresh()
-                if event.done >= event.of:
-                    bar.close()
-                    bar = None
-            elif isinstance(event, ev.Batch):
-                if bar is None:
-                    bar = tqdm(
-                        total=event.of, desc=f"epoch {event.epoch}", unit="batch", leave=False
-                    )
-                bar.update(1)
-                bar.set_postfix(loss=f"{event.loss:.3f}")
-            elif isinstance(event, ev.Epoch):
-                if bar is not None:
-                    bar.close()
-                    bar = None
-                val = (
-                    f"val loss {event.val_loss:.3f} acc {event.val_acc:.3f}"
-                    if event.val_loss is not None
-                    else "no validation set"
-                )
-                print(
-                    f"epoch {event.epoch:3d}/{event.epochs}  train loss {event.train_loss:.3f} "
-                    f"acc {event.train_acc:.3f}  {val}  {event.seconds:.1f}s"
-                    + ("  *" if event.best else "")
-                )
-            elif isinstance(event, ev.Stopped):
-                print(f"stopped: {event.reason}")
-            elif isinstance(event, ev.Finished):
-                m = event.metrics
-                print(
-                    f"done in {event.seconds:.0f}s; kept epoch {event.best_epoch}: "
-                    f"{score_words(m)}; macro F1 {m['macro_f1']:.3f}"
-                )
-                print(f"model and report: {event.run_dir}")
+        yield stop
     finally:
-        if bar is not None:
-            bar.close()
         signal.signal(signal.SIGINT, previous)
+
+
+class _EventPrinter:
+    """A run's events as a person reads them: a line per milestone, a tqdm bar while caching
+    and during each epoch."""
+
+    def __init__(self, backbone: str):
+        self.backbone = backbone
+        self.bar = None
+
+    def _bar(self, total: int, desc: str, unit: str):
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False)
+        return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def show(self, event) -> None:
+        from tqdm import tqdm
+
+        from . import events as ev
+
+        if isinstance(event, ev.Caching):
+            bar = self._bar(event.of, "caching frozen layers", "img")
+            bar.n = event.done
+            bar.refresh()
+            if event.done >= event.of:
+                self.close()
+        elif isinstance(event, ev.Batch):
+            bar = self._bar(event.of, f"epoch {event.epoch}", "batch")
+            bar.update(1)
+            bar.set_postfix(loss=f"{event.loss:.3f}")
+        elif isinstance(event, ev.Notice):
+            tqdm.write(f"note: {event.message}")
+        elif (line := self._line(event)) is not None:
+            self.close()
+            print(line)
+
+    def _line(self, event) -> str | None:
+        from . import events as ev
+        from .evaluate import score_words
+
+        if isinstance(event, ev.Started):
+            return (
+                f"run folder: {event.run_dir}\n"
+                f"data: {event.sizes}  classes: {', '.join(event.classes)}\n"
+                f"backbone: {self.backbone} ({event.weights}) on {event.device}; "
+                f"training {event.trainable_params:,} of "
+                f"{event.trainable_params + event.frozen_params:,} parameters"
+            )
+        if isinstance(event, ev.Epoch):
+            val = (
+                f"val loss {event.val_loss:.3f} acc {event.val_acc:.3f}"
+                if event.val_loss is not None
+                else "no validation set"
+            )
+            return (
+                f"epoch {event.epoch:3d}/{event.epochs}  train loss {event.train_loss:.3f} "
+                f"acc {event.train_acc:.3f}  {val}  {event.seconds:.1f}s"
+                + ("  *" if event.best else "")
+            )
+        if isinstance(event, ev.Stopped):
+            return f"stopped: {event.reason}"
+        if isinstance(event, ev.Finished):
+            m = event.metrics
+            return (
+                f"done in {event.seconds:.0f}s; kept epoch {event.best_epoch}: "
+                f"{score_words(m)}; macro F1 {m['macro_f1']:.3f}\n"
+                f"model and report: {event.run_dir}"
+            )
+        return None
+
+
+def _follow(events, as_json: bool, printer: _EventPrinter) -> None:
+    """Print a job's events: JSON lines (without the per-batch ones) or for a person."""
+    from . import events as ev
+
+    try:
+        for event in events:
+            if not as_json:
+                printer.show(event)
+            elif not isinstance(event, ev.Batch | ev.Caching):
+                print(event.to_json(), flush=True)
+    finally:
+        printer.close()
+
+
+def _cmd_train(args) -> int:
+    from . import events as ev
+    from .train import train
+
+    config, dataset, note = _train_config(args)
+    if note:
+        print(ev.Notice(note).to_json() if args.json else f"note: {note}", flush=True)
+    with _ctrl_c_stops() as stop:
+        _follow(train(config, dataset, stop=stop), args.json, _EventPrinter(config.backbone))
     return 0
 
 

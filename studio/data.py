@@ -523,41 +523,19 @@ def load_dataset(
     classes = sorted({label for c in checked for label in c.candidate.labels})
     if layout != "csv":  # a class folder whose every image was skipped is empty too
         empty += sorted({c.labels[0] for c in candidates} - set(classes))
-    if not checked:
-        raise DataError(
-            f"no usable images in {source}"
-            + (f" ({len(skipped)} file(s) skipped, see the report)" if skipped else "")
-        )
-    if len(classes) < 2:
-        raise DataError(
-            f"need at least two classes with images to train; found {len(classes)} "
-            f"({', '.join(classes)})"
-        )
+    _require_two_classes(source, checked, classes, skipped)
     multilabel = any(len(c.candidate.labels) > 1 for c in checked)
     exact, near = _duplicate_groups(checked)
     splits_of = _choose_splits(checked, exact + near, multilabel, val_fraction, test_fraction, seed)
 
     index = {name: i for i, name in enumerate(classes)}
-    splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
-    for c, split in zip(checked, splits_of):
-        labels = tuple(sorted(index[name] for name in c.candidate.labels))
-        splits[split].append(Sample(str(c.candidate.path), labels, c.width, c.height))
-    splits = {k: v for k, v in splits.items() if v}
+    splits = _assign(checked, splits_of, index)
 
     def names(group: list[int]) -> list[str]:
         return [str(checked[i].candidate.path) for i in group]
 
-    leakage, conflicting = [], []
-    for group in exact + near:
-        # The same picture in two splits: pair the earliest copy with each copy elsewhere.
-        ordered = sorted(group, key=lambda i: SPLITS.index(splits_of[i]))
-        first = ordered[0]
-        leakage += [names([first, i]) for i in ordered[1:] if splits_of[i] != splits_of[first]]
-        if len({checked[i].candidate.labels for i in group}) > 1:
-            conflicting.append(names(group))
-
-    areas = [c.width * c.height for c in checked]
-    smallest, largest = checked[int(np.argmin(areas))], checked[int(np.argmax(areas))]
+    leakage, conflicting = _leaks_and_conflicts(checked, exact + near, splits_of, names)
+    sizes = [(c.width, c.height) for c in checked]
     report = DataReport(
         source=str(source),
         layout=layout,
@@ -574,12 +552,48 @@ def load_dataset(
         near_duplicates=[names(g) for g in near],
         leakage=leakage,
         conflicting_labels=conflicting,
-        min_size=(smallest.width, smallest.height),
-        max_size=(largest.width, largest.height),
+        min_size=min(sizes, key=lambda wh: wh[0] * wh[1]),
+        max_size=max(sizes, key=lambda wh: wh[0] * wh[1]),
     )
     report.warnings = _warnings(report)
     fractions = (val_fraction, test_fraction)
     return Dataset(classes, splits, multilabel, report, root.resolve(), seed, fractions)
+
+
+def _assign(checked: list, splits_of: list[str], index: dict[str, int]) -> dict[str, list[Sample]]:
+    """The samples of each split that has any, labels as class indices."""
+    splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    for c, split in zip(checked, splits_of):
+        labels = tuple(sorted(index[name] for name in c.candidate.labels))
+        splits[split].append(Sample(str(c.candidate.path), labels, c.width, c.height))
+    return {k: v for k, v in splits.items() if v}
+
+
+def _require_two_classes(source: Path, checked: list, classes: list[str], skipped: list) -> None:
+    """Nothing to train on: no usable picture, or fewer than two classes with pictures."""
+    if not checked:
+        raise DataError(
+            f"no usable images in {source}"
+            + (f" ({len(skipped)} file(s) skipped, see the report)" if skipped else "")
+        )
+    if len(classes) < 2:
+        raise DataError(
+            f"need at least two classes with images to train; found {len(classes)} "
+            f"({', '.join(classes)})"
+        )
+
+
+def _leaks_and_conflicts(checked: list, groups: list[list[int]], splits_of: list[str], names):
+    """``(leakage, conflicting)``: copies of one picture in two splits (the earliest copy paired
+    with each copy elsewhere), and copies that carry different labels."""
+    leakage, conflicting = [], []
+    for group in groups:
+        ordered = sorted(group, key=lambda i: SPLITS.index(splits_of[i]))
+        first = ordered[0]
+        leakage += [names([first, i]) for i in ordered[1:] if splits_of[i] != splits_of[first]]
+        if len({checked[i].candidate.labels for i in group}) > 1:
+            conflicting.append(names(group))
+    return leakage, conflicting
 
 
 def _locate(source: Path) -> tuple[Path, Path | None]:

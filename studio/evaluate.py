@@ -110,37 +110,41 @@ def compute_metrics(
     >>> compute_metrics(s, np.array([[0.9, 0.1], [0.8, 0.2]]), ["cat", "dog"])["accuracy"]
     0.5
     """
-    n = len(classes)
-    paths = [s.path for s in samples]
-    eps = 1e-7
     if multilabel:
-        y_true = np.zeros((len(samples), n), dtype=int)
-        for i, s in enumerate(samples):
-            y_true[i, list(s.labels)] = 1
-        y_pred = (probs >= threshold).astype(int)
-        p, r, f, support = precision_recall_fscore_support(
-            y_true, y_pred, average=None, labels=list(range(n)), zero_division=0
-        )
-        ap = [
-            float(average_precision_score(y_true[:, k], probs[:, k]))
-            if y_true[:, k].any()
-            else None
-            for k in range(n)
-        ]
-        valid_ap = [a for a in ap if a is not None]
-        losses = -(y_true * np.log(probs + eps) + (1 - y_true) * np.log(1 - probs + eps)).mean(1)
-        metrics = {
-            "task": "multilabel",
-            "accuracy": float(accuracy_score(y_true, y_pred)),  # exact match of the whole tag set
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-            "mAP": float(np.mean(valid_ap)) if valid_ap else None,
-            "threshold": threshold,
-            "labels": classes,
-            "confusion_matrix": multilabel_confusion_matrix(y_true, y_pred).tolist(),
-            "per_class": _per_class(classes, p, r, f, support, ap=ap),
-        }
-        order = hardest_first(losses, (y_pred == y_true).all(1))
-        metrics["top_losses"] = [
+        return _multilabel_metrics(samples, probs, classes, threshold)
+    return _single_label_metrics(samples, probs, classes)
+
+
+_EPS = 1e-7  # keeps log() finite at a probability of 0 or 1
+
+
+def _multilabel_metrics(samples, probs: np.ndarray, classes: list[str], threshold: float) -> dict:
+    """Tags: exact-match accuracy, macro F1, mAP, one 2x2 matrix per tag, hardest pictures."""
+    n, paths = len(classes), [s.path for s in samples]
+    y_true = np.zeros((len(samples), n), dtype=int)
+    for i, s in enumerate(samples):
+        y_true[i, list(s.labels)] = 1
+    y_pred = (probs >= threshold).astype(int)
+    p, r, f, support = precision_recall_fscore_support(
+        y_true, y_pred, average=None, labels=list(range(n)), zero_division=0
+    )
+    ap = [
+        float(average_precision_score(y_true[:, k], probs[:, k])) if y_true[:, k].any() else None
+        for k in range(n)
+    ]
+    valid_ap = [a for a in ap if a is not None]
+    losses = -(y_true * np.log(probs + _EPS) + (1 - y_true) * np.log(1 - probs + _EPS)).mean(1)
+    order = hardest_first(losses, (y_pred == y_true).all(1))
+    return {
+        "task": "multilabel",
+        "accuracy": float(accuracy_score(y_true, y_pred)),  # exact match of the whole tag set
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "mAP": float(np.mean(valid_ap)) if valid_ap else None,
+        "threshold": threshold,
+        "labels": classes,
+        "confusion_matrix": multilabel_confusion_matrix(y_true, y_pred).tolist(),
+        "per_class": _per_class(classes, p, r, f, support, ap=ap),
+        "top_losses": [
             {
                 "path": paths[i],
                 "true": [classes[k] for k in np.nonzero(y_true[i])[0]],
@@ -148,19 +152,23 @@ def compute_metrics(
                 "loss": float(losses[i]),
             }
             for i in order
-        ]
-        metrics["most_confused"] = []
-        metrics["n"] = len(samples)
-        return metrics
+        ],
+        "most_confused": [],
+        "n": len(samples),
+    }
 
+
+def _single_label_metrics(samples, probs: np.ndarray, classes: list[str]) -> dict:
+    """One class a picture: accuracy, macro F1, the confusion matrix, the most confused pairs,
+    the hardest pictures and every picture's outcome."""
+    n, paths = len(classes), [s.path for s in samples]
     y_true = np.array([s.labels[0] for s in samples], dtype=int)
     y_pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)
     p, r, f, support = precision_recall_fscore_support(
         y_true, y_pred, average=None, labels=list(range(n)), zero_division=0
     )
     cm = confusion_matrix(y_true, y_pred, labels=list(range(n)))
-    losses = -np.log(probs[np.arange(len(y_true)), y_true] + eps) if len(probs) else np.zeros(0)
-    order = hardest_first(losses, y_pred == y_true)
+    losses = -np.log(probs[np.arange(len(y_true)), y_true] + _EPS) if len(probs) else np.zeros(0)
     pairs = [
         {"true": classes[i], "predicted": classes[j], "count": int(cm[i, j])}
         for i in range(n)
@@ -168,6 +176,15 @@ def compute_metrics(
         if i != j and cm[i, j] > 0
     ]
     pairs.sort(key=lambda d: -d["count"])
+
+    def outcome(i: int) -> dict:
+        return {
+            "path": paths[i],
+            "true": classes[y_true[i]],
+            "predicted": classes[y_pred[i]],
+            "confidence": float(probs[i, y_pred[i]]),
+        }
+
     return {
         "task": "single-label",
         "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
@@ -178,27 +195,12 @@ def compute_metrics(
         "confusion_matrix": cm.tolist(),
         "per_class": _per_class(classes, p, r, f, support),
         "top_losses": [
-            {
-                "path": paths[i],
-                "true": classes[y_true[i]],
-                "predicted": classes[y_pred[i]],
-                "confidence": float(probs[i, y_pred[i]]),
-                "loss": float(losses[i]),
-                "correct": bool(y_pred[i] == y_true[i]),
-            }
-            for i in order
+            {**outcome(i), "loss": float(losses[i]), "correct": bool(y_pred[i] == y_true[i])}
+            for i in hardest_first(losses, y_pred == y_true)
         ],
         "most_confused": pairs[:10],
         # Every held-out picture's outcome, so a confusion-matrix cell can show its pictures.
-        "predictions": [
-            {
-                "path": paths[i],
-                "true": classes[y_true[i]],
-                "predicted": classes[y_pred[i]],
-                "confidence": float(probs[i, y_pred[i]]),
-            }
-            for i in range(len(y_true))
-        ],
+        "predictions": [outcome(i) for i in range(len(y_true))],
         "n": len(samples),
     }
 

@@ -71,51 +71,10 @@ def extract_zip(zip_path: str | Path, dest: str | Path, limits: ZipLimits = ZipL
             raise DataError(
                 f"{zip_path.name} holds {len(members):,} files; the limit is {limits.max_files:,}"
             )
-        total = 0
-        plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
-        for member in members:
-            mode = member.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                raise DataError(f"{zip_path.name} contains a symbolic link ({member.filename})")
-            rel = _safe_member_path(member.filename)
-            if rel is None:
-                raise DataError(
-                    f"{zip_path.name} contains an unsafe path ({member.filename!r}) "
-                    "that points outside the folder"
-                )
-            if member.flag_bits & 0x1:
-                raise DataError(
-                    f"{zip_path.name} is protected by a password ({member.filename}): "
-                    "zip the folders again without one"
-                )
-            if member.compress_type not in _READABLE:
-                raise DataError(
-                    f"{zip_path.name} uses a compression method this computer cannot unpack "
-                    f"({member.filename}): zip the folders again with the usual (deflate) method"
-                )
-            if member.file_size > limits.max_file_bytes:
-                raise DataError(f"{member.filename} in {zip_path.name} is too large to extract")
-            if member.compress_size and member.file_size / member.compress_size > limits.max_ratio:
-                raise DataError(
-                    f"{member.filename} in {zip_path.name} inflates suspiciously (zip bomb?)"
-                )
-            total += member.file_size
-            if total > limits.max_total_bytes:
-                raise DataError(f"{zip_path.name} unpacks to more than the size limit")
-            plan.append((member, rel))
-
+        plan = _plan(zip_path.name, members, limits)
         dest.mkdir(parents=True, exist_ok=True)
-        written = 0
         try:
-            for member, rel in plan:
-                target = dest.joinpath(*rel.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(member) as src, open(target, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > limits.max_total_bytes:
-                            raise DataError(f"{zip_path.name} unpacks to more than the size limit")
-                        out.write(chunk)
+            _write(archive, plan, dest, zip_path.name, limits.max_total_bytes)
         except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
             shutil.rmtree(dest, ignore_errors=True)
             raise DataError(f"{zip_path.name} is damaged ({exc})") from None
@@ -127,3 +86,55 @@ def extract_zip(zip_path: str | Path, dest: str | Path, limits: ZipLimits = ZipL
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     return dest
+
+
+def _member_problem(name: str, member: zipfile.ZipInfo, limits: ZipLimits) -> str | None:
+    """Why one member may not be unpacked (before a byte is written), or None."""
+    if stat.S_ISLNK(member.external_attr >> 16):
+        return f"{name} contains a symbolic link ({member.filename})"
+    if _safe_member_path(member.filename) is None:
+        return (
+            f"{name} contains an unsafe path ({member.filename!r}) that points outside the folder"
+        )
+    if member.flag_bits & 0x1:
+        return (
+            f"{name} is protected by a password ({member.filename}): "
+            "zip the folders again without one"
+        )
+    if member.compress_type not in _READABLE:
+        return (
+            f"{name} uses a compression method this computer cannot unpack "
+            f"({member.filename}): zip the folders again with the usual (deflate) method"
+        )
+    if member.file_size > limits.max_file_bytes:
+        return f"{member.filename} in {name} is too large to extract"
+    if member.compress_size and member.file_size / member.compress_size > limits.max_ratio:
+        return f"{member.filename} in {name} inflates suspiciously (zip bomb?)"
+    return None
+
+
+def _plan(name: str, members: list[zipfile.ZipInfo], limits: ZipLimits) -> list:
+    """Every member with its safe relative path; the first rule broken stops it all."""
+    total, plan = 0, []
+    for member in members:
+        if problem := _member_problem(name, member, limits):
+            raise DataError(problem)
+        total += member.file_size
+        if total > limits.max_total_bytes:
+            raise DataError(f"{name} unpacks to more than the size limit")
+        plan.append((member, _safe_member_path(member.filename)))
+    return plan
+
+
+def _write(archive: zipfile.ZipFile, plan: list, dest: Path, name: str, max_bytes: int) -> None:
+    """Unpack the plan, counting the bytes really written (a header can lie about sizes)."""
+    written = 0
+    for member, rel in plan:
+        target = dest.joinpath(*rel.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(member) as src, open(target, "wb") as out:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise DataError(f"{name} unpacks to more than the size limit")
+                out.write(chunk)

@@ -25,18 +25,7 @@ def test_no_module_imports_another_modules_private_names():
 
 # Functions still longer than the rule allows, with the length they may not grow past: the
 # list may only shrink (issue 15 splits the tab builders into module-level handlers).
-LONG_FUNCTIONS = {
-    "attribution.py:attribute": 118,
-    "cli.py:_cmd_train": 82,
-    "cli.py:build_parser": 124,
-    "data.py:load_dataset": 102,
-    "evaluate.py:compute_metrics": 104,
-    "safezip.py:extract_zip": 83,
-    "ui/data_tab.py:build_data_tab": 155,
-    "ui/evaluate_tab.py:build_evaluate_tab": 119,
-    "ui/explain_tab.py:build_explain_tab": 292,
-    "ui/train_tab.py:build_train_tab": 193,
-}
+LONG_FUNCTIONS: dict[str, int] = {}
 MAX_LINES = 80
 
 

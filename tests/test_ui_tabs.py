@@ -64,3 +64,91 @@ def test_the_predict_handlers_work_without_a_browser(tmp_path, trained_run, smal
     assert Path(csv_file).read_text().startswith("picture,class,probability")
     with pytest.raises(Exception, match="train a model first"):
         predict_one(predictors, ws.id, None, picture)
+
+
+def test_a_bound_handler_keeps_the_type_hints_gradio_reads():
+    """Gradio passes gr.SelectData to a parameter by its type hint; a handler bound to the app's
+    context (functools.partial) must still show it, or a click would pass nothing."""
+    import functools
+
+    from gradio.utils import get_type_hints
+
+    from studio.ui.common import friendly
+    from studio.ui.explain_tab import from_top_loss
+
+    handler = friendly(functools.partial(from_top_loss, object()))
+    assert get_type_hints(handler)["evt"] is gr.SelectData
+    import inspect
+
+    assert list(inspect.signature(handler).parameters) == ["ws_id", "run_name", "evt"]
+
+
+def test_the_data_handlers_work_without_a_browser(tmp_path, small_example):
+    from studio.errors import StudioError
+    from studio.ui.data_tab import add_class, add_pictures, delete, show_class
+
+    ctx = Context(tmp_path / "app")
+    _, ws = ctx.open(None)
+    status, *views = add_class(ctx, ws.id, "brick")
+    assert "Added class **brick**" in status and len(views) == 7
+    with pytest.raises(StudioError, match="choose some pictures"):
+        add_pictures(ctx, ws.id, "brick", [])
+    pictures = [str(p) for p in sorted((small_example / "brick").glob("*.jpg"))[:3]]
+    status, *views = add_pictures(ctx, ws.id, "brick", pictures)
+    assert len(show_class(ctx, ws.id, "brick")) == 3 and show_class(ctx, ws.id, None) == []
+    status, *_ = delete(ctx, ws.id, "brick")
+    assert "Deleted" in status and ws.classes() == []
+
+
+def test_the_evaluate_and_explain_handlers_work_without_a_browser(tmp_path, trained_run):
+    import shutil
+    from types import SimpleNamespace
+
+    from studio.errors import StudioError
+    from studio.ui.evaluate_tab import cell_pictures, show_run
+    from studio.ui.explain_tab import (
+        TRUE,
+        Stops,
+        redraw,
+        refresh_sources,
+        run_explain,
+        shortcut_report,
+    )
+
+    ctx = Context(tmp_path / "app")
+    _, ws = ctx.open(None)
+    assert show_run(ctx, ws.id, None)[0].startswith("Train a model first")
+    shutil.copytree(trained_run, ws.runs_dir / "mine")
+    head, heatmap, table, rows, losses, pairs = show_run(ctx, ws.id, "mine")
+    assert head.startswith("## Accuracy") and len(rows) == 3 and heatmap is not None
+    title, pictures = cell_pictures(ctx, ws.id, "mine", SimpleNamespace(index=(0, 1)))
+    assert "(correct)" in title and len(pictures) == int(title.split("**")[1].split()[0])
+    assert cell_pictures(ctx, ws.id, "mine", SimpleNamespace(index=(0, 0)))[1] == []
+
+    assert refresh_sources(ctx, ws.id)["value"] == "mine"
+    assert redraw(None, "positive", 0.5) == []
+    with pytest.raises(StudioError, match="only known for pictures from the Evaluate tab"):
+        run_explain(ctx, Stops(), ws.id, "mine", losses[0][0], ["gradcam"], TRUE, None, *[0] * 4)
+    flagged = SimpleNamespace(
+        label="a", images=4, border=0.7, corner=0.5, corner_name="top left", flagged=True,
+        message="class a: the evidence is on the edges",
+    )  # fmt: skip
+    text, table = shortcut_report([flagged], skipped=["x.jpg"])
+    assert "Possible shortcuts" in text and "1 picture(s) could not be read" in text
+    assert table == [["a", 4, "70%", "50% (top left)", "⚠️"]]
+
+
+def test_the_train_handlers_read_the_settings_by_name(tmp_path):
+    from studio.config import TrainConfig
+    from studio.ui.train_tab import SETTINGS, settings_from_page, stop_training
+
+    values = [5, 16, 0.001, 0.75, 0, 0, 0.01, 0.1, 0.0, "none"]
+    settings = settings_from_page(values)
+    assert list(settings) == list(SETTINGS) and settings["seed"] == 0
+    assert isinstance(settings["seed"], int) and isinstance(settings["epochs"], int)
+    TrainConfig(data="d", out="o", **settings).validate()  # every name is a config field
+    with pytest.raises(ValueError, match="9 settings for 10 fields"):
+        settings_from_page(values[:-1])
+    ctx = Context(tmp_path)
+    _, ws = ctx.open(None)
+    assert stop_training(ctx, ws.id) == "Nothing is training."

@@ -6,6 +6,7 @@ import functools
 import html
 import logging
 import threading
+import typing
 from pathlib import Path
 
 import gradio as gr
@@ -156,6 +157,10 @@ def friendly(fn):
             log.exception("unexpected error in %s", getattr(fn, "__name__", fn))
             raise gr.Error(as_text(f"Something went wrong: {type(exc).__name__}: {exc}")) from None
 
+    if isinstance(fn, functools.partial):
+        # A handler bound to the app's context: Gradio finds gr.SelectData / gr.Progress
+        # parameters by their type hints, which a partial does not carry.
+        wrapper.__annotations__ = typing.get_type_hints(fn.func)
     return wrapper
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 
 from .. import charts
@@ -76,6 +78,125 @@ def _set_views(ws, selected: str | None):
     )
 
 
+def load_example(ctx: Context, ws_id):
+    """The example goes beside the person's own pictures and becomes the set worked on."""
+    report = ctx.workspace(ws_id).load_example()
+    return (
+        f"Working on the example ({as_text(report.message())}); your own pictures are kept: "
+        "choose **Your pictures** above to go back to them.",
+        *_views(ctx, ws_id),
+    )
+
+
+def choose_set(ctx: Context, ws_id, key):
+    ws = ctx.workspace(ws_id)
+    if key and key != ws.active:
+        ws.use(key)
+    return ("", *_views(ctx, ws_id))
+
+
+def upload_zip(ctx: Context, ws_id, path):
+    if not path:
+        return (gr.update(), *_views(ctx, ws_id))
+    report = ctx.workspace(ws_id).import_zip(path)
+    if report.skipped:
+        gr.Warning(f"{len(report.skipped)} file(s) in the zip were skipped; see the list.")
+    return (as_text(report.message()) + ".", *_views(ctx, ws_id))
+
+
+def add_class(ctx: Context, ws_id, name):
+    made = ctx.workspace(ws_id).add_class(name)
+    return (f"Added class **{made}**. Now add pictures to it.", *_views(ctx, ws_id, made))
+
+
+def add_pictures(ctx: Context, ws_id, cls, paths):
+    if not cls:
+        raise StudioError("make or choose a class first")
+    if not paths:
+        raise StudioError("choose some pictures first")
+    report = ctx.workspace(ws_id).add_images(cls, paths)
+    if report.skipped:
+        gr.Warning(f"{len(report.skipped)} file(s) were not pictures and were skipped.")
+    return (as_text(report.message()) + ".", *_views(ctx, ws_id, cls))
+
+
+def add_snapshot(ctx: Context, ws_id, cls, image):
+    if not cls:
+        raise StudioError("make or choose a class first")
+    if image is None:
+        raise StudioError("take a photo first")
+    ctx.workspace(ws_id).add_pil(cls, image)
+    return (f"Added a photo to **{cls}**.", *_views(ctx, ws_id, cls))
+
+
+def rename(ctx: Context, ws_id, cls, new):
+    made = ctx.workspace(ws_id).rename_class(cls or "", new)
+    return (f"Renamed **{cls}** to **{made}**.", *_views(ctx, ws_id, made))
+
+
+def delete(ctx: Context, ws_id, cls):
+    ctx.workspace(ws_id).delete_class(cls or "")
+    return (f"Deleted class **{cls}**.", *_views(ctx, ws_id))
+
+
+def show_class(ctx: Context, ws_id, cls) -> list:
+    """The first 60 pictures of a class, for the gallery."""
+    return [(str(p), p.name) for p in ctx.workspace(ws_id).images(cls)][:60] if cls else []
+
+
+def _add_pictures_column() -> dict:
+    """Make classes, add pictures (files or webcam), rename or delete a class."""
+    c = {}
+    c["new_class"] = gr.Textbox(
+        label="New class name",
+        placeholder="e.g. apples",
+        info="A short name for one kind of thing to recognise.",
+    )
+    c["add_class"] = gr.Button("Add class")
+    c["target"] = gr.Dropdown(
+        label="Class to add pictures to", choices=[], info="New pictures go into this class."
+    )
+    c["files"] = gr.File(
+        label="Pictures",
+        file_count="multiple",
+        file_types=["image"],
+        height=150,
+        elem_id="data-files",
+    )
+    c["add"] = gr.Button("Add these pictures", variant="primary")
+    c["webcam"] = gr.Image(
+        label="Or take a photo", sources=["webcam"], type="pil", height=200, elem_id="webcam"
+    )
+    c["snap"] = gr.Button("Add photo to class")
+    with gr.Accordion("Rename or delete a class", open=False):
+        c["rename_to"] = gr.Textbox(
+            label="New name for the selected class", info="Renames the class chosen above."
+        )
+        c["rename"] = gr.Button("Rename")
+        c["delete"] = gr.Button("Delete class and its pictures", variant="stop")
+    return c
+
+
+def _report_column() -> dict:
+    """The report, the counts per class, a class's pictures and the skipped files."""
+    c = {"report": gr.Markdown("No pictures yet.", elem_id="data-report")}
+    c["counts"] = gr.Plot(label="Pictures per class")
+    c["show_class"] = gr.Dropdown(
+        label="Show pictures of", choices=[], info="Pick a class to see its pictures."
+    )
+    c["gallery"] = gr.Gallery(
+        label="Pictures", columns=6, height=300, allow_preview=True, elem_id="data-gallery"
+    )
+    c["skipped"] = gr.Dataframe(
+        headers=["file", "why it was skipped"],
+        label="Skipped files",
+        interactive=False,
+        elem_id="data-skipped",
+        wrap=True,
+    )
+    return c
+
+
 def build_data_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
     gr.Markdown(HELP)
     with gr.Row():
@@ -97,137 +218,32 @@ def build_data_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -
     status = gr.Markdown(elem_id="data-status")
     with gr.Row():
         with gr.Column(scale=1):
-            new_class = gr.Textbox(
-                label="New class name",
-                placeholder="e.g. apples",
-                info="A short name for one kind of thing to recognise.",
-            )
-            add_class_btn = gr.Button("Add class")
-            target = gr.Dropdown(
-                label="Class to add pictures to",
-                choices=[],
-                info="New pictures go into this class.",
-            )
-            files = gr.File(
-                label="Pictures",
-                file_count="multiple",
-                file_types=["image"],
-                height=150,
-                elem_id="data-files",
-            )
-            add_btn = gr.Button("Add these pictures", variant="primary")
-            webcam = gr.Image(
-                label="Or take a photo",
-                sources=["webcam"],
-                type="pil",
-                height=200,
-                elem_id="webcam",
-            )
-            snap_btn = gr.Button("Add photo to class")
-            with gr.Accordion("Rename or delete a class", open=False):
-                rename_to = gr.Textbox(
-                    label="New name for the selected class", info="Renames the class chosen above."
-                )
-                rename_btn = gr.Button("Rename")
-                delete_btn = gr.Button("Delete class and its pictures", variant="stop")
+            a = _add_pictures_column()
         with gr.Column(scale=2):
-            report_md = gr.Markdown("No pictures yet.", elem_id="data-report")
-            counts_plot = gr.Plot(label="Pictures per class")
-            show_class = gr.Dropdown(
-                label="Show pictures of", choices=[], info="Pick a class to see its pictures."
-            )
-            gallery = gr.Gallery(
-                label="Pictures", columns=6, height=300, allow_preview=True, elem_id="data-gallery"
-            )
-            skipped = gr.Dataframe(
-                headers=["file", "why it was skipped"],
-                label="Skipped files",
-                interactive=False,
-                elem_id="data-skipped",
-                wrap=True,
-            )
-
-    views = [picture_set, target, show_class, counts_plot, report_md, gallery, skipped]
-
-    @friendly
-    def load_example(ws_id):
-        report = ctx.workspace(ws_id).load_example()
-        return (
-            f"Working on the example ({as_text(report.message())}); your own pictures are kept: "
-            "choose **Your pictures** above to go back to them.",
-            *_views(ctx, ws_id),
-        )
-
-    @friendly
-    def choose_set(ws_id, key):
-        ws = ctx.workspace(ws_id)
-        if key and key != ws.active:
-            ws.use(key)
-        return ("", *_views(ctx, ws_id))
-
-    @friendly
-    def upload_zip(ws_id, path):
-        if not path:
-            return (gr.update(), *_views(ctx, ws_id))
-        report = ctx.workspace(ws_id).import_zip(path)
-        if report.skipped:
-            gr.Warning(f"{len(report.skipped)} file(s) in the zip were skipped; see the list.")
-        return (as_text(report.message()) + ".", *_views(ctx, ws_id))
-
-    @friendly
-    def add_class(ws_id, name):
-        made = ctx.workspace(ws_id).add_class(name)
-        return (f"Added class **{made}**. Now add pictures to it.", *_views(ctx, ws_id, made))
-
-    @friendly
-    def add_pictures(ws_id, cls, paths):
-        if not cls:
-            raise StudioError("make or choose a class first")
-        if not paths:
-            raise StudioError("choose some pictures first")
-        report = ctx.workspace(ws_id).add_images(cls, paths)
-        if report.skipped:
-            gr.Warning(f"{len(report.skipped)} file(s) were not pictures and were skipped.")
-        return (as_text(report.message()) + ".", *_views(ctx, ws_id, cls))
-
-    @friendly
-    def add_snapshot(ws_id, cls, image):
-        if not cls:
-            raise StudioError("make or choose a class first")
-        if image is None:
-            raise StudioError("take a photo first")
-        ctx.workspace(ws_id).add_pil(cls, image)
-        return (f"Added a photo to **{cls}**.", *_views(ctx, ws_id, cls))
-
-    @friendly
-    def rename(ws_id, cls, new):
-        made = ctx.workspace(ws_id).rename_class(cls or "", new)
-        return (f"Renamed **{cls}** to **{made}**.", *_views(ctx, ws_id, made))
-
-    @friendly
-    def delete(ws_id, cls):
-        ctx.workspace(ws_id).delete_class(cls or "")
-        return (f"Deleted class **{cls}**.", *_views(ctx, ws_id))
-
-    @friendly
-    def show(ws_id, cls):
-        ws = ctx.workspace(ws_id)
-        return [(str(p), p.name) for p in ws.images(cls)][:60] if cls else []
-
+            r = _report_column()
+    # In the order _views returns them.
+    views = [picture_set, a["target"], r["show_class"], r["counts"], r["report"], r["gallery"]]
+    views.append(r["skipped"])
     outputs = [status, *views]
-    example_btn.click(load_example, ws_state, outputs, api_name="load_example")
-    picture_set.input(choose_set, [ws_state, picture_set], outputs)
-    zip_file.upload(upload_zip, [ws_state, zip_file], outputs)
-    add_class_btn.click(add_class, [ws_state, new_class], outputs)
-    new_class.submit(add_class, [ws_state, new_class], outputs)
-    add_btn.click(add_pictures, [ws_state, target, files], outputs)
-    snap_btn.click(add_snapshot, [ws_state, target, webcam], outputs)
-    rename_btn.click(rename, [ws_state, target, rename_to], outputs)
-    delete_btn.click(delete, [ws_state, target], outputs)
-    show_class.change(show, [ws_state, show_class], gallery)
+
+    def on(event, handler, inputs, **kw):
+        event(friendly(functools.partial(handler, ctx)), [ws_state, *inputs], outputs, **kw)
+
+    on(example_btn.click, load_example, [], api_name="load_example")
+    on(picture_set.input, choose_set, [picture_set])
+    on(zip_file.upload, upload_zip, [zip_file])
+    on(a["add_class"].click, add_class, [a["new_class"]])
+    on(a["new_class"].submit, add_class, [a["new_class"]])
+    on(a["add"].click, add_pictures, [a["target"], a["files"]])
+    on(a["snap"].click, add_snapshot, [a["target"], a["webcam"]])
+    on(a["rename"].click, rename, [a["target"], a["rename_to"]])
+    on(a["delete"].click, delete, [a["target"]])
+    r["show_class"].change(
+        friendly(functools.partial(show_class, ctx)), [ws_state, r["show_class"]], r["gallery"]
+    )
     return TabParts(
         views=views,
-        refresh=lambda ws_id: _views(ctx, ws_id),
+        refresh=functools.partial(_views, ctx),
         on_select=False,  # what it shows changes only by its own buttons
         exposes={"status": status},
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 
 from .. import charts
@@ -13,6 +15,105 @@ HELP = """### 4. How good is it?
 These numbers come from pictures the model never learnt from. In the **confusion matrix** each
 row is the true class and each column what the model said; everything off the diagonal is a
 mistake. **Click a cell in the table** to see exactly which pictures ended up there."""
+
+
+def _loss_caption(row: dict) -> str:
+    if row.get("correct"):
+        return f"{row['true']} ✓ ({row['confidence']:.0%} sure)"
+    return f"{row['true']} → {row['predicted']} ({row['confidence']:.0%})"
+
+
+def show_run(ctx: Context, ws_id, name):
+    """(headline, heatmap, confusion table, per-class rows, hardest pictures, confused pairs)."""
+    if not name:
+        return "Train a model first (Train tab).", None, None, None, [], None
+    m = run_metrics(ctx.workspace(ws_id), name)
+    labels = m["labels"]
+    head = (
+        f"## Accuracy {m['accuracy']:.1%} · macro F1 {m['macro_f1']:.2f}\n"
+        f"on {m['n']} {m['split']} pictures."
+    )
+    if m.get("task") == "multilabel":
+        return head, None, None, None, [], None
+    matrix = [[labels[i]] + row for i, row in enumerate(m["confusion_matrix"])]
+    rows = [
+        [k, round(v["precision"], 3), round(v["recall"], 3), round(v["f1"], 3), v["support"]]
+        for k, v in m["per_class"].items()
+    ]
+    return (
+        head,
+        charts.confusion_matrix(m["confusion_matrix"], labels),
+        {"data": matrix, "headers": ["true \\ predicted"] + labels},
+        rows,
+        [(r["path"], _loss_caption(r)) for r in m["top_losses"]],
+        [[p["true"], p["predicted"], p["count"]] for p in m["most_confused"]],
+    )
+
+
+def cell_pictures(ctx: Context, ws_id, name, evt: gr.SelectData):
+    """The pictures behind a clicked cell of the confusion table."""
+    m = run_metrics(ctx.workspace(ws_id), name)
+    row, col = evt.index
+    if col == 0:
+        return "Click a number, not a class name.", []
+    true, predicted = m["labels"][row], m["labels"][col - 1]
+    hits = [
+        p for p in m.get("predictions", []) if p["true"] == true and p["predicted"] == predicted
+    ]
+    title = f"**{len(hits)} picture(s) of {true} predicted as {predicted}**" + (
+        " (correct)" if true == predicted else ""
+    )
+    return title, [(p["path"], f"{p['confidence']:.0%}") for p in hits]
+
+
+def loss_maps(ctx: Context, ws_id, name, progress=gr.Progress()):
+    """Grad-CAM over each hardest picture for what the model said; the unreadable ones named."""
+    if not name:
+        raise StudioError("train a model first (Train tab)")
+    ws = ctx.workspace(ws_id)
+    rows = run_metrics(ws, name).get("top_losses", [])
+    if not rows or not isinstance(rows[0]["predicted"], str):
+        raise StudioError("maps are shown for single-label runs with evaluated pictures")
+    explainer, lock = ctx.explainers.get(ws, name)
+    with lock:
+        shown = explainer.overlays(
+            [(r["path"], r["predicted"]) for r in rows],
+            progress=lambda f: progress(f, desc="drawing maps"),
+        )
+    gallery, missing = [], []
+    for (picture, note), r in zip(shown, rows):
+        if picture is None:
+            missing.append(f"- {r['path']}: {note}")
+        else:
+            gallery.append((picture, f"{r['true']} → {r['predicted']}"))
+    text = "**No map for:**\n" + "\n".join(missing) if missing else ""
+    return gallery, text
+
+
+def _hardest_pictures() -> dict:
+    """The top losses, their maps on demand, and the most confused pairs."""
+    gr.Markdown(
+        "#### Hardest pictures (mistakes first, then the ones it was least sure about)\n"
+        "Click one to see, on the Explain tab, what the model looked at."
+    )
+    c = {}
+    c["losses"] = gr.Gallery(
+        label="Top losses (true → said)", columns=6, height=240, elem_id="top-losses"
+    )
+    c["explain_all"] = gr.Button(
+        "Show what the model looked at in each", elem_id="eval-explain-all"
+    )
+    c["maps"] = gr.Gallery(
+        label="What made it say that (Grad-CAM: bright = evidence for its answer)",
+        columns=6,
+        height=240,
+        elem_id="top-loss-maps",
+    )
+    c["maps_note"] = gr.Markdown(elem_id="top-loss-maps-note")
+    c["confused"] = gr.Dataframe(
+        headers=["true class", "taken for", "times"], label="Most confused pairs", interactive=False
+    )
+    return c
 
 
 def build_evaluate_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
@@ -34,103 +135,12 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
         label="Per class",
         interactive=False,
     )
-    gr.Markdown(
-        "#### Hardest pictures (mistakes first, then the ones it was least sure about)\n"
-        "Click one to see, on the Explain tab, what the model looked at."
+    h = _hardest_pictures()
+    bind = functools.partial
+    outputs = [headline, heatmap, table, per_class, h["losses"], h["confused"]]
+    run.change(friendly(bind(show_run, ctx)), [ws_state, run], outputs)
+    table.select(friendly(bind(cell_pictures, ctx)), [ws_state, run], [cell_title, cell_gallery])
+    h["explain_all"].click(
+        friendly(bind(loss_maps, ctx)), [ws_state, run], [h["maps"], h["maps_note"]]
     )
-    losses = gr.Gallery(
-        label="Top losses (true → said)", columns=6, height=240, elem_id="top-losses"
-    )
-    explain_all = gr.Button("Show what the model looked at in each", elem_id="eval-explain-all")
-    loss_maps = gr.Gallery(
-        label="What made it say that (Grad-CAM: bright = evidence for its answer)",
-        columns=6,
-        height=240,
-        elem_id="top-loss-maps",
-    )
-    loss_maps_note = gr.Markdown(elem_id="top-loss-maps-note")
-    confused = gr.Dataframe(
-        headers=["true class", "taken for", "times"], label="Most confused pairs", interactive=False
-    )
-
-    @friendly
-    def show(ws_id, name):
-        if not name:
-            return "Train a model first (Train tab).", None, None, None, [], None
-        m = run_metrics(ctx.workspace(ws_id), name)
-        labels = m["labels"]
-        head = (
-            f"## Accuracy {m['accuracy']:.1%} · macro F1 {m['macro_f1']:.2f}\n"
-            f"on {m['n']} {m['split']} pictures."
-        )
-        if m.get("task") == "multilabel":
-            return head, None, None, None, [], None
-        matrix = [[labels[i]] + row for i, row in enumerate(m["confusion_matrix"])]
-        table_value = {"data": matrix, "headers": ["true \\ predicted"] + labels}
-        rows = [
-            [k, round(v["precision"], 3), round(v["recall"], 3), round(v["f1"], 3), v["support"]]
-            for k, v in m["per_class"].items()
-        ]
-        gallery = [
-            (
-                r["path"],
-                f"{r['true']} ✓ ({r['confidence']:.0%} sure)"
-                if r.get("correct")
-                else f"{r['true']} → {r['predicted']} ({r['confidence']:.0%})",
-            )
-            for r in m["top_losses"]
-        ]
-        pairs = [[p["true"], p["predicted"], p["count"]] for p in m["most_confused"]]
-        return (
-            head,
-            charts.confusion_matrix(m["confusion_matrix"], labels),
-            table_value,
-            rows,
-            gallery,
-            pairs,
-        )
-
-    @friendly
-    def cell(ws_id, name, evt: gr.SelectData):
-        m = run_metrics(ctx.workspace(ws_id), name)
-        row, col = evt.index
-        if col == 0:
-            return "Click a number, not a class name.", []
-        true, predicted = m["labels"][row], m["labels"][col - 1]
-        hits = [
-            p for p in m.get("predictions", []) if p["true"] == true and p["predicted"] == predicted
-        ]
-        title = f"**{len(hits)} picture(s) of {true} predicted as {predicted}**" + (
-            " (correct)" if true == predicted else ""
-        )
-        return title, [(p["path"], f"{p['confidence']:.0%}") for p in hits]
-
-    @friendly
-    def maps(ws_id, name, progress=gr.Progress()):
-        if not name:
-            raise StudioError("train a model first (Train tab)")
-        ws = ctx.workspace(ws_id)
-        rows = run_metrics(ws, name).get("top_losses", [])
-        if not rows or not isinstance(rows[0]["predicted"], str):
-            raise StudioError("maps are shown for single-label runs with evaluated pictures")
-        explainer, lock = ctx.explainers.get(ws, name)
-        with lock:
-            shown = explainer.overlays(
-                [(r["path"], r["predicted"]) for r in rows],
-                progress=lambda f: progress(f, desc="drawing maps"),
-            )
-        gallery, missing = [], []
-        for (picture, note), r in zip(shown, rows):
-            if picture is None:
-                missing.append(f"- {r['path']}: {note}")
-            else:
-                gallery.append((picture, f"{r['true']} → {r['predicted']}"))
-        text = "**No map for:**\n" + "\n".join(missing) if missing else ""
-        return gallery, text
-
-    outputs = [headline, heatmap, table, per_class, losses, confused]
-    run.change(show, [ws_state, run], outputs)
-    table.select(cell, [ws_state, run], [cell_title, cell_gallery])
-    explain_all.click(maps, [ws_state, run], [loss_maps, loss_maps_note])
-
-    return TabParts([run], refresh, exposes={"losses": losses, "run": run})
+    return TabParts([run], refresh, exposes={"losses": h["losses"], "run": run})

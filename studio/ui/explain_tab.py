@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import gradio as gr
@@ -39,6 +40,11 @@ METHOD_CHOICES = [
     ("Occlusion (slow)", "occlusion"),
     ("Guided Grad-CAM", "guided-gradcam"),
 ]
+# run_explain's inputs after the workspace, and its outputs, by component name.
+EXPLAIN_INPUTS = (
+    "source", "image", "methods", "target", "true_label", "smooth", "score", "sign", "opacity",
+)  # fmt: skip
+EXPLAIN_OUTPUTS = ("top_k", "answer", "maps", "faith_plot", "faith_table", "state")
 SIGN_CHOICES = [
     ("for the class", "positive"),
     ("against the class", "negative"),
@@ -105,33 +111,226 @@ def _faithfulness_table(scores: dict) -> list[list]:
     return rows
 
 
-def build_explain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
-    gr.Markdown(HELP)
-    stops: dict[str, threading.Event] = {}
+class Stops:
+    """One Stop flag per workspace: the Stop button raises it, a new computation lowers it."""
+
+    def __init__(self):
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, ws_id) -> threading.Event:
+        """This browser's flag, lowered for a new computation."""
+        with self._lock:
+            flag = self._flags.setdefault(ws_id, threading.Event())
+        flag.clear()
+        return flag
+
+    def stop(self, ws_id) -> None:
+        with self._lock:
+            flag = self._flags.get(ws_id)
+        if flag is not None:
+            flag.set()
+
+
+def refresh_sources(ctx: Context, ws_id, current=None):
+    """Newest run first, then the ImageNet models; a model already chosen (or opened from
+    Evaluate) stays chosen."""
+    runs = run_choices(ctx.workspace(ws_id))
+    choices = [(name, name) for name in runs] + _imagenet_choices()
+    values = [value for _, value in choices]
+    keep = current if current in values else (values[0] if values else None)
+    return gr.update(choices=choices, value=keep)
+
+
+def pick_source(ctx: Context, ws_id, name, truth):
+    """The classes one can explain for a model: predicted, true (when known), then each."""
+    if not name:
+        return gr.update(choices=[PREDICTED], value=PREDICTED)
+    explainer, _ = ctx.explainers.get(ctx.workspace(ws_id), name)
+    first = [PREDICTED] + ([TRUE] if truth else [])
+    return gr.update(choices=first + explainer.labels, value=TRUE if truth else PREDICTED)
+
+
+def _wanted_class(target_value, truth):
+    """The class to explain: the true one, None for the predicted one, or the one chosen."""
+    if target_value == TRUE:
+        if not truth:
+            raise StudioError("the true class is only known for pictures from the Evaluate tab")
+        return truth
+    return None if target_value == PREDICTED else target_value
+
+
+def _headline(result) -> str:
+    from ..explain import METHODS
+
+    label, p = result.top[0]
+    text = f"## {label} ({p:.0%} sure) · explaining **{result.target_label}**"
+    for key, problem in result.problems.items():
+        text += f"\n\n⚠️ {METHODS[key].title}: {problem}"
+    return text
+
+
+def run_explain(
+    ctx: Context,
+    stops: Stops,
+    ws_id,
+    name,
+    path,
+    chosen,
+    target_value,
+    truth,
+    smoothgrad,
+    faithful,
+    sign_value,
+    alpha,
+    progress=gr.Progress(),
+):
+    """The maps for one picture, then (if asked) how faithful each is: (top-k chart, headline,
+    gallery, faithfulness chart, faithfulness rows, what the redraw and sanity check reuse)."""
+    if not path:
+        raise StudioError("choose a picture first")
+    wanted = _wanted_class(target_value, truth)
+    from ..explain import METHODS
+
+    explainer, lock = ctx.explainers.get(ctx.workspace(ws_id), name)
+    stop = stops.fresh(ws_id)
+    with lock:
+        result = explainer.explain(
+            path,
+            chosen,
+            wanted,
+            smoothgrad=smoothgrad,
+            progress=lambda f, title: progress(f, desc=title),
+            should_stop=stop.is_set,
+        )
+        scores = {}
+        if faithful and result.maps:
+            progress(1.0, desc="scoring faithfulness")
+            scores = explainer.faithfulness(result)
+    titles = {k: m.title for k, m in METHODS.items()}
+    curves = {k: v.to_dict() for k, v in scores.items()}
+    return (
+        charts.top_k_bar(result.top),
+        _headline(result),
+        _gallery(result, sign_value, alpha),
+        charts.faithfulness_curves(curves, titles) if scores else None,
+        _faithfulness_table(scores),
+        {"result": result, "source": name},
+    )
+
+
+def redraw(saved, sign_value, alpha) -> list:
+    """The last maps again with another sign or opacity, without recomputing them."""
+    return _gallery(saved["result"], sign_value, alpha) if saved else []
+
+
+def sanity(ctx: Context, ws_id, saved, method, smoothgrad, progress=gr.Progress()):
+    """Randomise the model layer by layer and compare each new map with the real one."""
+    if not saved:
+        raise StudioError("explain a picture first, then check its map")
+    from ..explain import METHODS
+
+    explainer, lock = ctx.explainers.get(ctx.workspace(ws_id), saved["source"])
+    progress(0.0, desc="randomising the model")
+    with lock:
+        check = explainer.sanity(
+            saved["result"],
+            method,
+            progress=lambda f: progress(f, desc="comparing with a randomised model"),
+            smoothgrad=smoothgrad and METHODS[method].smoothgrad,
+        )
+    chart = charts.sanity_curve(check.steps, check.repeat_similarity, METHODS[method].title)
+    return f"**{check.verdict}**", chart
+
+
+def shortcut_report(rows, skipped) -> tuple[str, list[list]]:
+    """The shortcut check's finding in words, and one table row per class."""
+    flagged = [r for r in rows if r.flagged]
+    text = (
+        "### ⚠️ Possible shortcuts\n" + "\n".join(f"- {r.message}" for r in flagged)
+        if flagged
+        else "### ✅ No shortcut found\nFor every class the evidence lies mostly inside the "
+        "picture, not on its edges or in a corner."
+    )
+    if skipped:
+        text += f"\n\n{len(skipped)} picture(s) could not be read and were left out."
+    table = [
+        [
+            r.label,
+            r.images,
+            f"{r.border:.0%}",
+            f"{r.corner:.0%} ({r.corner_name})",
+            "⚠️" if r.flagged else "",
+        ]
+        for r in rows
+    ]
+    return text, table
+
+
+def shortcuts(ctx: Context, stops: Stops, ws_id, name, progress=gr.Progress()):
+    """Where the evidence lies over every test picture of a trained run."""
+    if not name or name.startswith(IMAGENET):
+        raise StudioError("the shortcut check needs a run you trained on your own pictures")
+    from ..explain import evaluation_samples
+
+    ws = ctx.workspace(ws_id)
+    explainer, lock = ctx.explainers.get(ws, name)
+    with lock:
+        rows, skipped = explainer.shortcuts(
+            evaluation_samples(ws.resolve_run(name)),
+            progress=lambda f: progress(f, desc="checking test pictures"),
+            should_stop=stops.fresh(ws_id).is_set,
+        )
+    return shortcut_report(rows, skipped)
+
+
+def from_top_loss(ctx: Context, ws_id, run_name, evt: gr.SelectData):
+    """Evaluate tab -> here: the clicked mistake, its run, and its true class."""
+    row = run_metrics(ctx.workspace(ws_id), run_name)["top_losses"][evt.index]
+    note = (
+        f"From the Evaluate tab: this picture is really **{row['true']}**, the model said "
+        f"**{row['predicted']}** ({row['confidence']:.0%} sure). The maps show what speaks "
+        "for the true class; choose *predicted class* to see what the model went by."
+    )
+    selected = refresh_sources(ctx, ws_id, run_name)
+    return gr.Tabs(selected="explain"), selected, row["path"], row["true"], note
+
+
+def from_predict(ctx: Context, ws_id, run_name, path):
+    """Predict tab -> here: the same picture and model, explained for the predicted class."""
+    if not path:
+        raise StudioError("choose a picture first")
+    note = "From the Predict tab: what made the model give its answer."
+    return gr.Tabs(selected="explain"), refresh_sources(ctx, ws_id, run_name), path, None, note
+
+
+def _picture_and_settings() -> dict:
+    """The model, the picture, the methods and what to explain; returns them by name."""
+    c = {}
     with gr.Row():
-        source = gr.Dropdown(
+        c["source"] = gr.Dropdown(
             choices=[],
             label="Model",
             info="A run you trained, or an ImageNet model to explore without training.",
             elem_id="explain-run",
             scale=3,
         )
-        refresh_btn = gr.Button("Refresh list", scale=0)
+        c["refresh"] = gr.Button("Refresh list", scale=0)
     with gr.Row():
         with gr.Column(scale=1):
-            image = gr.Image(
+            c["image"] = gr.Image(
                 label="Picture",
                 type="filepath",
                 sources=["upload", "clipboard", "webcam"],
                 elem_id="explain-image",
                 height=260,
             )
-            origin = gr.Markdown(elem_id="explain-origin")
+            c["origin"] = gr.Markdown(elem_id="explain-origin")
         with gr.Column(scale=1):
-            methods = gr.CheckboxGroup(
+            c["methods"] = gr.CheckboxGroup(
                 METHOD_CHOICES, value=["gradcam"], label="Methods", elem_id="explain-methods"
             )
-            target = gr.Dropdown(
+            c["target"] = gr.Dropdown(
                 choices=[PREDICTED],
                 value=PREDICTED,
                 label="Explain which class",
@@ -139,261 +338,116 @@ def build_explain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict
                 filterable=True,
                 elem_id="explain-target",
             )
-            smooth = gr.Checkbox(
+            c["smooth"] = gr.Checkbox(
                 label="SmoothGrad: average over noisy copies (less speckle, slower; "
                 "Integrated Gradients and Saliency)",
                 value=False,
             )
-            score = gr.Checkbox(label="Score faithfulness", value=True)
+            c["score"] = gr.Checkbox(label="Score faithfulness", value=True)
             with gr.Row():
-                go_btn = gr.Button("Explain", variant="primary", elem_id="explain-go")
-                stop_btn = gr.Button("Stop", variant="stop")
-        top_k = gr.Plot(label="What the model thinks", elem_id="explain-top")
-    answer = gr.Markdown(elem_id="explain-answer")
-    maps = gr.Gallery(label="Maps", columns=4, height=300, elem_id="explain-maps")
-    scale = gr.HTML(legend("positive"), elem_id="explain-legend")
+                c["go"] = gr.Button("Explain", variant="primary", elem_id="explain-go")
+                c["stop"] = gr.Button("Stop", variant="stop")
+        c["top_k"] = gr.Plot(label="What the model thinks", elem_id="explain-top")
+    return c
+
+
+def _maps_and_faithfulness() -> dict:
+    """The answer, the maps with their colour scale and controls, and the faithfulness."""
+    c = {"answer": gr.Markdown(elem_id="explain-answer")}
+    c["maps"] = gr.Gallery(label="Maps", columns=4, height=300, elem_id="explain-maps")
+    c["scale"] = gr.HTML(legend("positive"), elem_id="explain-legend")
     with gr.Row():
-        sign = gr.Radio(SIGN_CHOICES, value="positive", label="Show evidence")
-        opacity = gr.Slider(
+        c["sign"] = gr.Radio(SIGN_CHOICES, value="positive", label="Show evidence")
+        c["opacity"] = gr.Slider(
             0, 1, value=0.6, step=0.05, label="Map opacity", elem_id="explain-opacity"
         )
-    faith_plot = gr.Plot(label="Faithfulness", elem_id="explain-faith")
-    faith_table = gr.Dataframe(
-        headers=FAITH_HEADERS,
-        interactive=False,
-        elem_id="explain-faith-table",
+    c["faith_plot"] = gr.Plot(label="Faithfulness", elem_id="explain-faith")
+    c["faith_table"] = gr.Dataframe(
+        headers=FAITH_HEADERS, interactive=False, elem_id="explain-faith-table"
     )
     gr.Markdown(FAITH_WORDS)
+    return c
+
+
+def _checks() -> dict:
+    """The sanity check and the shortcut check, each in its accordion."""
+    c = {}
     with gr.Accordion("Sanity check: does the map depend on what the model learnt?", open=False):
         gr.Markdown(
             "Replaces the model's weights with random ones, from the classifier down, and "
             "compares each new map with the real one. A trustworthy method gives a different map."
         )
         with gr.Row():
-            sanity_method = gr.Dropdown(METHOD_CHOICES, value="gradcam", label="Method")
-            sanity_btn = gr.Button("Run sanity check", elem_id="explain-sanity-go")
-        sanity_verdict = gr.Markdown(elem_id="explain-sanity-verdict")
-        sanity_plot = gr.Plot(label="Similarity after randomising")
+            c["sanity_method"] = gr.Dropdown(METHOD_CHOICES, value="gradcam", label="Method")
+            c["sanity_go"] = gr.Button("Run sanity check", elem_id="explain-sanity-go")
+        c["sanity_verdict"] = gr.Markdown(elem_id="explain-sanity-verdict")
+        c["sanity_plot"] = gr.Plot(label="Similarity after randomising")
     with gr.Accordion("Shortcut check: background, frame or watermark?", open=False):
         gr.Markdown(
             "Looks at every picture the model was tested on and measures where the evidence "
             "lies. A class recognised by its background or a logo will fail on new pictures."
         )
-        shortcut_btn = gr.Button("Check every test picture", elem_id="explain-shortcut-go")
-        shortcut_text = gr.Markdown(elem_id="explain-shortcut-text")
-        shortcut_table = gr.Dataframe(
+        c["shortcut_go"] = gr.Button("Check every test picture", elem_id="explain-shortcut-go")
+        c["shortcut_text"] = gr.Markdown(elem_id="explain-shortcut-text")
+        c["shortcut_table"] = gr.Dataframe(
             headers=["class", "pictures", "evidence on the edges", "in one corner", "warning"],
             interactive=False,
         )
+    return c
+
+
+def build_explain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
+    gr.Markdown(HELP)
+    c = {**_picture_and_settings(), **_maps_and_faithfulness(), **_checks()}
     # The last Explanation and its model, so sign and opacity redraw without recomputing and the
-    # sanity check starts from the same picture and class.
-    state = gr.State(None)
-    true_label = gr.State(None)
+    # sanity check starts from the same picture and class; and the true class when known.
+    c["state"], c["true_label"] = gr.State(None), gr.State(None)
+    stops, bind = Stops(), functools.partial
+    source, sign, opacity = c["source"], c["sign"], c["opacity"]
+    refresh = bind(refresh_sources, ctx)
+    pick = friendly(bind(pick_source, ctx))
+    explain_inputs = [ws_state] + [c[k] for k in EXPLAIN_INPUTS]
+    explain_outputs = [c[k] for k in EXPLAIN_OUTPUTS]
+    explain = friendly(bind(run_explain, ctx, stops))
 
-    def refresh(ws_id, current=None):
-        """Newest run first; a model already chosen (or opened from Evaluate) stays chosen."""
-        runs = run_choices(ctx.workspace(ws_id))
-        choices = [(name, name) for name in runs] + _imagenet_choices()
-        values = [value for _, value in choices]
-        keep = current if current in values else (values[0] if values else None)
-        return gr.update(choices=choices, value=keep)
-
-    @friendly
-    def pick_source(ws_id, name, truth):
-        if not name:
-            return gr.update(choices=[PREDICTED], value=PREDICTED)
-        explainer, _ = ctx.explainers.get(ctx.workspace(ws_id), name)
-        first = [PREDICTED] + ([TRUE] if truth else [])
-        return gr.update(choices=first + explainer.labels, value=TRUE if truth else PREDICTED)
-
-    def uploaded():
-        return None, ""
-
-    def fresh_stop(ws_id) -> threading.Event:
-        """This browser's Stop flag, lowered for a new computation."""
-        stop = stops.setdefault(ws_id, threading.Event())
-        stop.clear()
-        return stop
-
-    @friendly
-    def run_explain(
-        ws_id,
-        name,
-        path,
-        chosen,
-        target_value,
-        truth,
-        smoothgrad,
-        faithful,
-        sign_value,
-        alpha,
-        progress=gr.Progress(),
-    ):
-        if not path:
-            raise StudioError("choose a picture first")
-        if target_value == TRUE and not truth:
-            raise StudioError("the true class is only known for pictures from the Evaluate tab")
-        from ..explain import METHODS
-
-        explainer, lock = ctx.explainers.get(ctx.workspace(ws_id), name)
-        stop = fresh_stop(ws_id)
-        wanted = (
-            truth if target_value == TRUE else (None if target_value == PREDICTED else target_value)
-        )
-        with lock:
-            result = explainer.explain(
-                path,
-                chosen,
-                wanted,
-                smoothgrad=smoothgrad,
-                progress=lambda f, title: progress(f, desc=title),
-                should_stop=stop.is_set,
-            )
-            scores = {}
-            if faithful and result.maps:
-                progress(1.0, desc="scoring faithfulness")
-                scores = explainer.faithfulness(result)
-        label, p = result.top[0]
-        text = f"## {label} ({p:.0%} sure) · explaining **{result.target_label}**"
-        for key, problem in result.problems.items():
-            text += f"\n\n⚠️ {METHODS[key].title}: {problem}"
-        titles = {k: m.title for k, m in METHODS.items()}
-        return (
-            charts.top_k_bar(result.top),
-            text,
-            _gallery(result, sign_value, alpha),
-            charts.faithfulness_curves({k: v.to_dict() for k, v in scores.items()}, titles)
-            if scores
-            else None,
-            _faithfulness_table(scores),
-            {"result": result, "source": name},
-        )
-
-    @friendly
-    def redraw(saved, sign_value, alpha):
-        return _gallery(saved["result"], sign_value, alpha) if saved else []
-
-    def stop_now(ws_id):
-        if ws_id in stops:
-            stops[ws_id].set()
-
-    @friendly
-    def sanity(ws_id, saved, method, smoothgrad, progress=gr.Progress()):
-        if not saved:
-            raise StudioError("explain a picture first, then check its map")
-        from ..explain import METHODS
-
-        explainer, lock = ctx.explainers.get(ctx.workspace(ws_id), saved["source"])
-        progress(0.0, desc="randomising the model")
-        with lock:
-            check = explainer.sanity(
-                saved["result"],
-                method,
-                progress=lambda f: progress(f, desc="comparing with a randomised model"),
-                smoothgrad=smoothgrad and METHODS[method].smoothgrad,
-            )
-        return f"**{check.verdict}**", charts.sanity_curve(
-            check.steps, check.repeat_similarity, METHODS[method].title
-        )
-
-    @friendly
-    def shortcuts(ws_id, name, progress=gr.Progress()):
-        if not name or name.startswith(IMAGENET):
-            raise StudioError("the shortcut check needs a run you trained on your own pictures")
-        from ..explain import evaluation_samples
-
-        ws = ctx.workspace(ws_id)
-        explainer, lock = ctx.explainers.get(ws, name)
-        with lock:
-            rows, skipped = explainer.shortcuts(
-                evaluation_samples(ws.resolve_run(name)),
-                progress=lambda f: progress(f, desc="checking test pictures"),
-                should_stop=fresh_stop(ws_id).is_set,
-            )
-        flagged = [r for r in rows if r.flagged]
-        text = (
-            "### ⚠️ Possible shortcuts\n" + "\n".join(f"- {r.message}" for r in flagged)
-            if flagged
-            else "### ✅ No shortcut found\nFor every class the evidence lies mostly inside the picture, not on its edges or in a corner."
-        )
-        if skipped:
-            text += f"\n\n{len(skipped)} picture(s) could not be read and were left out."
-        table = [
-            [
-                r.label,
-                r.images,
-                f"{r.border:.0%}",
-                f"{r.corner:.0%} ({r.corner_name})",
-                "⚠️" if r.flagged else "",
-            ]
-            for r in rows
-        ]
-        return text, table
-
-    @friendly
-    def from_top_loss(ws_id, run_name, evt: gr.SelectData):
-        """Evaluate tab -> here: the clicked mistake, its run, and its true class."""
-        row = run_metrics(ctx.workspace(ws_id), run_name)["top_losses"][evt.index]
-        note = (
-            f"From the Evaluate tab: this picture is really **{row['true']}**, the model said "
-            f"**{row['predicted']}** ({row['confidence']:.0%} sure). The maps show what speaks "
-            "for the true class; choose *predicted class* to see what the model went by."
-        )
-        return gr.Tabs(selected="explain"), refresh(ws_id, run_name), row["path"], row["true"], note
-
-    refresh_btn.click(refresh, [ws_state, source], source)
-    source.change(pick_source, [ws_state, source, true_label], target)
-    image.upload(uploaded, None, [true_label, origin])
-    explain_inputs = [
-        ws_state,
-        source,
-        image,
-        methods,
-        target,
-        true_label,
-        smooth,
-        score,
-        sign,
-        opacity,
-    ]
-    explain_outputs = [top_k, answer, maps, faith_plot, faith_table, state]
-    go_btn.click(run_explain, explain_inputs, explain_outputs)
-    stop_btn.click(stop_now, ws_state, None, queue=False)
-    sign.change(redraw, [state, sign, opacity], maps)
-    sign.change(legend, sign, scale)
-    opacity.release(redraw, [state, sign, opacity], maps)
-    sanity_btn.click(
-        sanity, [ws_state, state, sanity_method, smooth], [sanity_verdict, sanity_plot]
+    c["refresh"].click(refresh, [ws_state, source], source)
+    source.change(pick, [ws_state, source, c["true_label"]], c["target"])
+    c["image"].upload(lambda: (None, ""), None, [c["true_label"], c["origin"]])
+    c["go"].click(explain, explain_inputs, explain_outputs)
+    c["stop"].click(stops.stop, ws_state, None, queue=False)
+    sign.change(friendly(redraw), [c["state"], sign, opacity], c["maps"])
+    sign.change(legend, sign, c["scale"])
+    opacity.release(friendly(redraw), [c["state"], sign, opacity], c["maps"])
+    c["sanity_go"].click(
+        friendly(bind(sanity, ctx)),
+        [ws_state, c["state"], c["sanity_method"], c["smooth"]],
+        [c["sanity_verdict"], c["sanity_plot"]],
     )
-    shortcut_btn.click(shortcuts, [ws_state, source], [shortcut_text, shortcut_table])
-
-    @friendly
-    def from_predict(ws_id, run_name, path):
-        """Predict tab -> here: the same picture and model, explained for the predicted class."""
-        if not path:
-            raise StudioError("choose a picture first")
-        note = "From the Predict tab: what made the model give its answer."
-        return gr.Tabs(selected="explain"), refresh(ws_id, run_name), path, None, note
-
-    opened = [source, image, true_label, origin]  # what an opener sets, after the tab itself
-
-    def explain_when_opened(event) -> None:
-        """After another tab opened a picture here: its class list, then its maps."""
-        event.then(pick_source, [ws_state, source, true_label], target).then(
-            run_explain, explain_inputs, explain_outputs
-        )
+    c["shortcut_go"].click(
+        friendly(bind(shortcuts, ctx, stops)),
+        [ws_state, source],
+        [c["shortcut_text"], c["shortcut_table"]],
+    )
+    # What an opener from another tab sets, after the tab itself; then the class list and maps.
+    opened = [source, c["image"], c["true_label"], c["origin"]]
 
     def wire(tabs: gr.Tabs, built: dict) -> None:
         """'Explain this picture' on the Predict tab, and a click on a top-loss picture on the
         Evaluate tab, open the picture here with its maps."""
         predict, evaluate = built["predict"].exposes, built["evaluate"].exposes
-        explain_when_opened(
+        openers = [
             predict["explain_button"].click(
-                from_predict, [ws_state, predict["run"], predict["image"]], [tabs, *opened]
+                friendly(bind(from_predict, ctx)),
+                [ws_state, predict["run"], predict["image"]],
+                [tabs, *opened],
+            ),
+            evaluate["losses"].select(
+                friendly(bind(from_top_loss, ctx)), [ws_state, evaluate["run"]], [tabs, *opened]
+            ),
+        ]
+        for event in openers:
+            event.then(pick, [ws_state, source, c["true_label"]], c["target"]).then(
+                explain, explain_inputs, explain_outputs
             )
-        )
-        explain_when_opened(
-            evaluate["losses"].select(from_top_loss, [ws_state, evaluate["run"]], [tabs, *opened])
-        )
 
     return TabParts([source], refresh, refresh_inputs=[ws_state, source], wire=wire)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import time
 
 import gradio as gr
@@ -77,9 +78,25 @@ def status_line(snap) -> str:
     return text
 
 
-def _start_job(ws, dataset, preset, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug):
+# The Advanced settings, in the order the tab lays them out and hands them to the handlers:
+# each is the TrainConfig field of that name, read from the page as this type.
+SETTINGS = {
+    "epochs": int, "batch_size": int, "lr": float, "layer_decay": float, "head_epochs": int,
+    "patience": int, "weight_decay": float, "label_smoothing": float, "seed": int, "augment": str,
+}  # fmt: skip
+
+
+def settings_from_page(values) -> dict:
+    """The Advanced settings' values (in :data:`SETTINGS` order) as TrainConfig fields."""
+    if len(values) != len(SETTINGS):
+        raise ValueError(f"{len(values)} settings for {len(SETTINGS)} fields")
+    return {name: kind(v) for (name, kind), v in zip(SETTINGS.items(), values)}
+
+
+def _start_job(ws, dataset, preset: str, bb: str, frz, settings: dict):
     """A started (or queued) training job for the Train tab's settings, and a line saying
-    what the preset set (and, for Auto, what it chose and why)."""
+    what the preset set (and, for Auto, what it chose and why). Head epochs above the epochs
+    are not cut here: the engine's check says so."""
     load_engine()
     from ..jobs import TrainingJob  # the engine's torch side loads on first use
     from ..presets import apply_preset
@@ -90,16 +107,7 @@ def _start_job(ws, dataset, preset, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, 
         out=str(ws.new_run_dir(bb, dataset.classes)),
         backbone=bb,
         freeze=freeze_spec(bb, frz),
-        epochs=int(ep),
-        batch_size=int(bs),
-        lr=float(rate),
-        layer_decay=float(ld),
-        head_epochs=int(he),  # more than epochs: the engine's check says so
-        patience=int(pat),
-        weight_decay=float(wd),
-        label_smoothing=float(ls),
-        seed=int(sd),
-        augment=aug,
+        **settings,
     )
     config, note = apply_preset(config, PRESET_NAMES.get(preset, "custom"), dataset)
     return TrainingJob(config.validate(), dataset).start(), note
@@ -148,94 +156,105 @@ def preset_fields(title: str) -> list:
     return [settings.get(f, gr.update()) for f in PRESET_FIELDS]
 
 
-def build_train_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
-    backbone, freeze = built["model"].exposes["backbone"], built["model"].exposes["freeze"]
-    gr.Markdown(HELP)
-    preset = gr.Radio(
-        [*PRESET_NAMES, CUSTOM], value="Auto", label="Preset", info=PRESET_INFO, elem_id="preset"
-    )
-    with gr.Accordion("Advanced settings", open=False):
-        with gr.Row():
-            epochs = gr.Slider(
-                1,
-                100,
-                value=5,
-                step=1,
-                label="Epochs",
-                info="How many times the model sees every training picture.",
-            )
-            batch = gr.Slider(
-                1,
-                128,
-                value=16,
-                step=1,
-                label="Batch size",
-                info="Pictures per learning step; smaller uses less memory.",
-            )
-            lr = gr.Number(
-                value=1e-3,
-                label="Learning rate",
-                info="How big each learning step is. 0.001 is a good start.",
-            )
-        with gr.Row():
-            layer_decay = gr.Slider(
-                0.3,
-                1.0,
-                value=0.75,
-                step=0.05,
-                label="Layer-wise LR decay",
-                info="Earlier layers learn this much slower per group.",
-            )
-            head_epochs = gr.Slider(
-                0,
-                20,
-                value=0,
-                step=1,
-                label="Last-layer-only epochs first",
-                info="Staged unfreezing: warm up the last layer, then the rest.",
-            )
-            patience = gr.Slider(
-                0,
-                20,
-                value=0,
-                step=1,
-                label="Early stopping patience",
-                info="Stop after this many epochs without improvement (0 = off).",
-            )
-        with gr.Row():
-            weight_decay = gr.Number(
-                value=0.01, label="Weight decay", info="Keeps weights small; fights overfitting."
-            )
-            smoothing = gr.Slider(
-                0,
-                0.3,
-                value=0.1,
-                step=0.05,
-                label="Label smoothing",
-                info="Teaches the model not to be over-confident.",
-            )
-            seed = gr.Number(
-                value=0,
-                precision=0,
-                label="Seed",
-                info="Same seed, same pictures, same settings: the same result.",
-            )
-        augment = gr.Radio(
-            ["none", "light", "strong"],
-            value="none",
-            label="Augmentation",
-            info="Randomly flips, crops and recolours training pictures so the "
-            "model learns what matters, not where it is.",
+def preview_augmentation(ctx: Context, ws_id, aug: str, bb: str) -> list:
+    """Eight training pictures as the chosen backbone will see them with ``aug``."""
+    load_engine()
+    from ..backbones import preprocess_config
+    from ..loaders import augmentation_preview
+
+    dataset = ctx.workspace(ws_id).dataset()
+    samples = dataset.train[:: max(1, len(dataset.train) // 8)][:8]
+    pictures = augmentation_preview([s.path for s in samples], preprocess_config(bb), aug)
+    return [(p, dataset.classes[s.labels[0]]) for p, s in zip(pictures, samples)]
+
+
+def start_training(ctx: Context, ws_id, preset_name: str, bb: str, frz, *values):
+    """Start training (one run per workspace: the slot is claimed before the seconds of set-up,
+    so a double click cannot start two) and stream its progress until it ends."""
+    try:  # what needs no torch is checked first: "no pictures" must not wait for it
+        settings = settings_from_page(values)
+        ws = ctx.workspace(ws_id)
+        dataset = ws.dataset(seed=settings["seed"])
+        ctx.jobs.claim(ws_id, "training")
+    except StudioError as exc:
+        raise gr.Error(as_text(exc), print_exception=False) from None
+    try:
+        job, note = _start_job(ws, dataset, preset_name, bb, frz, settings)
+    except BaseException as exc:
+        ctx.jobs.release(ws_id, "training")  # only a failed set-up gives the slot back
+        if isinstance(exc, StudioError):
+            raise gr.Error(as_text(exc), print_exception=False) from None
+        raise
+    ctx.jobs.hand_over(ws_id, "training", job)
+    yield from _follow(ctx, ws_id, job, note)
+
+
+def stop_training(ctx: Context, ws_id) -> str:
+    """Ask the workspace's training job to stop; what happens next, in words (also a toast)."""
+    job = ctx.jobs.get(ws_id, "training")
+    if job is None or job.done:
+        said = "Nothing is training."
+    else:
+        waiting = not hasattr(job, "snapshot") or job.snapshot().state == "queued"
+        job.stop()
+        said = (
+            "Cancelled: it had not started yet."
+            if waiting
+            else "Stopping after this step; the best model so far is kept."
         )
-        preview_btn = gr.Button("Preview augmented pictures")
-        preview = gr.Gallery(
-            label="Augmented samples", columns=8, height=160, elem_id="augment-preview"
-        )
+    gr.Info(said)
+    return said
+
+
+def overlay_runs(ctx: Context, ws_id, names) -> object:
+    """The chosen runs' curves on one chart (nothing when none is ticked)."""
+    ws = ctx.workspace(ws_id)
+    runs = {name: _history_rows(ws.resolve_run(name)) for name in names or []}
+    return charts.training_curves(runs) if runs else None
+
+
+def refresh_history(ctx: Context, ws_id):
+    """The run history table and the runs to compare."""
+    return history_table(ctx, ws_id), gr.update(choices=run_choices(ctx.workspace(ws_id)))
+
+
+def _settings_layout() -> dict:
+    """The Advanced settings' components by TrainConfig field, in :data:`SETTINGS` order."""
+    c = {}
+    # fmt: off
     with gr.Row():
-        start = gr.Button("Start training", variant="primary", elem_id="start-training")
-        stop = gr.Button("Stop", variant="stop", elem_id="stop-training")
-    status = gr.Markdown("Not started.", elem_id="train-status")
-    curves = gr.Plot(label="Training curves", elem_id="train-curves")
+        c["epochs"] = gr.Slider(1, 100, value=5, step=1, label="Epochs",
+                                info="How many times the model sees every training picture.")
+        c["batch_size"] = gr.Slider(1, 128, value=16, step=1, label="Batch size",
+                                    info="Pictures per learning step; smaller uses less memory.")
+        c["lr"] = gr.Number(value=1e-3, label="Learning rate",
+                            info="How big each learning step is. 0.001 is a good start.")
+    with gr.Row():
+        c["layer_decay"] = gr.Slider(0.3, 1.0, value=0.75, step=0.05, label="Layer-wise LR decay",
+                                     info="Earlier layers learn this much slower per group.")
+        c["head_epochs"] = gr.Slider(
+            0, 20, value=0, step=1, label="Last-layer-only epochs first",
+            info="Staged unfreezing: warm up the last layer, then the rest.")
+        c["patience"] = gr.Slider(0, 20, value=0, step=1, label="Early stopping patience",
+                                  info="Stop after this many epochs without improvement (0 = off).")
+    with gr.Row():
+        c["weight_decay"] = gr.Number(value=0.01, label="Weight decay",
+                                      info="Keeps weights small; fights overfitting.")
+        c["label_smoothing"] = gr.Slider(0, 0.3, value=0.1, step=0.05, label="Label smoothing",
+                                         info="Teaches the model not to be over-confident.")
+        c["seed"] = gr.Number(value=0, precision=0, label="Seed",
+                              info="Same seed, same pictures, same settings: the same result.")
+    c["augment"] = gr.Radio(
+        ["none", "light", "strong"], value="none", label="Augmentation",
+        info="Randomly flips, crops and recolours training pictures so the "
+        "model learns what matters, not where it is.")
+    # fmt: on
+    assert list(c) == list(SETTINGS)
+    return c
+
+
+def _history_layout():
+    """The earlier runs: a table, the runs to compare and their curves."""
     gr.Markdown("#### Earlier runs")
     history = gr.Dataframe(
         headers=["run", "classes", "backbone", "freeze", "epochs run", "accuracy"],
@@ -248,85 +267,41 @@ def build_train_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) 
         info="Tick two or more runs to overlay their curves.",
         elem_id="compare-runs",
     )
-    compare_plot = gr.Plot(label="Comparison", elem_id="compare-plot")
+    return history, compare, gr.Plot(label="Comparison", elem_id="compare-plot")
 
-    fields = [epochs, lr, layer_decay, head_epochs, patience, weight_decay, smoothing, augment]
-    preset.input(preset_fields, preset, fields)
-    # Changing a setting by hand (or the layers on the Model tab) makes the run a custom one.
-    for component in [*fields, batch, seed]:
-        component.input(lambda: CUSTOM, None, preset)
-    freeze.input(lambda: CUSTOM, None, preset)
 
-    @friendly
-    def preview_aug(ws_id, aug, bb):
-        """Eight training pictures as the chosen backbone will see them with ``aug``."""
-        load_engine()
-        from ..backbones import preprocess_config
-        from ..loaders import augmentation_preview
-
-        dataset = ctx.workspace(ws_id).dataset()
-        samples = dataset.train[:: max(1, len(dataset.train) // 8)][:8]
-        pictures = augmentation_preview([s.path for s in samples], preprocess_config(bb), aug)
-        return [(p, dataset.classes[s.labels[0]]) for p, s in zip(pictures, samples)]
-
-    preview_btn.click(preview_aug, [ws_state, augment, backbone], preview)
-
-    def run_training(ws_id, preset_name, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug):
-        try:  # what needs no torch is checked first: "no pictures" must not wait for it
-            ws = ctx.workspace(ws_id)
-            dataset = ws.dataset(seed=int(sd))
-            ctx.jobs.claim(ws_id, "training")
-        except StudioError as exc:
-            raise gr.Error(as_text(exc), print_exception=False) from None
-        try:
-            job, note = _start_job(
-                ws, dataset, preset_name, bb, frz, ep, bs, rate, ld, he, pat, wd, ls, sd, aug
-            )
-        except BaseException as exc:
-            ctx.jobs.release(ws_id, "training")  # only a failed set-up gives the slot back
-            if isinstance(exc, StudioError):
-                raise gr.Error(as_text(exc), print_exception=False) from None
-            raise
-        ctx.jobs.hand_over(ws_id, "training", job)
-        yield from _follow(ctx, ws_id, job, note)
-
-    def stop_training(ws_id):
-        job = ctx.jobs.get(ws_id, "training")
-        if job is None or job.done:
-            gr.Info("Nothing is training.")
-            return
-        waiting = not hasattr(job, "snapshot") or job.snapshot().state == "queued"
-        job.stop()
-        gr.Info(
-            "Cancelled: it had not started yet."
-            if waiting
-            else "Stopping after this step; the best model so far is kept."
+def build_train_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
+    backbone, freeze = built["model"].exposes["backbone"], built["model"].exposes["freeze"]
+    gr.Markdown(HELP)
+    preset = gr.Radio(
+        [*PRESET_NAMES, CUSTOM], value="Auto", label="Preset", info=PRESET_INFO, elem_id="preset"
+    )
+    with gr.Accordion("Advanced settings", open=False):
+        settings = _settings_layout()
+        preview_btn = gr.Button("Preview augmented pictures")
+        preview = gr.Gallery(
+            label="Augmented samples", columns=8, height=160, elem_id="augment-preview"
         )
+    with gr.Row():
+        start = gr.Button("Start training", variant="primary", elem_id="start-training")
+        stop = gr.Button("Stop", variant="stop", elem_id="stop-training")
+    status = gr.Markdown("Not started.", elem_id="train-status")
+    curves = gr.Plot(label="Training curves", elem_id="train-curves")
+    history, compare, compare_plot = _history_layout()
 
-    @friendly
-    def overlay(ws_id, names):
-        ws = ctx.workspace(ws_id)
-        runs = {name: _history_rows(ws.resolve_run(name)) for name in names or []}
-        return charts.training_curves(runs) if runs else None
-
+    preset.input(preset_fields, preset, [settings[f] for f in PRESET_FIELDS])
+    # Changing a setting by hand (or the layers on the Model tab) makes the run a custom one.
+    for component in [*settings.values(), freeze]:
+        component.input(lambda: CUSTOM, None, preset)
+    bind = functools.partial
+    preview_btn.click(
+        friendly(bind(preview_augmentation, ctx)),
+        [ws_state, settings["augment"], backbone],
+        preview,
+    )
     start.click(
-        run_training,
-        [
-            ws_state,
-            preset,
-            backbone,
-            freeze,
-            epochs,
-            batch,
-            lr,
-            layer_decay,
-            head_epochs,
-            patience,
-            weight_decay,
-            smoothing,
-            seed,
-            augment,
-        ],
+        bind(start_training, ctx),
+        [ws_state, preset, backbone, freeze, *settings.values()],
         [status, curves, history, compare],
         concurrency_limit=None,
         api_name="train",
@@ -334,10 +309,6 @@ def build_train_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) 
         # visible while they grow; the status line says how far the run is.
         show_progress="hidden",
     )
-    stop.click(stop_training, ws_state, None, concurrency_limit=None)
-    compare.change(overlay, [ws_state, compare], compare_plot)
-
-    def refresh(ws_id):
-        return history_table(ctx, ws_id), gr.update(choices=run_choices(ctx.workspace(ws_id)))
-
-    return TabParts([history, compare], refresh)
+    stop.click(bind(stop_training, ctx), ws_state, None, concurrency_limit=None)
+    compare.change(friendly(bind(overlay_runs, ctx)), [ws_state, compare], compare_plot)
+    return TabParts([history, compare], bind(refresh_history, ctx))
