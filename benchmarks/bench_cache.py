@@ -2,7 +2,7 @@
 
 The baseline is what a plain timm + PyTorch script does: freeze the backbone, then every epoch
 decode the images and run the whole network forward, training only the head. Transfer Studio
-computes the frozen part once (``studio.cache``). Both train the same head on the same data for
+computes the frozen part once (``studio.training.cache``). Both train the same head on the same data for
 the same epochs; the script prints both accuracies and the ratios, measured in this one run.
 
     python benchmarks/bench_cache.py [--epochs 10] [--data assets/example]
@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table  # noqa: E402
 
 from studio import events as ev  # noqa: E402
-from studio.backbones import create_backbone, data_config  # noqa: E402
-from studio.data import load_dataset  # noqa: E402
-from studio.example import example_dataset  # noqa: E402
-from studio.loaders import ImageSamples, build_transform, image_loader  # noqa: E402
-from studio.train import TrainConfig, train  # noqa: E402
+from studio.data.dataset import load_dataset  # noqa: E402
+from studio.data.example import example_dataset  # noqa: E402
+from studio.data.loaders import ImageSamples, build_transform, image_loader  # noqa: E402
+from studio.models.backbones import create_backbone, data_config  # noqa: E402
+from studio.training.train import TrainConfig, train  # noqa: E402
 
 
 def plain_loop(dataset, epochs: int, batch_size: int, lr: float) -> tuple[float, float, float]:

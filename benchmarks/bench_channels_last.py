@@ -5,7 +5,7 @@ decoding does not blur the comparison; both variants run in this one process, al
 
     python benchmarks/bench_channels_last.py [--backbone tf_efficientnet_lite0] [--batch 16]
 
-On a GPU the steps also run under bfloat16 autocast, as ``studio.train`` does.
+On a GPU the steps also run under bfloat16 autocast, as ``studio.training.train`` does.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import machine, table  # noqa: E402
 
-from studio.backbones import create_backbone  # noqa: E402
+from studio.models.backbones import create_backbone  # noqa: E402
 
 
 def steps_per_second(model, x, y, optimizer, steps: int, device) -> float:

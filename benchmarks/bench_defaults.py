@@ -42,10 +42,10 @@ import real_datasets  # noqa: E402
 from bench_cache import plain_loop  # noqa: E402
 from common import machine, table  # noqa: E402
 
-from studio.backbones import create_backbone, data_config  # noqa: E402
-from studio.data import load_dataset  # noqa: E402
-from studio.example import example_dataset  # noqa: E402
-from studio.loaders import ImageSamples, build_transform, image_loader  # noqa: E402
+from studio.data.dataset import load_dataset  # noqa: E402
+from studio.data.example import example_dataset  # noqa: E402
+from studio.data.loaders import ImageSamples, build_transform, image_loader  # noqa: E402
+from studio.models.backbones import create_backbone, data_config  # noqa: E402
 
 PRESETS = ("quick", "balanced", "thorough", "auto")
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import machine, table  # noqa: E402
 
-from studio.explain import METHODS, Explainer, attribute  # noqa: E402
+from studio.inspection.explain import METHODS, Explainer, attribute  # noqa: E402
 
 TARGETS = {"cpu": {"gradcam": 1.0, "ig": 10.0}, "cuda": {"gradcam": 0.05, "ig": 0.5}}
 

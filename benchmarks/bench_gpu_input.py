@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import machine, table  # noqa: E402
 
-from studio.backbones import create_backbone, data_config  # noqa: E402
-from studio.data import load_dataset  # noqa: E402
-from studio.example import example_dataset  # noqa: E402
-from studio.loaders import ImageSamples, build_transform, image_loader  # noqa: E402
+from studio.data.dataset import load_dataset  # noqa: E402
+from studio.data.example import example_dataset  # noqa: E402
+from studio.data.loaders import ImageSamples, build_transform, image_loader  # noqa: E402
+from studio.models.backbones import create_backbone, data_config  # noqa: E402
 
 
 def train_for(model, optimizer, batches, seconds: float) -> float:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .presets import CHOICES as PRESET_CHOICES  # names only: no torch
+from .training.presets import CHOICES as PRESET_CHOICES  # names only: no torch
 
 __all__ = ["main", "build_parser"]
 
@@ -30,7 +30,7 @@ def _positive_int(text: str) -> int:
 
 
 def _explain_methods() -> tuple[str, ...]:
-    # The keys of studio.explain.METHODS, without importing torch to build the parser.
+    # The keys of studio.inspection.explain.METHODS, without importing torch to build the parser.
     return ("gradcam", "ig", "saliency", "gradshap", "occlusion", "guided-gradcam")
 
 
@@ -180,8 +180,8 @@ def _train_config(args):
     """``(config, dataset, note)``: the preset laid over the defaults, then the options given;
     the dataset is loaded here once (the automatic preset counts its pictures)."""
 
-    from .presets import apply_preset, lay_over
-    from .train import TrainConfig, load_training_data
+    from .training.presets import apply_preset, lay_over
+    from .training.train import TrainConfig, load_training_data
 
     overrides = {
         k: v
@@ -273,7 +273,7 @@ class _EventPrinter:
 
     def _line(self, event) -> str | None:
         from . import events as ev
-        from .evaluate import score_words
+        from .inspection.evaluate import score_words
 
         if isinstance(event, ev.Started):
             return (
@@ -322,7 +322,7 @@ def _follow(events, as_json: bool, printer: _EventPrinter) -> None:
 
 def _cmd_train(args) -> int:
     from . import events as ev
-    from .train import train
+    from .training.train import train
 
     config, dataset, note = _train_config(args)
     if note:
@@ -333,7 +333,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_run
+    from .inspection.evaluate import evaluate_run
 
     metrics, path = evaluate_run(args.run, args.data)
     if args.json:
@@ -355,7 +355,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .predict import Predictor
+    from .deployment.predict import Predictor
 
     bar, update = _progress_bar("classifying")
     with bar:
@@ -387,7 +387,7 @@ def _progress_bar(title: str):
 
 def _cmd_explain(args) -> int:
     from .errors import StudioError
-    from .explain import METHODS, Explainer, faithfulness_verdict, overlay
+    from .inspection.explain import METHODS, Explainer, faithfulness_verdict, overlay
 
     explainer = Explainer.load(args.run)
     bar, update = _progress_bar(METHODS[args.method].title)
@@ -435,7 +435,7 @@ def _cmd_explain(args) -> int:
 
 
 def _cmd_shortcuts(args) -> int:
-    from .explain import Explainer, evaluation_samples
+    from .inspection.explain import Explainer, evaluation_samples
 
     explainer = Explainer.from_run(args.run)
     bar, update = _progress_bar("checking")
@@ -456,7 +456,7 @@ def _cmd_shortcuts(args) -> int:
 def _cmd_export(args) -> int:
     from dataclasses import asdict
 
-    from .export import export_run
+    from .deployment.export import export_run
 
     if args.format == "zip":
         return _package(args)
@@ -474,8 +474,8 @@ def _cmd_export(args) -> int:
 def _package(args) -> int:
     from dataclasses import asdict
 
+    from .deployment.package import build_package
     from .errors import StudioError
-    from .package import build_package
 
     if args.out:
         raise StudioError("--out is not for --format zip: the zip is written into the run folder")
@@ -492,7 +492,7 @@ def _package(args) -> int:
 
 
 def _cmd_backbones(args) -> int:
-    from .backbones import catalog
+    from .models.backbones import catalog
 
     rows = catalog()
     if args.json:
@@ -511,7 +511,7 @@ def _cmd_backbones(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from .data import load_dataset
+    from .data.dataset import load_dataset
 
     dataset = load_dataset(args.data, seed=args.seed)
     if args.json:
@@ -522,8 +522,8 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_lr_find(args) -> int:
-    from .lr_finder import lr_find
-    from .train import TrainConfig
+    from .training.lr_finder import lr_find
+    from .training.train import TrainConfig
 
     config = TrainConfig(data=args.data, freeze=args.freeze, batch_size=args.batch_size)
     if args.backbone:
@@ -540,7 +540,7 @@ def _cmd_lr_find(args) -> int:
 
 
 def _cmd_example(args) -> int:
-    from .example import example_dataset, make_example_dataset
+    from .data.example import example_dataset, make_example_dataset
 
     print(make_example_dataset(args.dest) if args.dest else example_dataset())
     return 0

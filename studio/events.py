@@ -1,6 +1,6 @@
 """Training progress as a stream of small records.
 
-:func:`studio.train.train` yields these; the CLI prints them with a progress bar, the app plots
+:func:`studio.training.train.train` yields these; the CLI prints them with a progress bar, the app plots
 them, the tests assert on them and ``events.jsonl`` in the run folder keeps them, one JSON object a
 line with a ``"kind"`` field.
 """

@@ -4,7 +4,7 @@ A :class:`Job` runs any event stream (training, and later compression, adaptatio
 a function ``stream(stop) -> Iterator[Event]``) in a thread and keeps every event; the app polls
 :meth:`Job.snapshot` to redraw its curves, and its Stop button calls :meth:`Job.stop`, which
 ends the work cleanly after the current step with the best model kept. :class:`TrainingJob` is
-the job for :func:`studio.train.train`.
+the job for :func:`studio.training.train.train`.
 
 Jobs live in a :class:`JobRegistry`: one slot per workspace and kind of job, claimed and filled
 under one lock, so two quick clicks on Start cannot start two runs. Each browser session owns
@@ -26,8 +26,8 @@ from . import events as ev
 from .errors import StudioError
 
 if TYPE_CHECKING:  # the app imports this module before torch is loaded
-    from .config import TrainConfig
-    from .data import Dataset
+    from .data.dataset import Dataset
+    from .training.config import TrainConfig
 
 __all__ = [
     "Job",
@@ -268,13 +268,13 @@ class Job:
 
 
 def _words(metrics: dict) -> str:
-    from .evaluate import score_words  # torch is loaded by now: the job has run
+    from .inspection.evaluate import score_words  # torch is loaded by now: the job has run
 
     return score_words(metrics)
 
 
 class TrainingJob(Job):
-    """:func:`studio.train.train` as a job."""
+    """:func:`studio.training.train.train` as a job."""
 
     def __init__(
         self, config: TrainConfig, dataset: Dataset | None = None, queue: JobQueue | None = None
@@ -284,7 +284,7 @@ class TrainingJob(Job):
         super().__init__("training", self._train, config.epochs, queue)
 
     def _train(self, stop: threading.Event) -> Iterator[ev.Event]:
-        from .train import train
+        from .training.train import train
 
         return train(self.config, self.dataset, stop=stop)
 

@@ -6,9 +6,9 @@ RUN/
   config.json        # the settings that made it (TrainConfig, or a derived run's own)
   data_report.json  split.csv  run_info.json
   events.jsonl  history.csv  metrics.json
-  model.safetensors  model.json     # the weights, and what kind of model they are (studio.models)
+  model.safetensors  model.json     # the weights, and what kind of model they are (studio.models.kinds)
   labels.json  preprocess.json  MODEL_CARD.md
-  exports.json  model.onnx ...      # checked exports (studio.export)
+  exports.json  model.onnx ...      # checked exports (studio.deployment.export)
   checkpoint.pt      # while training or after a stop: resume from here
 ```
 

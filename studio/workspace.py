@@ -21,11 +21,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import Dataset, load_dataset
+from .data.dataset import Dataset, load_dataset
+from .data.images import ImageProblem, is_image_name, open_rgb
+from .data.safezip import extract_zip
 from .errors import DataError, StudioError
-from .images import ImageProblem, is_image_name, open_rgb
 from .runs import list_runs, write_atomic
-from .safezip import extract_zip
 
 __all__ = ["Workspace", "AddReport", "clean_class_name"]
 
@@ -257,7 +257,7 @@ class Workspace:
         picture that was deleted from that set and keeps what was added to it. The person's
         own pictures, and the runs made on them, are not touched.
         """
-        from .example import example_dataset
+        from .data.example import example_dataset
 
         self.use("example")
         report = AddReport()
@@ -272,7 +272,7 @@ class Workspace:
     # ------------------------------------------------------------------ data and runs
 
     def dataset(self, seed: int = 0) -> Dataset:
-        """The workspace's pictures as a :class:`~studio.data.Dataset` (with its report).
+        """The workspace's pictures as a :class:`~studio.data.dataset.Dataset` (with its report).
 
         Loading decodes every picture, and the app asks after every click, so the result is
         reused until a file is added, removed or changed (names, sizes and times are compared).

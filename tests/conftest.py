@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("STUDIO_OFFLINE", "1")
 
-from studio.example import example_dataset  # noqa: E402
+from studio.data.example import example_dataset  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def small_example(tmp_path_factory, example) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, small_example) -> Path:
     """One finished run shared by the predict, evaluate and export tests."""
-    from studio.train import TrainConfig, run_training
+    from studio.training.train import TrainConfig, run_training
 
     out = tmp_path_factory.mktemp("runs") / "shared"
     run_training(

@@ -14,7 +14,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from timm.data import ImageNetInfo
 
-from studio.backbones import (
+from studio.data.loaders import build_transform
+from studio.errors import BackboneError
+from studio.models.backbones import (
     CATALOG,
     create_backbone,
     data_config,
@@ -22,8 +24,6 @@ from studio.backbones import (
     model_groups,
     weights_info,
 )
-from studio.errors import BackboneError
-from studio.loaders import build_transform
 
 
 def test_catalog_has_many_families_and_reads_numbers_from_timm():
@@ -38,8 +38,8 @@ def test_catalog_lists_without_torch_or_timm_once_its_facts_are_on_disk(tmp_path
     # The app's first page shows the catalog and the layer groups: on a 2-core laptop importing
     # torch and timm takes seconds, so only the very first start may pay for it.
     code = (
-        "import sys; from studio.backbones import catalog, catalog_needs_timm\n"
-        "from studio.backbones import CATALOG\n"
+        "import sys; from studio.models.backbones import catalog, catalog_needs_timm\n"
+        "from studio.models.backbones import CATALOG\n"
         "before = catalog_needs_timm(); rows = catalog()\n"
         "groups = [g for spec in CATALOG.values() for g in spec.group_sizes]\n"
         "print(before, len(rows), rows[2]['input_size'], 'torch' in sys.modules, 'timm' in sys.modules)"
@@ -129,7 +129,7 @@ def test_groups_run_from_stem_to_head_and_cover_every_parameter(name):
 
 
 def test_speed_is_measured_and_remembered_for_the_catalog():
-    from studio.backbones import catalog, known_speeds, measure_speed
+    from studio.models.backbones import catalog, known_speeds, measure_speed
 
     ms = measure_speed("mobilenetv3_small_100", batch=2, repeats=1)
     assert ms > 0 and known_speeds()["mobilenetv3_small_100"] == ms

@@ -7,9 +7,9 @@ import pytest
 import timm
 import torch
 
-from studio.backbones import model_groups
-from studio.cache import FeatureStore, capture, plan_cache, run_cached
-from studio.freeze import apply_freeze, parse_freeze
+from studio.models.backbones import model_groups
+from studio.models.freeze import apply_freeze, parse_freeze
+from studio.training.cache import FeatureStore, capture, plan_cache, run_cached
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ import pytest
 from helpers import write_image
 from PIL import Image, ImageEnhance
 
-from studio.data import load_dataset
+from studio.data.dataset import load_dataset
+from studio.data.safezip import ZipLimits, extract_zip
 from studio.errors import DataError
-from studio.safezip import ZipLimits, extract_zip
 
 
 def make_classes(root, counts: dict[str, int], seed: int = 0):

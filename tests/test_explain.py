@@ -12,9 +12,9 @@ import torch
 from explain_models import RegionNet, border_mask, picture, region_mask
 from PIL import Image
 
-from studio import explain
 from studio.errors import StudioError
-from studio.explain import METHODS, Explainer, attribute, faithfulness, random_map
+from studio.inspection import explain
+from studio.inspection.explain import METHODS, Explainer, attribute, faithfulness, random_map
 
 REGION = (16, 24, 24, 24)  # top, left, height, width: off-centre, away from the border
 

@@ -10,17 +10,17 @@ import zipfile
 
 import pytest
 
-from studio.errors import RunError, StudioError
-from studio.export import (
+from studio.deployment.export import (
     check_images,
     checked_exports,
     export_run,
     load_run,
-    write_model_card,
+    refresh_model_card,
 )
-from studio.package import build_package, check_zip
-from studio.predict import Predictor
-from studio.samples import SAMPLES
+from studio.deployment.package import build_package, check_zip
+from studio.deployment.predict import Predictor
+from studio.deployment.samples import SAMPLES
+from studio.errors import RunError, StudioError
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
@@ -114,7 +114,7 @@ def test_the_zip_check_catches_a_file_that_cannot_run(trained_run, tmp_path):
 
 def test_an_interrupted_export_keeps_the_checked_file(trained_run, monkeypatch):
     """A crash while re-exporting leaves the earlier, checked file whole and still checked."""
-    import studio.export as export
+    import studio.deployment.export as export
 
     if "pt2" not in checked_exports(trained_run):
         export_run(trained_run, "pt2")
@@ -139,11 +139,11 @@ def test_a_changed_export_is_no_longer_called_checked(trained_run):
     whole = path.read_bytes()
     path.write_bytes(whole[:100])  # truncated behind the app's back
     assert "torchscript" not in checked_exports(trained_run)
-    write_model_card(trained_run)
+    refresh_model_card(trained_run)
     assert "| torchscript |" not in (trained_run / "MODEL_CARD.md").read_text()
     path.write_bytes(whole)  # the very bytes that were checked: checked again
     assert "torchscript" in checked_exports(trained_run)
-    write_model_card(trained_run)
+    assert "| torchscript |" in refresh_model_card(trained_run).read_text()
 
 
 def test_many_pictures_are_predicted_in_bounded_batches(trained_run, example):

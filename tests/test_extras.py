@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from studio.backbones import create_backbone
-from studio.example import CLASSES, make_example_dataset
-from studio.lr_finder import lr_find, suggest_lr
-from studio.train import TrainConfig, run_training
+from studio.data.example import CLASSES, make_example_dataset
+from studio.models.backbones import create_backbone
+from studio.training.lr_finder import lr_find, suggest_lr
+from studio.training.train import TrainConfig, run_training
 
 
 def _distance_from_pretrained(run_dir) -> float:
@@ -65,8 +65,8 @@ def test_example_dataset_is_reproducible_and_matches_the_shipped_copy(tmp_path, 
 
 def test_hardest_pictures_put_every_mistake_first():
     """A right answer it was unsure about (loss 0.92) comes after a narrow mistake (0.80)."""
-    from studio.data import Sample
-    from studio.evaluate import compute_metrics
+    from studio.data.dataset import Sample
+    from studio.inspection.evaluate import compute_metrics
 
     samples = [Sample(f"{i}.jpg", (0,)) for i in range(3)]
     probs = np.array([[0.40, 0.30, 0.30], [0.45, 0.50, 0.05], [0.90, 0.05, 0.05]])

@@ -6,9 +6,9 @@ import pytest
 import timm
 import torch
 
-from studio.backbones import model_groups
 from studio.errors import StudioError
-from studio.freeze import (
+from studio.models.backbones import model_groups
+from studio.models.freeze import (
     apply_freeze,
     keep_frozen_norms_in_eval,
     optimizer_groups,
@@ -64,8 +64,8 @@ def test_layer_decay_and_no_decay_on_biases(model):
 
 
 def test_the_augmentation_preview_uses_the_chosen_backbones_preprocessing(small_example):
-    from studio.backbones import preprocess_config
-    from studio.loaders import augmentation_preview
+    from studio.data.loaders import augmentation_preview
+    from studio.models.backbones import preprocess_config
 
     pictures = [str(p) for p in sorted(small_example.rglob("*.jpg"))[:2]]
     lite0 = augmentation_preview(pictures, preprocess_config("tf_efficientnet_lite0"), "strong")
@@ -77,7 +77,7 @@ def test_the_augmentation_preview_uses_the_chosen_backbones_preprocessing(small_
 
 
 def test_the_sliders_count_becomes_a_freeze_spec():
-    from studio.freeze import spec_for_count
+    from studio.models.freeze import spec_for_count
 
     assert [spec_for_count(n, 4) for n in (-2, 0, 2, 3, 10)] == [
         "0",

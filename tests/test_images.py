@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.images import ImageProblem, open_rgb
+from studio.data.images import ImageProblem, open_rgb
 
 
 def test_grayscale_palette_rgba_cmyk_become_rgb(tmp_path):
@@ -85,8 +85,8 @@ def test_oversized_image_is_refused_before_decoding(tmp_path):
 
 def test_a_long_thin_strip_is_refused_before_it_can_exhaust_memory(tmp_path, trained_run):
     """A 238-byte 1x39000 PNG passes the pixel count, but preparing it would need ~10 GB."""
-    from studio.data import load_dataset
-    from studio.predict import Predictor
+    from studio.data.dataset import load_dataset
+    from studio.deployment.predict import Predictor
 
     strip = tmp_path / "strip.png"
     Image.new("RGB", (1, 39000), "white").save(strip)

@@ -1,12 +1,12 @@
-"""The public training loop (studio.loop): the parts other kinds of runs build on."""
+"""The public training loop (studio.training.loop): the parts other kinds of runs build on."""
 
 from __future__ import annotations
 
 import torch
 
-from studio.config import TrainConfig
-from studio.freeze import apply_freeze, optimizer_groups, parse_freeze
-from studio.loop import (
+from studio.models.freeze import apply_freeze, optimizer_groups, parse_freeze
+from studio.training.config import TrainConfig
+from studio.training.loop import (
     make_feeder,
     make_optimizer,
     make_scheduler,

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
+from studio.deployment.export import export_run, refresh_model_card
+from studio.deployment.predict import Predictor
 from studio.errors import RunError, StudioError
-from studio.evaluate import evaluate_run
-from studio.explain import Explainer
-from studio.export import export_run, write_model_card
-from studio.models import KINDS, ModelKind, load_run, model_record, register_kind, save_model
-from studio.predict import Predictor
+from studio.inspection.evaluate import evaluate_run
+from studio.inspection.explain import Explainer
+from studio.models.kinds import KINDS, ModelKind, load_run, model_record, register_kind, save_model
 from studio.runs import MODEL_RECORD, describe_run, load_json, save_json
 
 
@@ -99,7 +99,7 @@ def test_a_derived_kind_evaluates_predicts_explains_and_exports(derived_run, sma
     assert Explainer.from_run(derived_run).labels == loaded.labels
     result = export_run(derived_run, "onnx")
     assert result.agreement == 1.0
-    card = write_model_card(derived_run).read_text()
+    card = refresh_model_card(derived_run).read_text()
     assert "test-wide-head model from run" in card and "widen the head" in card
 
 

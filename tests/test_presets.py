@@ -12,9 +12,9 @@ import torch
 
 from studio import events as ev
 from studio.errors import StudioError
-from studio.head_fit import choose_l2, fit_rounds
-from studio.presets import CHOICES, PRESETS, apply_preset, choose_preset
-from studio.train import TrainConfig, load_training_data, train
+from studio.training.head_fit import choose_l2, fit_rounds
+from studio.training.presets import CHOICES, PRESETS, apply_preset, choose_preset
+from studio.training.train import TrainConfig, load_training_data, train
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -52,8 +52,8 @@ def _probe_accuracy(dataset) -> float:
     """A scikit-learn probe (C by 5-fold cross-validation) on the run's own split."""
     from sklearn.linear_model import LogisticRegressionCV
 
-    from studio.backbones import create_backbone, data_config
-    from studio.loaders import ImageSamples, build_transform, image_loader
+    from studio.data.loaders import ImageSamples, build_transform, image_loader
+    from studio.models.backbones import create_backbone, data_config
 
     model, _ = create_backbone("tf_efficientnet_lite0", len(dataset.classes))
     model.eval()
@@ -146,7 +146,7 @@ def test_a_staged_preset_solves_the_head_then_fine_tunes_and_resumes(small_examp
 
 
 def test_settings_given_by_hand_lie_over_the_preset_and_the_head_phase_fits():
-    from studio.presets import PRESETS, lay_over
+    from studio.training.presets import PRESETS, lay_over
 
     balanced = TrainConfig(**PRESETS["balanced"].settings)
     config, note = lay_over(balanced, {"epochs": 2})

@@ -15,7 +15,7 @@ from helpers import write_image
 
 from studio import events as ev
 from studio.errors import StudioError
-from studio.train import TrainConfig, run_training, train
+from studio.training.train import TrainConfig, run_training, train
 
 
 def _config(data, out, **kw):
@@ -308,7 +308,7 @@ def test_a_score_on_the_training_pictures_is_not_called_a_test_score(tmp_path, s
     """With one picture per class nothing can be kept back: say so, everywhere it is shown."""
     import shutil
 
-    from studio.evaluate import score_words
+    from studio.inspection.evaluate import score_words
     from studio.jobs import TrainingJob
 
     data = tmp_path / "data"
@@ -327,9 +327,9 @@ def test_a_score_on_the_training_pictures_is_not_called_a_test_score(tmp_path, s
 def test_a_dataset_handed_in_must_be_the_one_the_settings_describe(tmp_path, small_example):
     """One way in: the settings are what config.json records and a resume loads, so a loaded
     dataset split another way (or other pictures) is refused before any work, with the reason."""
-    from studio.data import load_dataset
+    from studio.data.dataset import load_dataset
     from studio.errors import StudioError
-    from studio.train import train
+    from studio.training.train import train
 
     other_split = load_dataset(small_example, seed=3, val_fraction=0.3)
     with pytest.raises(StudioError, match="seed 3.*settings say 0.*holds back"):

@@ -139,7 +139,7 @@ def test_the_evaluate_and_explain_handlers_work_without_a_browser(tmp_path, trai
 
 
 def test_the_train_handlers_read_the_settings_by_name(tmp_path):
-    from studio.config import TrainConfig
+    from studio.training.config import TrainConfig
     from studio.ui.train_tab import SETTINGS, settings_from_page, stop_training
 
     values = [5, 16, 0.001, 0.75, 0, 0, 0.01, 0.1, 0.0, "none"]

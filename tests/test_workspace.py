@@ -8,12 +8,12 @@ import zipfile
 import pytest
 from helpers import write_image
 
-from studio import charts
 from studio import events as ev
 from studio.errors import DataError, StudioError
+from studio.inspection import charts
 from studio.jobs import TrainingJob
 from studio.runs import describe_run
-from studio.train import TrainConfig
+from studio.training.train import TrainConfig
 from studio.workspace import Workspace, clean_class_name
 
 

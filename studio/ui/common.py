@@ -96,7 +96,7 @@ class ExplainerCache:
     def get(self, ws: Workspace, source: str):
         """``(Explainer, lock)`` for a run name in ``ws`` or ``IMAGENET + backbone name``."""
         load_engine()
-        from ..explain import Explainer
+        from ..inspection.explain import Explainer
 
         if not source:
             raise StudioError("train a model first (Train tab), or pick an ImageNet model")
@@ -128,7 +128,11 @@ def load_engine() -> None:
     with _ENGINE_LOCK:
         import importlib
 
-        for name in ("studio.train", "studio.predict", "studio.export"):
+        for name in (
+            "studio.training.train",
+            "studio.deployment.predict",
+            "studio.deployment.export",
+        ):
             importlib.import_module(name)
 
 

@@ -6,8 +6,8 @@ import functools
 
 import gradio as gr
 
-from .. import charts
 from ..errors import StudioError
+from ..inspection import charts
 from .common import Context, friendly, run_metrics, run_picker
 from .tabs import TabParts
 

@@ -7,8 +7,8 @@ import threading
 
 import gradio as gr
 
-from .. import charts
 from ..errors import StudioError
+from ..inspection import charts
 from .common import IMAGENET, Context, friendly, run_choices, run_metrics
 from .tabs import TabParts
 
@@ -55,7 +55,7 @@ SIGN_CHOICES = [
 
 def _imagenet_choices() -> list[tuple[str, str]]:
     """Backbones whose ImageNet weights are on this computer: explain without training."""
-    from ..backbones import CATALOG, weights_info
+    from ..models.backbones import CATALOG, weights_info
 
     return [
         (f"ImageNet classes · {spec.title} (no training needed)", IMAGENET + spec.name)
@@ -66,8 +66,8 @@ def _imagenet_choices() -> list[tuple[str, str]]:
 
 def _gallery(result, sign: str, opacity: float) -> list:
     """The picture, then each method's map over it (drawn again when sign or opacity change)."""
-    from ..attribution import for_display
-    from ..explain import METHODS, overlay
+    from ..inspection.attribution import for_display
+    from ..inspection.explain import METHODS, overlay
 
     items = [(for_display(result.image), "the picture")]
     for key, values in result.maps.items():
@@ -78,7 +78,7 @@ def _gallery(result, sign: str, opacity: float) -> list:
 
 def legend(sign: str) -> str:
     """A colour bar for the maps, with what its two ends mean."""
-    from ..attribution import colour_scale
+    from ..inspection.attribution import colour_scale
 
     colours, low, high = colour_scale(sign)
     return (
@@ -92,7 +92,7 @@ def legend(sign: str) -> str:
 
 def _faithfulness_table(scores: dict) -> list[list]:
     """One row per method, judged against the random map's curves, then the random map."""
-    from ..explain import METHODS, faithfulness_verdict
+    from ..inspection.explain import METHODS, faithfulness_verdict
 
     floor = scores.get("random")
     rows = []
@@ -161,7 +161,7 @@ def _wanted_class(target_value, truth):
 
 
 def _headline(result) -> str:
-    from ..explain import METHODS
+    from ..inspection.explain import METHODS
 
     label, p = result.top[0]
     text = f"## {label} ({p:.0%} sure) · explaining **{result.target_label}**"
@@ -190,7 +190,7 @@ def run_explain(
     if not path:
         raise StudioError("choose a picture first")
     wanted = _wanted_class(target_value, truth)
-    from ..explain import METHODS
+    from ..inspection.explain import METHODS
 
     explainer, lock = ctx.explainers.get(ctx.workspace(ws_id), name)
     stop = stops.fresh(ws_id)
@@ -228,7 +228,7 @@ def sanity(ctx: Context, ws_id, saved, method, smoothgrad, progress=gr.Progress(
     """Randomise the model layer by layer and compare each new map with the real one."""
     if not saved:
         raise StudioError("explain a picture first, then check its map")
-    from ..explain import METHODS
+    from ..inspection.explain import METHODS
 
     explainer, lock = ctx.explainers.get(ctx.workspace(ws_id), saved["source"])
     progress(0.0, desc="randomising the model")
@@ -271,7 +271,7 @@ def shortcuts(ctx: Context, stops: Stops, ws_id, name, progress=gr.Progress()):
     """Where the evidence lies over every test picture of a trained run."""
     if not name or name.startswith(IMAGENET):
         raise StudioError("the shortcut check needs a run you trained on your own pictures")
-    from ..explain import evaluation_samples
+    from ..inspection.explain import evaluation_samples
 
     ws = ctx.workspace(ws_id)
     explainer, lock = ctx.explainers.get(ws, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 
 from .common import Context, friendly, load_engine, run_picker
@@ -15,8 +17,18 @@ checked the way you will use it: the zip is unpacked into an empty folder and th
 is run on it, on your own pictures, and must give the same answers as the app."""
 
 
+def build_download(ctx: Context, ws_id, name, progress=gr.Progress()):
+    """The zip of every format, checked as received: (what was checked, the zip's path)."""
+    load_engine()
+    from ..deployment.package import build_package
+
+    folder = ctx.workspace(ws_id).resolve_run(name or "")
+    package = build_package(folder, progress=lambda f, text: progress(f, desc=text))
+    return package.summary(), str(package.zip_path)
+
+
 def build_export_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
-    from ..samples import usage_code  # plain text: no torch import at start-up
+    from ..deployment.samples import usage_code  # plain text: no torch import at start-up
 
     gr.Markdown(HELP)
     run, refresh = run_picker(ctx, ws_state, "Which trained model to export.", "export-run")
@@ -29,15 +41,7 @@ def build_export_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
             with gr.Tab(title):
                 gr.Code(usage_code(fmt), language="python", interactive=False)
 
-    @friendly
-    def make(ws_id, name, progress=gr.Progress()):
-        load_engine()
-        from ..package import build_package
-
-        folder = ctx.workspace(ws_id).resolve_run(name or "")
-        package = build_package(folder, progress=lambda f, text: progress(f, desc=text))
-        return package.summary(), str(package.zip_path)
-
+    make = friendly(functools.partial(build_download, ctx))
     build.click(make, [ws_state, run], [checks, download], api_name="export")
 
     return TabParts([run], refresh)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 
-from ..backbones import (
+from ..models.backbones import (
     CATALOG,
     DEFAULT_BACKBONE,
     catalog,
@@ -12,7 +14,7 @@ from ..backbones import (
     get_spec,
     measure_speed,
 )
-from ..freeze import spec_for_count
+from ..models.freeze import spec_for_count
 from .common import Context, friendly, load_engine
 from .tabs import TabParts
 
@@ -98,6 +100,42 @@ def freeze_spec(name: str, frozen_count: int) -> str:
     return spec_for_count(frozen_count, len(groups_of(name)))
 
 
+def on_backbone(ctx: Context, name: str, ws_id):
+    """A new backbone: its layer groups on the slider (only the head trains at first) and what
+    that means; a warning when its weights are not on this computer."""
+    classes = class_count(ctx, ws_id)
+    count = len(groups_of(name))
+    row = next(r for r in catalog() if r["name"] == name)
+    if not row["pretrained_available"]:
+        gr.Warning(
+            f"{row['title']} has no pretrained weights available offline; training "
+            "it will fail. Pick an EfficientNet-Lite to work offline."
+        )
+    return gr.update(maximum=count - 1, value=count - 1), freeze_summary(name, count - 1, classes)
+
+
+def on_freeze(ctx: Context, name: str, frozen: int, ws_id) -> str:
+    return freeze_summary(name, frozen, class_count(ctx, ws_id))
+
+
+def measure_all(progress=gr.Progress()) -> list[list]:
+    """Time every catalog backbone here; the catalog rows with the figures."""
+    load_engine()
+    for name in progress.tqdm(list(CATALOG), desc="timing each backbone"):
+        measure_speed(name)
+    return catalog_rows()
+
+
+def refresh_catalog():
+    """Catalog and layer groups, read when the page opens (from disk after the first start)."""
+    n = len(groups_of(DEFAULT_BACKBONE))
+    return (
+        catalog_rows(),
+        gr.update(maximum=n - 1, value=n - 1),
+        freeze_summary(DEFAULT_BACKBONE, n - 1),
+    )
+
+
 def build_model_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
     gr.Markdown(HELP)
     table = gr.Dataframe(
@@ -128,50 +166,21 @@ def build_model_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) 
     )
     summary = gr.Markdown("Reading the catalog...", elem_id="freeze-summary")
 
-    @friendly
-    def on_backbone(name, ws_id):
-        classes = class_count(ctx, ws_id)
-        count = len(groups_of(name))
-        row = next(r for r in catalog() if r["name"] == name)
-        if not row["pretrained_available"]:
-            gr.Warning(
-                f"{row['title']} has no pretrained weights available offline; training "
-                "it will fail. Pick an EfficientNet-Lite to work offline."
-            )
-        return (
-            gr.update(maximum=count - 1, value=count - 1),
-            freeze_summary(name, count - 1, classes),
-        )
-
-    def measure(progress=gr.Progress()):
-        load_engine()
-        for name in progress.tqdm(list(CATALOG), desc="timing each backbone"):
-            measure_speed(name)
-        return catalog_rows()
-
-    @friendly
-    def on_freeze(name, frozen, ws_id):
-        return freeze_summary(name, frozen, class_count(ctx, ws_id))
-
-    speed_btn.click(friendly(measure), None, table)
+    frozen = friendly(functools.partial(on_freeze, ctx))
+    speed_btn.click(friendly(measure_all), None, table)
     # Opening the tab sizes the head for the classes the Data tab now has. A slow answer (torch
     # still loading) must not overwrite a choice made meanwhile: a change cancels it.
-    opened = tab.select(on_freeze, [backbone, freeze, ws_state], summary)
-    backbone.change(on_backbone, [backbone, ws_state], [freeze, summary], cancels=[opened])
-    freeze.change(on_freeze, [backbone, freeze, ws_state], summary, cancels=[opened])
-
-    def refresh():
-        """Catalog and layer groups, read when the page opens (from disk after the first start)."""
-        n = len(groups_of(DEFAULT_BACKBONE))
-        return (
-            catalog_rows(),
-            gr.update(maximum=n - 1, value=n - 1),
-            freeze_summary(DEFAULT_BACKBONE, n - 1),
-        )
-
+    opened = tab.select(frozen, [backbone, freeze, ws_state], summary)
+    backbone.change(
+        friendly(functools.partial(on_backbone, ctx)),
+        [backbone, ws_state],
+        [freeze, summary],
+        cancels=[opened],
+    )
+    freeze.change(frozen, [backbone, freeze, ws_state], summary, cancels=[opened])
     return TabParts(
         [table, freeze, summary],
-        refresh,
+        refresh_catalog,
         refresh_inputs=[],
         on_open=False,
         on_select=False,  # the tab's own select sizes the head (above)

@@ -9,8 +9,8 @@ import threading
 
 import gradio as gr
 
-from .. import charts
 from ..errors import StudioError
+from ..inspection import charts
 from .common import Context, friendly, load_engine, run_picker
 from .tabs import TabParts
 
@@ -29,7 +29,7 @@ class Predictors:
 
     def get(self, ws_id: str | None, name: str | None):
         load_engine()
-        from ..predict import Predictor
+        from ..deployment.predict import Predictor
 
         if not name:
             raise StudioError("train a model first, then pick it here")

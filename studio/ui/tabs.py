@@ -8,6 +8,12 @@ one tab that opens another). ``built`` holds the parts of the tabs built before 
 
 Adding a tab is one new module and one line in :data:`studio.ui.app.TABS`; ``build_app`` loops
 over that list and knows no tab by name.
+
+Inside a tab module, as in Gradio's own demos: the handlers are module-level functions that
+take the app's :class:`~studio.ui.common.Context` first (``show_run(ctx, ws_id, name)``), call
+the engine and return the components' new values, so a test calls them without a browser; the
+builder lays out components (in small functions returning them by name) and binds each handler
+with ``friendly(functools.partial(handler, ctx))``. No ML logic lives in a tab.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ import time
 
 import gradio as gr
 
-from .. import charts
 from ..errors import StudioError
-from ..presets import PRESETS  # no torch: presets imports it only when applied
+from ..inspection import charts
 from ..runs import HISTORY, describe_run
+from ..training.presets import PRESETS  # no torch: presets imports it only when applied
 from .common import Context, as_text, friendly, load_engine, run_choices
 from .model_tab import freeze_spec
 from .tabs import TabParts
@@ -21,7 +21,7 @@ Pick a preset and press **Start training**. The curves grow while it learns: *lo
 down, *accuracy* up. The *validation* line uses pictures the model does not learn from; when it
 stops improving, more training will not help. **Stop** ends the run and keeps the best model."""
 
-# The engine's presets (studio.presets), by their titles; Custom uses the Advanced settings
+# The engine's presets (studio.training.presets), by their titles; Custom uses the Advanced settings
 # and the Model tab's freeze slider as they are.
 PRESET_NAMES = {"Auto": "auto", **{p.title: name for name, p in PRESETS.items()}}
 CUSTOM = "Custom"
@@ -99,8 +99,8 @@ def _start_job(ws, dataset, preset: str, bb: str, frz, settings: dict):
     are not cut here: the engine's check says so."""
     load_engine()
     from ..jobs import TrainingJob  # the engine's torch side loads on first use
-    from ..presets import apply_preset
-    from ..train import TrainConfig
+    from ..training.presets import apply_preset
+    from ..training.train import TrainConfig
 
     config = TrainConfig(
         data=str(ws.data_dir),
@@ -159,8 +159,8 @@ def preset_fields(title: str) -> list:
 def preview_augmentation(ctx: Context, ws_id, aug: str, bb: str) -> list:
     """Eight training pictures as the chosen backbone will see them with ``aug``."""
     load_engine()
-    from ..backbones import preprocess_config
-    from ..loaders import augmentation_preview
+    from ..data.loaders import augmentation_preview
+    from ..models.backbones import preprocess_config
 
     dataset = ctx.workspace(ws_id).dataset()
     samples = dataset.train[:: max(1, len(dataset.train) // 8)][:8]

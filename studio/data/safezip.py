@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import DataError
+from ..errors import DataError
 
 # What Python's zipfile unpacks: stored, deflate, bzip2, lzma (not PPMd, not AES, ...).
 _READABLE = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}

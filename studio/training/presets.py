@@ -1,11 +1,11 @@
 """Named training recipes (quick, balanced, thorough) and the automatic choice between them.
 
 The same presets in the CLI (``--preset``) and the app (the Train tab's radio); each one is a
-set of :class:`~studio.train.TrainConfig` fields, printed when used, so a person can see what
+set of :class:`~studio.training.train.TrainConfig` fields, printed when used, so a person can see what
 it set and change any of it.
 
 - **quick**: the backbone stays frozen; its features are computed once and the last layer is
-  solved exactly (:mod:`studio.head_fit`): a logistic-regression probe, in about one forward
+  solved exactly (:mod:`studio.training.head_fit`): a logistic-regression probe, in about one forward
   pass over the pictures.
 - **balanced** and **thorough**: the recipe the transfer-learning literature uses for few
   pictures: the head is solved first on the cached features, then the top of the network is
@@ -198,7 +198,7 @@ def lay_over(config, given: dict):
 def _auto(backbone: str, dataset, ms_per_image: float | None) -> tuple[str, str]:
     from collections import Counter
 
-    from .backbones import get_spec, known_speeds, measure_speed
+    from ..models.backbones import get_spec, known_speeds, measure_speed
 
     get_spec(backbone)  # an unknown name is bad input, said before anything is measured
     if ms_per_image is None:

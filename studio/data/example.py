@@ -6,7 +6,7 @@ two images share a pixel: there is no leakage between train and test. A teacher 
 class ("can the computer tell what a surface is made of?") and the default run reaches high
 held-out accuracy within a minute on a laptop.
 
-``python -m studio.example [DEST]`` rebuilds it; the same seed gives the same files.
+``python -m studio.data.example [DEST]`` rebuilds it; the same seed gives the same files.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .paths import assets_dir, cache_dir
+from ..paths import assets_dir, cache_dir
 
 __all__ = ["CLASSES", "example_dataset", "make_example_dataset"]
 

@@ -9,7 +9,7 @@ import torch
 from timm.data import create_transform
 from torch.utils.data import DataLoader
 
-from .data import Sample
+from .dataset import Sample
 from .images import open_rgb
 
 __all__ = [
@@ -48,8 +48,8 @@ def augmentation_preview(paths: list[str], data_cfg: dict, augment: str, seed: i
     """What training feeds the model from each picture with ``augment``, as 8-bit RGB arrays:
     the backbone's own size, crop and interpolation, before the colours are normalised (a
     normalised picture cannot be shown)."""
+    from ..rng import seeded
     from .images import open_rgb
-    from .rng import seeded
 
     shown = {**data_cfg, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
     tf = build_transform(shown, augment, training=True)

@@ -1,16 +1,16 @@
 """The training loop's pieces, public, for every kind of run that trains a model.
 
-Fine-tuning (:mod:`studio.train`), the LR finder, and the runs still to come (distillation,
+Fine-tuning (:mod:`studio.training.train`), the LR finder, and the runs still to come (distillation,
 compression's recovery fine-tune, domain adaptation) build from the same parts, in this order:
 
-1. :func:`set_up` -- a :class:`~studio.config.TrainConfig` made concrete: the data (loaded, or
+1. :func:`set_up` -- a :class:`~studio.training.config.TrainConfig` made concrete: the data (loaded, or
    checked to be the one named), the device, the model with its new head, its layer groups and
    transforms (:class:`RunSetup`).
 2. :func:`make_feeder` -- where batches come from (a :class:`Feeder`): the frozen prefix's
    outputs computed once and stored (:class:`CachedFeeder`), or pictures decoded every epoch
    (:class:`ImageFeeder`). It yields ``Caching`` events; :func:`without_events` runs it quietly.
 3. :func:`make_optimizer`, :func:`make_scheduler`, :func:`make_task_loss` -- per-group
-   learning rates (:mod:`studio.freeze`), the schedule, the task's loss.
+   learning rates (:mod:`studio.models.freeze`), the schedule, the task's loss.
 4. :func:`train_epoch` -- one pass with a ``Batch`` event per step, every step's random draws
    seeded from the run's seed and the step's number (:mod:`studio.rng`). Its hooks take what
    other runs add: ``extra_loss`` (a teacher's logits, a domain discrepancy) and
@@ -18,7 +18,7 @@ compression's recovery fine-tune, domain adaptation) build from the same parts, 
 5. :func:`validate` -- validation loss and accuracy with the task's loss alone.
 
 What a run does between epochs (keeping the best weights, checkpoints, early stopping, the run
-folder) is the recipe's, not the loop's: see :mod:`studio.train`.
+folder) is the recipe's, not the loop's: see :mod:`studio.training.train`.
 """
 
 from __future__ import annotations
@@ -35,16 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import events as ev
-from .backbones import Group, WeightsInfo, create_backbone, data_config, model_groups
+from .. import events as ev
+from ..data.dataset import Dataset, load_dataset
+from ..data.images import open_rgb
+from ..data.loaders import ImageSamples, build_transform, image_loader
+from ..errors import StudioError
+from ..models.backbones import Group, WeightsInfo, create_backbone, data_config, model_groups
+from ..models.freeze import keep_frozen_norms_in_eval, parse_freeze
+from ..rng import seeded, step_seed
 from .cache import FeatureStore, fill_store, plan_cache, run_cached
 from .config import TrainConfig
-from .data import Dataset, load_dataset
-from .errors import StudioError
-from .freeze import keep_frozen_norms_in_eval, parse_freeze
-from .images import open_rgb
-from .loaders import ImageSamples, build_transform, image_loader
-from .rng import seeded, step_seed
 
 __all__ = [
     "StopFlag",

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import StudioError
-from .rng import seeded
+from ..errors import StudioError
+from ..rng import seeded
 
 __all__ = [
     "METHODS",
@@ -161,7 +161,7 @@ def model_blocks(model: torch.nn.Module) -> list[tuple[str, list[tuple[str, torc
     """
     if not hasattr(model, "group_matcher"):
         return [(name, [(name, module)]) for name, module in model.named_children()]
-    from .backbones import model_groups
+    from ..models.backbones import model_groups
 
     found = dict(model.named_modules())
     return [(g.name, [(m, found[m]) for m in g.modules if m in found]) for g in model_groups(model)]

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import StudioError
+from ..rng import seeded
 from .attribution import (
     METHODS,
     ExplainStopped,
@@ -27,9 +29,7 @@ from .attribution import (
     model_blocks,
     ready_for_attribution,
 )
-from .errors import StudioError
 from .evaluate import probabilities
-from .rng import seeded
 
 __all__ = [
     "Faithfulness",

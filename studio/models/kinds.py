@@ -26,9 +26,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import RunError, StudioError, first_line
-from .loaders import build_transform
-from .runs import (
+from ..data.loaders import build_transform
+from ..errors import RunError, StudioError, first_line
+from ..runs import (
     CONFIG,
     LABELS,
     MODEL_RECORD,
@@ -62,7 +62,7 @@ class ModelKind:
         name: The ``kind`` written in ``model.json``.
         build: ``(run folder, model record) -> model`` with its weights loaded, on the CPU.
         gradients: Whether gradients flow through it (Explain's maps and sanity checks).
-        exports: The export formats it can be written to (:data:`studio.export.FORMATS`).
+        exports: The export formats it can be written to (:data:`studio.deployment.export.FORMATS`).
         why_not: One plain sentence for a method that cannot apply, shown by the UI and CLI.
     """
 

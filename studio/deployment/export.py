@@ -31,24 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import readable
-from .errors import StudioError
-from .evaluate import score_words
-from .images import ImageProblem, open_rgb
-from .models import LoadedRun, load_run, model_record
-from .runs import (
-    CONFIG,
-    DATA_REPORT,
+from ..data.images import ImageProblem, open_rgb
+from ..errors import StudioError
+from ..inspection.model_card import write_model_card
+from ..models.kinds import LoadedRun, load_run
+from ..runs import (
     EXPORTS,
-    LABELS,
-    METRICS,
-    MODEL_CARD,
-    PREPROCESS,
     RUN_INFO,
     SPLIT,
     WEIGHTS,
     load_json,
-    read_optional,
     save_json,
 )
 
@@ -57,6 +49,7 @@ __all__ = [
     "load_run",
     "export_run",
     "checked_exports",
+    "refresh_model_card",
     "check_images",
     "file_sha256",
     "ExportResult",
@@ -224,7 +217,7 @@ def export_run(
         record = {**asdict(result), "path": target.name}  # no absolute paths in the run's files
         records = [r for r in _export_records(run) if r.get("format") != fmt] + [record]
         save_json(run / EXPORTS, records)
-        write_model_card(run)
+        refresh_model_card(run)
     return result
 
 
@@ -252,138 +245,6 @@ def checked_exports(run_dir: str | Path) -> dict[str, dict]:
     return valid
 
 
-# --------------------------------------------------------------------------- the model card
-
-
-def _lineage(record: dict) -> list[str]:
-    """The card's line on where a derived model came from (none for a plain trained model)."""
-    if record.get("kind", "timm") == "timm" and not record.get("parent"):
-        return []
-    step = record.get("step") or {}
-    how = ", ".join(f"{k} {v}" for k, v in step.items()) if isinstance(step, dict) else step
-    parent = f" from run `{record['parent']}`" if record.get("parent") else ""
-    return [f"- A {record['kind']} model{parent}" + (f" ({how})." if how else ".")]
-
-
-def write_model_card(run_dir: str | Path) -> Path:
-    """MODEL_CARD.md from what the run folder holds: data, backbone, freeze, metrics, limits."""
-    run = Path(run_dir)
-    cfg = load_json(run / CONFIG)
-    info = load_json(run / RUN_INFO)
-    metrics = load_json(run / METRICS)
-    pre = load_json(run / PREPROCESS)
-    report = read_optional(run, DATA_REPORT, {})
-    labels = metrics["labels"]
-    lines = [
-        *_card_model(run, cfg, info, pre, report, labels),
-        *_card_results(metrics),
-        *_card_exports(list(checked_exports(run).values())),
-        *_card_limits_and_use(run, info, metrics, labels),
-    ]
-    path = run / MODEL_CARD
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _card_model(run: Path, cfg, info, pre, report, labels) -> list[str]:
-    """The card's title, model and data sections."""
-    record = model_record(run)
-    lines = [
-        f"# Model card: {run.name}",
-        "",
-        f"An image classifier for **{len(labels)} classes** ({', '.join(labels)}), fine-tuned with "
-        "Transfer Studio.",
-        "",
-        "## Model",
-        f"- Backbone: `{cfg['backbone']}` (timm), starting from {info['weights']}.",
-        *_lineage(record),
-        f"- Frozen: `{cfg['freeze']}`"
-        + (f" after {cfg['head_epochs']} head-only epochs" if cfg.get("head_epochs") else "")
-        + f"; trained {info['epochs_run']} epochs, kept epoch {info['best_epoch']} "
-        "(lowest validation loss).",
-        f"- Optimiser {cfg['optimizer']}, learning rate {cfg['lr']}, {cfg['schedule']} schedule, "
-        f"layer-wise decay {cfg['layer_decay']}, weight decay {cfg['weight_decay']}, "
-        f"label smoothing {cfg['label_smoothing']}, augmentation `{cfg['augment']}`.",
-        f"- Input: RGB {pre['crop']}x{pre['crop']}; {pre['how']} "
-        f"(mean {pre['mean']}, std {pre['std']}).",
-        "",
-        "## Data",
-        f"- Source: `{readable(Path(str(report.get('source', cfg.get('data')))).name)}`; "
-        "images per split: "
-        f"{info['sizes']}.",
-        f"- Split fingerprint `{info['split_hash']}` (seed {cfg['seed']}); `split.csv` lists "
-        "which file went where.",
-    ]
-    if report.get("skipped"):
-        lines.append(f"- {len(report['skipped'])} file(s) were skipped; see `data_report.json`.")
-    for warning in report.get("warnings", []):
-        lines.append(f"- Warning: {warning}")
-    return lines
-
-
-def _card_results(metrics: dict) -> list[str]:
-    """Accuracy, F1, the per-class table and the commonest mistakes."""
-    lines = [
-        "",
-        f"## Results (on the {metrics.get('split', 'held-out')} split, {metrics.get('n', '?')} images)",
-        f"- Accuracy: **{metrics['accuracy']:.3f}**; macro F1: **{metrics['macro_f1']:.3f}**"
-        + (f"; mAP: {metrics['mAP']:.3f}" if metrics.get("mAP") is not None else ""),
-        "",
-        *(
-            [f"- **Not a test score**: {score_words(metrics)}.", ""]
-            if metrics.get("split") == "train"
-            else []
-        ),
-        "| class | precision | recall | F1 | images |",
-        "|---|---|---|---|---|",
-    ]
-    for name, row in metrics["per_class"].items():
-        lines.append(
-            f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | "
-            f"{row['support']} |"
-        )
-    if metrics.get("most_confused"):
-        pairs = ", ".join(
-            f"{p['true']} taken for {p['predicted']} ({p['count']}x)"
-            for p in metrics["most_confused"][:5]
-        )
-        lines += ["", f"Most common mistakes: {pairs}."]
-    return lines
-
-
-def _card_exports(exports: list[dict]) -> list[str]:
-    lines: list[str] = []
-    if exports:
-        lines += [
-            "",
-            "## Exported files (checked against PyTorch on the run's own images)",
-            "",
-            "| format | file | images checked | top-1 agreement | max abs logit diff |",
-            "|---|---|---|---|---|",
-        ]
-        for e in exports:
-            lines.append(
-                f"| {e['format']} | `{Path(e['path']).name}` | {e['images']} | "
-                f"{e['agreement']:.3f} | {e['max_abs_diff']:.2e} |"
-            )
-    return lines
-
-
-def _card_limits_and_use(run: Path, info: dict, metrics: dict, labels: list[str]) -> list[str]:
-    return [
-        "",
-        "## Limits",
-        f"- Only knows these classes: {', '.join(labels)}. Any other picture is still forced "
-        "into one of them, often with high confidence.",
-        f"- Trained on {sum(info['sizes'].values())} images; the numbers above come from "
-        f"{metrics.get('n', '?')} held-out images and are rough with so few.",
-        "- Inherits the biases of its ImageNet pretraining and of the pictures it was given.",
-        "",
-        "## Use",
-        "```python",
-        "from studio.predict import Predictor",
-        f"print(Predictor('{run.name}').predict(['photo.jpg']))",
-        "```",
-        f"Files: `{WEIGHTS}`, `{LABELS}`, `{PREPROCESS}`. "
-        f"Made with torch {info['torch']}, timm {info['timm']}, on {info['finished']}.",
-    ]
+def refresh_model_card(run_dir: str | Path) -> Path:
+    """The run's model card again, listing the exports whose check still holds."""
+    return write_model_card(run_dir, list(checked_exports(run_dir).values()))

@@ -11,11 +11,11 @@ import math
 
 import numpy as np
 
+from ..data.dataset import Dataset
+from ..models.freeze import apply_freeze, keep_frozen_norms_in_eval, optimizer_groups, parse_freeze
+from ..paths import cache_dir
 from .config import TrainConfig
-from .data import Dataset
-from .freeze import apply_freeze, keep_frozen_norms_in_eval, optimizer_groups, parse_freeze
 from .loop import make_feeder, make_optimizer, make_task_loss, set_up, without_events
-from .paths import cache_dir
 
 __all__ = ["lr_find", "suggest_lr"]
 

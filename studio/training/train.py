@@ -9,8 +9,8 @@ the run folder; ``checkpoint.pt`` after every epoch makes a killed run resumable
 seeded from the run's seed and the step's number: :mod:`studio.rng`).
 
 The loop's parts (set-up, feeders, optimizer, one epoch, validation) are public in
-:mod:`studio.loop`; this module is the fine-tuning recipe on top of them, in the order a run
-meets it: :func:`_open_run` (new run or resume), :func:`~studio.loop.set_up`, the phases
+:mod:`studio.training.loop`; this module is the fine-tuning recipe on top of them, in the order a run
+meets it: :func:`_open_run` (new run or resume), :func:`~studio.training.loop.set_up`, the phases
 (:func:`_run_phases`: a head solved exactly by :func:`_fit_head_phase`, or epochs by
 :func:`_run_phase`), each epoch closed by :func:`_close_epoch` into :class:`_Progress` (history,
 best weights, what a checkpoint stores), and :func:`_finish` (evaluate, save the model).
@@ -29,28 +29,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import events as ev
-from .config import TrainConfig
-from .data import Dataset
-from .errors import RunError, StudioError
-from .evaluate import evaluate_samples
-from .freeze import apply_freeze, optimizer_groups, parse_freeze
-from .loop import (
-    RunSetup,
-    StopFlag,
-    count_correct,
-    load_training_data,
-    make_feeder,
-    make_optimizer,
-    make_scheduler,
-    make_task_loss,
-    select_device,
-    set_up,
-    train_epoch,
-    validate,
-)
-from .models import save_model
-from .runs import (
+from .. import events as ev
+from ..data.dataset import Dataset
+from ..errors import RunError, StudioError
+from ..inspection.evaluate import evaluate_samples
+from ..models.freeze import apply_freeze, optimizer_groups, parse_freeze
+from ..models.kinds import save_model
+from ..runs import (
     CHECKPOINT,
     CONFIG,
     DATA_REPORT,
@@ -66,6 +51,21 @@ from .runs import (
     save_checkpoint,
     save_history,
     save_json,
+)
+from .config import TrainConfig
+from .loop import (
+    RunSetup,
+    StopFlag,
+    count_correct,
+    load_training_data,
+    make_feeder,
+    make_optimizer,
+    make_scheduler,
+    make_task_loss,
+    select_device,
+    set_up,
+    train_epoch,
+    validate,
 )
 
 __all__ = [
@@ -521,7 +521,7 @@ def _close_epoch(
 
 
 def _fit_head_phase(run: RunSetup, index: int, phase: _Phase, feeder, progress, stop):
-    """The head solved exactly on the frozen features (studio.head_fit): the features of the
+    """The head solved exactly on the frozen features (studio.training.head_fit): the features of the
     plain training pictures are gathered once, the weight decay chosen by cross-validation, and
     each of the phase's epochs is a round of the solver, reported like an epoch. Returns why it
     ended early, if so."""
@@ -596,7 +596,7 @@ def _head_inputs(model: nn.Module, feeder, batches) -> tuple[torch.Tensor, torch
 
 def _finish(run: RunSetup, progress: _Progress, stopped: str | None, seconds: float) -> ev.Finished:
     """Keep the best epoch, measure it on held-out data and write the model files."""
-    from .export import write_model_card
+    from ..inspection.model_card import write_model_card
 
     cfg, dataset, run_dir = run.cfg, run.dataset, Path(run.cfg.out)
     progress.restore_best(run.model)

@@ -7,7 +7,7 @@ Three layouts are understood:
 * a CSV with columns ``path,labels`` (``labels`` may hold several tags: ``cat;indoor``), which makes
   a multi-label dataset when any row has more than one tag. A folder holding ``labels.csv`` counts.
 
-A ``.zip`` of any of these is unpacked safely first (see :mod:`studio.safezip`).
+A ``.zip`` of any of these is unpacked safely first (see :mod:`studio.data.safezip`).
 
 Every image is decoded once while loading, so a file that would crash training is found here and
 named in the :class:`DataReport` with its reason, never silently dropped. The report also lists
@@ -33,9 +33,9 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from ..errors import DataError
+from ..paths import cache_dir
 from .images import DEFAULT_MAX_PIXELS, ImageProblem, is_image_name, open_rgb
-from .paths import cache_dir
 from .safezip import extract_zip
 
 __all__ = [

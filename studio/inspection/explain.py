@@ -1,9 +1,9 @@
 """Why did the model say that? One object that explains pictures for a run or an ImageNet model.
 
 :class:`Explainer` ties a model to its preprocessing and class names and calls the two modules
-below it: :mod:`studio.attribution` (Captum maps, overlays) and :mod:`studio.trust`
+below it: :mod:`studio.inspection.attribution` (Captum maps, overlays) and :mod:`studio.inspection.trust`
 (faithfulness, sanity check, shortcut report). Their public names are re-exported here, so
-``studio.explain`` is the one import the app, the CLI and notebooks need.
+``studio.inspection.explain`` is the one import the app, the CLI and notebooks need.
 
 >>> explainer = Explainer.from_run("runs/demo")  # doctest: +SKIP
 >>> result = explainer.explain("cat.jpg", ["gradcam", "ig"])  # doctest: +SKIP
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import DataError, StudioError
 from .attribution import (
     METHODS,
     SIGNS,
@@ -33,7 +34,6 @@ from .attribution import (
     overlay,
     ready_for_attribution,
 )
-from .errors import DataError, StudioError
 from .evaluate import probabilities
 from .trust import (
     Faithfulness,
@@ -73,7 +73,7 @@ __all__ = [
 
 def evaluation_samples(run_dir: str | Path) -> list[tuple[str, str]]:
     """``(picture, true class)`` for the pictures a run was evaluated on (from metrics.json)."""
-    from .runs import METRICS, load_json, require_run
+    from ..runs import METRICS, load_json, require_run
 
     metrics = load_json(require_run(run_dir) / METRICS)
     rows = metrics.get("predictions") or []
@@ -114,7 +114,7 @@ class Explainer:
         multilabel: bool = False,
         device: str | torch.device = "cpu",
     ):
-        from .loaders import build_transform
+        from ..data.loaders import build_transform
 
         self.device = torch.device(device)
         self.model = ready_for_attribution(model).to(self.device)
@@ -129,7 +129,7 @@ class Explainer:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> Explainer:
-        from .models import load_run
+        from ..models.kinds import load_run
 
         run = load_run(run_dir)
         run.kind.require(
@@ -144,7 +144,7 @@ class Explainer:
         """A catalog backbone with its ImageNet classifier (pretrained weights required)."""
         from timm.data import ImageNetInfo
 
-        from .backbones import create_backbone, data_config
+        from ..models.backbones import create_backbone, data_config
 
         model, _ = create_backbone(name, None, weights_file=weights_file)
         info = ImageNetInfo()
@@ -154,7 +154,7 @@ class Explainer:
     @classmethod
     def load(cls, source: str | Path) -> Explainer:
         """A run folder, or a catalog backbone name for its ImageNet classes."""
-        from .backbones import CATALOG
+        from ..models.backbones import CATALOG
 
         if str(source) in CATALOG and not Path(source).is_dir():
             return cls.from_backbone(str(source))
@@ -164,7 +164,7 @@ class Explainer:
 
     def prepare(self, image: str | Path | Image.Image) -> tuple[torch.Tensor, Image.Image]:
         """The model's input for a picture and that input shown as a picture."""
-        from .images import ImageProblem, open_rgb
+        from ..data.images import ImageProblem, open_rgb
 
         if not isinstance(image, Image.Image):
             try:

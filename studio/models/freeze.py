@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import StudioError
 from .backbones import Group
-from .errors import StudioError
 
 if TYPE_CHECKING:  # torch loads on first use: the app's Model tab reads specs before it
     from torch import nn

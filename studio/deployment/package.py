@@ -3,7 +3,7 @@
 A check made in the run folder proves little about the zip: a file can be left out (ONNX's
 ``model.onnx.data`` once was), or the code shown beside the download can disagree with how the
 app prepares pictures. So after packing, :func:`build_package` unpacks the zip into an empty
-folder and runs the very code samples the app and the README show (:data:`studio.samples.SAMPLES`), in a fresh
+folder and runs the very code samples the app and the README show (:data:`studio.deployment.samples.SAMPLES`), in a fresh
 Python process, on the run's own pictures, and compares their logits and answers with the model
 in the app. Only formats that pass are called checked.
 
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StudioError
+from ..data.images import open_rgb
+from ..errors import StudioError
+from ..models.kinds import LoadedRun, load_run
+from ..runs import CONFIG, EXPORTS, LABELS, METRICS, MODEL_CARD, MODEL_RECORD, PREPROCESS, WEIGHTS
 from .export import FILE_NAMES, FORMATS, check_images, checked_exports, export_run
-from .images import open_rgb
-from .models import LoadedRun, load_run
-from .runs import CONFIG, EXPORTS, LABELS, METRICS, MODEL_CARD, MODEL_RECORD, PREPROCESS, WEIGHTS
 from .samples import SAMPLES
 
 __all__ = ["Package", "FormatCheck", "build_package", "check_zip"]

@@ -1,16 +1,16 @@
 """TrainConfig: everything that defines a training run, checked, and saved as ``config.json``.
 
-Its own module because the training loop (:mod:`studio.loop`), the fine-tuning recipe
-(:mod:`studio.train`), the presets, the CLI and the app all build or read one.
+Its own module because the training loop (:mod:`studio.training.loop`), the fine-tuning recipe
+(:mod:`studio.training.train`), the presets, the CLI and the app all build or read one.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .backbones import DEFAULT_BACKBONE
-from .errors import StudioError
-from .loaders import AUGMENT_PRESETS
+from ..data.loaders import AUGMENT_PRESETS
+from ..errors import StudioError
+from ..models.backbones import DEFAULT_BACKBONE
 
 __all__ = ["TrainConfig"]
 
@@ -26,9 +26,11 @@ class TrainConfig:
     pretrained: bool = True
     freeze: str = "backbone"
     # How a head on a frozen backbone learns: "exact" solves it (logistic regression to
-    # convergence, weight decay by cross-validation: studio.head_fit); "sgd" runs epochs.
+    # convergence, weight decay by cross-validation: studio.training.head_fit); "sgd" runs epochs.
     head_solver: str = "exact"
-    preset: str = ""  # the preset these settings came from (studio.presets), for the record
+    preset: str = (
+        ""  # the preset these settings came from (studio.training.presets), for the record
+    )
     epochs: int = 10
     head_epochs: int = 0  # staged unfreezing: train only the head this many epochs first
     batch_size: int = 32

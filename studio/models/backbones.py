@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import BackboneError, first_line
+from ..errors import BackboneError, first_line
 
 if TYPE_CHECKING:  # torch and timm load on first use: the app's page answers before they do
     import torch
@@ -113,7 +113,7 @@ def _package_version(name: str) -> str:
 
 
 def _facts_file() -> Path:
-    from .paths import cache_dir
+    from ..paths import cache_dir
 
     return cache_dir() / f"backbone-facts-v4-timm-{_package_version('timm')}.json"
 
@@ -137,7 +137,7 @@ def _facts(name: str) -> dict:
         import timm
         import torch
 
-        from .runs import write_atomic
+        from ..runs import write_atomic
 
         cfg = timm.models.get_pretrained_cfg(name).to_dict()
         with torch.device("meta"):  # shapes only: no memory, no weights
@@ -500,7 +500,7 @@ def model_groups(model: torch.nn.Module) -> list[Group]:
 
 
 def _speed_file() -> Path:
-    from .paths import cache_dir
+    from ..paths import cache_dir
 
     torch_version = _package_version("torch")
     return cache_dir() / f"speed-{platform.node()}-{os.cpu_count()}cpu-torch{torch_version}.json"

@@ -1,6 +1,6 @@
 """The code shown beside the download: how to run each exported file without Transfer Studio.
 
-Plain text with no imports, so the app can show it without loading torch. :mod:`studio.package`
+Plain text with no imports, so the app can show it without loading torch. :mod:`studio.deployment.package`
 runs exactly these samples on the unpacked zip before it calls a file checked.
 """
 

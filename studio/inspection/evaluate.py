@@ -23,8 +23,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from .data import Sample
-from .loaders import ImageSamples, image_loader
+from ..data.dataset import Sample
+from ..data.loaders import ImageSamples, image_loader
 
 __all__ = [
     "probabilities",
@@ -236,10 +236,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path, batch_size: int = 32) ->
     Returns:
         ``(metrics, path written)``.
     """
-    from .data import load_dataset
-    from .errors import DataError
-    from .models import load_run
-    from .runs import METRICS, RUN_INFO, load_json, save_json
+    from ..data.dataset import load_dataset
+    from ..errors import DataError
+    from ..models.kinds import load_run
+    from ..runs import METRICS, RUN_INFO, load_json, save_json
 
     loaded = load_run(run_dir)
     cfg = loaded.config

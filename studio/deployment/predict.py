@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import StudioError
-from .evaluate import probabilities
-from .images import ImageProblem, open_rgb
-from .models import LoadedRun, load_run
+from ..data.images import ImageProblem, open_rgb
+from ..errors import StudioError
+from ..inspection.evaluate import probabilities
+from ..models.kinds import LoadedRun, load_run
 
 __all__ = ["Prediction", "Predictor"]
 
