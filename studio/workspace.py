@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data.dataset import Dataset, load_dataset
+from .data.facts import remember
 from .data.images import ImageProblem, is_image_name, open_rgb
 from .data.safezip import extract_zip
 from .errors import DataError, StudioError
@@ -185,7 +186,7 @@ class Workspace:
                 )
                 continue
             try:
-                open_rgb(source)
+                img = open_rgb(source)
             except ImageProblem as exc:
                 report.skipped.append((shown, str(exc)))
                 continue
@@ -196,6 +197,7 @@ class Workspace:
                 n += 1
                 target = folder / f"{stem}-{n}{source.suffix.lower()}"
             shutil.copyfile(source, target)
+            remember(target, img)  # this decode is the data report's too
             report.added += 1
         return report
 

@@ -258,3 +258,40 @@ def test_look_alikes_do_not_chain_into_one_duplicate_group(tmp_path):
     assert [sorted(p.rsplit("/", 1)[-1] for p in g) for g in groups] == [
         ["0.png", "brighter.png", "resaved.jpg", "smaller.png"]
     ]
+
+
+def test_a_picture_is_decoded_once_across_loads(tmp_path, small_example):
+    """Reloading a dataset (the app does after every added picture) decodes only new or changed
+    files; the report is the same; a broken file keeps its reason without a second decode."""
+    import os
+
+    from studio.data.facts import MEMO
+
+    data = tmp_path / "data"
+    shutil.copytree(small_example, data)
+    (data / "brick" / "broken.jpg").write_bytes(b"not a picture")
+    MEMO.clear()
+    before = MEMO.decoded
+    first = load_dataset(data)
+    assert MEMO.decoded - before == first.report.total + 1  # every picture and the broken file
+    second = load_dataset(data, seed=1)
+    assert MEMO.decoded - before == first.report.total + 1  # nothing decoded again
+    assert second.report.skipped == first.report.skipped
+    assert second.report.near_duplicates == first.report.near_duplicates
+    changed = sorted((data / "grass").glob("*.jpg"))[0]
+    Image.open(changed).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed)
+    os.utime(changed, ns=(1, 1))  # a new time as well as new bytes
+    load_dataset(data)
+    assert MEMO.decoded - before == first.report.total + 2  # only the changed picture
+
+
+def test_an_upload_is_not_decoded_again_for_the_report(tmp_path, small_example):
+    from studio.data.facts import MEMO
+    from studio.workspace import Workspace
+
+    ws = Workspace(tmp_path, "w")
+    for name in ("brick", "grass"):
+        ws.add_images(name, sorted((small_example / name).glob("*.jpg"))[:4])
+    before = MEMO.decoded
+    dataset = ws.dataset()
+    assert dataset.report.total == 8 and MEMO.decoded == before

@@ -9,7 +9,8 @@ Three layouts are understood:
 
 A ``.zip`` of any of these is unpacked safely first (see :mod:`studio.data.safezip`).
 
-Every image is decoded once while loading, so a file that would crash training is found here and
+Every image is decoded while loading (once per file: :mod:`studio.data.facts` remembers what a
+decode told, and the upload's check counts), so a file that would crash training is found here and
 named in the :class:`DataReport` with its reason, never silently dropped. The report also lists
 exact and near duplicates and, worst of all, the same picture in train and in val/test (leakage),
 which makes held-out accuracy a lie. When this module makes the split itself, duplicates are kept
@@ -29,13 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import imagehash
 import numpy as np
-from PIL import Image
 
 from ..errors import DataError
 from ..paths import cache_dir
-from .images import DEFAULT_MAX_PIXELS, ImageProblem, is_image_name, open_rgb
+from .facts import facts_of
+from .images import DEFAULT_MAX_PIXELS, ImageProblem, is_image_name
 from .safezip import extract_zip
 
 __all__ = [
@@ -346,14 +346,12 @@ class _Checked:
 
 
 def _check(candidate: _Candidate, max_pixels: int) -> _Checked | Skipped:
+    """The picture's facts, decoded only if this file has not been seen (studio.data.facts)."""
     try:
-        img = open_rgb(candidate.path, max_pixels=max_pixels)
+        f = facts_of(candidate.path, max_pixels)
     except ImageProblem as exc:
         return Skipped(str(candidate.path), str(exc))
-    sha1 = hashlib.sha1(candidate.path.read_bytes()).hexdigest()
-    dhash, fine = (_hash_bits(imagehash.dhash(img, hash_size=n)) for n in (8, 16))
-    thumb = img.convert("L").resize((16, 16), Image.Resampling.BOX).tobytes()
-    return _Checked(candidate, img.width, img.height, sha1, dhash, fine, thumb)
+    return _Checked(candidate, f.width, f.height, f.sha1, f.dhash, f.fine_dhash, f.thumb)
 
 
 def _pixel_distance(a: bytes, b: bytes) -> float:
@@ -362,10 +360,6 @@ def _pixel_distance(a: bytes, b: bytes) -> float:
     x, y = (np.frombuffer(t, np.uint8).astype(np.float32) for t in (a, b))
     x, y = ((v - v.mean()) / (v.std() + 1.0) for v in (x, y))
     return float(np.abs(x - y).mean())
-
-
-def _hash_bits(image_hash: imagehash.ImageHash) -> int:
-    return int("".join("1" if b else "0" for b in image_hash.hash.flatten()), 2)
 
 
 def _connected_groups(n: int, links: Sequence[tuple[int, int]]) -> list[list[int]]:
