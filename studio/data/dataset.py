@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..paths import cache_dir
-from .facts import facts_of
+from .facts import PictureFacts, facts_of
 from .images import DEFAULT_MAX_PIXELS, ImageProblem, is_image_name
 from .safezip import extract_zip
 
@@ -337,12 +337,7 @@ def _read_csv(csv_path: Path, skipped: list[Skipped]) -> list[_Candidate]:
 @dataclass
 class _Checked:
     candidate: _Candidate
-    width: int
-    height: int
-    sha1: str
-    dhash: int  # 64 bits
-    fine_dhash: int  # 256 bits
-    thumb: bytes  # 16x16 grey levels: the pixel-level check of a near-duplicate candidate
+    facts: PictureFacts
 
 
 def _check(candidate: _Candidate, max_pixels: int) -> _Checked | Skipped:
@@ -351,7 +346,7 @@ def _check(candidate: _Candidate, max_pixels: int) -> _Checked | Skipped:
         f = facts_of(candidate.path, max_pixels)
     except ImageProblem as exc:
         return Skipped(str(candidate.path), str(exc))
-    return _Checked(candidate, f.width, f.height, f.sha1, f.dhash, f.fine_dhash, f.thumb)
+    return _Checked(candidate, f)
 
 
 def _pixel_distance(a: bytes, b: bytes) -> float:
@@ -390,17 +385,17 @@ def _duplicate_groups(checked: list[_Checked]) -> tuple[list[list[int]], list[li
     """
     by_sha: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(checked):
-        by_sha[c.sha1].append(i)
+        by_sha[c.facts.sha1].append(i)
     exact = [g for g in by_sha.values() if len(g) > 1]
-    hashes = np.array([c.dhash for c in checked], dtype=np.uint64)
+    hashes = np.array([c.facts.dhash for c in checked], dtype=np.uint64)
     links: list[tuple[float, int, int]] = []
     for i in range(len(checked) - 1):
         close = np.bitwise_count(hashes[i + 1 :] ^ hashes[i]) <= _NEAR_DUPLICATE_BITS
         for j in (i + 1 + int(k) for k in np.nonzero(close)[0]):
-            fine_distance = (checked[i].fine_dhash ^ checked[j].fine_dhash).bit_count()
+            fine_distance = (checked[i].facts.fine_dhash ^ checked[j].facts.fine_dhash).bit_count()
             if fine_distance > _NEAR_DUPLICATE_FINE_BITS:
                 continue
-            distance = _pixel_distance(checked[i].thumb, checked[j].thumb)
+            distance = _pixel_distance(checked[i].facts.thumb, checked[j].facts.thumb)
             if distance <= 2 * _NEAR_DUPLICATE_PIXELS:  # copies of one original, two steps
                 links.append((distance, i, j))
     near = [g for g in _complete_linkage(len(checked), links) if len(g) > 1]
@@ -529,7 +524,7 @@ def load_dataset(
         return [str(checked[i].candidate.path) for i in group]
 
     leakage, conflicting = _leaks_and_conflicts(checked, exact + near, splits_of, names)
-    sizes = [(c.width, c.height) for c in checked]
+    sizes = [(c.facts.width, c.facts.height) for c in checked]
     report = DataReport(
         source=str(source),
         layout=layout,
@@ -559,7 +554,7 @@ def _assign(checked: list, splits_of: list[str], index: dict[str, int]) -> dict[
     splits: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     for c, split in zip(checked, splits_of):
         labels = tuple(sorted(index[name] for name in c.candidate.labels))
-        splits[split].append(Sample(str(c.candidate.path), labels, c.width, c.height))
+        splits[split].append(Sample(str(c.candidate.path), labels, c.facts.width, c.facts.height))
     return {k: v for k, v in splits.items() if v}
 
 
