@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # One function per group of commands; a new capability adds its own.
-    for add in (_add_train, _add_run_commands, _add_explain_commands, _add_tools):
+    for add in (_add_train, _add_run_commands, _add_explain_commands, _add_compress, _add_tools):
         add(sub)
     return parser
 
@@ -147,6 +147,28 @@ def _add_explain_commands(sub) -> None:
     )
     p.add_argument("run")
     p.add_argument("--method", default="gradcam", choices=list(_explain_methods()))
+    p.add_argument("--json", action="store_true")
+
+
+def _add_compress(sub) -> None:
+    """Smaller, faster variants of a run, and their comparison."""
+    p = sub.add_parser(
+        "compress", help="make a smaller, faster variant of a run (a new run folder)"
+    )
+    p.add_argument("run")
+    p.add_argument("--method", required=True, choices=["quantize"])
+    p.add_argument("--out", required=True, help="the new run folder (must not exist yet)")
+    p.add_argument("--to", default="int8", choices=["int8"], help="number format (quantize)")
+    p.add_argument(
+        "--calibration", type=_positive_int, default=64, help="training pictures for int8 ranges"
+    )
+    p.add_argument("--threads", type=_positive_int, default=2, help="threads when timing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+
+    p = sub.add_parser("compare", help="a table and a chart of a run's variants (compression.json)")
+    p.add_argument("runs", nargs="+", help="variant run folders (their originals are included)")
+    p.add_argument("--html", help="write the accuracy-against-speed chart here")
     p.add_argument("--json", action="store_true")
 
 
@@ -298,8 +320,9 @@ class _EventPrinter:
             return f"stopped: {event.reason}"
         if isinstance(event, ev.Finished):
             m = event.metrics
+            kept = f"; kept epoch {event.best_epoch}" if event.best_epoch else ""
             return (
-                f"done in {event.seconds:.0f}s; kept epoch {event.best_epoch}: "
+                f"done in {event.seconds:.0f}s{kept}: "
                 f"{score_words(m)}; macro F1 {m['macro_f1']:.3f}\n"
                 f"model and report: {event.run_dir}"
             )
@@ -471,6 +494,56 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_compress(args) -> int:
+    from .compress.quantize import quantize_run
+
+    with _ctrl_c_stops() as stop:
+        events = quantize_run(
+            args.run,
+            args.out,
+            calibration=args.calibration,
+            seed=args.seed,
+            threads=args.threads,
+            should_stop=stop.is_set,
+        )
+        _follow(events, args.json, _EventPrinter(""))
+    if not args.json and Path(args.out).is_dir():
+        _print_comparison([args.out])
+    return 0
+
+
+def _print_comparison(runs: list[str]) -> list[dict]:
+    from .compress.report import comparison, pareto_front
+
+    rows = comparison(runs)
+    front = pareto_front(rows)
+    print(f"{'model':28} {'method':9} {'accuracy':>8} {'MB':>6} {'ms (b1)':>8} {'ms (b32)':>9}")
+    for row, best in zip(rows, front):
+        print(
+            f"{row['run'][:28]:28} {row['method']:9} {row['accuracy']:8.3f} "
+            f"{row['size_bytes'] / 1e6:6.1f} {row['batch1_ms']:8.1f} {row['batch32_ms']:9.1f}"
+            + ("  *" if best else "")
+        )
+    print(f"timed in {rows[0]['runtime']}; * best trade-off (no model faster and more accurate)")
+    return rows
+
+
+def _cmd_compare(args) -> int:
+    from .compress.report import comparison, pareto_front
+
+    if args.json:
+        rows = comparison(args.runs)
+        print(json.dumps([{**r, "best": b} for r, b in zip(rows, pareto_front(rows))]))
+    else:
+        rows = _print_comparison(args.runs)
+    if args.html:
+        from .inspection.charts import compression_tradeoff
+
+        compression_tradeoff(rows, pareto_front(rows)).write_html(args.html)
+        print(f"chart: {args.html}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def _package(args) -> int:
     from dataclasses import asdict
 
@@ -551,6 +624,8 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "predict": _cmd_predict,
     "export": _cmd_export,
+    "compress": _cmd_compress,
+    "compare": _cmd_compare,
     "explain": _cmd_explain,
     "shortcuts": _cmd_shortcuts,
     "backbones": _cmd_backbones,

@@ -9,6 +9,7 @@ RUN/
   model.safetensors  model.json     # the weights, and what kind of model they are (studio.models.kinds)
   labels.json  preprocess.json  MODEL_CARD.md
   exports.json  model.onnx ...      # checked exports (studio.deployment.export)
+  compression.json  model.int8.onnx # a compressed run only (studio.compress)
   checkpoint.pt      # while training or after a stop: resume from here
 ```
 
@@ -41,6 +42,8 @@ __all__ = [
     "MODEL_CARD",
     "EXPORTS",
     "CHECKPOINT",
+    "INT8_GRAPH",
+    "COMPRESSION",
     "read_optional",
     "write_atomic",
     "save_json",
@@ -67,6 +70,10 @@ PREPROCESS = "preprocess.json"
 MODEL_CARD = "MODEL_CARD.md"
 EXPORTS = "exports.json"
 CHECKPOINT = "checkpoint.pt"
+INT8_GRAPH = "model.int8.onnx"  # an int8 run's model, run by ONNX Runtime (studio.models.onnx_int8)
+COMPRESSION = (
+    "compression.json"  # a compressed run: what was done, and its cost beside the parent's
+)
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:

@@ -197,7 +197,10 @@ def export_run(
         staged = scratch / target.name
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            _write_graph(loaded, fmt, staged, images[:2])
+            if loaded.kind.write is not None:  # already a graph (an int8 ONNX file)
+                loaded.kind.write(loaded, fmt, staged)
+            else:
+                _write_graph(loaded, fmt, staged, images[:2])
             got = _run_graph(fmt, staged, images)
         for part in sorted(scratch.iterdir(), key=lambda p: p == staged):  # the graph last
             os.replace(part, target.parent / part.name)

@@ -134,20 +134,21 @@ def build_package(run_dir: str | Path, progress: Progress | None = None) -> Pack
     say = progress or (lambda _f, _t: None)
     loaded = load_run(run_dir)
     run = loaded.run_dir
-    steps = len(FORMATS) + 2
+    formats = [f for f in FORMATS if f in loaded.kind.exports]  # what this kind can be
+    steps = len(formats) + 2
     records = checked_exports(run)
-    for i, fmt in enumerate(FORMATS):
+    for i, fmt in enumerate(formats):
         if fmt not in records:
             say(i / steps, f"exporting {fmt} and checking it against PyTorch")
             export_run(loaded, fmt)  # loaded once for every format
-    records = checked_exports(run)
-    missing = [f for f in FORMATS if f not in records]
+    records = {f: r for f, r in checked_exports(run).items() if f in formats}
+    missing = [f for f in formats if f not in records]
     if missing:
         raise StudioError(f"the {', '.join(missing)} export changed while it was being packed")
-    say(len(FORMATS) / steps, "packing the zip")
+    say(len(formats) / steps, "packing the zip")
     target = run / f"{run.name}.zip"
-    _write_zip(run, target)
-    say((len(FORMATS) + 1) / steps, "unpacking the zip and running the code samples on it")
+    _write_zip(run, target, with_weights=loaded.kind.python_sample)
+    say((len(formats) + 1) / steps, "unpacking the zip and running the code samples on it")
     return Package(target, records, check_zip(target, loaded))
 
 
@@ -162,14 +163,16 @@ def _without_paths(value):
     return value
 
 
-def _write_zip(run: Path, target: Path) -> None:
+def _write_zip(run: Path, target: Path, with_weights: bool = True) -> None:
+    """Zip the run's shareable files; ``with_weights`` False leaves ``model.safetensors`` out
+    (a kind whose model is another file: its weights there are not what predicts)."""
     fd, tmp = tempfile.mkstemp(dir=run, prefix=".zip-", suffix=".tmp")
     os.close(fd)
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             for name in ZIPPED:
                 path = run / name
-                if not path.is_file():
+                if not path.is_file() or (name == WEIGHTS and not with_weights):
                     continue
                 arcname = f"{run.name}/{name}"
                 if name.endswith(".json"):

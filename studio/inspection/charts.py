@@ -17,6 +17,7 @@ __all__ = [
     "top_k_bar",
     "faithfulness_curves",
     "sanity_curve",
+    "compression_tradeoff",
 ]
 
 _SPLIT_COLOURS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
@@ -176,6 +177,46 @@ def sanity_curve(steps: Sequence[tuple[str, float]], repeat: float, title: str) 
         title=title,
         xaxis_title="weights replaced by random ones (from the head down)",
         yaxis=dict(title="similarity to the real map", range=[-0.2, 1.05]),
+        **_LAYOUT,
+    )
+    return fig
+
+
+def compression_tradeoff(rows: Sequence[dict], front: Sequence[bool]) -> go.Figure:
+    """Accuracy against measured batch-1 latency, one marker per model (its area is the file
+    size); the Pareto front (no model both faster and more accurate) is joined and ringed."""
+    sizes = [r["size_bytes"] / 1e6 for r in rows]
+    biggest = max(sizes, default=1.0) or 1.0
+    fig = go.Figure()
+    fig.add_scatter(
+        x=[r["batch1_ms"] for r in rows],
+        y=[r["accuracy"] for r in rows],
+        mode="markers+text",
+        text=[f"{r['run']} ({r['method']})" for r in rows],
+        textposition="top center",
+        marker=dict(
+            size=[12 + 40 * (s / biggest) ** 0.5 for s in sizes],
+            color=["#54A24B" if on else "#9D9D9D" for on in front],
+            line=dict(width=[3 if on else 0 for on in front], color="#2F6B2F"),
+        ),
+        customdata=[[s, r["runtime"]] for s, r in zip(sizes, rows)],
+        hovertemplate="%{text}<br>accuracy %{y:.3f}<br>%{x:.1f} ms a picture<br>"
+        "%{customdata[0]:.1f} MB<br>%{customdata[1]}<extra></extra>",
+        name="models",
+    )
+    best = sorted((r for r, on in zip(rows, front) if on), key=lambda r: r["batch1_ms"])
+    fig.add_scatter(
+        x=[r["batch1_ms"] for r in best],
+        y=[r["accuracy"] for r in best],
+        mode="lines",
+        line=dict(color="#54A24B", dash="dot"),
+        name="best trade-offs",
+        hoverinfo="skip",
+    )
+    fig.update_layout(
+        title="Accuracy against speed (marker size: file size)",
+        xaxis_title="milliseconds per picture (batch 1, measured here)",
+        yaxis_title="accuracy on held-out pictures",
         **_LAYOUT,
     )
     return fig

@@ -133,7 +133,9 @@ class Explainer:
 
         run = load_run(run_dir)
         run.kind.require(
-            "explaining with attribution maps (they need gradients)", run.kind.gradients
+            "explaining with attribution maps (they need gradients)",
+            run.kind.gradients,
+            parent=run.record.get("parent"),
         )
         return cls(run.model, run.labels, run.data_config(), run.multilabel, device)
 

@@ -64,6 +64,11 @@ class ModelKind:
         gradients: Whether gradients flow through it (Explain's maps and sanity checks).
         exports: The export formats it can be written to (:data:`studio.deployment.export.FORMATS`).
         why_not: One plain sentence for a method that cannot apply, shown by the UI and CLI.
+        write: ``(loaded run, format, target file)`` for a kind whose model is already a graph
+            (an int8 ONNX file is copied, not traced); None: traced from the PyTorch model.
+        python_sample: Whether the download's "Python + timm" sample rebuilds this model
+            (``timm.create_model`` + ``model.safetensors``); otherwise the zip leaves
+            ``model.safetensors`` out, and the other formats are the model.
     """
 
     name: str
@@ -71,12 +76,21 @@ class ModelKind:
     gradients: bool = True
     exports: tuple[str, ...] = ("onnx", "pt2", "torchscript")
     why_not: str = ""
+    write: Callable[[LoadedRun, str, Path], None] | None = None
+    python_sample: bool = True
 
-    def require(self, what: str, allowed: bool) -> None:
-        """Raise a plain :class:`StudioError` when ``what`` cannot be done with this kind."""
+    def require(self, what: str, allowed: bool, parent: str | None = None) -> None:
+        """Raise a plain :class:`StudioError` when ``what`` cannot be done with this kind
+        (naming the run it was made from, when there is one: that run may do it)."""
         if not allowed:
             reason = f": {self.why_not}" if self.why_not else ""
-            raise StudioError(f"{what} does not work on a {self.name} model{reason}")
+            source = f" (it was made from run '{parent}')" if parent else ""
+            raise StudioError(f"{what} does not work on {self.a_model}{reason}{source}")
+
+    @property
+    def a_model(self) -> str:
+        """'a timm model', 'an onnx-int8 model': the kind in a sentence."""
+        return f"{'an' if self.name[:1].lower() in 'aeiou' else 'a'} {self.name} model"
 
 
 KINDS: dict[str, ModelKind] = {}
@@ -260,3 +274,8 @@ def _three_numbers(values, positive: bool = False) -> bool:
         and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
         and (not positive or all(v > 0 for v in values))
     )
+
+
+# The kinds that ship with the studio and are not plain timm models register themselves here
+# (after everything above exists: they import ModelKind and register_kind from this module).
+from . import onnx_int8  # noqa: E402,F401

@@ -1,0 +1,103 @@
+"""``compression.json``: what a variant costs beside the run it came from, measured together.
+
+A variant's record holds its own figures and its parent's, measured in the same sitting and the
+same runtime (see :mod:`studio.compress.measure`), so the comparison of a run with all its
+variants needs no re-measuring: :func:`comparison` reads the records.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import StudioError
+from ..models.kinds import LoadedRun, model_record
+from ..runs import COMPRESSION, INT8_GRAPH, read_optional, save_json
+from .measure import count_macs, count_params, onnx_latency, ort_runtime
+
+__all__ = ["write_report", "read_report", "comparison", "pareto_front", "COLUMNS"]
+
+
+def _figures(graph: Path, metrics: dict, params: int, macs: int, input_size, threads: int) -> dict:
+    latency = onnx_latency(graph, input_size, threads=threads)
+    return {
+        "params": params,
+        "macs": macs,
+        "size_bytes": graph.stat().st_size,
+        "latency_ms": {f"batch{b}": lat.to_dict() for b, lat in latency.items()},
+        "runtime": ort_runtime(threads),
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+    }
+
+
+def write_report(run: Path, parent: LoadedRun, metrics: dict, float_graph: Path, threads: int):
+    """Measure the parent's float graph and the variant's int8 graph, and write the record."""
+    input_size = tuple(parent.preprocess["input_size"])
+    params, macs = count_params(parent.model), count_macs(parent.model, input_size)
+    record = {
+        "method": "quantize",
+        "step": model_record(run)["step"],
+        **_figures(run / INT8_GRAPH, metrics["variant"], params, macs, input_size, threads),
+        "agreement_with_parent": metrics["agreement"],
+        "parent": {
+            "run": parent.run_dir.name,
+            **_figures(float_graph, metrics["parent"], params, macs, input_size, threads),
+        },
+    }
+    save_json(run / COMPRESSION, record)
+    return record
+
+
+def read_report(run_dir: str | Path) -> dict | None:
+    """A variant's record, or None for a run that was not made by compression."""
+    record = read_optional(Path(run_dir), COMPRESSION)
+    return record if isinstance(record, dict) else None
+
+
+COLUMNS = (
+    "run", "method", "accuracy", "macro_f1", "params", "macs", "size_bytes",
+    "batch1_ms", "batch1_spread_ms", "batch32_ms", "runtime",
+)  # fmt: skip
+
+
+def _row(name: str, method: str, figures: dict) -> dict:
+    lat = figures["latency_ms"]
+    return {
+        "run": name,
+        "method": method,
+        **{k: figures[k] for k in ("accuracy", "macro_f1", "params", "macs", "size_bytes")},
+        "batch1_ms": lat["batch1"]["median_ms"],
+        "batch1_spread_ms": round(lat["batch1"]["p75_ms"] - lat["batch1"]["p25_ms"], 3),
+        "batch32_ms": lat["batch32"]["median_ms"],
+        "runtime": figures["runtime"],
+    }
+
+
+def comparison(run_dirs: list[str | Path]) -> list[dict]:
+    """One row per model: each variant's parent (once, as measured beside its first variant)
+    and each variant, in the order given. Runs that are not variants are refused plainly."""
+    rows, parents = [], set()
+    for run_dir in run_dirs:
+        record = read_report(run_dir)
+        if record is None:
+            raise StudioError(
+                f"{Path(run_dir).name} was not made by compression (no {COMPRESSION})"
+            )
+        parent = record["parent"]
+        if parent["run"] not in parents:
+            parents.add(parent["run"])
+            rows.append(_row(parent["run"], "original", parent))
+        rows.append(_row(Path(run_dir).name, record["method"], record))
+    return rows
+
+
+def pareto_front(rows: list[dict]) -> list[bool]:
+    """Whether each row is on the Pareto front of accuracy (higher) against batch-1 latency
+    (lower): no other model is at least as accurate and at least as fast, and better in one."""
+
+    def beats(a: dict, b: dict) -> bool:
+        no_worse = a["accuracy"] >= b["accuracy"] and a["batch1_ms"] <= b["batch1_ms"]
+        better = a["accuracy"] > b["accuracy"] or a["batch1_ms"] < b["batch1_ms"]
+        return no_worse and better
+
+    return [not any(beats(other, row) for other in rows) for row in rows]

@@ -1,0 +1,120 @@
+"""Compression: an int8 variant of a run is a run like any other, measured beside its parent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import pytest
+
+from studio import events as ev
+from studio.cli import main
+from studio.compress.quantize import quantize_run
+from studio.compress.report import comparison, pareto_front
+from studio.deployment.export import export_run
+from studio.deployment.package import build_package
+from studio.deployment.predict import Predictor
+from studio.errors import StudioError
+from studio.inspection.charts import compression_tradeoff
+from studio.inspection.evaluate import evaluate_run
+from studio.inspection.explain import Explainer
+from studio.models.kinds import load_run
+
+
+@pytest.fixture(scope="module")
+def int8_run(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compress") / "int8"
+    events = list(quantize_run(trained_run, out, calibration=16))
+    assert isinstance(events[-1], ev.Finished), events[-1]
+    return out
+
+
+def test_the_int8_variant_is_smaller_faster_and_agrees_with_its_parent(int8_run, trained_run):
+    record = json.loads((int8_run / "compression.json").read_text())
+    parent = record["parent"]
+    assert record["method"] == "quantize" and parent["run"] == trained_run.name
+    assert record["size_bytes"] * 3 < parent["size_bytes"]  # int8 weights: about 4x smaller
+    assert record["params"] == parent["params"] > 1e6 and record["macs"] == parent["macs"] > 1e8
+    for figures in (record, parent):
+        assert set(figures["latency_ms"]) == {"batch1", "batch32"}
+        b1 = figures["latency_ms"]["batch1"]
+        assert 0 < b1["p25_ms"] <= b1["median_ms"] <= b1["p75_ms"] and b1["runs"] >= 5
+        assert figures["runtime"].startswith("ONNX Runtime")
+    assert record["agreement_with_parent"] >= 0.95
+    assert record["accuracy"] >= 0.6  # chance is 1/3
+    model = json.loads((int8_run / "model.json").read_text())
+    assert model["kind"] == "onnx-int8" and model["parent"] == trained_run.name
+    assert model["step"]["to"] == "int8" and model["step"]["calibration"] == 16
+
+
+def test_evaluate_predict_and_export_work_on_it_and_explain_says_why_not(int8_run, small_example):
+    metrics, _ = evaluate_run(int8_run, small_example)
+    assert metrics["split"] == "test" and metrics["accuracy"] >= 0.6
+    picture = next(small_example.rglob("*.jpg"))
+    (answer,) = Predictor(int8_run).predict([str(picture)])
+    assert answer.error is None and answer.top[0][0] in load_run(int8_run).labels
+    with pytest.raises(StudioError, match="gradients do not flow.*made from run"):
+        Explainer.from_run(int8_run)
+    with pytest.raises(StudioError, match="exporting to pt2 does not work on an onnx-int8"):
+        export_run(int8_run, "pt2")
+    package = build_package(int8_run)
+    assert package.all_passed, package.summary()
+    names = {n.split("/", 1)[1] for n in zipfile.ZipFile(package.zip_path).namelist()}
+    assert "model.onnx" in names and "model.safetensors" not in names  # the int8 graph only
+    assert "onnx-int8 model from run" in (int8_run / "MODEL_CARD.md").read_text()
+
+
+def test_a_stopped_quantization_keeps_nothing(trained_run, tmp_path):
+    out = tmp_path / "stopped"
+    events = list(quantize_run(trained_run, out, should_stop=lambda: True))
+    assert isinstance(events[-1], ev.Stopped) and not out.exists()
+
+
+def test_bad_compress_commands_exit_2_with_one_line(int8_run, trained_run, tmp_path, capsys):
+    quantize = ["--method", "quantize", "--out"]
+    cases = [
+        (["compress", tmp_path / "missing", *quantize, tmp_path / "a"], "is not a run folder"),
+        (["compress", trained_run, *quantize, int8_run], "already exists and is not empty"),
+        (["compress", int8_run, *quantize, tmp_path / "b"], "is already an onnx-int8 model"),
+        (["compare", trained_run], "was not made by compression"),
+    ]
+    for args, message in cases:
+        capsys.readouterr()
+        assert main([str(a) for a in args]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_compare_prints_the_table_and_writes_the_chart(int8_run, tmp_path, capsys):
+    html = tmp_path / "chart.html"
+    assert main(["compare", str(int8_run), "--html", str(html)]) == 0
+    out = capsys.readouterr().out
+    assert "original" in out and "quantize" in out and "ONNX Runtime" in out
+    assert html.read_text().count("plotly") > 2
+    assert main(["compare", str(int8_run), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == ["original", "quantize"]
+
+
+def test_the_pareto_front_and_the_chart_follow_the_numbers():
+    rows = [
+        {"run": "a", "method": "original", "accuracy": 0.90, "batch1_ms": 10.0},
+        {"run": "b", "method": "quantize", "accuracy": 0.89, "batch1_ms": 5.0},
+        {"run": "c", "method": "quantize", "accuracy": 0.85, "batch1_ms": 6.0},  # b beats it
+        {"run": "d", "method": "quantize", "accuracy": 0.90, "batch1_ms": 10.0},  # ties a
+    ]
+    assert pareto_front(rows) == [True, True, False, True]
+    for r in rows:
+        r.update(size_bytes=4e6, runtime="x")
+    fig = compression_tradeoff(rows, pareto_front(rows))
+    colours = fig.data[0].marker.color
+    assert colours[2] != colours[1] and list(fig.data[1].x) == [5.0, 10.0, 10.0]
+
+
+def test_comparison_lists_each_original_once(int8_run, tmp_path):
+    twin = tmp_path / "twin"
+    shutil.copytree(int8_run, twin)
+    rows = comparison([int8_run, twin])
+    assert [r["method"] for r in rows] == ["original", "quantize", "quantize"]
