@@ -156,8 +156,17 @@ def _add_compress(sub) -> None:
         "compress", help="make a smaller, faster variant of a run (a new run folder)"
     )
     p.add_argument("run")
-    p.add_argument("--method", required=True, choices=["quantize"])
+    p.add_argument("--method", required=True, choices=["prune", "quantize"])
     p.add_argument("--out", required=True, help="the new run folder (must not exist yet)")
+    p.add_argument("--ratio", type=float, default=0.3, help="share of channels to remove (prune)")
+    p.add_argument(
+        "--macs", type=float, help="prune to this share of the MACs (instead of --ratio)"
+    )
+    p.add_argument("--importance", default="magnitude", choices=["magnitude", "bn", "taylor"])
+    p.add_argument("--global", dest="global_pruning", action="store_true",
+                   help="prune the least important channels anywhere (default: per layer)")  # fmt: skip
+    p.add_argument("--finetune-epochs", type=int, default=3, help="recovery epochs (prune)")
+    p.add_argument("--lr", type=float, default=1e-3, help="recovery learning rate (prune)")
     p.add_argument("--to", default="int8", choices=["int8"], help="number format (quantize)")
     p.add_argument(
         "--calibration", type=_positive_int, default=64, help="training pictures for int8 ranges"
@@ -495,17 +504,21 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_compress(args) -> int:
+    from .compress.prune import prune_run
     from .compress.quantize import quantize_run
 
     with _ctrl_c_stops() as stop:
-        events = quantize_run(
-            args.run,
-            args.out,
-            calibration=args.calibration,
-            seed=args.seed,
-            threads=args.threads,
-            should_stop=stop.is_set,
-        )
+        if args.method == "prune":
+            events = prune_run(
+                args.run, args.out, ratio=args.ratio, macs=args.macs, importance=args.importance,
+                global_pruning=args.global_pruning, finetune_epochs=args.finetune_epochs,
+                lr=args.lr, seed=args.seed, threads=args.threads, stop=stop,
+            )  # fmt: skip
+        else:
+            events = quantize_run(
+                args.run, args.out, calibration=args.calibration, seed=args.seed,
+                threads=args.threads, should_stop=stop.is_set,
+            )  # fmt: skip
         _follow(events, args.json, _EventPrinter(""))
     if not args.json and Path(args.out).is_dir():
         _print_comparison([args.out])

@@ -10,6 +10,7 @@ import pytest
 
 from studio import events as ev
 from studio.cli import main
+from studio.compress.prune import prune_run
 from studio.compress.quantize import quantize_run
 from studio.compress.report import comparison, pareto_front
 from studio.deployment.export import export_run
@@ -118,3 +119,78 @@ def test_comparison_lists_each_original_once(int8_run, tmp_path):
     shutil.copytree(int8_run, twin)
     rows = comparison([int8_run, twin])
     assert [r["method"] for r in rows] == ["original", "quantize", "quantize"]
+
+
+@pytest.fixture(scope="module")
+def pruned_run(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compress") / "pruned"
+    events = list(prune_run(trained_run, out, ratio=0.3, finetune_epochs=2))
+    assert isinstance(events[-1], ev.Finished), events[-1]
+    assert [e.epoch for e in events if isinstance(e, ev.Epoch)] == [1, 2]
+    return out
+
+
+def test_pruning_removes_channels_physically_and_the_model_loads_by_its_widths(
+    pruned_run, trained_run
+):
+    record = json.loads((pruned_run / "compression.json").read_text())
+    parent = record["parent"]
+    assert record["method"] == "prune" and record["step"]["ratio"] == 0.3
+    assert record["params"] < 0.75 * parent["params"] and record["macs"] < 0.75 * parent["macs"]
+    assert record["size_bytes"] < 0.75 * parent["size_bytes"]
+    assert record["accuracy"] >= 0.5  # chance is 1/3; the recovery fine-tune brought it back
+    loaded = load_run(pruned_run)
+    assert loaded.kind.name == "pruned" and loaded.record["parent"] == trained_run.name
+    widths = loaded.record["widths"]
+    assert widths["conv_head"][1] < 1280  # narrower than Lite0's head
+    result = export_run(loaded, "onnx")  # the pruned model's forward equals its ONNX's
+    assert result.agreement == 1.0 and result.max_abs_diff < 1e-3
+    explainer = Explainer.from_run(pruned_run)  # gradients flow: Explain works
+    picture = json.loads((pruned_run / "metrics.json").read_text())["predictions"][0]["path"]
+    assert explainer.explain(picture, ["gradcam"]).maps["gradcam"].shape == (224, 224)
+
+
+def test_a_chain_prune_then_int8_works_and_compares(pruned_run, tmp_path, capsys):
+    chained = pruned_run.parent / "pruned-int8"
+    events = list(quantize_run(pruned_run, chained, calibration=8))
+    assert isinstance(events[-1], ev.Finished)
+    rows = comparison([pruned_run, chained])
+    assert [r["method"] for r in rows] == ["original", "prune", "quantize"]
+    assert rows[2]["size_bytes"] < rows[1]["size_bytes"] < rows[0]["size_bytes"]
+
+
+def test_a_stop_during_the_first_recovery_epoch_keeps_nothing(trained_run, tmp_path):
+    import threading
+
+    stop, out, seen = threading.Event(), tmp_path / "stopped", []
+    for event in prune_run(trained_run, out, ratio=0.2, finetune_epochs=2, stop=stop):
+        seen.append(event)
+        if isinstance(event, ev.Batch):
+            stop.set()  # the run cannot finish first: it checks the flag after this batch
+    assert isinstance(seen[-1], ev.Stopped) and not out.exists()
+    assert not any(isinstance(e, ev.Epoch) for e in seen)
+
+
+def test_batch_norm_statistics_are_measured_afresh():
+    import torch
+    from torch import nn
+
+    from studio.training.tune import recalibrate_norms
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2))
+    nn.init.ones_(model[0].weight)
+    batches = [torch.full((2, 1, 2, 2), 1.0), torch.full((2, 1, 2, 2), 3.0)]
+    recalibrate_norms(model, batches)
+    assert torch.allclose(model[1].running_mean, torch.tensor([2.0, 2.0]))
+    assert model[1].momentum == 0.1 and not model.training
+
+
+def test_bad_pruning_settings_are_refused_before_any_work(trained_run, tmp_path):
+    for kwargs, message in [
+        ({"ratio": 1.5}, "between 0 and 1"),
+        ({"macs": 0.0}, "MAC target"),
+        ({"importance": "loudness"}, "unknown importance"),
+    ]:
+        with pytest.raises(StudioError, match=message):
+            next(prune_run(trained_run, tmp_path / "x", **kwargs))
+        assert not (tmp_path / "x").exists()

@@ -19,65 +19,21 @@ seeded sample, prepared exactly as for prediction).
 from __future__ import annotations
 
 import random
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from .. import events as ev
-from ..data.dataset import Dataset, load_dataset
+from ..data.dataset import Dataset
 from ..data.images import open_rgb
 from ..deployment.export import export_run
 from ..errors import StudioError
-from ..inspection.evaluate import evaluate_samples
-from ..inspection.model_card import write_model_card
-from ..models.kinds import LoadedRun, load_run, save_model
-from ..runs import (
-    CONFIG,
-    DATA_REPORT,
-    INT8_GRAPH,
-    LABELS,
-    METRICS,
-    PREPROCESS,
-    RUN_INFO,
-    SPLIT,
-    save_json,
-)
-from .report import write_report
+from ..models.kinds import LoadedRun, save_model
+from ..runs import INT8_GRAPH
+from .variant import Stopped, finish, float_parent, run_dataset, variant_folder
 
-__all__ = ["quantize_run", "run_dataset", "new_run_folder"]
-
-COPIED = (CONFIG, DATA_REPORT, SPLIT, LABELS, PREPROCESS, RUN_INFO)  # the parent's, unchanged
-
-
-def run_dataset(loaded: LoadedRun) -> Dataset:
-    """The parent run's pictures, split exactly as when it was trained (its settings say how)."""
-    cfg = loaded.config
-    return load_dataset(
-        cfg["data"],
-        val_fraction=cfg.get("val_fraction", 0.15),
-        test_fraction=cfg.get("test_fraction", 0.15),
-        seed=cfg.get("seed", 0),
-    )
-
-
-def new_run_folder(parent: Path, out: str | Path) -> Path:
-    """An empty folder for a variant, with the parent's settings, labels and split copied in.
-    An existing non-empty folder is refused: nothing the person made is overwritten."""
-    out = Path(out)
-    if out.resolve() == parent.resolve():
-        raise StudioError("the variant needs a folder of its own, not the run it comes from")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise StudioError(f"{out} already exists and is not empty; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    for name in COPIED:
-        if (parent / name).is_file():
-            shutil.copyfile(parent / name, out / name)
-    return out
+__all__ = ["quantize_run"]
 
 
 def _calibration_batches(loaded: LoadedRun, dataset: Dataset, count: int, seed: int):
@@ -134,24 +90,20 @@ def quantize_run(
     with both models measured in this sitting. Stopping before the end removes the new folder.
     """
     start = time.perf_counter()
-    parent = load_run(run_dir)
-    if parent.kind.write is not None or not parent.kind.gradients:
-        raise StudioError(f"{parent.run_dir.name} is already {parent.kind.a_model}")
+    parent = float_parent(run_dir)
     if not 1 <= calibration <= 10_000:
         raise StudioError("calibration needs between 1 and 10000 pictures")
     dataset = run_dataset(parent)
-    run = new_run_folder(parent.run_dir, out)
     try:
-        yield ev.Notice(f"exporting {parent.run_dir.name} to ONNX and checking it")
-        with tempfile.TemporaryDirectory(prefix="studio-quantize-") as tmp:
+        with variant_folder(parent, out) as run, tempfile.TemporaryDirectory() as tmp:
             scratch = Path(tmp)
-            float_graph = scratch / "float.onnx"
-            export_run(parent, "onnx", out=float_graph)
+            yield ev.Notice(f"exporting {parent.run_dir.name} to ONNX and checking it")
+            export_run(parent, "onnx", out=scratch / "parent.onnx")
             if should_stop():
-                raise _Stopped
+                raise Stopped
             yield ev.Notice(f"calibrating int8 ranges on {calibration} training pictures")
             batches = _calibration_batches(parent, dataset, calibration, seed)
-            _quantize_graph(float_graph, run / INT8_GRAPH, batches, scratch)
+            _quantize_graph(scratch / "parent.onnx", run / INT8_GRAPH, batches, scratch)
             step = {"name": "quantize", "to": "int8", "calibration": calibration, "seed": seed}
             save_model(
                 run, parent.model, backbone=parent.record.get("backbone", parent.config["backbone"]),
@@ -159,40 +111,10 @@ def quantize_run(
                 step=step,
             )  # fmt: skip
             if should_stop():
-                raise _Stopped
+                raise Stopped
             yield ev.Notice("measuring accuracy, size and speed of both models")
-            metrics = _evaluate_both(parent, load_run(run), dataset)
-            save_json(run / METRICS, metrics["variant"])
-            write_report(run, parent, metrics, float_graph, threads)
-        write_model_card(run)
-    except _Stopped as stopped:
-        shutil.rmtree(run, ignore_errors=True)
+            metrics = finish(run, "quantize", parent, dataset, scratch, threads)
+    except Stopped as stopped:
         yield ev.Stopped(str(stopped), 0)
         return
-    except BaseException:
-        shutil.rmtree(run, ignore_errors=True)
-        raise
-    yield ev.Finished(str(run), metrics["variant"], 0, time.perf_counter() - start)
-
-
-class _Stopped(StudioError):
-    def __init__(self):
-        super().__init__("stopped before the end; nothing was kept")
-
-
-def _evaluate_both(parent: LoadedRun, variant: LoadedRun, dataset: Dataset) -> dict:
-    """Both models on the parent's held-out pictures, and how often they give the same answer."""
-    split, samples = dataset.held_out()
-    out = {}
-    for name, loaded in (("parent", parent), ("variant", variant)):
-        out[name] = evaluate_samples(
-            loaded.model, samples, loaded.transform(), loaded.labels, loaded.multilabel,
-            torch.device("cpu"), threshold=loaded.threshold, split=split,
-        )  # fmt: skip
-    said = {
-        name: {p["path"]: p["predicted"] for p in m.get("predictions", [])}
-        for name, m in out.items()
-    }
-    same = [said["variant"].get(path) == answer for path, answer in said["parent"].items()]
-    out["agreement"] = float(np.mean(same)) if same else None
-    return out
+    yield ev.Finished(str(run), metrics, 0, time.perf_counter() - start)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import StudioError
 from ..models.kinds import LoadedRun, model_record
-from ..runs import COMPRESSION, INT8_GRAPH, read_optional, save_json
+from ..runs import COMPRESSION, read_optional, save_json
 from .measure import count_macs, count_params, onnx_latency, ort_runtime
 
 __all__ = ["write_report", "read_report", "comparison", "pareto_front", "COLUMNS"]
@@ -30,18 +30,36 @@ def _figures(graph: Path, metrics: dict, params: int, macs: int, input_size, thr
     }
 
 
-def write_report(run: Path, parent: LoadedRun, metrics: dict, float_graph: Path, threads: int):
-    """Measure the parent's float graph and the variant's int8 graph, and write the record."""
+def _counts(loaded: LoadedRun, input_size) -> tuple[int, int] | None:
+    """(parameters, MACs) of a PyTorch model; None for a graph run elsewhere (an int8 model
+    has its float parent's: quantization changes the cost of each MAC, not their number)."""
+    if loaded.kind.write is not None:
+        return None
+    return count_params(loaded.model), count_macs(loaded.model, input_size)
+
+
+def write_report(
+    run: Path,
+    method: str,
+    parent: LoadedRun,
+    variant: LoadedRun,
+    metrics: dict,
+    graphs: dict[str, Path],
+    threads: int,
+) -> dict:
+    """Measure both models' ONNX graphs (``graphs["parent"]``, ``graphs["variant"]``) and
+    write ``compression.json``."""
     input_size = tuple(parent.preprocess["input_size"])
-    params, macs = count_params(parent.model), count_macs(parent.model, input_size)
+    parent_counts = _counts(parent, input_size)
+    variant_counts = _counts(variant, input_size) or parent_counts
     record = {
-        "method": "quantize",
+        "method": method,
         "step": model_record(run)["step"],
-        **_figures(run / INT8_GRAPH, metrics["variant"], params, macs, input_size, threads),
+        **_figures(graphs["variant"], metrics["variant"], *variant_counts, input_size, threads),
         "agreement_with_parent": metrics["agreement"],
         "parent": {
             "run": parent.run_dir.name,
-            **_figures(float_graph, metrics["parent"], params, macs, input_size, threads),
+            **_figures(graphs["parent"], metrics["parent"], *parent_counts, input_size, threads),
         },
     }
     save_json(run / COMPRESSION, record)
@@ -74,9 +92,10 @@ def _row(name: str, method: str, figures: dict) -> dict:
 
 
 def comparison(run_dirs: list[str | Path]) -> list[dict]:
-    """One row per model: each variant's parent (once, as measured beside its first variant)
-    and each variant, in the order given. Runs that are not variants are refused plainly."""
-    rows, parents = [], set()
+    """One row per model: each variant's parent (once, as measured beside its first variant;
+    not again when it is itself listed, as in a chain) and each variant, in the order given.
+    Runs that are not variants are refused plainly."""
+    rows, shown = [], set()
     for run_dir in run_dirs:
         record = read_report(run_dir)
         if record is None:
@@ -84,9 +103,12 @@ def comparison(run_dirs: list[str | Path]) -> list[dict]:
                 f"{Path(run_dir).name} was not made by compression (no {COMPRESSION})"
             )
         parent = record["parent"]
-        if parent["run"] not in parents:
-            parents.add(parent["run"])
-            rows.append(_row(parent["run"], "original", parent))
+        if parent["run"] not in shown:
+            shown.add(parent["run"])
+            # A chain (prune, then quantize): the parent is a variant itself, kept beside it.
+            own = read_report(Path(run_dir).parent / parent["run"])
+            rows.append(_row(parent["run"], own["method"] if own else "original", parent))
+        shown.add(Path(run_dir).name)
         rows.append(_row(Path(run_dir).name, record["method"], record))
     return rows
 

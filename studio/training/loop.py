@@ -359,16 +359,27 @@ def _check_same_data(cfg: TrainConfig, dataset: Dataset) -> None:
         )
 
 
-def set_up(cfg: TrainConfig, dataset: Dataset | None = None) -> RunSetup:
+def set_up(
+    cfg: TrainConfig,
+    dataset: Dataset | None = None,
+    model: nn.Module | None = None,
+    source: str = "",
+) -> RunSetup:
     """Everything a run (or the LR finder) trains with: data, device, model with its new head,
-    layer groups, transforms. Shared so both build the model the same way."""
+    layer groups, transforms. Shared so both build the model the same way.
+
+    ``model`` trains a model made elsewhere instead of a new backbone (a pruned model's
+    recovery, a student), with ``source`` saying where it came from."""
     dataset = load_training_data(cfg, dataset)
     device = select_device(cfg.device)
     classes, multilabel = dataset.classes, dataset.multilabel
-    with seeded(cfg.seed):  # the new head's initial weights
-        model, weights = create_backbone(
-            cfg.backbone, len(classes), pretrained=cfg.pretrained, weights_file=cfg.weights_file
-        )
+    if model is not None:
+        weights = WeightsInfo("file", None, source or "a model given to train")
+    else:
+        with seeded(cfg.seed):  # the new head's initial weights
+            model, weights = create_backbone(
+                cfg.backbone, len(classes), pretrained=cfg.pretrained, weights_file=cfg.weights_file
+            )
     groups = model_groups(model)
     parse_freeze(cfg.freeze, groups)  # fail on a bad freeze spec before any work
     dcfg = data_config(model)

@@ -1,0 +1,122 @@
+"""What every way of making a variant shares: its folder, its data, and how it is finished.
+
+A variant is a run folder of its own: the parent's settings, labels and split are copied in
+(:func:`new_run_folder`), the method saves its model there by kind, and :func:`finish` evaluates
+it and its parent on the parent's held-out pictures, measures both in the same sitting and the
+same runtime (:mod:`studio.compress.report`), and writes ``metrics.json``, ``compression.json``
+and the model card. A method that fails or is stopped leaves no folder behind
+(:func:`variant_folder`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.dataset import Dataset, load_dataset
+from ..deployment.export import export_run
+from ..errors import StudioError
+from ..inspection.evaluate import evaluate_samples
+from ..inspection.model_card import write_model_card
+from ..models.kinds import LoadedRun, load_run
+from ..runs import CONFIG, DATA_REPORT, LABELS, METRICS, PREPROCESS, RUN_INFO, SPLIT, save_json
+from .report import write_report
+
+__all__ = ["COPIED", "Stopped", "run_dataset", "new_run_folder", "variant_folder", "finish"]
+
+COPIED = (CONFIG, DATA_REPORT, SPLIT, LABELS, PREPROCESS, RUN_INFO)  # the parent's, unchanged
+
+
+class Stopped(StudioError):
+    """Raised inside a method when the person stopped it before there was anything to keep."""
+
+    def __init__(self):
+        super().__init__("stopped before the end; nothing was kept")
+
+
+def float_parent(run_dir: str | Path) -> LoadedRun:
+    """The run to make a variant of: a PyTorch model (not already an int8 graph)."""
+    parent = load_run(run_dir)
+    if parent.kind.write is not None or not parent.kind.gradients:
+        raise StudioError(f"{parent.run_dir.name} is already {parent.kind.a_model}")
+    return parent
+
+
+def run_dataset(loaded: LoadedRun) -> Dataset:
+    """The parent run's pictures, split exactly as when it was trained (its settings say how)."""
+    cfg = loaded.config
+    return load_dataset(
+        cfg["data"],
+        val_fraction=cfg.get("val_fraction", 0.15),
+        test_fraction=cfg.get("test_fraction", 0.15),
+        seed=cfg.get("seed", 0),
+    )
+
+
+def new_run_folder(parent: Path, out: str | Path) -> Path:
+    """An empty folder for a variant, with the parent's settings, labels and split copied in.
+    An existing non-empty folder is refused: nothing the person made is overwritten."""
+    out = Path(out)
+    if out.resolve() == parent.resolve():
+        raise StudioError("the variant needs a folder of its own, not the run it comes from")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise StudioError(f"{out} already exists and is not empty; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        if (parent / name).is_file():
+            shutil.copyfile(parent / name, out / name)
+    return out
+
+
+@contextlib.contextmanager
+def variant_folder(parent: LoadedRun, out: str | Path) -> Iterator[Path]:
+    """The variant's new folder, removed again if the method fails or is stopped."""
+    run = new_run_folder(parent.run_dir, out)
+    try:
+        yield run
+    except BaseException:
+        shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+def _evaluate_both(parent: LoadedRun, variant: LoadedRun, dataset: Dataset) -> dict:
+    """Both models on the parent's held-out pictures, and how often they give the same answer."""
+    split, samples = dataset.held_out()
+    out = {}
+    for name, loaded in (("parent", parent), ("variant", variant)):
+        out[name] = evaluate_samples(
+            loaded.model, samples, loaded.transform(), loaded.labels, loaded.multilabel,
+            torch.device("cpu"), threshold=loaded.threshold, split=split,
+        )  # fmt: skip
+    said = {
+        name: {p["path"]: p["predicted"] for p in m.get("predictions", [])}
+        for name, m in out.items()
+    }
+    same = [said["variant"].get(path) == answer for path, answer in said["parent"].items()]
+    out["agreement"] = float(np.mean(same)) if same else None
+    return out
+
+
+def finish(
+    run: Path, method: str, parent: LoadedRun, dataset: Dataset, scratch: Path, threads: int
+) -> dict:
+    """Evaluate, measure and describe a saved variant; returns its metrics.
+
+    Both models are timed as ONNX graphs in ONNX Runtime: the parent's float graph and the
+    variant's (its own int8 graph, or its float graph exported here and checked)."""
+    variant = load_run(run)
+    metrics = _evaluate_both(parent, variant, dataset)
+    save_json(run / METRICS, metrics["variant"])
+    graphs = {}
+    for name, loaded in (("parent", parent), ("variant", variant)):
+        graphs[name] = scratch / f"{name}.onnx"
+        if not graphs[name].is_file():
+            export_run(loaded, "onnx", out=graphs[name])
+    write_report(run, method, parent, variant, metrics, graphs, threads)
+    write_model_card(run)
+    return metrics["variant"]
