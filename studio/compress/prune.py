@@ -142,6 +142,23 @@ def recovery_config(parent: LoadedRun, out: Path, epochs: int, lr: float, seed: 
     ).validate()  # fmt: skip
 
 
+def _prune(model, input_size, ratio, macs, importance, global_pruning, grads):
+    """Prune ``model`` in place (to ``macs`` of its MACs when given, else by ``ratio``), saying
+    what was removed; returns the ratio used."""
+    if macs is not None:
+        yield ev.Notice(f"finding the share of channels that leaves {macs:.0%} of the MACs")
+        ratio = ratio_for_macs(model, input_size, macs, importance, global_pruning, grads)
+    before = count_params(model), count_macs(model, input_size)
+    prune_model(model, input_size, ratio, importance, global_pruning, grads)
+    after = count_params(model), count_macs(model, input_size)
+    yield ev.Notice(
+        f"removed {ratio:.0%} of the channels ({importance}"
+        f"{', global' if global_pruning else ', per layer'}): parameters "
+        f"{before[0]:,} -> {after[0]:,}, MACs {before[1]:,} -> {after[1]:,}"
+    )
+    return ratio
+
+
 def prune_run(
     run_dir: str | Path,
     out: str | Path,
@@ -177,17 +194,8 @@ def prune_run(
     model = copy.deepcopy(parent.model)
     try:
         with variant_folder(parent, out) as run, tempfile.TemporaryDirectory() as tmp:
-            if macs is not None:
-                yield ev.Notice(f"finding the share of channels that leaves {macs:.0%} of the MACs")
-                ratio = ratio_for_macs(model, input_size, macs, importance, global_pruning, grads)
-            before = count_params(model), count_macs(model, input_size)
-            prune_model(model, input_size, ratio, importance, global_pruning, grads)
-            after = count_params(model), count_macs(model, input_size)
-            yield ev.Notice(
-                f"removed {ratio:.0%} of the channels ({importance}"
-                f"{', global' if global_pruning else ', per layer'}): parameters "
-                f"{before[0]:,} -> {after[0]:,}, MACs {before[1]:,} -> {after[1]:,}"
-            )
+            ratio = yield from _prune(model, input_size, ratio, macs, importance, global_pruning,
+                                      grads)  # fmt: skip
             if stop is not None and stop.is_set():
                 raise Stopped
             tuned = None
