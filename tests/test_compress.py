@@ -156,6 +156,7 @@ def test_a_chain_prune_then_int8_works_and_compares(pruned_run, tmp_path, capsys
     assert isinstance(events[-1], ev.Finished)
     rows = comparison([pruned_run, chained])
     assert [r["method"] for r in rows] == ["original", "prune", "quantize"]
+    assert [r["label"] for r in rows] == ["original", "pruned 30%", "int8"]
     assert rows[2]["size_bytes"] < rows[1]["size_bytes"] < rows[0]["size_bytes"]
 
 
@@ -194,3 +195,23 @@ def test_bad_pruning_settings_are_refused_before_any_work(trained_run, tmp_path)
         with pytest.raises(StudioError, match=message):
             next(prune_run(trained_run, tmp_path / "x", **kwargs))
         assert not (tmp_path / "x").exists()
+
+
+def test_the_compress_tab_handlers_show_a_runs_family(int8_run, trained_run, tmp_path):
+    from studio.ui.common import Context
+    from studio.ui.compress_tab import family_view, open_in_export, variant_dir
+
+    ctx = Context(tmp_path / "app")
+    _, ws = ctx.open(None)
+    shutil.copytree(trained_run, ws.runs_dir / trained_run.name)
+    shutil.copytree(int8_run, ws.runs_dir / "mine-int8")
+    table, chart, variants = family_view(ctx, ws.id, trained_run.name)
+    assert [row[1] for row in table] == ["original", "quantize"]
+    assert table[1][-1] == "✅" or table[0][-1] == "✅"  # someone is on the front
+    assert chart is not None and variants["choices"] == ["mine-int8"]
+    assert family_view(ctx, ws.id, "mine-int8")[0] == []  # no variants of its own yet
+    assert variant_dir(ws, "mine", "int8").name == "mine-int8-2"  # never over an existing one
+    _, chosen = open_in_export(ctx, ws.id, "mine-int8")
+    assert chosen["value"] == "mine-int8" and "mine-int8" in chosen["choices"]
+    with pytest.raises(StudioError, match="make a variant first"):
+        open_in_export(ctx, ws.id, None)

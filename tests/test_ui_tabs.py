@@ -22,7 +22,16 @@ def test_every_tab_builds_and_its_refresh_fills_its_views(tmp_path):
         for spec in TABS:
             with gr.Tab(spec.title, id=spec.id) as tab:
                 built[spec.id] = spec.build(ctx, ws_state, tab, built)
-    assert list(built) == ["data", "model", "train", "evaluate", "explain", "predict", "export"]
+    assert list(built) == [
+        "data",
+        "model",
+        "train",
+        "evaluate",
+        "explain",
+        "predict",
+        "compress",
+        "export",
+    ]
     for name, parts in built.items():
         assert isinstance(parts, TabParts) and parts.refresh is not None, name
         if parts.on_open:  # what the app calls when a browser opens its workspace
@@ -151,4 +160,4 @@ def test_the_train_handlers_read_the_settings_by_name(tmp_path):
         settings_from_page(values[:-1])
     ctx = Context(tmp_path)
     _, ws = ctx.open(None)
-    assert stop_training(ctx, ws.id) == "Nothing is training."
+    assert stop_training(ctx, ws.id) == "Nothing is running (training)."

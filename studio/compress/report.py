@@ -14,7 +14,7 @@ from ..models.kinds import LoadedRun, model_record
 from ..runs import COMPRESSION, read_optional, save_json
 from .measure import count_macs, count_params, onnx_latency, ort_runtime
 
-__all__ = ["write_report", "read_report", "comparison", "pareto_front", "COLUMNS"]
+__all__ = ["write_report", "read_report", "comparison", "pareto_front", "descendants", "COLUMNS"]
 
 
 def _figures(graph: Path, metrics: dict, params: int, macs: int, input_size, threads: int) -> dict:
@@ -78,11 +78,22 @@ COLUMNS = (
 )  # fmt: skip
 
 
+def short_label(method: str, step: dict | None) -> str:
+    """A few words for a chart: 'original', 'int8', 'pruned 30%'."""
+    step = step or {}
+    if method == "quantize":
+        return str(step.get("to", "int8"))
+    if method == "prune" and isinstance(step.get("ratio"), int | float):
+        return f"pruned {step['ratio']:.0%}"
+    return method
+
+
 def _row(name: str, method: str, figures: dict) -> dict:
     lat = figures["latency_ms"]
     return {
         "run": name,
         "method": method,
+        "label": short_label(method, figures.get("step")),
         **{k: figures[k] for k in ("accuracy", "macro_f1", "params", "macs", "size_bytes")},
         "batch1_ms": lat["batch1"]["median_ms"],
         "batch1_spread_ms": round(lat["batch1"]["p75_ms"] - lat["batch1"]["p25_ms"], 3),
@@ -107,7 +118,8 @@ def comparison(run_dirs: list[str | Path]) -> list[dict]:
             shown.add(parent["run"])
             # A chain (prune, then quantize): the parent is a variant itself, kept beside it.
             own = read_report(Path(run_dir).parent / parent["run"])
-            rows.append(_row(parent["run"], own["method"] if own else "original", parent))
+            method, step = (own["method"], own.get("step")) if own else ("original", None)
+            rows.append(_row(parent["run"], method, {**parent, "step": step}))
         shown.add(Path(run_dir).name)
         rows.append(_row(Path(run_dir).name, record["method"], record))
     return rows
@@ -123,3 +135,23 @@ def pareto_front(rows: list[dict]) -> list[bool]:
         return no_worse and better
 
     return [not any(beats(other, row) for other in rows) for row in rows]
+
+
+def descendants(runs_dir: str | Path, run_name: str) -> list[Path]:
+    """The variants made from ``run_name`` among the runs in ``runs_dir``, directly or through
+    other variants (a pruned run's int8 variant), oldest first."""
+    runs_dir = Path(runs_dir)
+    parent_of = {}
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        record = read_report(folder)
+        if record is not None and isinstance(record.get("parent"), dict):
+            parent_of[folder.name] = record["parent"].get("run")
+    found = []
+    for name in parent_of:
+        seen, up = set(), parent_of[name]
+        while up is not None and up not in seen and up != run_name:
+            seen.add(up)
+            up = parent_of.get(up)
+        if up == run_name:
+            found.append(runs_dir / name)
+    return sorted(found, key=lambda p: p.stat().st_mtime)

@@ -192,16 +192,16 @@ def compression_tradeoff(rows: Sequence[dict], front: Sequence[bool]) -> go.Figu
         x=[r["batch1_ms"] for r in rows],
         y=[r["accuracy"] for r in rows],
         mode="markers+text",
-        text=[f"{r['run']} ({r['method']})" for r in rows],
+        text=[r.get("label", r["run"]) for r in rows],
         textposition="top center",
         marker=dict(
             size=[12 + 40 * (s / biggest) ** 0.5 for s in sizes],
             color=["#54A24B" if on else "#9D9D9D" for on in front],
             line=dict(width=[3 if on else 0 for on in front], color="#2F6B2F"),
         ),
-        customdata=[[s, r["runtime"]] for s, r in zip(sizes, rows)],
-        hovertemplate="%{text}<br>accuracy %{y:.3f}<br>%{x:.1f} ms a picture<br>"
-        "%{customdata[0]:.1f} MB<br>%{customdata[1]}<extra></extra>",
+        customdata=[[s, r["runtime"], r["run"]] for s, r in zip(sizes, rows)],
+        hovertemplate="%{customdata[2]} (%{text})<br>accuracy %{y:.3f}<br>%{x:.1f} ms a picture"
+        "<br>%{customdata[0]:.1f} MB<br>%{customdata[1]}<extra></extra>",
         name="models",
     )
     best = sorted((r for r, on in zip(rows, front) if on), key=lambda r: r["batch1_ms"])
@@ -217,6 +217,7 @@ def compression_tradeoff(rows: Sequence[dict], front: Sequence[bool]) -> go.Figu
         title="Accuracy against speed (marker size: file size)",
         xaxis_title="milliseconds per picture (batch 1, measured here)",
         yaxis_title="accuracy on held-out pictures",
+        yaxis_range=[max(0.0, min((r["accuracy"] for r in rows), default=0.0) - 0.1), 1.05],
         **_LAYOUT,
     )
     return fig

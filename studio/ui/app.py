@@ -17,6 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 from .common import Context
+from .compress_tab import build_compress_tab
 from .data_tab import build_data_tab
 from .evaluate_tab import build_evaluate_tab
 from .explain_tab import build_explain_tab
@@ -41,7 +42,8 @@ TABS = [
     TabSpec("4 · Evaluate", "evaluate", build_evaluate_tab),
     TabSpec("5 · Explain", "explain", build_explain_tab),
     TabSpec("6 · Predict", "predict", build_predict_tab),
-    TabSpec("7 · Export", "export", build_export_tab),
+    TabSpec("7 · Compress", "compress", build_compress_tab),
+    TabSpec("8 · Export", "export", build_export_tab),
 ]
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "run_choices",
     "run_metrics",
     "run_picker",
+    "stop_job",
 ]
 
 IMAGENET = "imagenet:"  # a model choice that is a catalog backbone with its ImageNet classes
@@ -193,3 +194,20 @@ def run_picker(ctx: Context, ws_state: gr.State, info: str, elem_id: str):
 
     button.click(refresh, ws_state, run)
     return run, refresh
+
+
+def stop_job(ctx: Context, ws_id, kind: str) -> str:
+    """Ask the workspace's job of ``kind`` to stop; what happens next, in words (also a toast)."""
+    job = ctx.jobs.get(ws_id, kind)
+    if job is None or job.done:
+        said = f"Nothing is running ({kind})."
+    else:
+        waiting = not hasattr(job, "snapshot") or job.snapshot().state == "queued"
+        job.stop()
+        said = (
+            "Cancelled: it had not started yet."
+            if waiting
+            else "Stopping after this step; the best model so far is kept."
+        )
+    gr.Info(said)
+    return said

@@ -9,7 +9,7 @@ import gradio as gr
 from .common import Context, friendly, load_engine, run_picker
 from .tabs import TabParts
 
-HELP = """### 7. Take your model with you
+HELP = """### 8. Take your model with you
 **Build the download** makes a zip with your model as `model.safetensors` (for Python), ONNX (for
 phones, web pages, C#, Java), `model.pt2` (PyTorch's `torch.export`) and TorchScript (older C++
 apps), plus the class names, the picture preparation and a model card describing it. Each file is
@@ -44,7 +44,7 @@ def build_export_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
     make = friendly(functools.partial(build_download, ctx))
     build.click(make, [ws_state, run], [checks, download], api_name="export")
 
-    return TabParts([run], refresh)
+    return TabParts([run], refresh, exposes={"run": run})
 
 
 FORMAT_TITLES = {

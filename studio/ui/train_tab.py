@@ -12,7 +12,7 @@ from ..errors import StudioError
 from ..inspection import charts
 from ..runs import HISTORY, describe_run
 from ..training.presets import PRESETS  # no torch: presets imports it only when applied
-from .common import Context, as_text, friendly, load_engine, run_choices
+from .common import Context, as_text, friendly, load_engine, run_choices, stop_job
 from .model_tab import freeze_spec
 from .tabs import TabParts
 
@@ -191,19 +191,7 @@ def start_training(ctx: Context, ws_id, preset_name: str, bb: str, frz, *values)
 
 def stop_training(ctx: Context, ws_id) -> str:
     """Ask the workspace's training job to stop; what happens next, in words (also a toast)."""
-    job = ctx.jobs.get(ws_id, "training")
-    if job is None or job.done:
-        said = "Nothing is training."
-    else:
-        waiting = not hasattr(job, "snapshot") or job.snapshot().state == "queued"
-        job.stop()
-        said = (
-            "Cancelled: it had not started yet."
-            if waiting
-            else "Stopping after this step; the best model so far is kept."
-        )
-    gr.Info(said)
-    return said
+    return stop_job(ctx, ws_id, "training")
 
 
 def overlay_runs(ctx: Context, ws_id, names) -> object:

@@ -155,7 +155,7 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     expect(page.locator("#predict-table")).to_contain_text("brick")
     expect(page.locator("#predict-csv a").first).to_be_visible()
 
-    page.get_by_role("tab", name="7 · Export").click()
+    page.get_by_role("tab", name="8 · Export").click()
     page.get_by_role("button", name="Build the download").click()
     checks = page.locator("#export-checks")
     # The zip was unpacked into an empty folder and the shown code run on it, for every format.
@@ -177,7 +177,7 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
         "preprocess.json",
         "MODEL_CARD.md",
     } <= names
-    shot(page, "7-export")
+    shot(page, "8-export")
 
 
 def train_everything(page) -> None:
@@ -508,3 +508,40 @@ def test_explain_an_imagenet_model_without_training(page, tmp_path):
         " return i && i.complete && i.naturalWidth >= 256; })()",
         timeout=120_000,
     )
+
+
+def test_compress_two_variants_compare_them_and_export_one(page):
+    load_example(page)
+    page.get_by_role("tab", name="3 · Train").click()
+    page.get_by_text("Advanced settings").click()
+    set_number(page, "Epochs", "2")
+    page.get_by_role("button", name="Start training").click()
+    expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=180_000)
+
+    page.get_by_role("tab", name="7 · Compress").click()
+    expect(page.locator("#compress-run input")).not_to_have_value("", timeout=30_000)
+    page.locator("#compress-go").click()  # int8 first (the default method)
+    status = page.locator("#compress-status")
+    expect(status).to_contain_text("Done: accuracy", timeout=240_000)
+    expect(page.locator("#compress-table")).to_contain_text("quantize")
+    page.locator("#compress-method").get_by_label("Prune channels, then recover").check()
+    set_number(page, "Recovery epochs", "1")
+    page.locator("#compress-go").click()
+    expect(status).not_to_contain_text("Done", timeout=30_000)  # the second one started
+    expect(status).to_contain_text("Done: accuracy", timeout=300_000)
+    table = page.locator("#compress-table")
+    for made_by in ("original", "quantize", "prune"):
+        expect(table).to_contain_text(made_by)
+    assert plot_points(page, "compress-chart") == 3  # the original and both variants
+    page.locator("#compress-table").scroll_into_view_if_needed()
+    shot(page, "7-compress")
+
+    variant = page.locator("#compress-variant input").input_value()
+    assert variant.endswith("-prune"), variant
+    page.locator("#compress-export").click()
+    expect(page.locator("#export-run input")).to_have_value(variant, timeout=30_000)
+    page.get_by_role("button", name="Build the download").click()
+    checks = page.locator("#export-checks")
+    expect(checks).to_contain_text("every file in the zip works as shown", timeout=240_000)
+    for fmt in ("onnx", "pt2", "torchscript"):
+        expect(checks).to_contain_text(f"{fmt}: checked: unpacked from the zip")

@@ -1,0 +1,208 @@
+"""Compress tab: smaller, faster variants of a trained model, and one chart to choose between them."""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+
+import gradio as gr
+
+from ..errors import StudioError
+from .common import Context, as_text, friendly, load_engine, run_choices, run_picker, stop_job
+from .tabs import TabParts
+
+HELP = """### 7. Make it smaller and faster
+Pick a trained model and a way to shrink it, then press **Make the variant**. Each variant is a
+new model beside the original (nothing is replaced): **Prune** removes whole channels from the
+network and then trains it a little to recover; **Quantize** stores and computes it with 8-bit
+integers instead of 32-bit numbers. The chart shows every variant's accuracy against its speed,
+measured on this computer; the green ones are the best trade-offs. Pick one to export it."""
+
+METHODS = [("Quantize to int8 (seconds)", "quantize"), ("Prune channels, then recover", "prune")]
+IMPORTANCES = [
+    ("weight size", "magnitude"),
+    ("batch-norm scale", "bn"),
+    ("effect on the loss (Taylor)", "taylor"),
+]
+TABLE_HEADERS = [
+    "model", "made by", "accuracy", "macro F1", "parameters (M)", "MACs (M)", "file (MB)",
+    "ms a picture", "ms for 32", "best trade-off",
+]  # fmt: skip
+KIND = "compression"
+
+
+def variant_dir(ws, run_name: str, method: str):
+    """A new folder beside the run for its variant: ``<run>-int8``, ``<run>-pruned30-2``..."""
+    base = ws.runs_dir / re.sub(r"[^\w\-.]", "_", f"{run_name[:90]}-{method}")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _stream(run, out, method: str, ratio, importance, global_pruning, epochs, calibration):
+    """The engine's generator for the chosen method, as a job's ``stream(stop)``."""
+    from ..compress.prune import prune_run
+    from ..compress.quantize import quantize_run
+
+    if method == "prune":
+        return lambda stop: prune_run(
+            run, out, ratio=float(ratio), importance=importance, global_pruning=bool(global_pruning),
+            finetune_epochs=int(epochs), stop=stop,
+        )  # fmt: skip
+    return lambda stop: quantize_run(
+        run, out, calibration=int(calibration), should_stop=stop.is_set
+    )
+
+
+def family_view(ctx: Context, ws_id, run_name):
+    """The run and its variants: (table rows, chart, the variants to pick from)."""
+    if not run_name:
+        return [], None, gr.update(choices=[], value=None)
+    load_engine()
+    from ..compress.report import comparison, descendants, pareto_front
+    from ..inspection.charts import compression_tradeoff
+
+    ws = ctx.workspace(ws_id)
+    variants = descendants(ws.runs_dir, ws.resolve_run(run_name).name)
+    if not variants:
+        return [], None, gr.update(choices=[], value=None)
+    rows = comparison(variants)
+    front = pareto_front(rows)
+    table = [
+        [r["run"], r["method"], round(r["accuracy"], 3), round(r["macro_f1"], 3),
+         round(r["params"] / 1e6, 2), round(r["macs"] / 1e6), round(r["size_bytes"] / 1e6, 1),
+         f"{r['batch1_ms']:.1f} ± {r['batch1_spread_ms'] / 2:.1f}", round(r["batch32_ms"]),
+         "✅" if best else ""]
+        for r, best in zip(rows, front)
+    ]  # fmt: skip
+    names = [p.name for p in variants]
+    return table, compression_tradeoff(rows, front), gr.update(choices=names, value=names[-1])
+
+
+def _status(snap) -> str:
+    text = f"**{as_text(snap.message)}.**"
+    if snap.state == "training" and not snap.epochs and snap.notices:
+        text = f"**{as_text(snap.notices[-1][:1].upper() + snap.notices[-1][1:])}...**"
+    elif snap.epochs and snap.state == "training":
+        text += " Recovering the accuracy pruning cost."
+    return text
+
+
+def make_variant(ctx: Context, ws_id, run_name, method, ratio, importance, glob, epochs, calib):
+    """Start the variant as a job (one per workspace) and stream its progress until it ends:
+    (status, recovery curves, table, chart, variants)."""
+    try:
+        if not run_name:
+            raise StudioError("train a model first, then pick it here")
+        ws = ctx.workspace(ws_id)
+        run = ws.resolve_run(run_name)
+        ctx.jobs.claim(ws_id, KIND)
+    except StudioError as exc:
+        raise gr.Error(as_text(exc), print_exception=False) from None
+    try:
+        load_engine()
+        from ..jobs import Job
+
+        stream = _stream(run, variant_dir(ws, run.name, method if method == "prune" else "int8"),
+                         method, ratio, importance, glob, epochs, calib)  # fmt: skip
+        job = Job(KIND, stream, int(epochs) if method == "prune" else 0).start()
+    except BaseException:
+        ctx.jobs.release(ws_id, KIND)
+        raise
+    ctx.jobs.hand_over(ws_id, KIND, job)
+    yield from _follow(ctx, ws_id, job, run_name)
+
+
+def _follow(ctx: Context, ws_id, job, run_name):
+    from ..inspection import charts
+
+    said, shown = "", -1
+    while not job.done:
+        snap = job.snapshot()
+        text = _status(snap)
+        if text != said or len(snap.epochs) != shown:
+            said, shown = text, len(snap.epochs)
+            curves = charts.training_curves({"recovery": [e.to_dict() for e in snap.epochs]})
+            yield text, curves if snap.epochs else gr.update(), *[gr.update()] * 3
+        time.sleep(0.5)
+    snap = job.snapshot()
+    if snap.state == "failed":
+        raise gr.Error(as_text(snap.message), print_exception=False)
+    yield _status(snap), gr.update(), *family_view(ctx, ws_id, run_name)
+
+
+def stop_variant(ctx: Context, ws_id) -> str:
+    return stop_job(ctx, ws_id, KIND)
+
+
+def open_in_export(ctx: Context, ws_id, variant):
+    """The picked variant, chosen on the Export tab (it is also in every other tab's list)."""
+    if not variant:
+        raise StudioError("make a variant first, then pick it")
+    choices = run_choices(ctx.workspace(ws_id))
+    return gr.Tabs(selected="export"), gr.update(choices=choices, value=variant)
+
+
+def show_settings(method: str) -> tuple:
+    """Only the chosen method's settings: (pruning settings, int8 calibration)."""
+    return gr.update(visible=method == "prune"), gr.update(visible=method == "quantize")
+
+
+def _settings() -> dict:
+    c = {"method": gr.Radio(METHODS, value="quantize", label="How", elem_id="compress-method")}
+    with gr.Accordion("Pruning settings", open=True, visible=False) as c["prune_box"], gr.Row():
+        c["ratio"] = gr.Slider(0.1, 0.7, value=0.3, step=0.05, label="Share of channels to remove",
+                               elem_id="compress-ratio")  # fmt: skip
+        c["importance"] = gr.Dropdown(IMPORTANCES, value="magnitude",
+                                      label="Which channels matter least, by")  # fmt: skip
+        c["global"] = gr.Checkbox(label="Across the whole network (else the same share of "
+                                  "every layer)", value=False)  # fmt: skip
+        c["epochs"] = gr.Slider(0, 10, value=2, step=1, label="Recovery epochs",
+                                elem_id="compress-epochs")  # fmt: skip
+    c["calibration"] = gr.Slider(8, 256, value=64, step=8, label="Pictures to calibrate int8 on")
+    return c
+
+
+def _results() -> dict:
+    c = {"status": gr.Markdown(elem_id="compress-status")}
+    c["curves"] = gr.Plot(label="Recovery after pruning", elem_id="compress-curves")
+    c["table"] = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="compress-table",
+                              label="The model and its variants (timed on this computer)")  # fmt: skip
+    c["chart"] = gr.Plot(label="Accuracy against speed", elem_id="compress-chart")
+    with gr.Row():
+        c["variant"] = gr.Dropdown(choices=[], label="Pick a variant", elem_id="compress-variant",
+                                   scale=3)  # fmt: skip
+        c["export"] = gr.Button("Export this variant", elem_id="compress-export", scale=1)
+    return c
+
+
+def build_compress_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
+    gr.Markdown(HELP)
+    run, refresh_run = run_picker(ctx, ws_state, "Which trained model to shrink.", "compress-run")
+    c = _settings()
+    with gr.Row():
+        go = gr.Button("Make the variant", variant="primary", elem_id="compress-go")
+        stop = gr.Button("Stop", variant="stop", elem_id="compress-stop")
+    r = _results()
+    bind = functools.partial
+    view = friendly(bind(family_view, ctx))
+    family = [r["table"], r["chart"], r["variant"]]
+    settings = [c[k] for k in ("method", "ratio", "importance", "global", "epochs", "calibration")]
+    go.click(bind(make_variant, ctx), [ws_state, run, *settings],
+             [r["status"], r["curves"], *family], concurrency_limit=None,
+             show_progress="hidden")  # fmt: skip
+    stop.click(bind(stop_variant, ctx), ws_state, None, concurrency_limit=None)
+    run.change(view, [ws_state, run], family)
+    c["method"].change(show_settings, c["method"], [c["prune_box"], c["calibration"]])
+
+    def wire(tabs: gr.Tabs, built: dict) -> None:
+        """'Export this variant' opens the Export tab with the variant chosen."""
+        export_run = built["export"].exposes["run"]
+        r["export"].click(
+            friendly(bind(open_in_export, ctx)), [ws_state, r["variant"]], [tabs, export_run]
+        )
+
+    return TabParts([run], refresh_run, exposes={"run": run}, wire=wire)
