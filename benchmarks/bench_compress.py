@@ -28,8 +28,6 @@ sys.path.insert(0, str(HERE))
 import real_datasets  # noqa: E402
 from common import machine, table  # noqa: E402
 
-from studio.data.example import example_dataset  # noqa: E402
-
 HEADER = ("dataset", "variant", "accuracy", "points lost", "x faster b1", "x faster b32",
           "x smaller", "same answers")  # fmt: skip
 
@@ -83,8 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in args.datasets:
-            data = example_dataset() if name == "example" else real_datasets.MAKERS[name](
-                work / "data" / name)  # fmt: skip
+            data = real_datasets.folder(name, work)
             rows += bench(name, data, work, args.epochs)
     print(table(rows, HEADER))
 

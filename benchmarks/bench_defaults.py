@@ -43,7 +43,6 @@ from bench_cache import plain_loop  # noqa: E402
 from common import machine, table  # noqa: E402
 
 from studio.data.dataset import load_dataset  # noqa: E402
-from studio.data.example import example_dataset  # noqa: E402
 from studio.data.loaders import ImageSamples, build_transform, image_loader  # noqa: E402
 from studio.models.backbones import create_backbone, data_config  # noqa: E402
 
@@ -128,10 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in args.datasets:
-            if name == "example":
-                data = example_dataset()
-            else:
-                data = real_datasets.MAKERS[name](work / "data" / name)
+            data = real_datasets.folder(name, work)
             rows += bench(name, data, work)
             print(table(rows, ("dataset", "what", "test accuracy", "seconds", "x floor")))
     print(table(rows, ("dataset", "what", "test accuracy", "seconds", "x floor")))

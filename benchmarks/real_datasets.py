@@ -84,3 +84,13 @@ def fashion100(dest: Path) -> Path:
 
 
 MAKERS = {"fashion": fashion, "digits": digits, "faces": faces, "fashion100": fashion100}
+
+
+def folder(name: str, work: Path) -> Path:
+    """The dataset ``name`` as a folder: the bundled example, or one of :data:`MAKERS` written
+    under ``work``."""
+    if name == "example":
+        from studio.data.example import example_dataset
+
+        return example_dataset()
+    return MAKERS[name](work / "data" / name)

@@ -156,9 +156,14 @@ def _add_compress(sub) -> None:
         "compress", help="make a smaller, faster variant of a run (a new run folder)"
     )
     p.add_argument("run")
-    p.add_argument("--method", required=True, choices=["prune", "quantize"])
+    p.add_argument("--method", required=True, choices=["prune", "quantize", "sparsify"])
     p.add_argument("--out", required=True, help="the new run folder (must not exist yet)")
-    p.add_argument("--ratio", type=float, default=0.3, help="share of channels to remove (prune)")
+    p.add_argument(
+        "--ratio",
+        type=float,
+        default=0.3,
+        help="share of channels to remove (prune) or of weights to zero (sparsify)",
+    )
     p.add_argument(
         "--macs", type=float, help="prune to this share of the MACs (instead of --ratio)"
     )
@@ -506,6 +511,7 @@ def _cmd_export(args) -> int:
 def _cmd_compress(args) -> int:
     from .compress.prune import prune_run
     from .compress.quantize import quantize_run
+    from .compress.sparsify import sparsify_run
 
     with _ctrl_c_stops() as stop:
         if args.method == "prune":
@@ -513,6 +519,11 @@ def _cmd_compress(args) -> int:
                 args.run, args.out, ratio=args.ratio, macs=args.macs, importance=args.importance,
                 global_pruning=args.global_pruning, finetune_epochs=args.finetune_epochs,
                 lr=args.lr, seed=args.seed, threads=args.threads, stop=stop,
+            )  # fmt: skip
+        elif args.method == "sparsify":
+            events = sparsify_run(
+                args.run, args.out, amount=args.ratio, global_pruning=args.global_pruning,
+                threads=args.threads, should_stop=stop.is_set,
             )  # fmt: skip
         else:
             events = quantize_run(

@@ -215,3 +215,51 @@ def test_the_compress_tab_handlers_show_a_runs_family(int8_run, trained_run, tmp
     assert chosen["value"] == "mine-int8" and "mine-int8" in chosen["choices"]
     with pytest.raises(StudioError, match="make a variant first"):
         open_in_export(ctx, ws.id, None)
+
+
+def test_zeroing_weights_shrinks_the_zip_not_the_file_and_says_where(trained_run, tmp_path):
+    from studio.compress.sparsify import sparsify_run
+
+    out = tmp_path / "sparse"
+    events = list(sparsify_run(trained_run, out, amount=0.5))
+    assert isinstance(events[-1], ev.Finished)
+    record = json.loads((out / "compression.json").read_text())
+    parent = record["parent"]
+    assert abs(record["sparsity"]["overall"] - 0.5) < 0.01  # global: half of all those weights
+    assert all(0 <= s <= 1 for s in record["sparsity"]["layers"].values())
+    assert abs(record["size_bytes"] - parent["size_bytes"]) < 0.02 * parent["size_bytes"]
+    assert record["zipped_bytes"] < 0.8 * parent["zipped_bytes"]
+    assert record["params"] == parent["params"]  # every shape kept
+    loaded = load_run(out)
+    assert loaded.kind.name == "timm" and loaded.record["step"]["name"] == "sparsify"
+    rows = comparison([out])
+    assert rows[1]["label"] == "50% zeros"
+    with pytest.raises(StudioError, match="between 0 and 1"):
+        next(sparsify_run(trained_run, tmp_path / "x", amount=1.0))
+
+
+def test_bn_and_taylor_importance_prune_a_model(trained_run):
+    import copy
+
+    import torch
+    from torch import nn
+
+    from studio.compress.measure import count_params
+    from studio.compress.prune import prune_model
+
+    model = load_run(trained_run).model
+    full = count_params(model)
+
+    def gradients(m: nn.Module) -> None:
+        torch.manual_seed(0)
+        nn.functional.cross_entropy(
+            m(torch.randn(4, 3, 224, 224)), torch.tensor([0, 1, 2, 0])
+        ).backward()
+
+    for importance in ("bn", "taylor"):
+        pruned = prune_model(copy.deepcopy(model), (3, 224, 224), 0.2, importance,
+                             gradients=gradients)  # fmt: skip
+        assert count_params(pruned) < 0.9 * full, importance
+        assert pruned(torch.zeros(1, 3, 224, 224)).shape == (1, 3)
+    with pytest.raises(StudioError, match="Taylor importance needs"):
+        prune_model(copy.deepcopy(model), (3, 224, 224), 0.2, "taylor")

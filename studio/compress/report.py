@@ -17,12 +17,20 @@ from .measure import count_macs, count_params, onnx_latency, ort_runtime
 __all__ = ["write_report", "read_report", "comparison", "pareto_front", "descendants", "COLUMNS"]
 
 
+def zipped_size(path: Path) -> int:
+    """Bytes of the file deflated as in a zip (what a download of it weighs)."""
+    import zlib
+
+    return len(zlib.compress(path.read_bytes(), 6))
+
+
 def _figures(graph: Path, metrics: dict, params: int, macs: int, input_size, threads: int) -> dict:
     latency = onnx_latency(graph, input_size, threads=threads)
     return {
         "params": params,
         "macs": macs,
         "size_bytes": graph.stat().st_size,
+        "zipped_bytes": zipped_size(graph),
         "latency_ms": {f"batch{b}": lat.to_dict() for b, lat in latency.items()},
         "runtime": ort_runtime(threads),
         "accuracy": metrics["accuracy"],
@@ -85,6 +93,8 @@ def short_label(method: str, step: dict | None) -> str:
         return str(step.get("to", "int8"))
     if method == "prune" and isinstance(step.get("ratio"), int | float):
         return f"pruned {step['ratio']:.0%}"
+    if method == "sparsify" and isinstance(step.get("amount"), int | float):
+        return f"{step['amount']:.0%} zeros"
     return method
 
 
@@ -95,6 +105,7 @@ def _row(name: str, method: str, figures: dict) -> dict:
         "method": method,
         "label": short_label(method, figures.get("step")),
         **{k: figures[k] for k in ("accuracy", "macro_f1", "params", "macs", "size_bytes")},
+        "zipped_bytes": figures.get("zipped_bytes"),
         "batch1_ms": lat["batch1"]["median_ms"],
         "batch1_spread_ms": round(lat["batch1"]["p75_ms"] - lat["batch1"]["p25_ms"], 3),
         "batch32_ms": lat["batch32"]["median_ms"],

@@ -19,7 +19,14 @@ network and then trains it a little to recover; **Quantize** stores and computes
 integers instead of 32-bit numbers. The chart shows every variant's accuracy against its speed,
 measured on this computer; the green ones are the best trade-offs. Pick one to export it."""
 
-METHODS = [("Quantize to int8 (seconds)", "quantize"), ("Prune channels, then recover", "prune")]
+METHODS = [
+    ("Quantize to int8 (seconds)", "quantize"),
+    ("Prune channels, then recover", "prune"),
+    ("Zero the smallest weights (a smaller zip, not faster)", "sparsify"),
+]
+SPARSITY_NOTE = """*Zeroing weights* (unstructured sparsity) keeps every layer's shape: the file zips much
+smaller, but the model is **not faster** on this computer (it still multiplies by every zero): the
+table shows both, measured. To make it faster, prune channels instead."""
 IMPORTANCES = [
     ("weight size", "magnitude"),
     ("batch-norm scale", "bn"),
@@ -27,7 +34,7 @@ IMPORTANCES = [
 ]
 TABLE_HEADERS = [
     "model", "made by", "accuracy", "macro F1", "parameters (M)", "MACs (M)", "file (MB)",
-    "ms a picture", "ms for 32", "best trade-off",
+    "zipped (MB)", "ms a picture", "ms for 32", "best trade-off",
 ]  # fmt: skip
 KIND = "compression"
 
@@ -46,11 +53,17 @@ def _stream(run, out, method: str, ratio, importance, global_pruning, epochs, ca
     """The engine's generator for the chosen method, as a job's ``stream(stop)``."""
     from ..compress.prune import prune_run
     from ..compress.quantize import quantize_run
+    from ..compress.sparsify import sparsify_run
 
     if method == "prune":
         return lambda stop: prune_run(
             run, out, ratio=float(ratio), importance=importance, global_pruning=bool(global_pruning),
             finetune_epochs=int(epochs), stop=stop,
+        )  # fmt: skip
+    if method == "sparsify":
+        return lambda stop: sparsify_run(
+            run, out, amount=float(ratio), global_pruning=bool(global_pruning),
+            should_stop=stop.is_set,
         )  # fmt: skip
     return lambda stop: quantize_run(
         run, out, calibration=int(calibration), should_stop=stop.is_set
@@ -74,6 +87,7 @@ def family_view(ctx: Context, ws_id, run_name):
     table = [
         [r["run"], r["method"], round(r["accuracy"], 3), round(r["macro_f1"], 3),
          round(r["params"] / 1e6, 2), round(r["macs"] / 1e6), round(r["size_bytes"] / 1e6, 1),
+         round((r["zipped_bytes"] or 0) / 1e6, 1),
          f"{r['batch1_ms']:.1f} ± {r['batch1_spread_ms'] / 2:.1f}", round(r["batch32_ms"]),
          "✅" if best else ""]
         for r, best in zip(rows, front)
@@ -147,22 +161,27 @@ def open_in_export(ctx: Context, ws_id, variant):
 
 
 def show_settings(method: str) -> tuple:
-    """Only the chosen method's settings: (pruning settings, int8 calibration)."""
-    return gr.update(visible=method == "prune"), gr.update(visible=method == "quantize")
+    """Only the chosen method's settings: (pruning settings, int8 calibration, sparsity note)."""
+    return (
+        gr.update(visible=method in ("prune", "sparsify")),
+        gr.update(visible=method == "quantize"),
+        gr.update(visible=method == "sparsify"),
+    )
 
 
 def _settings() -> dict:
     c = {"method": gr.Radio(METHODS, value="quantize", label="How", elem_id="compress-method")}
     with gr.Accordion("Pruning settings", open=True, visible=False) as c["prune_box"], gr.Row():
-        c["ratio"] = gr.Slider(0.1, 0.7, value=0.3, step=0.05, label="Share of channels to remove",
+        c["ratio"] = gr.Slider(0.1, 0.9, value=0.3, step=0.05, label="Share to remove or zero",
                                elem_id="compress-ratio")  # fmt: skip
         c["importance"] = gr.Dropdown(IMPORTANCES, value="magnitude",
                                       label="Which channels matter least, by")  # fmt: skip
         c["global"] = gr.Checkbox(label="Across the whole network (else the same share of "
                                   "every layer)", value=False)  # fmt: skip
-        c["epochs"] = gr.Slider(0, 10, value=2, step=1, label="Recovery epochs",
+        c["epochs"] = gr.Slider(0, 10, value=2, step=1, label="Recovery epochs (channels)",
                                 elem_id="compress-epochs")  # fmt: skip
     c["calibration"] = gr.Slider(8, 256, value=64, step=8, label="Pictures to calibrate int8 on")
+    c["sparsity_note"] = gr.Markdown(SPARSITY_NOTE, visible=False, elem_id="compress-sparsity")
     return c
 
 
@@ -196,7 +215,9 @@ def build_compress_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
              show_progress="hidden")  # fmt: skip
     stop.click(bind(stop_variant, ctx), ws_state, None, concurrency_limit=None)
     run.change(view, [ws_state, run], family)
-    c["method"].change(show_settings, c["method"], [c["prune_box"], c["calibration"]])
+    c["method"].change(
+        show_settings, c["method"], [c["prune_box"], c["calibration"], c["sparsity_note"]]
+    )
 
     def wire(tabs: gr.Tabs, built: dict) -> None:
         """'Export this variant' opens the Export tab with the variant chosen."""

@@ -37,6 +37,14 @@ def set_number(page, label: str, value: str) -> None:
     raise AssertionError(f"{label} would not keep the value {value}")
 
 
+def start_training(page, epochs: str) -> None:
+    """On the Train tab, set the epochs (Advanced settings) and press Start."""
+    page.get_by_role("tab", name="3 · Train").click()
+    page.get_by_text("Advanced settings").click()
+    set_number(page, "Epochs", epochs)
+    page.get_by_role("button", name="Start training").click()
+
+
 def add_pictures(page, cls: str, files: list[str], uploaded: str) -> None:
     """Make class ``cls`` and add ``files``, clicking only once the upload shows ``uploaded``
     (a click before the upload ends finds no pictures)."""
@@ -85,10 +93,7 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     slider.press("Tab")
     expect(summary).to_contain_text("Training from head up")
 
-    page.get_by_role("tab", name="3 · Train").click()
-    page.get_by_text("Advanced settings").click()
-    set_number(page, "Epochs", "2")
-    page.get_by_role("button", name="Start training").click()
+    start_training(page, "2")
     # (That the status and the curves move while a run is still going is checked on a run that
     # cannot end by itself first, in the Stop test: two cached epochs can end between two looks.)
     expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=180_000)
@@ -195,10 +200,7 @@ def train_everything(page) -> None:
 def test_stop_ends_a_run_and_keeps_the_best_model(page):
     load_example(page)
     train_everything(page)
-    page.get_by_role("tab", name="3 · Train").click()
-    page.get_by_text("Advanced settings").click()
-    set_number(page, "Epochs", "40")
-    page.get_by_role("button", name="Start training").click()
+    start_training(page, "40")
     page.wait_for_function(
         "(() => { const p = document.querySelector('#train-curves .js-plotly-plot');"
         " return p && p.data && p.data.length && p.data[0].x.length >= 1; })()",
@@ -340,10 +342,7 @@ def test_one_persons_training_does_not_block_another_persons_page(browser, app_u
     with two_people(browser, app_url) as (a, b):
         load_example(a)
         train_everything(a)
-        a.get_by_role("tab", name="3 · Train").click()
-        a.get_by_text("Advanced settings").click()
-        set_number(a, "Epochs", "60")
-        a.get_by_role("button", name="Start training").click()
+        start_training(a, "60")
         expect(a.locator("#train-status")).to_contain_text("Epoch", timeout=120_000)
         # While A trains, B's page answers: its example loads and its report appears.
         load_example(b)
@@ -512,10 +511,7 @@ def test_explain_an_imagenet_model_without_training(page, tmp_path):
 
 def test_compress_two_variants_compare_them_and_export_one(page):
     load_example(page)
-    page.get_by_role("tab", name="3 · Train").click()
-    page.get_by_text("Advanced settings").click()
-    set_number(page, "Epochs", "2")
-    page.get_by_role("button", name="Start training").click()
+    start_training(page, "2")
     expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=180_000)
 
     page.get_by_role("tab", name="7 · Compress").click()
@@ -525,7 +521,7 @@ def test_compress_two_variants_compare_them_and_export_one(page):
     expect(status).to_contain_text("Done: accuracy", timeout=240_000)
     expect(page.locator("#compress-table")).to_contain_text("quantize")
     page.locator("#compress-method").get_by_label("Prune channels, then recover").check()
-    set_number(page, "Recovery epochs", "1")
+    set_number(page, "Recovery epochs (channels)", "1")
     page.locator("#compress-go").click()
     expect(status).not_to_contain_text("Done", timeout=30_000)  # the second one started
     expect(status).to_contain_text("Done: accuracy", timeout=300_000)
