@@ -14,6 +14,14 @@ export), ONNX Runtime's pre-processing adds shapes and folds what can be folded,
 Runtime fuses into int8 kernels): weights signed 8-bit per output channel, activations unsigned
 8-bit with ranges from min/max calibration on up to ``calibration`` training pictures (a
 seeded sample, prepared exactly as for prediction).
+
+Two settings keep the accuracy, both measured on Fashion-MNIST (the default run, 0.816): on a
+CPU without VNNI, ONNX Runtime multiplies unsigned by signed 8-bit numbers and adds pairs in
+16 bits, which can saturate; ``reduce_range`` (7-bit weights) avoids it, and keeping the first
+convolution (864 weights, the one that sees the pixels) in float finishes the job: 0.764 with
+neither, 0.792 with the first, 0.801 with both, at the same size and speed. Percentile or
+entropy calibration, more calibration pictures, or a float classifier did not help (0.762-0.764).
+With VNNI, ``reduce_range`` is left off, as ONNX Runtime advises.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ def _calibration_batches(loaded: LoadedRun, dataset: Dataset, count: int, seed: 
         yield {"image": transform(open_rgb(sample.path)).unsqueeze(0).numpy()}
 
 
-def _quantize_graph(float_graph: Path, target: Path, batches, scratch: Path) -> None:
+def _quantize_graph(float_graph: Path, target: Path, batches, scratch: Path) -> dict:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -63,6 +71,7 @@ def _quantize_graph(float_graph: Path, target: Path, batches, scratch: Path) -> 
 
     prepared = scratch / "prepared.onnx"
     quant_pre_process(str(float_graph), str(prepared), skip_symbolic_shape=True)
+    settings = int8_settings(prepared)
     quantize_static(
         str(prepared),
         str(target),
@@ -71,7 +80,26 @@ def _quantize_graph(float_graph: Path, target: Path, batches, scratch: Path) -> 
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        reduce_range=settings["reduce_range"],
+        nodes_to_exclude=settings["float_layers"],
     )
+    return settings
+
+
+def has_vnni() -> bool:
+    """Whether this CPU has the VNNI dot-product instructions (AVX-512 VNNI or AVX-VNNI)."""
+    try:
+        return "vnni" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # not Linux: take the safe setting
+
+
+def int8_settings(graph: Path) -> dict:
+    """What stays careful in the int8 graph, and why (measured, see the module docstring)."""
+    import onnx
+
+    convs = [n.name for n in onnx.load(str(graph)).graph.node if n.op_type == "Conv"]
+    return {"reduce_range": not has_vnni(), "float_layers": convs[:1]}
 
 
 def quantize_run(
@@ -103,8 +131,9 @@ def quantize_run(
                 raise Stopped
             yield ev.Notice(f"calibrating int8 ranges on {calibration} training pictures")
             batches = _calibration_batches(parent, dataset, calibration, seed)
-            _quantize_graph(scratch / "parent.onnx", run / INT8_GRAPH, batches, scratch)
-            step = {"name": "quantize", "to": "int8", "calibration": calibration, "seed": seed}
+            how = _quantize_graph(scratch / "parent.onnx", run / INT8_GRAPH, batches, scratch)
+            step = {"name": "quantize", "to": "int8", "calibration": calibration, "seed": seed,
+                    **how}  # fmt: skip
             save_model(
                 run, parent.model, backbone=parent.record.get("backbone", parent.config["backbone"]),
                 num_classes=len(parent.labels), kind="onnx-int8", parent=parent.run_dir.name,
