@@ -35,11 +35,10 @@ from pathlib import Path
 from .. import events as ev
 from ..data.dataset import Dataset
 from ..data.images import open_rgb
-from ..deployment.export import export_run
 from ..errors import StudioError
 from ..models.kinds import LoadedRun, save_model
 from ..runs import INT8_GRAPH
-from .variant import Stopped, finish, float_parent, run_dataset, variant_folder
+from .variant import Stopped, finish, float_parent, parent_graph, run_dataset, variant_folder
 
 __all__ = ["quantize_run"]
 
@@ -126,12 +125,12 @@ def quantize_run(
         with variant_folder(parent, out) as run, tempfile.TemporaryDirectory() as tmp:
             scratch = Path(tmp)
             yield ev.Notice(f"exporting {parent.run_dir.name} to ONNX and checking it")
-            export_run(parent, "onnx", out=scratch / "parent.onnx")
+            float_graph = parent_graph(parent)
             if should_stop():
                 raise Stopped
             yield ev.Notice(f"calibrating int8 ranges on {calibration} training pictures")
             batches = _calibration_batches(parent, dataset, calibration, seed)
-            how = _quantize_graph(scratch / "parent.onnx", run / INT8_GRAPH, batches, scratch)
+            how = _quantize_graph(float_graph, run / INT8_GRAPH, batches, scratch)
             step = {"name": "quantize", "to": "int8", "calibration": calibration, "seed": seed,
                     **how}  # fmt: skip
             save_model(

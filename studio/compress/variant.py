@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import Dataset, load_dataset
-from ..deployment.export import export_run
+from ..deployment.export import FILE_NAMES, checked_exports, export_run
 from ..errors import StudioError
 from ..inspection.evaluate import evaluate_samples
 from ..inspection.model_card import write_model_card
@@ -27,7 +27,10 @@ from ..models.kinds import LoadedRun, load_run
 from ..runs import CONFIG, DATA_REPORT, LABELS, METRICS, PREPROCESS, RUN_INFO, SPLIT, save_json
 from .report import write_report
 
-__all__ = ["COPIED", "Stopped", "run_dataset", "new_run_folder", "variant_folder", "finish"]
+__all__ = [
+    "COPIED", "Stopped", "float_parent", "run_dataset", "new_run_folder", "variant_folder",
+    "parent_graph", "finish",
+]  # fmt: skip
 
 COPIED = (CONFIG, DATA_REPORT, SPLIT, LABELS, PREPROCESS, RUN_INFO)  # the parent's, unchanged
 
@@ -84,6 +87,15 @@ def variant_folder(parent: LoadedRun, out: str | Path) -> Iterator[Path]:
         raise
 
 
+def parent_graph(parent: LoadedRun) -> Path:
+    """The parent's float ONNX graph: its checked ``model.onnx`` when it has one still valid,
+    else exported (and checked) into the parent's folder now, as the Export tab would, so the
+    next variant of the same run reuses it."""
+    if "onnx" not in checked_exports(parent.run_dir):
+        export_run(parent, "onnx")
+    return parent.run_dir / FILE_NAMES["onnx"]
+
+
 def _evaluate_both(parent: LoadedRun, variant: LoadedRun, dataset: Dataset) -> dict:
     """Both models on the parent's held-out pictures, and how often they give the same answer."""
     split, samples = dataset.held_out()
@@ -108,15 +120,12 @@ def finish(
     """Evaluate, measure and describe a saved variant; returns its metrics.
 
     Both models are timed as ONNX graphs in ONNX Runtime: the parent's float graph and the
-    variant's (its own int8 graph, or its float graph exported here and checked)."""
+    variant's (a copy of its int8 graph, or its float graph exported here and checked)."""
     variant = load_run(run)
     metrics = _evaluate_both(parent, variant, dataset)
     save_json(run / METRICS, metrics["variant"])
-    graphs = {}
-    for name, loaded in (("parent", parent), ("variant", variant)):
-        graphs[name] = scratch / f"{name}.onnx"
-        if not graphs[name].is_file():
-            export_run(loaded, "onnx", out=graphs[name])
+    graphs = {"parent": parent_graph(parent), "variant": scratch / "variant.onnx"}
+    export_run(variant, "onnx", out=graphs["variant"])
     write_report(run, method, parent, variant, metrics, graphs, threads)
     write_model_card(run)
     return metrics["variant"]

@@ -17,7 +17,9 @@ Pick a trained model and a way to shrink it, then press **Make the variant**. Ea
 new model beside the original (nothing is replaced): **Prune** removes whole channels from the
 network and then trains it a little to recover; **Quantize** stores and computes it with 8-bit
 integers instead of 32-bit numbers. The chart shows every variant's accuracy against its speed,
-measured on this computer; the green ones are the best trade-offs. Pick one to export it."""
+measured on this computer; the green ones are the best trade-offs. Pick one to export it.
+Pruning needs pictures to win its accuracy back: with a few dozen a class expect to lose some
+(the table says how much)."""
 
 METHODS = [
     ("Quantize to int8 (seconds)", "quantize"),
