@@ -33,7 +33,15 @@ from ..models.pruned import layer_widths
 from ..training.config import TrainConfig
 from ..training.tune import tune
 from .measure import count_macs, count_params
-from .variant import Stopped, finish, float_parent, run_dataset, variant_folder
+from .variant import (
+    Stopped,
+    classifier_of,
+    finish,
+    float_parent,
+    run_dataset,
+    training_sample,
+    variant_folder,
+)
 
 __all__ = ["IMPORTANCES", "prune_model", "prune_run"]
 
@@ -50,11 +58,6 @@ def _importance(name: str):
     if name == "taylor":
         return tp.importance.GroupTaylorImportance()
     raise StudioError(f"unknown importance {name!r}; choose {', '.join(IMPORTANCES)}")
-
-
-def _classifier(model: nn.Module) -> list[nn.Module]:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    return [head] if isinstance(head, nn.Module) else []
 
 
 def prune_model(
@@ -74,13 +77,14 @@ def prune_model(
     if not 0 < ratio < 1:
         raise StudioError(f"the pruning ratio must be between 0 and 1, not {ratio}")
     example = torch.zeros(1, *input_size)
+    head = classifier_of(model)
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Torch-Pruning's notes on layers it leaves alone
         pruner = tp.pruner.BasePruner(
             model, example, importance=_importance(importance), pruning_ratio=ratio,
             global_pruning=global_pruning, max_pruning_ratio=0.9,
-            ignored_layers=_classifier(model), round_to=8,
+            ignored_layers=[head] if head is not None else [], round_to=8,
         )  # fmt: skip
         if importance == "taylor":
             if gradients is None:
@@ -113,13 +117,9 @@ def ratio_for_macs(
 
 def _taylor_gradients(parent: LoadedRun, dataset, seed: int, pictures: int = 32):
     """Backpropagates the task loss of up to ``pictures`` training pictures (seeded sample)."""
-    import random
-
     from ..data.images import open_rgb
 
-    samples = list(dataset.train)
-    random.Random(seed).shuffle(samples)
-    samples = samples[:pictures]
+    samples = training_sample(dataset, pictures, seed)
     transform = parent.transform()
 
     def backward(model: nn.Module) -> None:

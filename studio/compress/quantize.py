@@ -26,7 +26,6 @@ With VNNI, ``reduce_range`` is left off, as ONNX Runtime advises.
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -38,17 +37,23 @@ from ..data.images import open_rgb
 from ..errors import StudioError
 from ..models.kinds import LoadedRun, save_model
 from ..runs import INT8_GRAPH
-from .variant import Stopped, finish, float_parent, parent_graph, run_dataset, variant_folder
+from .variant import (
+    Stopped,
+    finish,
+    float_parent,
+    parent_graph,
+    run_dataset,
+    training_sample,
+    variant_folder,
+)
 
 __all__ = ["quantize_run"]
 
 
 def _calibration_batches(loaded: LoadedRun, dataset: Dataset, count: int, seed: int):
     """Up to ``count`` training pictures (seeded sample), one array each, as prediction sees them."""
-    samples = list(dataset.train)
-    random.Random(seed).shuffle(samples)
     transform = loaded.transform()
-    for sample in samples[:count]:
+    for sample in training_sample(dataset, count, seed):
         yield {"image": transform(open_rgb(sample.path)).unsqueeze(0).numpy()}
 
 

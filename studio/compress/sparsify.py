@@ -24,14 +24,14 @@ from .. import events as ev
 from ..errors import StudioError
 from ..models.kinds import save_model
 from ..runs import COMPRESSION, load_json, save_json
-from .variant import Stopped, finish, float_parent, run_dataset, variant_folder
+from .variant import Stopped, classifier_of, finish, float_parent, run_dataset, variant_folder
 
 __all__ = ["sparsify_model", "sparsify_run"]
 
 
 def _prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Convolutions and linear layers, except the classifier (its few weights are the classes)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head = classifier_of(model)
     return [
         (name, m)
         for name, m in model.named_modules()

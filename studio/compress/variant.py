@@ -11,6 +11,7 @@ and the model card. A method that fails or is stopped leaves no folder behind
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from .report import write_report
 
 __all__ = [
     "COPIED", "Stopped", "float_parent", "run_dataset", "new_run_folder", "variant_folder",
-    "parent_graph", "finish",
+    "parent_graph", "finish", "training_sample", "classifier_of",
 ]  # fmt: skip
 
 COPIED = (CONFIG, DATA_REPORT, SPLIT, LABELS, PREPROCESS, RUN_INFO)  # the parent's, unchanged
@@ -48,6 +49,19 @@ def float_parent(run_dir: str | Path) -> LoadedRun:
     if parent.kind.write is not None or not parent.kind.gradients:
         raise StudioError(f"{parent.run_dir.name} is already {parent.kind.a_model}")
     return parent
+
+
+def training_sample(dataset: Dataset, count: int, seed: int) -> list:
+    """Up to ``count`` training pictures, a seeded sample (int8 calibration, Taylor gradients)."""
+    samples = list(dataset.train)
+    random.Random(seed).shuffle(samples)
+    return samples[:count]
+
+
+def classifier_of(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The model's classifier (left alone by pruning: its outputs are the classes), if any."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return head if isinstance(head, torch.nn.Module) else None
 
 
 def run_dataset(loaded: LoadedRun) -> Dataset:
