@@ -156,7 +156,7 @@ def _add_compress(sub) -> None:
         "compress", help="make a smaller, faster variant of a run (a new run folder)"
     )
     p.add_argument("run")
-    p.add_argument("--method", required=True, choices=["prune", "quantize", "sparsify"])
+    p.add_argument("--method", required=True, choices=["prune", "quantize", "sparsify", "distill"])
     p.add_argument("--out", required=True, help="the new run folder (must not exist yet)")
     p.add_argument(
         "--ratio",
@@ -171,19 +171,38 @@ def _add_compress(sub) -> None:
     p.add_argument("--global", dest="global_pruning", action="store_true",
                    help="prune the least important channels anywhere (default: per layer)")  # fmt: skip
     p.add_argument("--finetune-epochs", type=int, default=3, help="recovery epochs (prune)")
-    p.add_argument("--lr", type=float, default=1e-3, help="recovery learning rate (prune)")
+    p.add_argument("--lr", type=float,
+                   help="learning rate (prune: 1e-3; distill: the teacher run's)")  # fmt: skip
     p.add_argument("--to", default="int8", choices=["int8"], help="number format (quantize)")
     p.add_argument(
         "--calibration", type=_positive_int, default=64, help="training pictures for int8 ranges"
     )
+    _add_distill_options(p)
     p.add_argument("--threads", type=_positive_int, default=2, help="threads when timing")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="random seed (default 0; distill: the teacher run's)")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
 
     p = sub.add_parser("compare", help="a table and a chart of a run's variants (compression.json)")
     p.add_argument("runs", nargs="+", help="variant run folders (their originals are included)")
     p.add_argument("--html", help="write the accuracy-against-speed chart here")
     p.add_argument("--json", action="store_true")
+
+
+def _add_distill_options(p) -> None:
+    """``studio compress --method distill``: the student and how the teacher teaches it."""
+    p.add_argument("--student", default="tf_efficientnet_lite0",
+                   help="catalog backbone to train (distill)")  # fmt: skip
+    p.add_argument("--student-weights", help="a local weights file for the student (distill)")
+    p.add_argument("--temperature", type=float, default=4.0, help="softening of both answers")
+    p.add_argument("--alpha", type=float, default=0.7,
+                   help="the teacher's share of the loss, 0..1 (distill)")  # fmt: skip
+    p.add_argument("--features", type=float, default=0.0,
+                   help="weight of matching the teacher's features (0: off; needs trainable "
+                   "layers)")  # fmt: skip
+    p.add_argument("--epochs", type=_positive_int, help="student epochs (default: the teacher's)")
+    p.add_argument("--freeze", help="student layers to freeze (default: as the teacher run)")
+    p.add_argument("--no-alone", dest="alone", action="store_false",
+                   help="skip training the student without the teacher for comparison")  # fmt: skip
 
 
 def _add_tools(sub) -> None:
@@ -508,29 +527,41 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _cmd_compress(args) -> int:
+def _compress_events(args, stop):
+    """The chosen method's event stream."""
+    from .compress.distill import distill_run
     from .compress.prune import prune_run
     from .compress.quantize import quantize_run
     from .compress.sparsify import sparsify_run
 
+    seed = 0 if args.seed is None else args.seed
+    if args.method == "prune":
+        return prune_run(
+            args.run, args.out, ratio=args.ratio, macs=args.macs, importance=args.importance,
+            global_pruning=args.global_pruning, finetune_epochs=args.finetune_epochs,
+            lr=args.lr or 1e-3, seed=seed, threads=args.threads, stop=stop,
+        )  # fmt: skip
+    if args.method == "sparsify":
+        return sparsify_run(
+            args.run, args.out, amount=args.ratio, global_pruning=args.global_pruning,
+            threads=args.threads, should_stop=stop.is_set,
+        )  # fmt: skip
+    if args.method == "distill":
+        return distill_run(
+            args.run, args.out, student=args.student, student_weights=args.student_weights,
+            temperature=args.temperature, alpha=args.alpha, features=args.features,
+            epochs=args.epochs, freeze=args.freeze, lr=args.lr, seed=args.seed,
+            alone=args.alone, threads=args.threads, stop=stop,
+        )  # fmt: skip
+    return quantize_run(
+        args.run, args.out, calibration=args.calibration, seed=seed, threads=args.threads,
+        should_stop=stop.is_set,
+    )  # fmt: skip
+
+
+def _cmd_compress(args) -> int:
     with _ctrl_c_stops() as stop:
-        if args.method == "prune":
-            events = prune_run(
-                args.run, args.out, ratio=args.ratio, macs=args.macs, importance=args.importance,
-                global_pruning=args.global_pruning, finetune_epochs=args.finetune_epochs,
-                lr=args.lr, seed=args.seed, threads=args.threads, stop=stop,
-            )  # fmt: skip
-        elif args.method == "sparsify":
-            events = sparsify_run(
-                args.run, args.out, amount=args.ratio, global_pruning=args.global_pruning,
-                threads=args.threads, should_stop=stop.is_set,
-            )  # fmt: skip
-        else:
-            events = quantize_run(
-                args.run, args.out, calibration=args.calibration, seed=args.seed,
-                threads=args.threads, should_stop=stop.is_set,
-            )  # fmt: skip
-        _follow(events, args.json, _EventPrinter(""))
+        _follow(_compress_events(args, stop), args.json, _EventPrinter(""))
     if not args.json and Path(args.out).is_dir():
         _print_comparison([args.out])
     return 0

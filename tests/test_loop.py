@@ -18,8 +18,9 @@ from studio.training.loop import (
 )
 
 
-def _one_epoch(small_example, tmp_path, **hooks):
-    cfg = TrainConfig(data=str(small_example), out=str(tmp_path), augment="none", batch_size=8)
+def _one_epoch(small_example, tmp_path, cache=True, **hooks):
+    cfg = TrainConfig(data=str(small_example), out=str(tmp_path), augment="none", batch_size=8,
+                      cache=cache)  # fmt: skip
     run = set_up(cfg)
     frozen = parse_freeze(cfg.freeze, run.groups)
     apply_freeze(run.model, run.groups, frozen)
@@ -63,3 +64,23 @@ def test_an_extra_loss_term_and_a_second_stream_reach_every_step(small_example, 
     pushed, *_ = _one_epoch(small_example, tmp_path / "c", extra_loss=push_class_0)
     assert not torch.allclose(pushed, plain)
     assert pushed[0].norm() > plain[0].norm()
+
+
+def test_each_step_knows_which_training_pictures_it_holds(small_example, tmp_path):
+    """A teacher's cached answers are looked up by position: the positions must be the step's
+    own pictures, whether the batches are decoded pictures or stored frozen features."""
+    from studio.data.dataset import load_dataset
+
+    train = load_dataset(str(small_example)).train  # split as the runs below split it
+    targets = torch.tensor([s.labels[0] for s in train])
+    for cache in (True, False):
+        seen = []
+
+        def check(step, seen=seen):
+            assert torch.equal(step.y.cpu(), targets[step.indices])
+            seen.extend(step.indices.tolist())
+            return 0 * step.logits.sum()
+
+        _one_epoch(small_example, tmp_path / f"c{cache}", cache, extra_loss=check)
+        assert sorted(seen) == list(range(len(train))), cache  # each picture once
+        assert seen != sorted(seen)  # in the epoch's shuffled order

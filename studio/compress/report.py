@@ -54,21 +54,30 @@ def write_report(
     metrics: dict,
     graphs: dict[str, Path],
     threads: int,
+    extra: dict | None = None,
 ) -> dict:
-    """Measure both models' ONNX graphs (``graphs["parent"]``, ``graphs["variant"]``) and
-    write ``compression.json``."""
-    input_size = tuple(parent.preprocess["input_size"])
-    parent_counts = _counts(parent, input_size)
-    variant_counts = _counts(variant, input_size) or parent_counts
+    """Measure both models' ONNX graphs (``graphs["parent"]``, ``graphs["variant"]``), each
+    at its own input size (a student may see smaller pictures than its teacher), and write
+    ``compression.json`` (with ``extra`` added)."""
+    sizes = {
+        "parent": tuple(parent.preprocess["input_size"]),
+        "variant": tuple(variant.preprocess["input_size"]),
+    }
+    parent_counts = _counts(parent, sizes["parent"])
+    variant_counts = _counts(variant, sizes["variant"]) or parent_counts
+    figures = {
+        "variant": _figures(graphs["variant"], metrics["variant"], *variant_counts,
+                            sizes["variant"], threads),
+        "parent": _figures(graphs["parent"], metrics["parent"], *parent_counts, sizes["parent"],
+                           threads),
+    }  # fmt: skip
     record = {
         "method": method,
         "step": model_record(run)["step"],
-        **_figures(graphs["variant"], metrics["variant"], *variant_counts, input_size, threads),
+        **figures["variant"],
         "agreement_with_parent": metrics["agreement"],
-        "parent": {
-            "run": parent.run_dir.name,
-            **_figures(graphs["parent"], metrics["parent"], *parent_counts, input_size, threads),
-        },
+        "parent": {"run": parent.run_dir.name, **figures["parent"]},
+        **(extra or {}),
     }
     save_json(run / COMPRESSION, record)
     return record
@@ -95,6 +104,8 @@ def short_label(method: str, step: dict | None) -> str:
         return f"pruned {step['ratio']:.0%}"
     if method == "sparsify" and isinstance(step.get("amount"), int | float):
         return f"{step['amount']:.0%} zeros"
+    if method == "distill" and isinstance(step.get("student"), str):
+        return f"student {step['student'].removeprefix('tf_').replace('efficientnet_', '')}"
     return method
 
 

@@ -30,7 +30,7 @@ from .report import write_report
 
 __all__ = [
     "COPIED", "Stopped", "float_parent", "run_dataset", "new_run_folder", "variant_folder",
-    "parent_graph", "finish", "training_sample", "classifier_of",
+    "parent_graph", "finish", "training_sample", "classifier_of", "remove_new_folder",
 ]  # fmt: skip
 
 COPIED = (CONFIG, DATA_REPORT, SPLIT, LABELS, PREPROCESS, RUN_INFO)  # the parent's, unchanged
@@ -90,6 +90,11 @@ def new_run_folder(parent: Path, out: str | Path) -> Path:
     return out
 
 
+def remove_new_folder(run: Path) -> None:
+    """Remove a variant's folder that a failed or stopped method made (never the parent's)."""
+    shutil.rmtree(run, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def variant_folder(parent: LoadedRun, out: str | Path) -> Iterator[Path]:
     """The variant's new folder, removed again if the method fails or is stopped."""
@@ -97,7 +102,7 @@ def variant_folder(parent: LoadedRun, out: str | Path) -> Iterator[Path]:
     try:
         yield run
     except BaseException:
-        shutil.rmtree(run, ignore_errors=True)
+        remove_new_folder(run)
         raise
 
 
@@ -129,17 +134,24 @@ def _evaluate_both(parent: LoadedRun, variant: LoadedRun, dataset: Dataset) -> d
 
 
 def finish(
-    run: Path, method: str, parent: LoadedRun, dataset: Dataset, scratch: Path, threads: int
+    run: Path,
+    method: str,
+    parent: LoadedRun,
+    dataset: Dataset,
+    scratch: Path,
+    threads: int,
+    extra: dict | None = None,
 ) -> dict:
     """Evaluate, measure and describe a saved variant; returns its metrics.
 
     Both models are timed as ONNX graphs in ONNX Runtime: the parent's float graph and the
-    variant's (a copy of its int8 graph, or its float graph exported here and checked)."""
+    variant's (a copy of its int8 graph, or its float graph exported here and checked).
+    ``extra`` is added to ``compression.json`` (a distilled student's twin trained alone)."""
     variant = load_run(run)
     metrics = _evaluate_both(parent, variant, dataset)
     save_json(run / METRICS, metrics["variant"])
     graphs = {"parent": parent_graph(parent), "variant": scratch / "variant.onnx"}
     export_run(variant, "onnx", out=graphs["variant"])
-    write_report(run, method, parent, variant, metrics, graphs, threads)
+    write_report(run, method, parent, variant, metrics, graphs, threads, extra)
     write_model_card(run)
     return metrics["variant"]

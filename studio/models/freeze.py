@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # torch loads on first use: the app's Model tab reads specs b
     from torch import nn
 
 __all__ = [
+    "HEAD_ONLY",
     "parse_freeze",
     "spec_for_count",
     "apply_freeze",
@@ -34,6 +35,9 @@ __all__ = [
     "keep_frozen_norms_in_eval",
     "count_params",
 ]
+
+
+HEAD_ONLY = ("backbone", "all-but-head", "head-only")  # specs that freeze all but the head
 
 
 def parse_freeze(spec: str | int, groups: list[Group]) -> list[str]:
@@ -53,7 +57,7 @@ def parse_freeze(spec: str | int, groups: list[Group]) -> list[str]:
     text = str(spec).strip().lower()
     if text in ("none", "", "0"):
         return []
-    if text in ("backbone", "all-but-head", "head-only"):
+    if text in HEAD_ONLY:
         return [n for n in names if n != "head"]
     if text.isdigit():
         k = int(text)

@@ -46,6 +46,7 @@ __all__ = [
     "LoadedRun",
     "register_kind",
     "save_model",
+    "mark_derived",
     "model_record",
     "load_run",
     "WEIGHTS_FORMAT",
@@ -147,6 +148,13 @@ def save_model(
     )
     record = {"kind": kind, "backbone": backbone, "num_classes": num_classes}
     save_json(run / MODEL_RECORD, {**record, "parent": parent, "step": step, **(extra or {})})
+
+
+def mark_derived(run_dir: str | Path, parent: str, step: dict) -> None:
+    """Record in a saved model's ``model.json`` that it was made from run ``parent`` by
+    ``step`` (a student trained by the usual recipe, then told who taught it)."""
+    run = Path(run_dir)
+    save_json(run / MODEL_RECORD, {**model_record(run), "parent": parent, "step": step})
 
 
 def model_record(run_dir: str | Path) -> dict:

@@ -50,6 +50,7 @@ __all__ = [
     "StopFlag",
     "Feeder",
     "Step",
+    "Objective",
     "RunSetup",
     "ImageFeeder",
     "CachedFeeder",
@@ -84,6 +85,8 @@ class Feeder(Protocol):
 
     def steps_per_epoch(self) -> int: ...
 
+    def train_order(self, seed: int) -> np.ndarray: ...
+
     def train_batches(self, seed: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
 
     def val_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
@@ -108,6 +111,21 @@ class Step:
     extra: Any  # this step's item of the extra stream, if any
     epoch: int
     n: int  # the step's number within the epoch, from 1
+    # Positions in the training split of this step's pictures (a teacher's cached logits are
+    # looked up by them), from the feeder's own order for the epoch.
+    indices: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a run minimises besides its task's loss: an extra term per step (a teacher's soft
+    targets, a domain discrepancy) and the task loss's weight in the mix. See
+    :func:`train_epoch`; the default is the task's loss alone."""
+
+    extra_loss: Callable[[Step], torch.Tensor] | None = None
+    task_weight: float = 1.0
+    # Called with the model once it is built, before any step (to hook a layer, say).
+    prepare: Callable[[nn.Module], None] | None = None
 
 
 def without_events(gen: Generator[Any, None, T]) -> T:
@@ -158,13 +176,16 @@ class ImageFeeder:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def train_order(self, seed: int) -> np.ndarray:
+        """The epoch's order of the training pictures, the same as the cached feeder's, so
+        both paths see identical batches."""
+        return np.random.default_rng(seed).permutation(len(self.train_ds))
+
     def train_batches(self, seed: int):
-        # The same seeded order as the cached feeder, so both paths see identical batches.
-        order = np.random.default_rng(seed).permutation(len(self.train_ds)).tolist()
         loader = image_loader(
             self.train_ds,
             self.cfg.batch_size,
-            sampler=order,
+            sampler=self.train_order(seed).tolist(),
             workers=self.cfg.workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -210,10 +231,13 @@ class CachedFeeder:
     def steps_per_epoch(self) -> int:
         return math.ceil(self.train_store.n_images / self.cfg.batch_size)
 
+    def train_order(self, seed: int) -> np.ndarray:
+        return np.random.default_rng(seed).permutation(self.train_store.n_images)
+
     def train_batches(self, seed: int):
         rng = np.random.default_rng(seed)
         n = self.train_store.n_images
-        order = rng.permutation(n)
+        order = rng.permutation(n)  # train_order's draw, then each picture's view
         views = rng.integers(0, self.train_store.views, size=n)
         for start in range(0, n, self.cfg.batch_size):
             idx = order[start : start + self.cfg.batch_size]
@@ -490,13 +514,16 @@ def train_epoch(
     stop: StopFlag | None,
     extra_loss: Callable[[Step], torch.Tensor] | None = None,
     extra_batches: Iterator | None = None,
+    task_weight: float = 1.0,
 ) -> Generator[ev.Batch, None, tuple[float, float, int, bool]]:
     """One pass over the training batches, yielding a ``Batch`` event per step.
 
     ``extra_loss(step)`` adds a term to each step's loss (distillation: the distance to a
     teacher's logits; adaptation: a discrepancy between two domains' features); it sees the
-    step's model, inputs, targets and logits, and the step's item of ``extra_batches`` (a second
-    stream, for example unlabelled pictures; ``None`` once it runs out).
+    step's model, inputs, targets, logits and the positions of its pictures in the training
+    split, and the step's item of ``extra_batches`` (a second stream, for example unlabelled
+    pictures; ``None`` once it runs out). The task's own loss is weighted by ``task_weight``
+    (distillation's mix of hard and soft targets).
 
     Returns ``(mean loss, accuracy, images seen, whether a stop was asked)``.
     """
@@ -506,6 +533,7 @@ def train_epoch(
     steps = feeder.steps_per_epoch()
     total_loss, correct, seen = 0.0, 0, 0
     batches = iter(feeder.train_batches(epoch_seed(cfg.seed, epoch)))
+    order = feeder.train_order(epoch_seed(cfg.seed, epoch)) if extra_loss is not None else None
     for n in range(1, steps + 1):
         # Decoding (augmentation) and the step (dropout) draw from the global generators:
         # seeded per batch, under the lock that keeps other runs' draws out (studio.rng).
@@ -517,9 +545,10 @@ def train_epoch(
             extra = next(extra_batches, None) if extra_batches is not None else None
             with autocast(run.device, run.amp):
                 logits = feeder.forward(model, x)
-                loss = loss_fn(logits.float(), y)
+                loss = loss_fn(logits.float(), y) * task_weight
                 if extra_loss is not None:
-                    loss = loss + extra_loss(Step(model, x, y, logits, extra, epoch, n))
+                    where = order[(n - 1) * cfg.batch_size : n * cfg.batch_size]
+                    loss = loss + extra_loss(Step(model, x, y, logits, extra, epoch, n, where))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

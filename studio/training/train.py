@@ -54,6 +54,7 @@ from ..runs import (
 )
 from .config import TrainConfig
 from .loop import (
+    Objective,
     RunSetup,
     StopFlag,
     count_correct,
@@ -244,7 +245,10 @@ class _Progress:
 
 
 def train(
-    config: TrainConfig, dataset: Dataset | None = None, stop: StopFlag | None = None
+    config: TrainConfig,
+    dataset: Dataset | None = None,
+    stop: StopFlag | None = None,
+    objective: Objective | None = None,
 ) -> Iterator[ev.Event]:
     """Train a model and yield its progress.
 
@@ -252,6 +256,8 @@ def train(
         config: What to train; ``config.out`` is the run folder.
         dataset: Already loaded data; loaded from ``config.data`` when None.
         stop: Checked after every batch; when set, the run ends cleanly and keeps the best model.
+        objective: A term added to the task's loss at each trained step (distillation's
+            teacher); an exact head fit solves the task's loss alone.
 
     Yields:
         :class:`~studio.events.Started`, then ``Caching``, ``Batch``, ``Epoch`` and ``Checkpoint``
@@ -264,7 +270,7 @@ def train(
     run_dir = Path(config.out)
     log_file = None
     try:
-        for event in _train(config, dataset, stop):
+        for event in _train(config, dataset, stop, objective or Objective()):
             if isinstance(event, ev.Started):
                 log_file = open(run_dir / EVENTS, "a")  # noqa: SIM115 - closed below
             if log_file is not None and not isinstance(event, ev.Batch | ev.Caching):
@@ -298,13 +304,17 @@ def run_training(config: TrainConfig, dataset: Dataset | None = None) -> ev.Fini
 _STOPPED_BY_USER = "stopped by user"
 
 
-def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> Iterator[ev.Event]:
+def _train(
+    cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None, objective: Objective
+) -> Iterator[ev.Event]:
     t_start = time.perf_counter()
     cfg, resume_state = _open_run(cfg.validate())
     dataset = load_training_data(cfg, dataset)
     if resume_state is not None and resume_state["split_hash"] != dataset.split_hash():
         raise StudioError("the data changed since this run started; resume needs the same split")
     run = set_up(cfg, dataset)
+    if objective.prepare is not None:
+        objective.prepare(run.model)
     loss_fn = _training_loss(run)  # before a resume loads trained weights (L2-SP's reference)
     _write_run_files(run, first=resume_state is None)
     progress = _Progress.resume(resume_state, run.model) if resume_state else _Progress()
@@ -315,8 +325,9 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
     last_frozen = parse_freeze(phases[-1].freeze, run.groups)
     shared = len(phases) > 1 and bool(last_frozen) and cfg.cache
     stopped = yield from _run_phases(
-        run, phases, progress, loss_fn, resume_state, stop, last_frozen if shared else None
-    )
+        run, phases, progress, (loss_fn, objective), resume_state, stop,
+        last_frozen if shared else None,
+    )  # fmt: skip
     if not progress.history:
         if stopped:
             return  # stopped before the first epoch: there is no model to keep
@@ -324,9 +335,10 @@ def _train(cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None) -> 
     yield _finish(run, progress, stopped, time.perf_counter() - t_start)
 
 
-def _run_phases(run: RunSetup, phases, progress, loss_fn, resume_state, stop, cache_frozen):
+def _run_phases(run: RunSetup, phases, progress, losses, resume_state, stop, cache_frozen):
     """Each phase in turn: its freeze, its feeder (one feeder for all phases when
-    ``cache_frozen`` names the prefix to cache), its epochs. Returns why it stopped, if it did."""
+    ``cache_frozen`` names the prefix to cache), its epochs. ``losses`` is the task's loss and
+    the :class:`Objective`. Returns why it stopped, if it did."""
     cfg, dataset, run_dir = run.cfg, run.dataset, Path(run.cfg.out)
     stopped, started, feeder = None, False, None
     try:
@@ -364,7 +376,7 @@ def _run_phases(run: RunSetup, phases, progress, loss_fn, resume_state, stop, ca
                 stopped = yield from _fit_head_phase(run, index, phase, feeder, progress, stop)
             else:
                 stopped = yield from _run_phase(
-                    run, index, phase, feeder, loss_fn, progress, resume_state, stop
+                    run, index, phase, feeder, losses, progress, resume_state, stop
                 )
             if stopped:
                 yield ev.Stopped(stopped, progress.done_epochs)
@@ -446,7 +458,7 @@ def _run_phase(
     index: int,
     phase: _Phase,
     feeder,
-    loss_fn,
+    losses: tuple[Callable, Objective],
     progress: _Progress,
     resume_state: dict | None,
     stop: StopFlag | None,
@@ -456,6 +468,7 @@ def _run_phase(
     Each phase has its own optimizer and schedule (the trainable parameters differ).
     """
     cfg, model = run.cfg, run.model
+    loss_fn, objective = losses
     optimizer = make_optimizer(
         cfg, optimizer_groups(model, run.groups, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     )
@@ -470,8 +483,9 @@ def _run_phase(
     for epoch in range(max(phase.first, progress.done_epochs + 1), phase.last + 1):
         t_epoch = time.perf_counter()
         loss, accuracy, seen, stop_asked = yield from train_epoch(
-            run, feeder, loss_fn, optimizer, scheduler, scaler, epoch, stop
-        )
+            run, feeder, loss_fn, optimizer, scheduler, scaler, epoch, stop,
+            extra_loss=objective.extra_loss, task_weight=objective.task_weight,
+        )  # fmt: skip
         if stop_asked and seen < len(run.train_ds):
             return _STOPPED_BY_USER  # a half epoch is not an epoch: keep the best finished one
         val_loss, val_acc = validate(run, feeder)

@@ -1,0 +1,116 @@
+"""Distillation: a trained run teaches a student, which is then a run like any other, shown beside
+the same student trained without the teacher."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import pytest
+import torch
+
+from studio import events as ev
+from studio.cli import main
+from studio.compress.distill import TeacherTargets, distill_loss, distill_run
+from studio.compress.report import comparison
+from studio.compress.variant import run_dataset
+from studio.inspection.explain import Explainer
+from studio.models.kinds import load_run
+
+
+@pytest.fixture(scope="module")
+def distilled(trained_run, tmp_path_factory):
+    """Lite0 teaching Lite0 (the offline catalog's quickest pair), its last block and head
+    trained, with feature matching on: every part of the recipe runs."""
+    out = tmp_path_factory.mktemp("distill") / "student"
+    events = list(distill_run(trained_run, out, epochs=2, freeze="last:1", features=0.5, alpha=0.6))
+    assert isinstance(events[-1], ev.Finished), events[-1]
+    return out, events
+
+
+def test_a_student_learns_from_its_teacher_and_is_a_run_like_any_other(distilled, trained_run):
+    out, events = distilled
+    kinds = [e.kind for e in events]
+    assert kinds.index("caching") < kinds.index("started") < kinds.index("epoch")  # teacher first
+    assert [e.epoch for e in events if isinstance(e, ev.Epoch)] == [1, 2]  # the alone run: notes
+    assert any("the student alone: epoch 2/2" in getattr(e, "message", "") for e in events)
+    record = json.loads((out / "compression.json").read_text())
+    step = record["step"]
+    assert record["method"] == "distill" and record["parent"]["run"] == trained_run.name
+    assert step["student"] == "tf_efficientnet_lite0" and step["alpha"] == 0.6
+    assert step["temperature"] == 4.0 and step["features"] == 0.5 and step["epochs"] == 2
+    assert step["teacher_seconds"] > 0 and step["student_seconds"] > 0
+    alone = record["alone"]
+    assert alone["split"] == "test" and 0 <= alone["accuracy"] <= 1 and alone["best_epoch"] >= 1
+    assert record["accuracy"] >= 0.5  # chance is 1/3
+    model = json.loads((out / "model.json").read_text())
+    assert model["kind"] == "timm" and model["parent"] == trained_run.name
+    config = json.loads((out / "config.json").read_text())
+    assert config["freeze"] == "last:1" and config["head_solver"] == "sgd"
+    assert "timm model from run" in (out / "MODEL_CARD.md").read_text()
+    rows = comparison([out])
+    assert [r["label"] for r in rows] == ["original", "student lite0"]
+    picture = json.loads((out / "metrics.json").read_text())["predictions"][0]["path"]
+    maps = Explainer.from_run(out).explain(picture, ["gradcam"]).maps  # gradients flow
+    assert maps["gradcam"].shape == (224, 224)
+
+
+def test_the_soft_loss_is_the_temperature_scaled_kl_divergence():
+    student, teacher, t = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.5, 1.5, 0.0]]), 2.0
+
+    def softmax(v):
+        e = [math.exp(x / t) for x in v]
+        return [x / sum(e) for x in e]
+
+    p, q = softmax(teacher[0].tolist()), softmax(student[0].tolist())
+    by_hand = t * t * sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
+    assert distill_loss(student, teacher, t).item() == pytest.approx(by_hand, rel=1e-5)
+    assert distill_loss(teacher, teacher, t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_teacher_answers_each_training_picture_once_in_split_order(trained_run):
+    parent = load_run(trained_run)
+    dataset = run_dataset(parent)
+    gen = TeacherTargets.compute(parent, dataset, features=True)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            targets = done.value
+            break
+    assert targets.logits.shape == (len(dataset.train), 3)
+    assert targets.features.shape == (len(dataset.train), 1280)  # Lite0's pooled width
+    from studio.data.images import open_rgb
+
+    first = parent.transform()(open_rgb(dataset.train[0].path)).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.allclose(parent.model(first)[0], targets.logits[0], atol=1e-4)
+
+
+def test_bad_distillations_exit_2_with_one_line_and_leave_nothing(trained_run, tmp_path, capsys):
+    distill = ["compress", str(trained_run), "--method", "distill", "--out", str(tmp_path / "s")]
+    cases = [
+        (["--alpha", "1.5"], "must be in [0, 1]"),
+        (["--temperature", "0"], "temperature must be above 0"),
+        (["--student", "no_such_net"], "unknown backbone 'no_such_net'"),
+        (["--student", "resnet18"], "has no pretrained weights on this computer"),
+        (["--features", "1"], "needs student layers that learn"),  # the teacher froze them all
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        assert main(distill + extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (extra, err)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_stop_before_the_first_epoch_keeps_nothing(trained_run, tmp_path):
+    stop, out = threading.Event(), tmp_path / "stopped"
+    seen = []
+    for event in distill_run(trained_run, out, epochs=2, alone=False, stop=stop):
+        seen.append(event)
+        if isinstance(event, ev.Caching) and event.done:
+            stop.set()  # during the teacher's pass: the student never starts
+    assert isinstance(seen[-1], ev.Stopped) and not out.exists()
+    assert not any(isinstance(e, ev.Epoch) for e in seen)
