@@ -580,6 +580,12 @@ def _print_comparison(runs: list[str]) -> list[dict]:
             + ("  *" if best else "")
         )
     print(f"timed in {rows[0]['runtime']}; * best trade-off (no model faster and more accurate)")
+    for row in rows:
+        if row.get("alone_accuracy") is not None:
+            print(
+                f"{row['run']}: accuracy {row['accuracy']:.3f} with its teacher, "
+                f"{row['alone_accuracy']:.3f} for the same student trained alone"
+            )
     return rows
 
 

@@ -114,3 +114,27 @@ def test_a_stop_before_the_first_epoch_keeps_nothing(trained_run, tmp_path):
             stop.set()  # during the teacher's pass: the student never starts
     assert isinstance(seen[-1], ev.Stopped) and not out.exists()
     assert not any(isinstance(e, ev.Epoch) for e in seen)
+
+
+def test_the_compress_tab_offers_students_with_weights_here_and_shows_the_twin(
+    distilled, trained_run, tmp_path
+):
+    import shutil
+
+    from studio.ui.common import Context
+    from studio.ui.compress_tab import family_view, folder_suffix, show_settings
+
+    *boxes, teach, students = show_settings("distill")
+    assert teach["visible"] and not any(b["visible"] for b in boxes)
+    offered = [name for _, name in students["choices"]]
+    assert "tf_efficientnet_lite0" in offered and "resnet18" not in offered  # no weights here
+    assert folder_suffix("distill", "tf_efficientnet_lite0") == "student-lite0"
+    assert folder_suffix("sparsify", "") == "sparsify" and folder_suffix("quantize", "") == "int8"
+    ctx = Context(tmp_path / "app")
+    _, ws = ctx.open(None)
+    shutil.copytree(trained_run, ws.runs_dir / trained_run.name)
+    shutil.copytree(distilled[0], ws.runs_dir / "mine-student-lite0")
+    table, _, _ = family_view(ctx, ws.id, trained_run.name)
+    alone = json.loads((distilled[0] / "compression.json").read_text())["alone"]["accuracy"]
+    assert [row[1] for row in table] == ["original", "distill"]
+    assert table[0][-1] == "" and table[1][-1] == round(alone, 3)

@@ -121,6 +121,8 @@ def _row(name: str, method: str, figures: dict) -> dict:
         "batch1_spread_ms": round(lat["batch1"]["p75_ms"] - lat["batch1"]["p25_ms"], 3),
         "batch32_ms": lat["batch32"]["median_ms"],
         "runtime": figures["runtime"],
+        # A distilled student's twin, trained without its teacher on the same split and seed.
+        "alone_accuracy": (figures.get("alone") or {}).get("accuracy"),
     }
 
 

@@ -16,7 +16,9 @@ HELP = """### 7. Make it smaller and faster
 Pick a trained model and a way to shrink it, then press **Make the variant**. Each variant is a
 new model beside the original (nothing is replaced): **Prune** removes whole channels from the
 network and then trains it a little to recover; **Quantize** stores and computes it with 8-bit
-integers instead of 32-bit numbers. The chart shows every variant's accuracy against its speed,
+integers instead of 32-bit numbers; **Distill** trains a smaller network (the *student*) to give
+the answers your model (the *teacher*) gives, and trains the same student without the teacher
+too, so you see what the teacher added. The chart shows every variant's accuracy against its speed,
 measured on this computer; the green ones are the best trade-offs. Pick one to export it.
 Pruning needs pictures to win its accuracy back: with a few dozen a class expect to lose some
 (the table says how much)."""
@@ -25,6 +27,7 @@ METHODS = [
     ("Quantize to int8 (seconds)", "quantize"),
     ("Prune channels, then recover", "prune"),
     ("Zero the smallest weights (a smaller zip, not faster)", "sparsify"),
+    ("Teach a smaller student (distillation)", "distill"),
 ]
 SPARSITY_NOTE = """*Zeroing weights* (unstructured sparsity) keeps every layer's shape: the file zips much
 smaller, but the model is **not faster** on this computer (it still multiplies by every zero): the
@@ -36,9 +39,21 @@ IMPORTANCES = [
 ]
 TABLE_HEADERS = [
     "model", "made by", "accuracy", "macro F1", "parameters (M)", "MACs (M)", "file (MB)",
-    "zipped (MB)", "ms a picture", "ms for 32", "best trade-off",
+    "zipped (MB)", "ms a picture", "ms for 32", "best trade-off", "student alone",
 ]  # fmt: skip
+STATUS_WHILE_TRAINING = {
+    "prune": "Recovering the accuracy pruning cost.",
+    "distill": "The student is learning from its teacher.",
+}
 KIND = "compression"
+
+
+def folder_suffix(method: str, student: str) -> str:
+    """The end of a variant's folder name: ``int8``, ``prune``, ``student-lite0``."""
+    if method == "distill":
+        short = student.removeprefix("tf_").replace("efficientnet_", "")
+        return f"student-{short}"
+    return method if method in ("prune", "sparsify") else "int8"
 
 
 def variant_dir(ws, run_name: str, method: str):
@@ -51,12 +66,20 @@ def variant_dir(ws, run_name: str, method: str):
     return path
 
 
-def _stream(run, out, method: str, ratio, importance, global_pruning, epochs, calibration):
+def _stream(run, out, method: str, ratio, importance, global_pruning, epochs, calibration,
+            teach: dict):  # fmt: skip
     """The engine's generator for the chosen method, as a job's ``stream(stop)``."""
+    from ..compress.distill import distill_run
     from ..compress.prune import prune_run
     from ..compress.quantize import quantize_run
     from ..compress.sparsify import sparsify_run
 
+    if method == "distill":
+        return lambda stop: distill_run(
+            run, out, student=teach["student"], temperature=float(teach["temperature"]),
+            alpha=float(teach["alpha"]), epochs=int(teach["epochs"]), alone=bool(teach["alone"]),
+            stop=stop,
+        )  # fmt: skip
     if method == "prune":
         return lambda stop: prune_run(
             run, out, ratio=float(ratio), importance=importance, global_pruning=bool(global_pruning),
@@ -91,25 +114,29 @@ def family_view(ctx: Context, ws_id, run_name):
          round(r["params"] / 1e6, 2), round(r["macs"] / 1e6), round(r["size_bytes"] / 1e6, 1),
          round((r["zipped_bytes"] or 0) / 1e6, 1),
          f"{r['batch1_ms']:.1f} ± {r['batch1_spread_ms'] / 2:.1f}", round(r["batch32_ms"]),
-         "✅" if best else ""]
+         "✅" if best else "",
+         "" if r.get("alone_accuracy") is None else round(r["alone_accuracy"], 3)]
         for r, best in zip(rows, front)
     ]  # fmt: skip
     names = [p.name for p in variants]
     return table, compression_tradeoff(rows, front), gr.update(choices=names, value=names[-1])
 
 
-def _status(snap) -> str:
+def _status(snap, method: str) -> str:
     text = f"**{as_text(snap.message)}.**"
     if snap.state == "training" and not snap.epochs and snap.notices:
         text = f"**{as_text(snap.notices[-1][:1].upper() + snap.notices[-1][1:])}...**"
     elif snap.epochs and snap.state == "training":
-        text += " Recovering the accuracy pruning cost."
+        text += " " + STATUS_WHILE_TRAINING.get(method, "")
     return text
 
 
-def make_variant(ctx: Context, ws_id, run_name, method, ratio, importance, glob, epochs, calib):
+def make_variant(
+    ctx: Context, ws_id, run_name, method, ratio, importance, glob, epochs, calib,
+    student, temperature, alpha, student_epochs, alone,
+):  # fmt: skip
     """Start the variant as a job (one per workspace) and stream its progress until it ends:
-    (status, recovery curves, table, chart, variants)."""
+    (status, training curves, table, chart, variants)."""
     try:
         if not run_name:
             raise StudioError("train a model first, then pick it here")
@@ -122,32 +149,36 @@ def make_variant(ctx: Context, ws_id, run_name, method, ratio, importance, glob,
         load_engine()
         from ..jobs import Job
 
-        stream = _stream(run, variant_dir(ws, run.name, method if method == "prune" else "int8"),
-                         method, ratio, importance, glob, epochs, calib)  # fmt: skip
-        job = Job(KIND, stream, int(epochs) if method == "prune" else 0).start()
+        teach = dict(student=student, temperature=temperature, alpha=alpha,
+                     epochs=student_epochs, alone=alone)  # fmt: skip
+        out = variant_dir(ws, run.name, folder_suffix(method, student or ""))
+        stream = _stream(run, out, method, ratio, importance, glob, epochs, calib, teach)
+        planned = {"prune": int(epochs), "distill": int(student_epochs)}.get(method, 0)
+        job = Job(KIND, stream, planned).start()
     except BaseException:
         ctx.jobs.release(ws_id, KIND)
         raise
     ctx.jobs.hand_over(ws_id, KIND, job)
-    yield from _follow(ctx, ws_id, job, run_name)
+    yield from _follow(ctx, ws_id, job, run_name, method)
 
 
-def _follow(ctx: Context, ws_id, job, run_name):
+def _follow(ctx: Context, ws_id, job, run_name, method: str):
     from ..inspection import charts
 
     said, shown = "", -1
     while not job.done:
         snap = job.snapshot()
-        text = _status(snap)
+        text = _status(snap, method)
         if text != said or len(snap.epochs) != shown:
             said, shown = text, len(snap.epochs)
-            curves = charts.training_curves({"recovery": [e.to_dict() for e in snap.epochs]})
+            name = "student" if method == "distill" else "recovery"
+            curves = charts.training_curves({name: [e.to_dict() for e in snap.epochs]})
             yield text, curves if snap.epochs else gr.update(), *[gr.update()] * 3
         time.sleep(0.5)
     snap = job.snapshot()
     if snap.state == "failed":
         raise gr.Error(as_text(snap.message), print_exception=False)
-    yield _status(snap), gr.update(), *family_view(ctx, ws_id, run_name)
+    yield _status(snap, method), gr.update(), *family_view(ctx, ws_id, run_name)
 
 
 def stop_variant(ctx: Context, ws_id) -> str:
@@ -163,11 +194,20 @@ def open_in_export(ctx: Context, ws_id, variant):
 
 
 def show_settings(method: str) -> tuple:
-    """Only the chosen method's settings: (pruning settings, int8 calibration, sparsity note)."""
+    """Only the chosen method's settings: (pruning settings, int8 calibration, sparsity note,
+    distillation settings, the students to choose from)."""
+    students = gr.update()
+    if method == "distill":  # the catalog backbones whose weights are on this computer
+        from ..models.backbones import catalog
+
+        offline = [(r["title"], r["name"]) for r in catalog() if r["pretrained_available"]]
+        students = gr.update(choices=offline, value=offline[0][1] if offline else None)
     return (
         gr.update(visible=method in ("prune", "sparsify")),
         gr.update(visible=method == "quantize"),
         gr.update(visible=method == "sparsify"),
+        gr.update(visible=method == "distill"),
+        students,
     )
 
 
@@ -182,6 +222,19 @@ def _settings() -> dict:
                                   "every layer)", value=False)  # fmt: skip
         c["epochs"] = gr.Slider(0, 10, value=2, step=1, label="Recovery epochs (channels)",
                                 elem_id="compress-epochs")  # fmt: skip
+    with gr.Accordion("Distillation settings", open=True, visible=False) as c["teach_box"]:
+        with gr.Row():
+            c["student"] = gr.Dropdown([], label="Student (a network with weights on this "
+                                       "computer)", elem_id="compress-student")  # fmt: skip
+            c["student_epochs"] = gr.Slider(1, 30, value=5, step=1, label="Student epochs",
+                                            elem_id="compress-student-epochs")  # fmt: skip
+        with gr.Row():
+            c["temperature"] = gr.Slider(1, 10, value=4, step=0.5, label="Temperature (how "
+                                         "much the teacher's doubts are shown)")  # fmt: skip
+            c["alpha"] = gr.Slider(0, 1, value=0.7, step=0.05, label="Teacher's share of the "
+                                   "lesson (the rest: the labels)")  # fmt: skip
+            c["alone"] = gr.Checkbox(value=True, label="Also train the student alone, to "
+                                     "compare (twice the time)")  # fmt: skip
     c["calibration"] = gr.Slider(8, 256, value=64, step=8, label="Pictures to calibrate int8 on")
     c["sparsity_note"] = gr.Markdown(SPARSITY_NOTE, visible=False, elem_id="compress-sparsity")
     return c
@@ -189,7 +242,8 @@ def _settings() -> dict:
 
 def _results() -> dict:
     c = {"status": gr.Markdown(elem_id="compress-status")}
-    c["curves"] = gr.Plot(label="Recovery after pruning", elem_id="compress-curves")
+    c["curves"] = gr.Plot(label="Training (pruning's recovery, or the student)",
+                          elem_id="compress-curves")  # fmt: skip
     c["table"] = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, elem_id="compress-table",
                               label="The model and its variants (timed on this computer)")  # fmt: skip
     c["chart"] = gr.Plot(label="Accuracy against speed", elem_id="compress-chart")
@@ -211,15 +265,15 @@ def build_compress_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
     bind = functools.partial
     view = friendly(bind(family_view, ctx))
     family = [r["table"], r["chart"], r["variant"]]
-    settings = [c[k] for k in ("method", "ratio", "importance", "global", "epochs", "calibration")]
+    settings = [c[k] for k in ("method", "ratio", "importance", "global", "epochs", "calibration",
+                               "student", "temperature", "alpha", "student_epochs", "alone")]  # fmt: skip
     go.click(bind(make_variant, ctx), [ws_state, run, *settings],
              [r["status"], r["curves"], *family], concurrency_limit=None,
              show_progress="hidden")  # fmt: skip
     stop.click(bind(stop_variant, ctx), ws_state, None, concurrency_limit=None)
     run.change(view, [ws_state, run], family)
-    c["method"].change(
-        show_settings, c["method"], [c["prune_box"], c["calibration"], c["sparsity_note"]]
-    )
+    shown = [c[k] for k in ("prune_box", "calibration", "sparsity_note", "teach_box", "student")]
+    c["method"].change(friendly(show_settings), c["method"], shown)
 
     def wire(tabs: gr.Tabs, built: dict) -> None:
         """'Export this variant' opens the Export tab with the variant chosen."""

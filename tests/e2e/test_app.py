@@ -509,7 +509,7 @@ def test_explain_an_imagenet_model_without_training(page, tmp_path):
     )
 
 
-def test_compress_two_variants_compare_them_and_export_one(page):
+def test_compress_three_variants_compare_them_and_export_one(page):
     load_example(page)
     start_training(page, "2")
     expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=180_000)
@@ -525,15 +525,23 @@ def test_compress_two_variants_compare_them_and_export_one(page):
     page.locator("#compress-go").click()
     expect(status).not_to_contain_text("Done", timeout=30_000)  # the second one started
     expect(status).to_contain_text("Done: accuracy", timeout=300_000)
+
+    page.locator("#compress-method").get_by_label("Teach a smaller student").check()
+    student = page.locator("#compress-student input")
+    expect(student).to_have_value("EfficientNet-Lite0", timeout=30_000)  # offline weights only
+    set_number(page, "Student epochs", "1")
+    page.locator("#compress-go").click()
+    expect(status).not_to_contain_text("Done", timeout=30_000)
+    expect(status).to_contain_text("Done: accuracy", timeout=300_000)
     table = page.locator("#compress-table")
-    for made_by in ("original", "quantize", "prune"):
+    for made_by in ("original", "quantize", "prune", "distill", "student alone"):
         expect(table).to_contain_text(made_by)
-    assert plot_points(page, "compress-chart") == 3  # the original and both variants
+    assert plot_points(page, "compress-chart") == 4  # the original and three variants
     page.locator("#compress-table").scroll_into_view_if_needed()
     shot(page, "7-compress")
 
     picked = page.locator("#compress-variant input")
-    assert picked.input_value().endswith("-prune")  # the newest is picked
+    assert picked.input_value().endswith("-student-lite0")  # the newest is picked
     picked.click()
     page.get_by_role("option").filter(has_text="-int8").click()  # the int8 one, to take away
     variant = picked.input_value()
