@@ -173,7 +173,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--finetune-epochs", type=int, default=3, help="recovery epochs (prune)")
     p.add_argument("--lr", type=float,
                    help="learning rate (prune: 1e-3; distill: the teacher run's)")  # fmt: skip
-    p.add_argument("--to", default="int8", choices=["int8"], help="number format (quantize)")
+    p.add_argument("--to", default="int8", choices=["int8", "int8-dynamic", "fp16"],
+                   help="number format (quantize): int8 calibrated on training pictures, int8 "
+                   "of the linear layers alone, or 16-bit floats")  # fmt: skip
     p.add_argument(
         "--calibration", type=_positive_int, default=64, help="training pictures for int8 ranges"
     )
@@ -554,8 +556,8 @@ def _compress_events(args, stop):
             alone=args.alone, threads=args.threads, stop=stop,
         )  # fmt: skip
     return quantize_run(
-        args.run, args.out, calibration=args.calibration, seed=seed, threads=args.threads,
-        should_stop=stop.is_set,
+        args.run, args.out, to=args.to, calibration=args.calibration, seed=seed,
+        threads=args.threads, should_stop=stop.is_set,
     )  # fmt: skip
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "EXPORTS",
     "CHECKPOINT",
     "INT8_GRAPH",
+    "FP16_GRAPH",
     "COMPRESSION",
     "read_optional",
     "write_atomic",
@@ -70,7 +71,8 @@ PREPROCESS = "preprocess.json"
 MODEL_CARD = "MODEL_CARD.md"
 EXPORTS = "exports.json"
 CHECKPOINT = "checkpoint.pt"
-INT8_GRAPH = "model.int8.onnx"  # an int8 run's model, run by ONNX Runtime (studio.models.onnx_int8)
+INT8_GRAPH = "model.int8.onnx"  # an int8 run's model, run by ONNX Runtime (models.onnx_graph)
+FP16_GRAPH = "model.fp16.onnx"  # an fp16 run's model, the same way
 COMPRESSION = (
     "compression.json"  # a compressed run: what was done, and its cost beside the parent's
 )

@@ -66,6 +66,33 @@ def test_evaluate_predict_and_export_work_on_it_and_explain_says_why_not(int8_ru
     assert "onnx-int8 model from run" in (int8_run / "MODEL_CARD.md").read_text()
 
 
+def test_fp16_halves_the_file_and_dynamic_int8_quantizes_the_linear_layers(trained_run, tmp_path):
+    import onnx
+
+    made = {}
+    for to in ("fp16", "int8-dynamic"):
+        made[to] = tmp_path / to
+        events = list(quantize_run(trained_run, made[to], to=to))
+        assert isinstance(events[-1], ev.Finished), events[-1]
+    fp16 = json.loads((made["fp16"] / "compression.json").read_text())
+    assert fp16["step"]["to"] == "fp16" and fp16["agreement_with_parent"] >= 0.95
+    assert 0.45 < fp16["size_bytes"] / fp16["parent"]["size_bytes"] < 0.55
+    assert load_run(made["fp16"]).kind.name == "onnx-fp16"
+    with pytest.raises(StudioError, match="16-bit floating-point numbers in ONNX Runtime"):
+        Explainer.from_run(made["fp16"])
+    package = build_package(made["fp16"])
+    assert package.all_passed, package.summary()
+    dynamic = json.loads((made["int8-dynamic"] / "compression.json").read_text())
+    assert dynamic["step"]["quantized_ops"] == ["MatMul", "Gemm"]
+    ops = {n.op_type for n in onnx.load(str(made["int8-dynamic"] / "model.int8.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "ConvInteger" not in ops  # convolutions stay float
+    assert dynamic["agreement_with_parent"] >= 0.95
+    rows = comparison([made["fp16"], made["int8-dynamic"]])
+    assert [r["label"] for r in rows] == ["original", "fp16", "int8-dynamic"]
+    with pytest.raises(StudioError, match="unknown number format 'int4'"):
+        next(quantize_run(trained_run, tmp_path / "x", to="int4"))
+
+
 def test_a_stopped_quantization_keeps_nothing(trained_run, tmp_path):
     out = tmp_path / "stopped"
     events = list(quantize_run(trained_run, out, should_stop=lambda: True))

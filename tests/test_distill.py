@@ -130,6 +130,7 @@ def test_the_compress_tab_offers_students_with_weights_here_and_shows_the_twin(
     assert "tf_efficientnet_lite0" in offered and "resnet18" not in offered  # no weights here
     assert folder_suffix("distill", "tf_efficientnet_lite0") == "student-lite0"
     assert folder_suffix("sparsify", "") == "sparsify" and folder_suffix("quantize", "") == "int8"
+    assert folder_suffix("quantize", "", "fp16") == "fp16"
     ctx = Context(tmp_path / "app")
     _, ws = ctx.open(None)
     shutil.copytree(trained_run, ws.runs_dir / trained_run.name)

@@ -286,4 +286,4 @@ def _three_numbers(values, positive: bool = False) -> bool:
 
 # The kinds that ship with the studio and are not plain timm models register themselves here
 # (after everything above exists: they import ModelKind and register_kind from this module).
-from . import onnx_int8, pruned  # noqa: E402,F401
+from . import onnx_graph, pruned  # noqa: E402,F401

@@ -16,7 +16,8 @@ HELP = """### 7. Make it smaller and faster
 Pick a trained model and a way to shrink it, then press **Make the variant**. Each variant is a
 new model beside the original (nothing is replaced): **Prune** removes whole channels from the
 network and then trains it a little to recover; **Quantize** stores and computes it with 8-bit
-integers instead of 32-bit numbers; **Distill** trains a smaller network (the *student*) to give
+integers (or 16-bit floats: half the file, but slower on most laptops) instead of 32-bit
+numbers; **Distill** trains a smaller network (the *student*) to give
 the answers your model (the *teacher*) gives, and trains the same student without the teacher
 too, so you see what the teacher added. The chart shows every variant's accuracy against its speed,
 measured on this computer; the green ones are the best trade-offs. Pick one to export it.
@@ -24,11 +25,17 @@ Pruning needs pictures to win its accuracy back: with a few dozen a class expect
 (the table says how much)."""
 
 METHODS = [
-    ("Quantize to int8 (seconds)", "quantize"),
+    ("Quantize: 8-bit integers or 16-bit floats (seconds)", "quantize"),
     ("Prune channels, then recover", "prune"),
     ("Zero the smallest weights (a smaller zip, not faster)", "sparsify"),
     ("Teach a smaller student (distillation)", "distill"),
 ]
+NUMBER_FORMATS = [
+    ("int8, calibrated on your pictures (the fastest here)", "int8"),
+    ("int8 of the linear layers only (dynamic: for transformers, not convolutions)",
+     "int8-dynamic"),
+    ("16-bit floats (half the file; faster only on GPUs and phones)", "fp16"),
+]  # fmt: skip
 SPARSITY_NOTE = """*Zeroing weights* (unstructured sparsity) keeps every layer's shape: the file zips much
 smaller, but the model is **not faster** on this computer (it still multiplies by every zero): the
 table shows both, measured. To make it faster, prune channels instead."""
@@ -48,12 +55,12 @@ STATUS_WHILE_TRAINING = {
 KIND = "compression"
 
 
-def folder_suffix(method: str, student: str) -> str:
-    """The end of a variant's folder name: ``int8``, ``prune``, ``student-lite0``."""
+def folder_suffix(method: str, student: str, to: str = "int8") -> str:
+    """The end of a variant's folder name: ``int8``, ``fp16``, ``prune``, ``student-lite0``."""
     if method == "distill":
         short = student.removeprefix("tf_").replace("efficientnet_", "")
         return f"student-{short}"
-    return method if method in ("prune", "sparsify") else "int8"
+    return method if method in ("prune", "sparsify") else to
 
 
 def variant_dir(ws, run_name: str, method: str):
@@ -67,7 +74,7 @@ def variant_dir(ws, run_name: str, method: str):
 
 
 def _stream(run, out, method: str, ratio, importance, global_pruning, epochs, calibration,
-            teach: dict):  # fmt: skip
+            options: dict):  # fmt: skip
     """The engine's generator for the chosen method, as a job's ``stream(stop)``."""
     from ..compress.distill import distill_run
     from ..compress.prune import prune_run
@@ -76,9 +83,9 @@ def _stream(run, out, method: str, ratio, importance, global_pruning, epochs, ca
 
     if method == "distill":
         return lambda stop: distill_run(
-            run, out, student=teach["student"], temperature=float(teach["temperature"]),
-            alpha=float(teach["alpha"]), epochs=int(teach["epochs"]), alone=bool(teach["alone"]),
-            stop=stop,
+            run, out, student=options["student"], temperature=float(options["temperature"]),
+            alpha=float(options["alpha"]), epochs=int(options["epochs"]),
+            alone=bool(options["alone"]), stop=stop,
         )  # fmt: skip
     if method == "prune":
         return lambda stop: prune_run(
@@ -91,7 +98,7 @@ def _stream(run, out, method: str, ratio, importance, global_pruning, epochs, ca
             should_stop=stop.is_set,
         )  # fmt: skip
     return lambda stop: quantize_run(
-        run, out, calibration=int(calibration), should_stop=stop.is_set
+        run, out, to=options["to"], calibration=int(calibration), should_stop=stop.is_set
     )
 
 
@@ -132,7 +139,7 @@ def _status(snap, method: str) -> str:
 
 
 def make_variant(
-    ctx: Context, ws_id, run_name, method, ratio, importance, glob, epochs, calib,
+    ctx: Context, ws_id, run_name, method, ratio, importance, glob, epochs, calib, to,
     student, temperature, alpha, student_epochs, alone,
 ):  # fmt: skip
     """Start the variant as a job (one per workspace) and stream its progress until it ends:
@@ -149,10 +156,10 @@ def make_variant(
         load_engine()
         from ..jobs import Job
 
-        teach = dict(student=student, temperature=temperature, alpha=alpha,
-                     epochs=student_epochs, alone=alone)  # fmt: skip
-        out = variant_dir(ws, run.name, folder_suffix(method, student or ""))
-        stream = _stream(run, out, method, ratio, importance, glob, epochs, calib, teach)
+        options = dict(student=student, temperature=temperature, alpha=alpha,
+                     epochs=student_epochs, alone=alone, to=to or "int8")  # fmt: skip
+        out = variant_dir(ws, run.name, folder_suffix(method, student or "", to or "int8"))
+        stream = _stream(run, out, method, ratio, importance, glob, epochs, calib, options)
         planned = {"prune": int(epochs), "distill": int(student_epochs)}.get(method, 0)
         job = Job(KIND, stream, planned).start()
     except BaseException:
@@ -194,8 +201,8 @@ def open_in_export(ctx: Context, ws_id, variant):
 
 
 def show_settings(method: str) -> tuple:
-    """Only the chosen method's settings: (pruning settings, int8 calibration, sparsity note,
-    distillation settings, the students to choose from)."""
+    """Only the chosen method's settings: (pruning settings, number format and calibration,
+    sparsity note, distillation settings, the students to choose from)."""
     students = gr.update()
     if method == "distill":  # the catalog backbones whose weights are on this computer
         from ..models.backbones import catalog
@@ -235,7 +242,11 @@ def _settings() -> dict:
                                    "lesson (the rest: the labels)")  # fmt: skip
             c["alone"] = gr.Checkbox(value=True, label="Also train the student alone, to "
                                      "compare (twice the time)")  # fmt: skip
-    c["calibration"] = gr.Slider(8, 256, value=64, step=8, label="Pictures to calibrate int8 on")
+    with gr.Row() as c["quant_box"]:
+        c["to"] = gr.Dropdown(NUMBER_FORMATS, value="int8", label="Number format",
+                              elem_id="compress-to")  # fmt: skip
+        c["calibration"] = gr.Slider(8, 256, value=64, step=8,
+                                     label="Pictures to calibrate int8 on")  # fmt: skip
     c["sparsity_note"] = gr.Markdown(SPARSITY_NOTE, visible=False, elem_id="compress-sparsity")
     return c
 
@@ -266,13 +277,14 @@ def build_compress_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
     view = friendly(bind(family_view, ctx))
     family = [r["table"], r["chart"], r["variant"]]
     settings = [c[k] for k in ("method", "ratio", "importance", "global", "epochs", "calibration",
-                               "student", "temperature", "alpha", "student_epochs", "alone")]  # fmt: skip
+                               "to", "student", "temperature", "alpha", "student_epochs",
+                               "alone")]  # fmt: skip
     go.click(bind(make_variant, ctx), [ws_state, run, *settings],
              [r["status"], r["curves"], *family], concurrency_limit=None,
              show_progress="hidden")  # fmt: skip
     stop.click(bind(stop_variant, ctx), ws_state, None, concurrency_limit=None)
     run.change(view, [ws_state, run], family)
-    shown = [c[k] for k in ("prune_box", "calibration", "sparsity_note", "teach_box", "student")]
+    shown = [c[k] for k in ("prune_box", "quant_box", "sparsity_note", "teach_box", "student")]
     c["method"].change(friendly(show_settings), c["method"], shown)
 
     def wire(tabs: gr.Tabs, built: dict) -> None:
