@@ -2,11 +2,11 @@
 
 For the example and Fashion-MNIST (``real_datasets.py``; 30 training pictures a class), in one
 run: the default run (``studio train DATA --preset quick``), then its variants as a user makes
-them (``studio compress``): int8, and pruning 30% and 50% of the channels with a 3-epoch
-recovery. Every ratio compares a variant with its parent measured in the same sitting and the
+them (``studio compress``): int8, dynamic int8 and fp16, and pruning 30% and 50% of the channels
+with a 3-epoch recovery. Every ratio compares a variant with its parent measured in the same sitting and the
 same runtime (ONNX Runtime on the CPU, 2 threads; see ``compression.json``).
 
-    python benchmarks/bench_compress.py [--datasets example fashion] [--epochs 3]
+    python benchmarks/bench_compress.py [--datasets example fashion] [--epochs 3] [--only fp16]
 
 Targets: int8 >= 1.5x faster at batch 1 (on a CPU without VNNI), >= 3.5x smaller, <= 1 point
 of accuracy lost; pruning 30-50% >= 1.3x faster at <= 2 points lost after recovery.
@@ -51,14 +51,24 @@ def row(dataset: str, label: str, variant: Path) -> tuple:
     )  # fmt: skip
 
 
-def bench(name: str, data: Path, work: Path, epochs: int) -> list[tuple]:
+FORMATS = {
+    "int8": "int8 (ONNX Runtime, static, per-channel)",
+    "int8-dynamic": "int8 dynamic (linear layers only)",
+    "fp16": "fp16 (ONNX Runtime, float16 graph)",
+}
+
+
+def bench(name: str, data: Path, work: Path, epochs: int, only: list[str]) -> list[tuple]:
     run = work / f"{name}-run"
     studio("train", data, "--out", run, "--preset", "quick")
     parent = json.loads((run / "metrics.json").read_text())["accuracy"]
     rows = [(name, "original (quick)", f"{parent:.3f}", "", "1.00", "1.00", "1.00", "")]
-    studio("compress", run, "--method", "quantize", "--out", work / f"{name}-int8")
-    rows.append(row(name, "int8 (ONNX Runtime, static, per-channel)", work / f"{name}-int8"))
-    for ratio in (0.3, 0.5):
+    for to, label in FORMATS.items():
+        if to in only:
+            out = work / f"{name}-{to}"
+            studio("compress", run, "--method", "quantize", "--to", to, "--out", out)
+            rows.append(row(name, label, out))
+    for ratio in (0.3, 0.5) if "prune" in only else ():
         out = work / f"{name}-prune{int(ratio * 100)}"
         studio("compress", run, "--method", "prune", "--ratio", ratio, "--finetune-epochs",
                epochs, "--out", out)  # fmt: skip
@@ -75,6 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--datasets", nargs="+", default=["example", "fashion"])
     parser.add_argument("--epochs", type=int, default=3, help="recovery epochs after pruning")
+    parser.add_argument("--only", nargs="+", default=[*FORMATS, "prune"],
+                        help="which variants: int8 int8-dynamic fp16 prune")  # fmt: skip
     args = parser.parse_args()
     print(machine(), flush=True)
     rows = []
@@ -82,7 +94,7 @@ def main() -> None:
         work = Path(tmp)
         for name in args.datasets:
             data = real_datasets.folder(name, work)
-            rows += bench(name, data, work, args.epochs)
+            rows += bench(name, data, work, args.epochs, args.only)
     print(table(rows, HEADER))
 
 

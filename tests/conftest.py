@@ -11,6 +11,8 @@ import pytest
 # No test may touch the network: the hub check and timm downloads are switched off.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("STUDIO_OFFLINE", "1")
+# Compression tests check what is timed, not how fast: 5 timed calls per model, not 20.
+os.environ.setdefault("STUDIO_TIMED_CALLS", "5")
 
 from studio.data.example import example_dataset  # noqa: E402
 
