@@ -69,7 +69,8 @@ class TeacherTargets:
         """One pass of the teacher over the training pictures; yields ``Caching`` events and
         returns the targets, or None when stopped."""
         start = time.perf_counter()
-        model = teacher.model.eval()
+        # Channels-last: 1.8x faster for Lite2 on a 2-core CPU (as in training, see loop.set_up).
+        model = teacher.model.eval().to(memory_format=torch.channels_last)
         samples = ImageSamples(dataset.train, teacher.transform(), len(dataset.classes), False)
         logits, pooled, seen = [], [], []
         hook = None
@@ -78,9 +79,9 @@ class TeacherTargets:
             hook = head.register_forward_pre_hook(lambda _m, a: seen.append(a[0].flatten(1)))
         yield ev.Caching(0, len(samples))
         try:
-            with torch.no_grad():
-                for x, _ in image_loader(samples, 32, workers=0):
-                    logits.append(model(x).float())
+            with torch.inference_mode():
+                for x, _ in image_loader(samples, 32):
+                    logits.append(model(x.contiguous(memory_format=torch.channels_last)).float())
                     if seen:
                         pooled.append(seen.pop().float())
                     yield ev.Caching(sum(len(t) for t in logits), len(samples))
@@ -89,6 +90,7 @@ class TeacherTargets:
         finally:
             if hook is not None:
                 hook.remove()
+            model.to(memory_format=torch.contiguous_format)
         feats = torch.cat(pooled) if pooled else None
         return cls(torch.cat(logits), feats, time.perf_counter() - start)
 
