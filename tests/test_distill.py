@@ -139,3 +139,34 @@ def test_the_compress_tab_offers_students_with_weights_here_and_shows_the_twin(
     alone = json.loads((distilled[0] / "compression.json").read_text())["alone"]["accuracy"]
     assert [row[1] for row in table] == ["original", "distill"]
     assert table[0][-1] == "" and table[1][-1] == round(alone, 3)
+
+
+def test_another_architecture_learns_from_the_teacher_through_a_feature_adapter(
+    trained_run, tmp_path
+):
+    """EfficientNet teaching ResNet-18 (512 pooled features against the teacher's 1280): the
+    adapter bridges the widths. ResNet's ImageNet weights are not on this computer, so the
+    student starts from a weights file (random here: the mechanics are what is tested)."""
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(weights))
+    out = tmp_path / "resnet-student"
+    events = list(
+        distill_run(
+            trained_run,
+            out,
+            student="resnet18",
+            student_weights=str(weights),
+            epochs=1,
+            freeze="last:1",
+            features=1.0,
+            alone=False,
+        )  # fmt: skip
+    )
+    assert isinstance(events[-1], ev.Finished), events[-1]
+    record = json.loads((out / "compression.json").read_text())
+    assert record["step"]["student"] == "resnet18" and record["alone"] is None  # not asked
+    assert record["params"] != record["parent"]["params"]  # another network, measured as itself
+    assert load_run(out).model.get_classifier().in_features == 512
