@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # One function per group of commands; a new capability adds its own.
-    for add in (_add_train, _add_run_commands, _add_explain_commands, _add_compress, _add_tools):
+    for add in (_add_train, _add_run_commands, _add_explain_commands, _add_compress, _add_domain,
+                _add_tools):  # fmt: skip
         add(sub)
     return parser
 
@@ -187,6 +188,19 @@ def _add_compress(sub) -> None:
     p = sub.add_parser("compare", help="a table and a chart of a run's variants (compression.json)")
     p.add_argument("runs", nargs="+", help="variant run folders (their originals are included)")
     p.add_argument("--html", help="write the accuracy-against-speed chart here")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_domain(sub) -> None:
+    """How different new pictures are from a model's training pictures."""
+    p = sub.add_parser("shift", help="measure how different new pictures are (MMD test)")
+    p.add_argument("source", help="a folder of the pictures the model learnt on")
+    p.add_argument("target", help="a folder of new pictures (sub-folders are read as labels)")
+    by = p.add_mutually_exclusive_group()
+    by.add_argument("--run", help="compare in this run's features (and measure its accuracy)")
+    by.add_argument("--backbone", help="compare in a catalog backbone's features")
+    p.add_argument("--permutations", type=_positive_int, default=500)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
 
 
@@ -682,6 +696,40 @@ def _cmd_example(args) -> int:
     return 0
 
 
+def _cmd_shift(args) -> int:
+    from .domain.pictures import load_pictures
+    from .domain.shift import Embedder, measure_shift
+
+    source = load_pictures(args.source, "SOURCE")
+    target = load_pictures(args.target, "TARGET")
+    if args.run:
+        embedder = Embedder.from_run(args.run)
+    else:
+        from .models.backbones import DEFAULT_BACKBONE
+
+        embedder = Embedder.from_backbone(args.backbone or DEFAULT_BACKBONE)
+    bar, update = _progress_bar("embedding both sets")
+    with bar:
+        result = measure_shift(source, target, embedder, run_dir=args.run,
+                               permutations=args.permutations, seed=args.seed,
+                               progress=update)  # fmt: skip
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "map"}))
+        return 0
+    print(f"features from {result['features_from']}; {result['n_source']} source pictures, "
+          f"{result['n_target']} new ones")  # fmt: skip
+    print(
+        f"MMD² {result['mmd']:.4f}  p-value {result['p_value']:.4f} "
+        f"({result['permutations']} permutations)  proxy A-distance {result['a_distance']:.2f} "
+        f"(a domain classifier tells them apart {result['domain_accuracy']:.0%} of the time)"
+    )
+    for name, row in result["per_class"].items():
+        print(f"  {name}: MMD² {row['mmd']:.4f}, p {row['p_value']:.3f} "
+              f"({row['n_source']} vs {row['n_target']} pictures)")  # fmt: skip
+    print(f"[{result['verdict']}] {result['sentence']}")
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
@@ -689,6 +737,7 @@ COMMANDS = {
     "export": _cmd_export,
     "compress": _cmd_compress,
     "compare": _cmd_compare,
+    "shift": _cmd_shift,
     "explain": _cmd_explain,
     "shortcuts": _cmd_shortcuts,
     "backbones": _cmd_backbones,

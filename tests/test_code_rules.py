@@ -53,6 +53,7 @@ LAYERS = {
     "training": {"data", "models", "inspection"},
     "deployment": {"data", "models", "inspection"},
     "compress": {"data", "models", "inspection", "training", "deployment"},
+    "domain": {"data", "models", "inspection", "training"},
 }
 PACKAGES = set(LAYERS)
 

@@ -1,0 +1,124 @@
+"""Domain shift: the statistics against hand computations and known answers, then the whole
+measure on the example against a shifted copy of it, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from studio.cli import main
+from studio.domain.example import shifted_copy
+from studio.domain.pictures import load_pictures
+from studio.domain.shift import (
+    Embedder,
+    measure_shift,
+    median_bandwidth,
+    mmd2_unbiased,
+    permutation_test,
+    proxy_a_distance,
+    verdict,
+)
+
+
+def test_mmd_matches_a_hand_computation():
+    x, y, s = np.array([[0.0], [1.0]]), np.array([[2.0], [4.0]]), 1.0
+    k = lambda a, b: math.exp(-((a - b) ** 2) / (2 * s * s))  # noqa: E731
+    xx = (k(0, 1) + k(1, 0)) / 2  # pairs i != j, over m(m-1)
+    yy = (k(2, 4) + k(4, 2)) / 2
+    xy = (k(0, 2) + k(0, 4) + k(1, 2) + k(1, 4)) / 4
+    assert mmd2_unbiased(x, y, sigma=s) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
+    # the median heuristic: distances 1, 2, 4, 1, 3, 2 -> median 2
+    assert median_bandwidth(np.array([[0.0], [1.0], [2.0], [4.0]])) == 2.0
+
+
+def test_the_permutation_test_rarely_cries_wolf_and_sees_a_real_shift():
+    rng = np.random.default_rng(0)
+    false_alarms = 0
+    for trial in range(40):
+        x, y = rng.normal(size=(30, 5)), rng.normal(size=(30, 5))
+        _, p, _ = permutation_test(x, y, permutations=200, seed=trial)
+        false_alarms += p < 0.05
+    assert false_alarms <= 6  # expected 2 of 40 at the 5% level
+    _, p, _ = permutation_test(rng.normal(size=(30, 5)), rng.normal(0.8, 1, size=(30, 5)), 200)
+    assert p < 0.01
+    assert proxy_a_distance(rng.normal(size=(40, 5)), rng.normal(size=(40, 5)))[1] < 0.6
+    assert proxy_a_distance(rng.normal(size=(40, 5)), rng.normal(3, 1, size=(40, 5)))[1] > 1.8
+
+
+def test_the_verdict_agrees_with_its_numbers():
+    assert verdict(0.4, {}, 100, 100)[0] == "green"
+    assert verdict(0.001, {}, 100, 100)[0] == "amber"  # differs; cost unknown without labels
+    red = verdict(0.001, {"source": 0.95, "target": 0.60}, 100, 100)
+    assert red[0] == "red" and "95%" in red[1] and "60%" in red[1]
+    assert verdict(0.001, {"source": 0.95, "target": 0.94}, 100, 100)[0] == "amber"  # copes
+    assert "needs 30 in each" in verdict(0.4, {}, 12, 100)[1]
+
+
+@pytest.fixture(scope="module")
+def shifted(example, tmp_path_factory):
+    return shifted_copy(example, tmp_path_factory.mktemp("shifted") / "phone", seed=0)
+
+
+def test_a_shifted_copy_of_the_example_is_told_apart_and_costs_accuracy(
+    example, shifted, trained_run
+):
+    result = measure_shift(load_pictures(example), load_pictures(shifted),
+                           Embedder.from_run(trained_run), run_dir=trained_run,
+                           permutations=200)  # fmt: skip
+    assert result["p_value"] < 0.01 and result["mmd"] > 0 and result["a_distance"] > 1.0
+    assert result["n_source"] == result["n_target"] == 108 and result["trusted"]
+    assert set(result["per_class"]) == {"brick", "grass", "gravel"}
+    assert result["accuracy"]["target"] is not None and result["verdict"] in ("red", "amber")
+    if result["verdict"] == "red":  # the sentence says the measured cost
+        assert result["accuracy"]["source"] - result["accuracy"]["target"] >= 0.05
+    typical = result["typical"]["target"]["most_typical_of_other"]
+    assert len(typical) == 5 and all(p["path"].startswith(str(shifted)) for p in typical)
+    assert len(result["map"]["pca"]) == 216 and len(result["map"]["paths"]) == 216
+
+
+def test_two_halves_of_the_same_pictures_show_no_shift(example, tmp_path):
+    halves = [tmp_path / "a", tmp_path / "b"]
+    for folder in sorted(p for p in example.iterdir() if p.is_dir()):
+        for i, picture in enumerate(sorted(folder.glob("*.jpg"))):
+            (halves[i % 2] / folder.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(picture, halves[i % 2] / folder.name / picture.name)
+    result = measure_shift(load_pictures(halves[0]), load_pictures(halves[1]),
+                           Embedder.from_backbone("tf_efficientnet_lite0"),
+                           permutations=200)  # fmt: skip
+    assert result["p_value"] > 0.05 and result["verdict"] == "green", result["sentence"]
+
+
+def test_the_shift_command_prints_json_and_refuses_bad_folders(
+    small_example, shifted, trained_run, tmp_path, capsys
+):
+    example = small_example
+    assert main(["shift", str(example), str(shifted), "--permutations", "50", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("mmd", "p_value", "a_distance", "n_source", "n_target", "per_class"):
+        assert key in out
+    assert out["features_from"] == "tf_efficientnet_lite0" and out["p_value"] < 0.05
+    empty, notes, junk, strange = (tmp_path / n for n in ("empty", "notes", "junk", "strange"))
+    empty.mkdir()
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not a picture")
+    junk.mkdir()
+    (junk / "photo.jpg").write_bytes(b"not really a jpeg")
+    (strange / "cats").mkdir(parents=True)
+    for i in range(2):
+        shutil.copy(next(shifted.rglob("*.jpg")), strange / "cats" / f"{i}.jpg")
+    cases = [
+        ([empty], "TARGET: no pictures in"),
+        ([notes], "no pictures in"),
+        ([junk], "could be read"),
+        ([strange, "--run", str(trained_run)], "classes the run does not know: cats"),
+        ([tmp_path / "missing"], "is not a folder"),
+    ]
+    for target, message in cases:
+        capsys.readouterr()
+        assert main(["shift", str(example), *map(str, target), "--permutations", "10"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (target, err)
