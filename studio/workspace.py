@@ -37,6 +37,7 @@ _ID = re.compile(r"^[a-f0-9]{8,32}$")
 # The picture sets a workspace holds: key -> (folder, what the app calls it).
 PICTURE_SETS = {"mine": ("data", "Your pictures"), "example": ("example", "The example")}
 _ACTIVE = "active-pictures"
+NEW_PICTURES = "new-pictures"  # the Domain tab's pictures to compare (Workspace.new_dir)
 _CLASS_NAME = re.compile(r"^[\w][\w \-.]{0,39}$", re.UNICODE)
 
 
@@ -177,29 +178,49 @@ class Workspace:
         folder = self._class_dir(name, must_exist=False)
         folder.mkdir(exist_ok=True)
         report = AddReport(classes=[folder.name])
-        for source in files:
-            source = Path(source)
-            shown = source.name
-            if not is_image_name(source):
-                report.skipped.append(
-                    (shown, f"not a picture file ({source.suffix or 'no extension'})")
-                )
-                continue
-            try:
-                img = open_rgb(source)
-            except ImageProblem as exc:
-                report.skipped.append((shown, str(exc)))
-                continue
-            stem = re.sub(r"[^\w\-.]", "_", source.stem)[:60] or "image"
-            target = folder / f"{stem}{source.suffix.lower()}"
-            n = 1
-            while target.exists():
-                n += 1
-                target = folder / f"{stem}-{n}{source.suffix.lower()}"
-            shutil.copyfile(source, target)
-            remember(target, img)  # this decode is the data report's too
-            report.added += 1
+        _copy_pictures(folder, files, report)
         return report
+
+    # ------------------------------------------------------------------ new pictures
+
+    @property
+    def new_dir(self) -> Path:
+        """Pictures to compare with a run's training pictures (the Domain tab), kept apart
+        from every picture set: loose pictures are unlabelled, class folders are labels."""
+        return self.root / NEW_PICTURES
+
+    def add_new_pictures(self, files: Iterable[str | Path]) -> AddReport:
+        """Add pictures (unlabelled) or zips (their class folders keep their labels, loose
+        pictures in them are unlabelled) to the new pictures; each refusal is named."""
+        report = AddReport()
+        self.new_dir.mkdir(exist_ok=True)
+        pictures = []
+        for path in map(Path, files):
+            if path.suffix.lower() != ".zip":
+                pictures.append(path)
+                continue
+            with tempfile.TemporaryDirectory(dir=self.root) as tmp:
+                content = extract_zip(path, Path(tmp) / "zip")
+                for item in sorted(content.rglob("*")):
+                    if not item.is_file() or item.is_symlink() or "__MACOSX" in item.parts:
+                        continue
+                    rel = item.relative_to(content).parts
+                    folder = self.new_dir
+                    if len(rel) == 2:  # a class folder: its name is the label
+                        folder = self.new_dir / clean_class_name(rel[0])
+                        folder.mkdir(exist_ok=True)
+                        if folder.name not in report.classes:
+                            report.classes.append(folder.name)
+                    _copy_pictures(folder, [item], report)
+        _copy_pictures(self.new_dir, pictures, report)
+        return report
+
+    def new_pictures(self) -> tuple[int, list[str]]:
+        """(how many new pictures, their labels if they are labelled)."""
+        if not self.new_dir.is_dir():
+            return 0, []
+        files = [f for f in self.new_dir.rglob("*") if f.is_file()]
+        return len(files), sorted(p.name for p in self.new_dir.iterdir() if p.is_dir())
 
     def add_pil(self, name: str, image, prefix: str = "webcam") -> Path:
         """Save an in-memory picture (a webcam frame) into class ``name`` as JPEG."""
@@ -325,3 +346,30 @@ class Workspace:
         if not path.is_dir() or path.parent != self.runs_dir.resolve():
             raise StudioError(f"no run called '{name}' in this workspace")
         return path
+
+
+def _copy_pictures(folder: Path, files: Iterable[str | Path], report: AddReport) -> None:
+    """Copy the pictures among ``files`` into ``folder`` under fresh names, counting them in
+    ``report`` and naming each refused file with its reason."""
+    for source in files:
+        source = Path(source)
+        shown = source.name
+        if not is_image_name(source):
+            report.skipped.append(
+                (shown, f"not a picture file ({source.suffix or 'no extension'})")
+            )
+            continue
+        try:
+            img = open_rgb(source)
+        except ImageProblem as exc:
+            report.skipped.append((shown, str(exc)))
+            continue
+        stem = re.sub(r"[^\w\-.]", "_", source.stem)[:60] or "image"
+        target = folder / f"{stem}{source.suffix.lower()}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = folder / f"{stem}-{n}{source.suffix.lower()}"
+        shutil.copyfile(source, target)
+        remember(target, img)  # this decode is the data report's too
+        report.added += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,32 @@ def test_the_shift_command_prints_json_and_refuses_bad_folders(
         assert main(["shift", str(example), *map(str, target), "--permutations", "10"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (target, err)
+
+
+def test_the_domain_tab_takes_new_pictures_and_shows_the_verdict(
+    shifted, trained_run, small_example, tmp_path
+):
+    import zipfile
+
+    from studio.ui.common import Context
+    from studio.ui.domain_tab import add_new, measure, new_pictures_status
+
+    ctx = Context(tmp_path / "app")
+    _, ws = ctx.open(None)
+    shutil.copytree(trained_run, ws.runs_dir / trained_run.name)
+    assert new_pictures_status(ctx, ws.id) == "No new pictures yet."
+    archive = tmp_path / "phone.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for picture in sorted(shifted.rglob("*.jpg"))[::3]:  # a third of them, labelled
+            z.write(picture, picture.relative_to(shifted))
+        z.writestr("notes.txt", "not a picture")
+    loose = next(small_example.rglob("*.jpg"))
+    said = add_new(ctx, ws.id, [str(archive), str(loose)])
+    assert "37 new pictures" in said and "labelled brick, grass, gravel" in said
+    assert "Skipped 1: notes.txt" in said
+    light, stats, classes, figure, unlike, typical = measure(ctx, ws.id, trained_run.name)
+    assert 'data-verdict="' in light and "p = " in light
+    assert stats[0][1] == "36 training, 37 new"
+    assert classes == []  # one new picture is unlabelled: no per-class test
+    assert len(figure.data) == 2 and len(figure.data[1].x) == 37
+    assert len(unlike) == 5 and all(Path(path).is_file() for path, _ in unlike + typical)

@@ -30,6 +30,7 @@ def test_every_tab_builds_and_its_refresh_fills_its_views(tmp_path):
         "explain",
         "predict",
         "compress",
+        "domain",
         "export",
     ]
     for name, parts in built.items():

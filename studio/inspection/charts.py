@@ -6,6 +6,7 @@ Each function takes plain data and returns a ``plotly.graph_objects.Figure``; no
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -18,6 +19,7 @@ __all__ = [
     "faithfulness_curves",
     "sanity_curve",
     "compression_tradeoff",
+    "shift_map",
 ]
 
 _SPLIT_COLOURS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
@@ -220,4 +222,26 @@ def compression_tradeoff(rows: Sequence[dict], front: Sequence[bool]) -> go.Figu
         yaxis_range=[max(0.0, min((r["accuracy"] for r in rows), default=0.0) - 0.1), 1.05],
         **_LAYOUT,
     )
+    return fig
+
+
+def shift_map(points: Sequence[Sequence[float]], paths: Sequence[str], labels: Sequence,
+              n_source: int) -> go.Figure:  # fmt: skip
+    """Both sets of pictures on a plane (the first ``n_source`` points are the training
+    pictures): one colour per set, the label (when known) in the hover."""
+    fig = go.Figure()
+    for name, rows, colour in (
+        ("training pictures", range(n_source), "#4C78A8"),
+        ("new pictures", range(n_source, len(points)), "#E45756"),
+    ):
+        fig.add_scatter(
+            x=[points[i][0] for i in rows], y=[points[i][1] for i in rows], mode="markers",
+            name=name, marker=dict(color=colour, size=8, opacity=0.75),
+            customdata=[[Path(paths[i]).name, labels[i] or "no label"] for i in rows],
+            hovertemplate="%{customdata[0]}<br>%{customdata[1]}<extra>" + name + "</extra>",
+        )  # fmt: skip
+    fig.update_layout(
+        title="Both sets on a map (PCA of the features: near means alike)",
+        xaxis_title="first component", yaxis_title="second component", **_LAYOUT,
+    )  # fmt: skip
     return fig

@@ -19,6 +19,7 @@ import gradio as gr
 from .common import Context
 from .compress_tab import build_compress_tab
 from .data_tab import build_data_tab
+from .domain_tab import build_domain_tab
 from .evaluate_tab import build_evaluate_tab
 from .explain_tab import build_explain_tab
 from .export_tab import build_export_tab
@@ -43,7 +44,8 @@ TABS = [
     TabSpec("5 · Explain", "explain", build_explain_tab),
     TabSpec("6 · Predict", "predict", build_predict_tab),
     TabSpec("7 · Compress", "compress", build_compress_tab),
-    TabSpec("8 · Export", "export", build_export_tab),
+    TabSpec("8 · Domain", "domain", build_domain_tab),
+    TabSpec("9 · Export", "export", build_export_tab),
 ]
 
 

@@ -9,7 +9,7 @@ import gradio as gr
 from .common import Context, friendly, load_engine, run_picker
 from .tabs import TabParts
 
-HELP = """### 8. Take your model with you
+HELP = """### 9. Take your model with you
 **Build the download** makes a zip with your model as `model.safetensors` (for Python), ONNX (for
 phones, web pages, C#, Java), `model.pt2` (PyTorch's `torch.export`) and TorchScript (older C++
 apps), plus the class names, the picture preparation and a model card describing it. Each file is

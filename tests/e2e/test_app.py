@@ -160,7 +160,7 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     expect(page.locator("#predict-table")).to_contain_text("brick")
     expect(page.locator("#predict-csv a").first).to_be_visible()
 
-    page.get_by_role("tab", name="8 · Export").click()
+    page.get_by_role("tab", name="9 · Export").click()
     page.get_by_role("button", name="Build the download").click()
     checks = page.locator("#export-checks")
     # The zip was unpacked into an empty folder and the shown code run on it, for every format.
@@ -182,7 +182,7 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
         "preprocess.json",
         "MODEL_CARD.md",
     } <= names
-    shot(page, "8-export")
+    shot(page, "9-export")
 
 
 def train_everything(page) -> None:

@@ -1,0 +1,132 @@
+"""Domain tab: are new pictures different from the ones the model learnt on, and where?"""
+
+from __future__ import annotations
+
+import functools
+import html
+from pathlib import Path
+
+import gradio as gr
+
+from ..errors import StudioError
+from .common import Context, friendly, load_engine, run_picker
+from .tabs import TabParts
+
+HELP = """### 8. New pictures: has the world changed?
+A model learns from the pictures it was given. When new pictures come from another camera,
+another place or another season, it can quietly get worse. Add some new pictures here (files,
+or a zip; class folders inside the zip are read as their labels) and press **Measure the
+shift**: the studio compares them with the pictures the model learnt on, as the model sees
+them, and says in one sentence whether they differ, and, if the new pictures are labelled with
+the model's classes, whether that costs accuracy."""
+
+LIGHTS = {"green": "#54A24B", "amber": "#F2A93B", "red": "#E45756"}
+STAT_HEADERS = ["what", "value", "what it means"]
+CLASS_HEADERS = ["class", "MMD²", "p-value", "training pictures", "new pictures"]
+
+
+def new_pictures_status(ctx: Context, ws_id) -> str:
+    count, labels = ctx.workspace(ws_id).new_pictures()
+    if not count:
+        return "No new pictures yet."
+    how = f"labelled {', '.join(labels)}" if labels else "unlabelled"
+    return f"**{count} new pictures** ({how})."
+
+
+def add_new(ctx: Context, ws_id, paths) -> str:
+    """Add uploaded pictures or zips to the new pictures; says what came in and what did not."""
+    if not paths:
+        raise StudioError("choose some pictures or a zip first")
+    report = ctx.workspace(ws_id).add_new_pictures(paths)
+    text = new_pictures_status(ctx, ws_id) + f" Added {report.added}."
+    if report.skipped:
+        names = "; ".join(f"{name} ({why})" for name, why in report.skipped[:5])
+        more = f" and {len(report.skipped) - 5} more" if len(report.skipped) > 5 else ""
+        text += f" Skipped {len(report.skipped)}: {names}{more}"
+    return text
+
+
+def _light(result: dict) -> str:
+    colour = LIGHTS[result["verdict"]]
+    return (
+        f'<div id="domain-verdict" data-verdict="{result["verdict"]}" style="display:flex;'
+        f'gap:12px;align-items:center"><span style="width:28px;height:28px;border-radius:50%;'
+        f'background:{colour};display:inline-block;flex:none"></span>'
+        f"<span>{html.escape(result['sentence'])}</span></div>"
+    )
+
+
+def _stats(result: dict) -> list[list]:
+    return [
+        ["pictures compared", f"{result['n_source']} training, {result['n_target']} new",
+         "the test needs about 30 in each to be trusted"],
+        ["MMD²", f"{result['mmd']:.4f}", "0 when both sets look alike to the model"],
+        ["p-value", f"{result['p_value']:.4f}",
+         f"below 0.05: a difference chance alone rarely makes ({result['permutations']} "
+         "shuffles)"],
+        ["proxy A-distance", f"{result['a_distance']:.2f}",
+         f"0: cannot be told apart, 2: always (told apart {result['domain_accuracy']:.0%})"],
+    ]  # fmt: skip
+
+
+def measure(ctx: Context, ws_id, run_name, progress=gr.Progress()):
+    """(traffic light, figures, per-class table, map, unlike gallery, typical gallery)."""
+    if not run_name:
+        raise StudioError("train a model first, then pick it here")
+    ws = ctx.workspace(ws_id)
+    if not ws.new_pictures()[0]:
+        raise StudioError("add some new pictures first")
+    load_engine()
+    from ..domain.pictures import load_pictures
+    from ..domain.shift import Embedder
+    from ..domain.shift import measure_shift as measure_engine
+    from ..inspection import charts
+    from ..models.kinds import load_run
+
+    run = ws.resolve_run(run_name)
+    source = load_pictures(load_run(run).config["data"], "the run's pictures")
+    result = measure_engine(
+        source, load_pictures(ws.new_dir, "new pictures"), Embedder.from_run(run), run_dir=run,
+        permutations=500, progress=lambda f: progress(f, desc="looking at both sets"),
+    )  # fmt: skip
+    classes = [[name, round(r["mmd"], 4), round(r["p_value"], 4), r["n_source"], r["n_target"]]
+               for name, r in result["per_class"].items()]  # fmt: skip
+    m = result["map"]
+    figure = charts.shift_map(m["pca"], m["paths"], m["labels"], result["n_source"])
+    target = result["typical"]["target"]
+    gallery = lambda rows: [(r["path"], Path(r["path"]).name) for r in rows]  # noqa: E731
+    return (_light(result), _stats(result), classes, figure,
+            gallery(target["most_unlike_other"]), gallery(target["most_typical_of_other"]))  # fmt: skip
+
+
+def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
+    gr.Markdown(HELP)
+    run, refresh_run = run_picker(ctx, ws_state, "The model whose pictures to compare with.",
+                                  "domain-run")  # fmt: skip
+    with gr.Row():
+        files = gr.File(label="New pictures (pictures or a zip)", file_count="multiple",
+                        height=120, elem_id="domain-files", scale=2)  # fmt: skip
+        status = gr.Markdown(elem_id="domain-status")
+    go = gr.Button("Measure the shift", variant="primary", elem_id="domain-go")
+    light = gr.HTML(elem_id="domain-light")
+    with gr.Row():
+        stats = gr.Dataframe(headers=STAT_HEADERS, interactive=False, elem_id="domain-stats",
+                             label="The figures")  # fmt: skip
+        classes = gr.Dataframe(headers=CLASS_HEADERS, interactive=False, elem_id="domain-classes",
+                               label="Per class (when the new pictures are labelled)")  # fmt: skip
+    chart = gr.Plot(label="Both sets on a map", elem_id="domain-map")
+    with gr.Row():
+        unlike = gr.Gallery(label="New pictures most unlike the training ones", columns=5,
+                            height=180, elem_id="domain-unlike")  # fmt: skip
+        typical = gr.Gallery(label="New pictures most like the training ones", columns=5,
+                             height=180, elem_id="domain-typical")  # fmt: skip
+
+    bind = functools.partial
+    files.upload(friendly(bind(add_new, ctx)), [ws_state, files], status)
+    go.click(friendly(bind(measure, ctx)), [ws_state, run],
+             [light, stats, classes, chart, unlike, typical])  # fmt: skip
+
+    def refresh(ws_id):
+        return refresh_run(ws_id), new_pictures_status(ctx, ws_id)
+
+    return TabParts([run, status], refresh, exposes={"run": run})
