@@ -552,3 +552,33 @@ def test_compress_three_variants_compare_them_and_export_one(page):
     checks = page.locator("#export-checks")
     expect(checks).to_contain_text("every file in the zip works as shown", timeout=240_000)
     expect(checks).to_contain_text("onnx: checked: unpacked from the zip")  # its only format
+
+
+def test_domain_new_pictures_from_another_camera_show_a_shift(page, tmp_path):
+    from studio.data.example import example_dataset
+    from studio.domain.example import shifted_copy
+
+    phone = shifted_copy(example_dataset(), tmp_path / "phone", seed=0)
+    archive = tmp_path / "phone.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for picture in sorted(phone.rglob("*.jpg")):
+            z.write(picture, picture.relative_to(phone))
+    load_example(page)
+    start_training(page, "1")
+    expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=180_000)
+
+    page.get_by_role("tab", name="8 · Domain").click()
+    expect(page.locator("#domain-run input")).not_to_have_value("", timeout=30_000)
+    expect(page.locator("#domain-status")).to_contain_text("No new pictures yet")
+    page.locator("#domain-files input[type=file]").set_input_files(str(archive))
+    expect(page.locator("#domain-status")).to_contain_text("108 new pictures", timeout=60_000)
+    expect(page.locator("#domain-status")).to_contain_text("labelled brick, grass, gravel")
+    page.locator("#domain-go").click()
+    verdict = page.locator("#domain-verdict")
+    expect(verdict).to_contain_text("p = ", timeout=240_000)
+    assert verdict.get_attribute("data-verdict") in ("red", "amber")  # they do differ
+    expect(page.locator("#domain-stats")).to_contain_text("108 training, 108 new")
+    expect(page.locator("#domain-classes")).to_contain_text("gravel")
+    assert plot_points(page, "domain-map") == 108  # the training pictures' points
+    expect(page.locator("#domain-unlike img").first).to_be_visible()
+    shot(page, "8-domain")
