@@ -242,6 +242,12 @@ def test_the_compress_tab_handlers_show_a_runs_family(int8_run, trained_run, tmp
     assert chosen["value"] == "mine-int8" and "mine-int8" in chosen["choices"]
     with pytest.raises(StudioError, match="make a variant first"):
         open_in_export(ctx, ws.id, None)
+    from studio.ui.explain_tab import pick_source
+
+    swapped, classes = pick_source(ctx, ws.id, "mine-int8", None)  # no gradients: its parent
+    assert swapped["value"] == trained_run.name and "brick" in classes["choices"]
+    kept, _ = pick_source(ctx, ws.id, trained_run.name, None)
+    assert "value" not in kept  # a float run stays chosen
 
 
 def test_zeroing_weights_shrinks_the_zip_not_the_file_and_says_where(trained_run, tmp_path):

@@ -9,7 +9,7 @@ import gradio as gr
 
 from ..errors import StudioError
 from ..inspection import charts
-from .common import IMAGENET, Context, friendly, run_choices, run_metrics
+from .common import IMAGENET, Context, friendly, load_engine, run_choices, run_metrics
 from .tabs import TabParts
 
 HELP = """### 5. Why did it say that?
@@ -142,13 +142,39 @@ def refresh_sources(ctx: Context, ws_id, current=None):
     return gr.update(choices=choices, value=keep)
 
 
+def float_parent_for(ctx: Context, ws_id, name) -> str | None:
+    """The float run an int8 or fp16 run was made from, when it is in the workspace: attribution
+    maps need gradients, which do not flow through a graph run by ONNX Runtime."""
+    if not name or name.startswith(IMAGENET):
+        return None
+    load_engine()
+    from ..models.kinds import KINDS, model_record
+
+    ws = ctx.workspace(ws_id)
+    record = model_record(ws.resolve_run(name))
+    kind = KINDS.get(record.get("kind"))
+    parent = record.get("parent")
+    if kind is None or kind.gradients or parent not in run_choices(ws):
+        return None
+    return parent
+
+
 def pick_source(ctx: Context, ws_id, name, truth):
-    """The classes one can explain for a model: predicted, true (when known), then each."""
+    """(the model, the classes one can explain for it: predicted, true when known, then each).
+    An int8 or fp16 run is swapped for the float run it was made from, and the page says why."""
     if not name:
-        return gr.update(choices=[PREDICTED], value=PREDICTED)
+        return gr.update(), gr.update(choices=[PREDICTED], value=PREDICTED)
+    parent = float_parent_for(ctx, ws_id, name)
+    if parent is not None:
+        gr.Info(f"{name} computes without gradients (ONNX Runtime), so its maps cannot be "
+                f"drawn; showing the float model it was made from, {parent}, instead.")  # fmt: skip
+        name, swapped = parent, gr.update(value=parent)
+    else:
+        swapped = gr.update()
     explainer, _ = ctx.explainers.get(ctx.workspace(ws_id), name)
     first = [PREDICTED] + ([TRUE] if truth else [])
-    return gr.update(choices=first + explainer.labels, value=TRUE if truth else PREDICTED)
+    classes = gr.update(choices=first + explainer.labels, value=TRUE if truth else PREDICTED)
+    return swapped, classes
 
 
 def _wanted_class(target_value, truth):
@@ -411,7 +437,7 @@ def build_explain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict
     explain = friendly(bind(run_explain, ctx, stops))
 
     c["refresh"].click(refresh, [ws_state, source], source)
-    source.change(pick, [ws_state, source, c["true_label"]], c["target"])
+    source.change(pick, [ws_state, source, c["true_label"]], [source, c["target"]])
     c["image"].upload(lambda: (None, ""), None, [c["true_label"], c["origin"]])
     c["go"].click(explain, explain_inputs, explain_outputs)
     c["stop"].click(stops.stop, ws_state, None, queue=False)
@@ -446,7 +472,7 @@ def build_explain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict
             ),
         ]
         for event in openers:
-            event.then(pick, [ws_state, source, c["true_label"]], c["target"]).then(
+            event.then(pick, [ws_state, source, c["true_label"]], [source, c["target"]]).then(
                 explain, explain_inputs, explain_outputs
             )
 
