@@ -203,6 +203,19 @@ def _add_domain(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("adapt", help="teach a run's model to cope with new, unlabelled pictures")
+    p.add_argument("run")
+    p.add_argument("--target", required=True, help="a folder of new pictures (labels ignored)")
+    p.add_argument("--method", required=True, choices=["dan", "dann", "coral", "reweight"])
+    p.add_argument("--out", required=True, help="the new run folder (must not exist yet)")
+    p.add_argument("--eval", help="labelled new pictures, only to measure (class folders)")
+    p.add_argument("--epochs", type=_positive_int, help="default: the run's")
+    p.add_argument("--seed", type=int, help="default: the run's")
+    p.add_argument("--weight", type=float, default=1.0, help="weight of the adaptation term")
+    p.add_argument("--freeze", help="default: the run's (last:1 if it froze the whole backbone)")
+    p.add_argument("--resume", action="store_true", help="go on with a stopped adaptation")
+    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+
 
 def _add_distill_options(p) -> None:
     """``studio compress --method distill``: the student and how the teacher teaches it."""
@@ -730,6 +743,27 @@ def _cmd_shift(args) -> int:
     return 0
 
 
+def _cmd_adapt(args) -> int:
+    from .domain.adapt import ADAPTATION, adapt_run
+    from .runs import read_optional
+
+    with _ctrl_c_stops() as stop:
+        events = adapt_run(
+            args.run, args.target, args.out, args.method, eval_dir=args.eval, epochs=args.epochs,
+            seed=args.seed, weight=args.weight, freeze=args.freeze, resume=args.resume, stop=stop,
+        )  # fmt: skip
+        _follow(events, args.json, _EventPrinter(""))
+    record = read_optional(Path(args.out), ADAPTATION) if Path(args.out).is_dir() else None
+    if record and not args.json:
+        before, after = record["source_only"], record["adapted"]
+        if "accuracy" in before:
+            print(f"accuracy on --eval: {before['accuracy']:.3f} source-only, "
+                  f"{after['accuracy']:.3f} adapted")  # fmt: skip
+        print(f"MMD² between the training and the new pictures: {before['mmd']:.4f} before, "
+              f"{after['mmd']:.4f} after")  # fmt: skip
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
@@ -738,6 +772,7 @@ COMMANDS = {
     "compress": _cmd_compress,
     "compare": _cmd_compare,
     "shift": _cmd_shift,
+    "adapt": _cmd_adapt,
     "explain": _cmd_explain,
     "shortcuts": _cmd_shortcuts,
     "backbones": _cmd_backbones,

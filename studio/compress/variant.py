@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.dataset import Dataset, load_dataset
+from ..data.dataset import Dataset
 from ..deployment.export import FILE_NAMES, checked_exports, export_run
 from ..errors import StudioError
 from ..inspection.evaluate import evaluate_samples
@@ -65,14 +65,8 @@ def classifier_of(model: torch.nn.Module) -> torch.nn.Module | None:
 
 
 def run_dataset(loaded: LoadedRun) -> Dataset:
-    """The parent run's pictures, split exactly as when it was trained (its settings say how)."""
-    cfg = loaded.config
-    return load_dataset(
-        cfg["data"],
-        val_fraction=cfg.get("val_fraction", 0.15),
-        test_fraction=cfg.get("test_fraction", 0.15),
-        seed=cfg.get("seed", 0),
-    )
+    """The parent run's pictures, split exactly as when it was trained."""
+    return loaded.dataset()
 
 
 def new_run_folder(parent: Path, out: str | Path) -> Path:

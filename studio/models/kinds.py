@@ -207,6 +207,14 @@ class LoadedRun:
     def transform(self):
         return build_transform(self.data_config(), "none")
 
+    def dataset(self):
+        """The run's pictures, split exactly as when it was trained (its settings say how)."""
+        from ..data.dataset import load_dataset
+
+        c = self.config
+        return load_dataset(c["data"], val_fraction=c.get("val_fraction", 0.15),
+                            test_fraction=c.get("test_fraction", 0.15), seed=c.get("seed", 0))  # fmt: skip
+
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     """Rebuild a run's model by its kind (safetensors: no code is unpickled)."""

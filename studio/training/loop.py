@@ -126,6 +126,8 @@ class Objective:
     task_weight: float = 1.0
     # Called with the model once it is built, before any step (to hook a layer, say).
     prepare: Callable[[nn.Module], None] | None = None
+    # A second stream for each epoch (``extra_batches(epoch)``: unlabelled pictures, say).
+    extra_batches: Callable[[int], Iterator] | None = None
 
 
 def without_events(gen: Generator[Any, None, T]) -> T:

@@ -485,6 +485,7 @@ def _run_phase(
         loss, accuracy, seen, stop_asked = yield from train_epoch(
             run, feeder, loss_fn, optimizer, scheduler, scaler, epoch, stop,
             extra_loss=objective.extra_loss, task_weight=objective.task_weight,
+            extra_batches=objective.extra_batches(epoch) if objective.extra_batches else None,
         )  # fmt: skip
         if stop_asked and seen < len(run.train_ds):
             return _STOPPED_BY_USER  # a half epoch is not an epoch: keep the best finished one
