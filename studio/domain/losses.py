@@ -43,7 +43,7 @@ def mk_mmd_loss(source: torch.Tensor, target: torch.Tensor,
     d2 = torch.cdist(z, z).pow(2)
     m, n = len(source), len(target)
     off = ~torch.eye(len(z), dtype=torch.bool, device=z.device)
-    sigma2 = d2.detach()[off].median().clamp_min(1e-8)
+    sigma2 = torch.quantile(d2.detach()[off], 0.5).clamp_min(1e-8)
     k = sum(torch.exp(-d2 / (2 * s * sigma2)) for s in scales) * off
     xx = k[:m, :m].sum() / (m * (m - 1))
     yy = k[m:, m:].sum() / (n * (n - 1))

@@ -1,0 +1,112 @@
+"""Domain adaptation: the losses against hand computations, then each method on the example's
+small set against a shifted copy of it, a stop and a resume, and the CLI's bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from studio import events as ev
+from studio.cli import main
+from studio.domain.adapt import adapt_run, density_weights
+from studio.domain.example import shifted_copy
+from studio.domain.losses import GradientReversal, coral_loss, dann_weight, mk_mmd_loss
+
+
+def test_coral_matches_a_hand_computation():
+    source = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])  # cov = 4/3 * I
+    target = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # cov = 1/3 * I
+    by_hand = 2 * (4 / 3 - 1 / 3) ** 2 / (4 * 2 * 2)  # two diagonal entries differ by 1
+    assert coral_loss(source, target).item() == pytest.approx(by_hand)
+    assert coral_loss(source, source + 5).item() == pytest.approx(0.0, abs=1e-7)  # shift-blind
+
+
+def test_multi_kernel_mmd_matches_a_hand_computation():
+    x, y = torch.tensor([[0.0], [1.0]]), torch.tensor([[3.0], [4.0]])
+    d2 = [1.0, 9.0, 16.0, 4.0, 9.0, 1.0]  # pairs (0,1) (0,3) (0,4) (1,3) (1,4) (3,4)
+    sigma2 = float(np.median(d2))  # 6.5
+    k = lambda a: sum(math.exp(-a / (2 * s * sigma2)) for s in (0.25, 0.5, 1, 2, 4))  # noqa: E731
+    by_hand = k(1) + k(1) - 2 * (k(9) + k(16) + k(4) + k(9)) / 4
+    assert mk_mmd_loss(x, y).item() == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient():
+    x = torch.ones(3, requires_grad=True)
+    GradientReversal.apply(x, 0.5).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -0.5))
+    assert dann_weight(0.0) == 0.0 and 0.99 < dann_weight(1.0) < 1.0
+
+
+def test_density_weights_favour_source_pictures_that_look_like_the_target():
+    rng = np.random.default_rng(0)
+    source = np.r_[rng.normal(0, 1, (50, 2)), rng.normal(3, 1, (50, 2))]
+    target = rng.normal(3, 1, (100, 2))
+    w = density_weights(source, target)
+    assert w.mean() == pytest.approx(1.0) and w.min() >= 0.0
+    assert w[50:].mean() > 3 * w[:50].mean()  # the half that looks like the target counts more
+
+
+@pytest.fixture(scope="module")
+def phone(small_example, tmp_path_factory):
+    return shifted_copy(small_example, tmp_path_factory.mktemp("phone") / "pictures", seed=1)
+
+
+@pytest.mark.parametrize("method", ["coral", "dan", "dann", "reweight"])
+def test_each_method_adapts_and_reports_both_models(method, trained_run, phone, tmp_path):
+    out = tmp_path / method
+    events = list(adapt_run(trained_run, phone, out, method, eval_dir=phone, epochs=2))
+    assert isinstance(events[-1], ev.Finished), events[-1]
+    assert [e.epoch for e in events if isinstance(e, ev.Epoch)] == [1, 2]
+    record = json.loads((out / "adaptation.json").read_text())
+    before, after = record["source_only"], record["adapted"]
+    assert record["method"] == method and record["parent"] == trained_run.name
+    assert after["accuracy"] >= before["accuracy"] - 0.2  # not far below source-only
+    assert before["mmd"] > 0 and after["mmd"] > 0 and set(after["per_class"]) == {
+        "brick", "grass", "gravel"}  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "eval" and metrics["accuracy"] == after["accuracy"]
+    model = json.loads((out / "model.json").read_text())
+    assert model["parent"] == trained_run.name and model["step"]["method"] == method
+    assert json.loads((out / "config.json").read_text())["freeze"] == "last:1"
+
+
+def test_a_stopped_adaptation_resumes_to_the_end(trained_run, phone, tmp_path):
+    stop, out = threading.Event(), tmp_path / "stopped"
+    for event in adapt_run(trained_run, phone, out, "coral", epochs=2, stop=stop):
+        if isinstance(event, ev.Epoch):
+            stop.set()  # after epoch 1: the run cannot end first, epoch 2 is still to come
+    assert (out / "checkpoint.pt").is_file() and (out / "adaptation.json").is_file()
+    events = list(adapt_run(trained_run, phone, out, "coral", epochs=2, resume=True))
+    assert [e.epoch for e in events if isinstance(e, ev.Epoch)] == [2]
+    assert isinstance(events[-1], ev.Finished) and not (out / "checkpoint.pt").exists()
+    with pytest.raises(Exception, match="resume with the same method"):
+        next(adapt_run(trained_run, phone, out, "dan", resume=True))
+
+
+def test_bad_adaptations_exit_2_with_one_line(trained_run, phone, tmp_path, capsys):
+    empty, strange = tmp_path / "empty", tmp_path / "strange"
+    empty.mkdir()
+    (strange / "cats").mkdir(parents=True)
+    (strange / "cats" / "a.jpg").write_bytes(next(phone.rglob("*.jpg")).read_bytes())
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.jpg").write_bytes(b"not a jpeg")
+    base = ["adapt", str(trained_run), "--out", str(tmp_path / "new"), "--epochs", "1"]
+    cases = [
+        (["--target", str(empty), "--method", "coral"], "--target: no pictures in"),
+        (["--target", str(tmp_path / "junk"), "--method", "coral"], "could be read"),
+        (["--target", str(phone), "--method", "coral", "--eval", str(strange)],
+         "--eval has classes the run does not know: cats"),
+        (["--target", str(phone), "--method", "coral", "--weight", "0"], "must be above 0"),
+        (["--target", str(phone), "--method", "coral", "--resume"], "nothing to resume"),
+    ]  # fmt: skip
+    for extra, message in cases:
+        capsys.readouterr()
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (extra, err)
+    assert not (tmp_path / "new").exists()
