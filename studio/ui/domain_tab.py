@@ -110,7 +110,7 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
     go = gr.Button("Measure the shift", variant="primary", elem_id="domain-go")
     light = gr.HTML(elem_id="domain-light")
     with gr.Row():
-        stats = gr.Dataframe(headers=STAT_HEADERS, interactive=False, elem_id="domain-stats",
+        stats = gr.Dataframe(headers=STAT_HEADERS, interactive=False, elem_id="domain-stats", wrap=True,
                              label="The figures")  # fmt: skip
         classes = gr.Dataframe(headers=CLASS_HEADERS, interactive=False, elem_id="domain-classes",
                                label="Per class (when the new pictures are labelled)")  # fmt: skip
