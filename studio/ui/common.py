@@ -6,6 +6,7 @@ import functools
 import html
 import logging
 import threading
+import time
 import typing
 from pathlib import Path
 
@@ -28,6 +29,8 @@ __all__ = [
     "run_metrics",
     "run_picker",
     "stop_job",
+    "start_job",
+    "follow_job",
 ]
 
 IMAGENET = "imagenet:"  # a model choice that is a catalog backbone with its ImageNet classes
@@ -211,3 +214,46 @@ def stop_job(ctx: Context, ws_id, kind: str) -> str:
         )
     gr.Info(said)
     return said
+
+
+def start_job(ctx: Context, ws_id, kind: str, make_stream, planned_epochs: int = 0):
+    """Claim the workspace's slot for ``kind``, then start ``make_stream()``'s event stream as
+    a :class:`~studio.jobs.Job` in it; a refusal (one job of a kind per workspace, bad
+    settings) is a plain message in the page."""
+    try:
+        ctx.jobs.claim(ws_id, kind)
+    except StudioError as exc:
+        raise gr.Error(as_text(exc), print_exception=False) from None
+    try:
+        load_engine()
+        from ..jobs import Job
+
+        job = Job(kind, make_stream(), planned_epochs).start()
+    except StudioError as exc:
+        ctx.jobs.release(ws_id, kind)
+        raise gr.Error(as_text(exc), print_exception=False) from None
+    except BaseException:
+        ctx.jobs.release(ws_id, kind)
+        raise
+    ctx.jobs.hand_over(ws_id, kind, job)
+    return job
+
+
+def follow_job(job, status, curves_name: str, extra_outputs: int):
+    """Yield ``(status text, training curves, *no change)`` while ``job`` runs, redrawn when
+    the text or the epochs change; returns the last snapshot (a failure is a plain message)."""
+    from ..inspection import charts
+
+    said, shown = "", -1
+    while not job.done:
+        snap = job.snapshot()
+        text = status(snap)
+        if text != said or len(snap.epochs) != shown:
+            said, shown = text, len(snap.epochs)
+            curves = charts.training_curves({curves_name: [e.to_dict() for e in snap.epochs]})
+            yield text, curves if snap.epochs else gr.update(), *[gr.update()] * extra_outputs
+        time.sleep(0.5)
+    snap = job.snapshot()
+    if snap.state == "failed":
+        raise gr.Error(as_text(snap.message), print_exception=False)
+    return snap

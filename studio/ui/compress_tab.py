@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import functools
 import re
-import time
 
 import gradio as gr
 
 from ..errors import StudioError
-from .common import Context, as_text, friendly, load_engine, run_choices, run_picker, stop_job
+from .common import (
+    Context,
+    as_text,
+    follow_job,
+    friendly,
+    load_engine,
+    run_choices,
+    run_picker,
+    start_job,
+    stop_job,
+)
 from .tabs import TabParts
 
 HELP = """### 7. Make it smaller and faster
@@ -149,42 +158,16 @@ def make_variant(
             raise StudioError("train a model first, then pick it here")
         ws = ctx.workspace(ws_id)
         run = ws.resolve_run(run_name)
-        ctx.jobs.claim(ws_id, KIND)
     except StudioError as exc:
         raise gr.Error(as_text(exc), print_exception=False) from None
-    try:
-        load_engine()
-        from ..jobs import Job
-
-        options = dict(student=student, temperature=temperature, alpha=alpha,
-                     epochs=student_epochs, alone=alone, to=to or "int8")  # fmt: skip
-        out = variant_dir(ws, run.name, folder_suffix(method, student or "", to or "int8"))
-        stream = _stream(run, out, method, ratio, importance, glob, epochs, calib, options)
-        planned = {"prune": int(epochs), "distill": int(student_epochs)}.get(method, 0)
-        job = Job(KIND, stream, planned).start()
-    except BaseException:
-        ctx.jobs.release(ws_id, KIND)
-        raise
-    ctx.jobs.hand_over(ws_id, KIND, job)
-    yield from _follow(ctx, ws_id, job, run_name, method)
-
-
-def _follow(ctx: Context, ws_id, job, run_name, method: str):
-    from ..inspection import charts
-
-    said, shown = "", -1
-    while not job.done:
-        snap = job.snapshot()
-        text = _status(snap, method)
-        if text != said or len(snap.epochs) != shown:
-            said, shown = text, len(snap.epochs)
-            name = "student" if method == "distill" else "recovery"
-            curves = charts.training_curves({name: [e.to_dict() for e in snap.epochs]})
-            yield text, curves if snap.epochs else gr.update(), *[gr.update()] * 3
-        time.sleep(0.5)
-    snap = job.snapshot()
-    if snap.state == "failed":
-        raise gr.Error(as_text(snap.message), print_exception=False)
+    options = dict(student=student, temperature=temperature, alpha=alpha,
+                   epochs=student_epochs, alone=alone, to=to or "int8")  # fmt: skip
+    out = variant_dir(ws, run.name, folder_suffix(method, student or "", to or "int8"))
+    planned = {"prune": int(epochs), "distill": int(student_epochs)}.get(method, 0)
+    job = start_job(ctx, ws_id, KIND, lambda: _stream(run, out, method, ratio, importance, glob,
+                                                      epochs, calib, options), planned)  # fmt: skip
+    name = "student" if method == "distill" else "recovery"
+    snap = yield from follow_job(job, lambda s: _status(s, method), name, 3)
     yield _status(snap, method), gr.update(), *family_view(ctx, ws_id, run_name)
 
 

@@ -9,7 +9,16 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import StudioError
-from .common import Context, friendly, load_engine, run_picker
+from .common import (
+    Context,
+    as_text,
+    follow_job,
+    friendly,
+    load_engine,
+    run_picker,
+    start_job,
+    stop_job,
+)
 from .tabs import TabParts
 
 HELP = """### 8. New pictures: has the world changed?
@@ -20,6 +29,18 @@ shift**: the studio compares them with the pictures the model learnt on, as the 
 them, and says in one sentence whether they differ, and, if the new pictures are labelled with
 the model's classes, whether that costs accuracy."""
 
+ADAPT_HELP = """#### Teach the model the new pictures
+Training again with your labelled pictures *and* the new ones (their labels are not used to
+train): the model learns features that look alike on both. The result is a new model beside the
+old one. When the new pictures are labelled, both models are measured on them."""
+METHODS = [
+    ("Match the features' statistics (Deep CORAL)", "coral"),
+    ("Match the features' distributions (DAN)", "dan"),
+    ("Fool a judge that tells the sets apart (DANN)", "dann"),
+    ("Count the training pictures that look like the new ones more", "reweight"),
+]
+RESULT_HEADERS = ["model", "accuracy on the new pictures", "MMD² training vs new", "run"]
+KIND = "adaptation"
 LIGHTS = {"green": "#54A24B", "amber": "#F2A93B", "red": "#E45756"}
 STAT_HEADERS = ["what", "value", "what it means"]
 CLASS_HEADERS = ["class", "MMD²", "p-value", "training pictures", "new pictures"]
@@ -99,6 +120,62 @@ def measure(ctx: Context, ws_id, run_name, progress=gr.Progress()):
             gallery(target["most_unlike_other"]), gallery(target["most_typical_of_other"]))  # fmt: skip
 
 
+def adapt(ctx: Context, ws_id, run_name, method, epochs):
+    """Train the adapted model as a job and stream its progress: (status, curves, results)."""
+    from .compress_tab import variant_dir
+
+    try:
+        if not run_name:
+            raise StudioError("train a model first, then pick it here")
+        ws = ctx.workspace(ws_id)
+        run = ws.resolve_run(run_name)
+        count, labels = ws.new_pictures()
+        if not count:
+            raise StudioError("add some new pictures first")
+    except StudioError as exc:
+        raise gr.Error(as_text(exc), print_exception=False) from None
+    out = variant_dir(ws, run.name, f"adapted-{method}")
+    labelled = bool(labels) and not any(f.is_file() for f in ws.new_dir.iterdir())
+
+    def stream():
+        from ..domain.adapt import adapt_run
+
+        return lambda stop: adapt_run(run, ws.new_dir, out, method, epochs=int(epochs),
+                                      eval_dir=ws.new_dir if labelled else None, stop=stop)  # fmt: skip
+
+    job = start_job(ctx, ws_id, KIND, stream, int(epochs))
+    snap = yield from follow_job(job, _adapt_status, "adapted", 1)
+    yield _adapt_status(snap), gr.update(), _results(out)
+
+
+def _adapt_status(snap) -> str:
+    text = f"**{as_text(snap.message)}.**"
+    if snap.state == "training" and not snap.epochs and snap.notices:
+        text = f"**{as_text(snap.notices[-1][:1].upper() + snap.notices[-1][1:])}...**"
+    return text
+
+
+def _results(out: Path) -> list[list]:
+    """Source-only against adapted, as measured (nothing when the run kept no model)."""
+    from ..domain.adapt import ADAPTATION
+    from ..runs import read_optional
+
+    record = read_optional(out, ADAPTATION) if out.is_dir() else None
+    if not record:
+        return []
+    rows = []
+    for name, key, run in (("before (the model you trained)", "source_only", record["parent"]),
+                           ("adapted", "adapted", out.name)):  # fmt: skip
+        r = record[key]
+        acc = "" if r.get("accuracy") is None else round(r["accuracy"], 3)
+        rows.append([name, acc, round(r["mmd"], 4), run])
+    return rows
+
+
+def stop_adapting(ctx: Context, ws_id) -> str:
+    return stop_job(ctx, ws_id, KIND)
+
+
 def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
     gr.Markdown(HELP)
     run, refresh_run = run_picker(ctx, ws_state, "The model whose pictures to compare with.",
@@ -121,7 +198,24 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
         typical = gr.Gallery(label="New pictures most like the training ones", columns=5,
                              height=180, elem_id="domain-typical")  # fmt: skip
 
+    gr.Markdown(ADAPT_HELP)
+    with gr.Row():
+        method = gr.Radio(METHODS, value="coral", label="How", elem_id="domain-method", scale=3)
+        epochs = gr.Slider(
+            1, 20, value=5, step=1, label="Adaptation epochs", elem_id="domain-epochs"
+        )
+    with gr.Row():
+        adapt_go = gr.Button("Teach the model the new pictures", elem_id="domain-adapt")
+        stop = gr.Button("Stop", variant="stop", elem_id="domain-stop")
+    adapt_status = gr.Markdown(elem_id="domain-adapt-status")
+    curves = gr.Plot(label="Training with the new pictures", elem_id="domain-curves")
+    results = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, elem_id="domain-results",
+                           label="Before and after (the new pictures' labels only measure)")  # fmt: skip
     bind = functools.partial
+    adapt_go.click(bind(adapt, ctx), [ws_state, run, method, epochs],
+                   [adapt_status, curves, results], concurrency_limit=None,
+                   show_progress="hidden")  # fmt: skip
+    stop.click(bind(stop_adapting, ctx), ws_state, None, concurrency_limit=None)
     files.upload(friendly(bind(add_new, ctx)), [ws_state, files], status)
     go.click(friendly(bind(measure, ctx)), [ws_state, run],
              [light, stats, classes, chart, unlike, typical])  # fmt: skip

@@ -554,7 +554,7 @@ def test_compress_three_variants_compare_them_and_export_one(page):
     expect(checks).to_contain_text("onnx: checked: unpacked from the zip")  # its only format
 
 
-def test_domain_new_pictures_from_another_camera_show_a_shift(page, tmp_path):
+def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, tmp_path):
     from studio.data.example import example_dataset
     from studio.domain.example import shifted_copy
 
@@ -582,3 +582,11 @@ def test_domain_new_pictures_from_another_camera_show_a_shift(page, tmp_path):
     assert plot_points(page, "domain-map") == 108  # the training pictures' points
     expect(page.locator("#domain-unlike img").first).to_be_visible()
     shot(page, "8-domain")
+
+    page.locator("#domain-method").get_by_label("Match the features' distributions (DAN)").check()
+    set_number(page, "Adaptation epochs", "1")
+    page.locator("#domain-adapt").click()
+    results = page.locator("#domain-results")
+    expect(results).to_contain_text("adapted", timeout=300_000)
+    expect(results).to_contain_text("before (the model you trained)")
+    expect(page.locator("#domain-adapt-status")).to_contain_text("Done")
