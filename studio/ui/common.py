@@ -31,6 +31,7 @@ __all__ = [
     "stop_job",
     "start_job",
     "follow_job",
+    "job_status",
 ]
 
 IMAGENET = "imagenet:"  # a model choice that is a catalog backbone with its ImageNet classes
@@ -257,3 +258,14 @@ def follow_job(job, status, curves_name: str, extra_outputs: int):
     if snap.state == "failed":
         raise gr.Error(as_text(snap.message), print_exception=False)
     return snap
+
+
+def job_status(snap, while_training: str = "") -> str:
+    """A job's state in bold: its last note before the first epoch, then its message (with
+    ``while_training`` said beside it while epochs run)."""
+    text = f"**{as_text(snap.message)}.**"
+    if snap.state == "training" and not snap.epochs and snap.notices:
+        text = f"**{as_text(snap.notices[-1][:1].upper() + snap.notices[-1][1:])}...**"
+    elif snap.epochs and snap.state == "training" and while_training:
+        text += " " + while_training
+    return text

@@ -13,6 +13,7 @@ from .common import (
     as_text,
     follow_job,
     friendly,
+    job_status,
     load_engine,
     run_choices,
     run_picker,
@@ -139,12 +140,7 @@ def family_view(ctx: Context, ws_id, run_name):
 
 
 def _status(snap, method: str) -> str:
-    text = f"**{as_text(snap.message)}.**"
-    if snap.state == "training" and not snap.epochs and snap.notices:
-        text = f"**{as_text(snap.notices[-1][:1].upper() + snap.notices[-1][1:])}...**"
-    elif snap.epochs and snap.state == "training":
-        text += " " + STATUS_WHILE_TRAINING.get(method, "")
-    return text
+    return job_status(snap, STATUS_WHILE_TRAINING.get(method, ""))
 
 
 def make_variant(

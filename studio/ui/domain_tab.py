@@ -14,6 +14,7 @@ from .common import (
     as_text,
     follow_job,
     friendly,
+    job_status,
     load_engine,
     run_picker,
     start_job,
@@ -144,15 +145,8 @@ def adapt(ctx: Context, ws_id, run_name, method, epochs):
                                       eval_dir=ws.new_dir if labelled else None, stop=stop)  # fmt: skip
 
     job = start_job(ctx, ws_id, KIND, stream, int(epochs))
-    snap = yield from follow_job(job, _adapt_status, "adapted", 1)
-    yield _adapt_status(snap), gr.update(), _results(out)
-
-
-def _adapt_status(snap) -> str:
-    text = f"**{as_text(snap.message)}.**"
-    if snap.state == "training" and not snap.epochs and snap.notices:
-        text = f"**{as_text(snap.notices[-1][:1].upper() + snap.notices[-1][1:])}...**"
-    return text
+    snap = yield from follow_job(job, job_status, "adapted", 1)
+    yield job_status(snap), gr.update(), _results(out)
 
 
 def _results(out: Path) -> list[list]:
