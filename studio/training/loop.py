@@ -18,7 +18,12 @@ compression's recovery fine-tune, domain adaptation) build from the same parts, 
 5. :func:`validate` -- validation loss and accuracy with the task's loss alone.
 
 What a run does between epochs (keeping the best weights, checkpoints, early stopping, the run
-folder) is the recipe's, not the loop's: see :mod:`studio.training.train`.
+folder) is the recipe's, not the loop's: see :mod:`studio.training.train`. A run that trains a
+new model the usual way and only changes what a step minimises hands ``train()`` an
+:class:`Objective` (distillation's teacher, adaptation's domain term and second stream) and
+gets the whole recipe: phases, cache, checkpoints, Stop and resume. Each step knows which
+training pictures it holds (:attr:`Step.indices`, from the feeder's ``train_order``), so
+per-picture values computed once (a teacher's answers, importance weights) line up.
 """
 
 from __future__ import annotations
