@@ -215,6 +215,12 @@ class Workspace:
         _copy_pictures(self.new_dir, pictures, report)
         return report
 
+    def remove_new_pictures(self) -> int:
+        """Delete the new pictures (the Domain tab asks first); returns how many there were."""
+        count = self.new_pictures()[0]
+        shutil.rmtree(self.new_dir, ignore_errors=True)
+        return count
+
     def new_pictures(self) -> tuple[int, list[str]]:
         """(how many new pictures, their labels if they are labelled)."""
         if not self.new_dir.is_dir():

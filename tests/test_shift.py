@@ -152,3 +152,12 @@ def test_the_domain_tab_takes_new_pictures_and_shows_the_verdict(
     assert classes == []  # one new picture is unlabelled: no per-class test
     assert len(figure.data) == 2 and len(figure.data[1].x) == 37
     assert len(unlike) == 5 and all(Path(path).is_file() for path, _ in unlike + typical)
+    from studio.errors import StudioError
+    from studio.ui.domain_tab import remove_new
+
+    with pytest.raises(StudioError, match="nothing is deleted without asking"):
+        remove_new(ctx, ws.id, False)
+    assert ws.new_pictures()[0] == 37  # still there
+    said, sure = remove_new(ctx, ws.id, True)
+    assert said.startswith("Removed 37 new pictures") and sure is False
+    assert ws.new_pictures() == (0, [])

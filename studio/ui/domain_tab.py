@@ -68,6 +68,14 @@ def add_new(ctx: Context, ws_id, paths) -> str:
     return text
 
 
+def remove_new(ctx: Context, ws_id, sure: bool):
+    """Delete the new pictures, only once the person ticked that they are sure."""
+    if not sure:
+        raise StudioError("tick 'yes, remove them' first: nothing is deleted without asking")
+    count = ctx.workspace(ws_id).remove_new_pictures()
+    return f"Removed {count} new pictures. " + new_pictures_status(ctx, ws_id), False
+
+
 def _light(result: dict) -> str:
     colour = LIGHTS[result["verdict"]]
     return (
@@ -178,6 +186,10 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
         files = gr.File(label="New pictures (pictures or a zip)", file_count="multiple",
                         height=120, elem_id="domain-files", scale=2)  # fmt: skip
         status = gr.Markdown(elem_id="domain-status")
+    with gr.Row():
+        sure = gr.Checkbox(label="yes, remove them", value=False, elem_id="domain-sure", scale=0)
+        remove = gr.Button("Remove the new pictures", size="sm", elem_id="domain-remove",
+                           scale=0)  # fmt: skip
     go = gr.Button("Measure the shift", variant="primary", elem_id="domain-go")
     light = gr.HTML(elem_id="domain-light")
     with gr.Row():
@@ -211,6 +223,7 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
                    show_progress="hidden")  # fmt: skip
     stop.click(bind(stop_adapting, ctx), ws_state, None, concurrency_limit=None)
     files.upload(friendly(bind(add_new, ctx)), [ws_state, files], status)
+    remove.click(friendly(bind(remove_new, ctx)), [ws_state, sure], [status, sure])
     go.click(friendly(bind(measure, ctx)), [ws_state, run],
              [light, stats, classes, chart, unlike, typical])  # fmt: skip
 
