@@ -73,6 +73,8 @@ def test_each_method_adapts_and_reports_both_models(method, trained_run, phone, 
     model = json.loads((out / "model.json").read_text())
     assert model["parent"] == trained_run.name and model["step"]["method"] == method
     assert json.loads((out / "config.json").read_text())["freeze"] == "last:1"
+    assert "select_score" in (out / "history.csv").read_text()  # the labelled ones chose
+    assert any("choose the epoch kept" in getattr(e, "message", "") for e in events)
 
 
 def test_a_stopped_adaptation_resumes_to_the_end(trained_run, phone, tmp_path):

@@ -18,9 +18,10 @@ compare with), with one term added to each step (an :class:`~studio.training.loo
 The features come from a hook on the classifier's input, so the methods work on any catalog
 backbone and with the frozen-prefix cache (the target batch runs through the whole model). A
 run whose backbone was frozen whole is adapted with its last group trainable (``last:1``): the
-features must be able to move. Labelled target pictures (``eval``) are used only to measure:
-source-only against adapted accuracy, per class, and the MMD between the source's and the
-target's features before (the run's) and after (the adapted model's).
+features must be able to move. Labelled target pictures (``eval``) never train: they choose the
+epoch kept (their accuracy, through :attr:`Objective.select`) and measure source-only against
+adapted accuracy, per class, and the MMD between the source's and the target's features
+before (the run's) and after (the adapted model's).
 """
 
 from __future__ import annotations
@@ -196,6 +197,21 @@ def _config(parent: LoadedRun, out: Path, epochs, seed, freeze) -> tuple[TrainCo
     return TrainConfig.from_dict(cfg).validate(), note
 
 
+def _selector(evaluation: list[Sample] | None, labels: list[str]):
+    """Minus the accuracy on the labelled new pictures: the score that picks the epoch kept."""
+    if not evaluation:
+        return None
+
+    def select(model: nn.Module) -> float:
+        transform = build_transform(data_config(model), "none")
+        device = next(model.parameters()).device
+        metrics = evaluate_samples(model, evaluation, transform, labels, False, device,
+                                   split="eval")  # fmt: skip
+        return -metrics["accuracy"]
+
+    return select
+
+
 def _labelled(pictures: PictureSet, labels: list[str]) -> list[Sample]:
     if not pictures.labelled:
         raise StudioError("the pictures given to evaluate on must be in class folders")
@@ -271,9 +287,13 @@ def adapt_run(
     if note:
         yield ev.Notice(note)
     train_paths = [s.path for s in dataset.train]
+    select = _selector(evaluation, parent.labels)
+    if select is not None:
+        yield ev.Notice("the labelled new pictures choose the epoch kept (they never train)")
     if method == "reweight":
         yield ev.Notice("weighting each training picture by how much it looks like the new ones")
         objective, _ = _reweight_objective(parent, train_paths, target, cfg.seed)
+        objective = Objective(objective.extra_loss, select=select)
     else:
         steps = math.ceil(len(dataset.train) / cfg.batch_size)
         term, stream = (
@@ -285,7 +305,7 @@ def adapt_run(
             term.prepare(model)
             stream.prepare(model)
 
-        objective = Objective(term, 1.0, prepare, stream)
+        objective = Objective(term, 1.0, prepare, stream, select)
     done = None
     for event in train(cfg, dataset, stop, objective):
         if isinstance(event, ev.Finished):

@@ -133,6 +133,9 @@ class Objective:
     prepare: Callable[[nn.Module], None] | None = None
     # A second stream for each epoch (``extra_batches(epoch)``: unlabelled pictures, say).
     extra_batches: Callable[[int], Iterator] | None = None
+    # The score (lower is better) that picks the epoch kept, instead of the validation loss:
+    # adaptation's labelled new pictures, which measure but never train.
+    select: Callable[[nn.Module], float] | None = None
 
 
 def without_events(gen: Generator[Any, None, T]) -> T:

@@ -199,13 +199,14 @@ class _Progress:
         return progress
 
     def record(self, row: dict, model: nn.Module, candidate: bool = True) -> bool:
-        """Add a finished epoch; True when it is the best so far (lowest validation loss).
+        """Add a finished epoch; True when it is the best so far (lowest validation loss, or
+        the run's :attr:`Objective.select` score when it has one).
 
         A row that is not a ``candidate`` (a round of the exact head fit before it ends) is
         history only: the fit keeps its converged solution, not an early, half-solved one.
         """
         self.history.append(row)
-        val_loss = row["val_loss"]
+        val_loss = row.get("select_score", row["val_loss"])  # an Objective's own score, if any
         if val_loss is None or not candidate:
             return False
         if val_loss < self.best_loss - 1e-6:
@@ -500,6 +501,8 @@ def _run_phase(
             "lr": optimizer.param_groups[-1]["lr"],
             "seconds": time.perf_counter() - t_epoch,
         }
+        if objective.select is not None:
+            row["select_score"] = objective.select(model)
         yield from _close_epoch(run, index, progress, row, optimizer, scheduler)
         if stop_asked:
             return _STOPPED_BY_USER
