@@ -277,6 +277,8 @@ def adapt_run(
                 "weight": weight}  # fmt: skip
     _check_folder(out, settings, resume)
     target = _readable(load_pictures(target_dir, "--target"))
+    if len(target.paths) < 2:
+        raise StudioError("adaptation needs at least 2 new pictures (a batch compares several)")
     evaluation = _labelled(load_pictures(eval_dir, "--eval"), parent.labels) if eval_dir else None
     dataset = parent.dataset()
     cfg, note = _config(parent, out, epochs, seed, freeze)
