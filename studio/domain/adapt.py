@@ -244,6 +244,27 @@ def _measure(parent: LoadedRun, out: Path, train_paths, target, evaluation) -> d
     return record
 
 
+def _objective(method, weight, parent, cfg, train_paths, target, evaluation):
+    """The method's :class:`Objective` (its notes yielded), with the labelled new pictures, when
+    given, choosing the epoch kept."""
+    select = _selector(evaluation, parent.labels)
+    if select is not None:
+        yield ev.Notice("the labelled new pictures choose the epoch kept (they never train)")
+    if method == "reweight":
+        yield ev.Notice("weighting each training picture by how much it looks like the new ones")
+        objective, _ = _reweight_objective(parent, train_paths, target, cfg.seed)
+        return Objective(objective.extra_loss, select=select)
+    steps = math.ceil(len(train_paths) / cfg.batch_size)
+    term = _DomainTerm(method, weight, cfg, steps, cfg.lr)
+    stream = _TargetStream(target.paths, cfg)
+
+    def prepare(model: nn.Module) -> None:
+        term.prepare(model)
+        stream.prepare(model)
+
+    return Objective(term, 1.0, prepare, stream, select)
+
+
 def adapt_run(
     run_dir: str | Path,
     target_dir: str | Path,
@@ -289,25 +310,7 @@ def adapt_run(
     if note:
         yield ev.Notice(note)
     train_paths = [s.path for s in dataset.train]
-    select = _selector(evaluation, parent.labels)
-    if select is not None:
-        yield ev.Notice("the labelled new pictures choose the epoch kept (they never train)")
-    if method == "reweight":
-        yield ev.Notice("weighting each training picture by how much it looks like the new ones")
-        objective, _ = _reweight_objective(parent, train_paths, target, cfg.seed)
-        objective = Objective(objective.extra_loss, select=select)
-    else:
-        steps = math.ceil(len(dataset.train) / cfg.batch_size)
-        term, stream = (
-            _DomainTerm(method, weight, cfg, steps, cfg.lr),
-            _TargetStream(target.paths, cfg),
-        )
-
-        def prepare(model: nn.Module) -> None:
-            term.prepare(model)
-            stream.prepare(model)
-
-        objective = Objective(term, 1.0, prepare, stream, select)
+    objective = yield from _objective(method, weight, parent, cfg, train_paths, target, evaluation)
     done = None
     for event in train(cfg, dataset, stop, objective):
         if isinstance(event, ev.Finished):
