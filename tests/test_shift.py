@@ -78,7 +78,7 @@ def test_a_shifted_copy_of_the_example_is_told_apart_and_costs_accuracy(
         assert result["accuracy"]["source"] - result["accuracy"]["target"] >= 0.05
     typical = result["typical"]["target"]["most_typical_of_other"]
     assert len(typical) == 5 and all(p["path"].startswith(str(shifted)) for p in typical)
-    assert len(result["map"]["pca"]) == 216 and len(result["map"]["paths"]) == 216
+    assert len(result["map"]["points"]) == 216 and len(result["map"]["paths"]) == 216
 
 
 def test_two_halves_of_the_same_pictures_show_no_shift(example, tmp_path):
@@ -146,11 +146,12 @@ def test_the_domain_tab_takes_new_pictures_and_shows_the_verdict(
     said = add_new(ctx, ws.id, [str(archive), str(loose)])
     assert "37 new pictures" in said and "labelled brick, grass, gravel" in said
     assert "Skipped 1: notes.txt" in said
-    light, stats, classes, figure, unlike, typical = measure(ctx, ws.id, trained_run.name)
+    light, stats, classes, figure, unlike, typical = measure(ctx, ws.id, trained_run.name, "tsne")
     assert 'data-verdict="' in light and "p = " in light
     assert stats[0][1] == "36 training, 37 new"
     assert classes == []  # one new picture is unlabelled: no per-class test
     assert len(figure.data) == 2 and len(figure.data[1].x) == 37
+    assert "t-SNE" in figure.layout.title.text
     assert len(unlike) == 5 and all(Path(path).is_file() for path, _ in unlike + typical)
     from studio.errors import StudioError
     from studio.ui.domain_tab import remove_new

@@ -305,8 +305,10 @@ def measure_shift(
     permutations: int = 500,
     seed: int = 0,
     progress: Callable[[float], None] | None = None,
+    map_method: str = "pca",
 ) -> dict:
-    """Everything the CLI and the Domain tab show about ``target`` against ``source``."""
+    """Everything the CLI and the Domain tab show about ``target`` against ``source``; the
+    map's points (``map["points"]``) by ``map_method``, PCA or t-SNE."""
     if permutations < 1:
         raise StudioError("the test needs at least 1 permutation")
     unknown = set(target.classes) - set(embedder.classes or target.classes)
@@ -337,7 +339,7 @@ def measure_shift(
         "trusted": min(len(xs), len(ys)) >= TRUST_MIN, "features_from": embedder.name,
         "typical": _typical(sets["source"], sets["target"], sigma),
         "skipped": {k: v.pictures.skipped for k, v in sets.items()},
-        "map": {"pca": map_2d(xs, ys, "pca", seed).round(4).tolist(),
+        "map": {"method": map_method, "points": map_2d(xs, ys, map_method, seed).round(4).tolist(),
                 "paths": sets["source"].pictures.paths + sets["target"].pictures.paths,
                 "labels": sets["source"].pictures.labels + sets["target"].pictures.labels},
     }  # fmt: skip

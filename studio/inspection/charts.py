@@ -227,7 +227,7 @@ def compression_tradeoff(rows: Sequence[dict], front: Sequence[bool]) -> go.Figu
 
 
 def shift_map(points: Sequence[Sequence[float]], paths: Sequence[str], labels: Sequence,
-              n_source: int) -> go.Figure:  # fmt: skip
+              n_source: int, method: str = "pca") -> go.Figure:  # fmt: skip
     """Both sets of pictures on a plane (the first ``n_source`` points are the training
     pictures): one colour per set, the label (when known) in the hover."""
     fig = go.Figure()
@@ -241,8 +241,9 @@ def shift_map(points: Sequence[Sequence[float]], paths: Sequence[str], labels: S
             customdata=[[Path(paths[i]).name, labels[i] or "no label"] for i in rows],
             hovertemplate="%{customdata[0]}<br>%{customdata[1]}<extra>" + name + "</extra>",
         )  # fmt: skip
+    how = "t-SNE" if method == "tsne" else "PCA"
     fig.update_layout(
-        title="Both sets on a map (PCA of the features: near means alike)",
-        xaxis_title="first component", yaxis_title="second component", **_LAYOUT,
+        title=f"Both sets on a map ({how} of the features: near means alike)",
+        xaxis_title="first axis", yaxis_title="second axis", **_LAYOUT,
     )  # fmt: skip
     return fig

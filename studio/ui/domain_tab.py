@@ -99,7 +99,7 @@ def _stats(result: dict) -> list[list]:
     ]  # fmt: skip
 
 
-def measure(ctx: Context, ws_id, run_name, progress=gr.Progress()):
+def measure(ctx: Context, ws_id, run_name, map_method="pca", progress=gr.Progress()):
     """(traffic light, figures, per-class table, map, unlike gallery, typical gallery)."""
     if not run_name:
         raise StudioError("train a model first, then pick it here")
@@ -118,11 +118,13 @@ def measure(ctx: Context, ws_id, run_name, progress=gr.Progress()):
     result = measure_engine(
         source, load_pictures(ws.new_dir, "new pictures"), Embedder.from_run(run), run_dir=run,
         permutations=500, progress=lambda f: progress(f, desc="looking at both sets"),
+        map_method=map_method or "pca",
     )  # fmt: skip
     classes = [[name, round(r["mmd"], 4), round(r["p_value"], 4), r["n_source"], r["n_target"]]
                for name, r in result["per_class"].items()]  # fmt: skip
     m = result["map"]
-    figure = charts.shift_map(m["pca"], m["paths"], m["labels"], result["n_source"])
+    figure = charts.shift_map(m["points"], m["paths"], m["labels"], result["n_source"],
+                              m["method"])  # fmt: skip
     target = result["typical"]["target"]
     gallery = lambda rows: [(r["path"], Path(r["path"]).name) for r in rows]  # noqa: E731
     return (_light(result), _stats(result), classes, figure,
@@ -190,6 +192,9 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
         sure = gr.Checkbox(label="yes, remove them", value=False, elem_id="domain-sure", scale=0)
         remove = gr.Button("Remove the new pictures", size="sm", elem_id="domain-remove",
                            scale=0)  # fmt: skip
+    with gr.Row():
+        map_method = gr.Radio([("PCA (quick)", "pca"), ("t-SNE (keeps neighbours together)",
+                               "tsne")], value="pca", label="Map", elem_id="domain-map-method")  # fmt: skip
     go = gr.Button("Measure the shift", variant="primary", elem_id="domain-go")
     light = gr.HTML(elem_id="domain-light")
     with gr.Row():
@@ -224,7 +229,7 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
     stop.click(bind(stop_adapting, ctx), ws_state, None, concurrency_limit=None)
     files.upload(friendly(bind(add_new, ctx)), [ws_state, files], status)
     remove.click(friendly(bind(remove_new, ctx)), [ws_state, sure], [status, sure])
-    go.click(friendly(bind(measure, ctx)), [ws_state, run],
+    go.click(friendly(bind(measure, ctx)), [ws_state, run, map_method],
              [light, stats, classes, chart, unlike, typical])  # fmt: skip
 
     def refresh(ws_id):
