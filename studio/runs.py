@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import RunError, first_line
+from .errors import RunError, StudioError, first_line
 
 __all__ = [
     "CONFIG",
@@ -46,6 +46,7 @@ __all__ = [
     "FP16_GRAPH",
     "COMPRESSION",
     "read_optional",
+    "require_empty_folder",
     "write_atomic",
     "save_json",
     "load_json",
@@ -148,6 +149,15 @@ def save_history(path: str | Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, text.getvalue().encode())
+
+
+def require_empty_folder(out: str | Path) -> Path:
+    """``out`` for a new run: missing, or an empty folder. Anything else is refused, so nothing
+    the person made is overwritten (a variant, a student, an adapted model)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise StudioError(f"{out} already exists and is not empty; choose another --out")
+    return out
 
 
 def require_run(run_dir: str | Path) -> Path:

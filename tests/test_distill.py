@@ -14,7 +14,6 @@ from studio import events as ev
 from studio.cli import main
 from studio.compress.distill import TeacherTargets, distill_loss, distill_run
 from studio.compress.report import comparison
-from studio.compress.variant import run_dataset
 from studio.inspection.explain import Explainer
 from studio.models.kinds import load_run
 
@@ -71,7 +70,7 @@ def test_the_soft_loss_is_the_temperature_scaled_kl_divergence():
 
 def test_the_teacher_answers_each_training_picture_once_in_split_order(trained_run):
     parent = load_run(trained_run)
-    dataset = run_dataset(parent)
+    dataset = parent.dataset()
     gen = TeacherTargets.compute(parent, dataset, features=True)
     while True:
         try:

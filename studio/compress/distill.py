@@ -50,10 +50,11 @@ from ..errors import StudioError
 from ..models.backbones import get_spec, weights_info
 from ..models.freeze import HEAD_ONLY
 from ..models.kinds import LoadedRun, load_run, mark_derived
+from ..runs import require_empty_folder
 from ..training.config import TrainConfig
 from ..training.loop import Objective, Step
 from ..training.train import train
-from .variant import Stopped, finish, float_parent, remove_new_folder, run_dataset
+from .variant import Stopped, finish, float_parent, remove_new_folder
 
 __all__ = ["TeacherTargets", "distill_loss", "distill_run", "student_config"]
 
@@ -219,9 +220,7 @@ def distill_run(
     begin = time.perf_counter()
     parent = float_parent(run_dir)
     _check(parent, student, student_weights, alpha, temperature, features)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise StudioError(f"{out} already exists and is not empty; choose another --out")
+    out = require_empty_folder(out)
     overrides = dict(epochs=epochs, freeze=freeze, lr=lr, seed=seed, weights_file=student_weights)
     cfg = student_config(parent, out, student, **overrides)
     if features > 0 and cfg.freeze.strip().lower() in HEAD_ONLY:
@@ -229,7 +228,7 @@ def distill_run(
             "matching the teacher's features needs student layers that learn; with the whole "
             "backbone frozen only the adapter would (choose a freeze such as last:2, or none)"
         )
-    dataset = run_dataset(parent)
+    dataset = parent.dataset()
     yield ev.Notice(f"the teacher ({parent.config['backbone']}) answers each training picture once")
     targets = yield from TeacherTargets.compute(parent, dataset, features > 0, stop)
     if targets is None:

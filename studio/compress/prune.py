@@ -38,7 +38,6 @@ from .variant import (
     classifier_of,
     finish,
     float_parent,
-    run_dataset,
     training_sample,
     variant_folder,
 )
@@ -188,7 +187,7 @@ def prune_run(
         raise StudioError(f"the MAC target must be a share between 0 and 1, not {macs}")
     if finetune_epochs < 0:
         raise StudioError("the recovery fine-tune needs 0 or more epochs")
-    dataset = run_dataset(parent)
+    dataset = parent.dataset()
     input_size = tuple(parent.preprocess["input_size"])
     grads = _taylor_gradients(parent, dataset, seed) if importance == "taylor" else None
     model = copy.deepcopy(parent.model)

@@ -59,7 +59,6 @@ from .variant import (
     finish,
     float_parent,
     parent_graph,
-    run_dataset,
     training_sample,
     variant_folder,
 )
@@ -189,7 +188,7 @@ def quantize_run(
         raise StudioError(f"unknown number format {to!r}; choose {', '.join(FORMATS)}")
     if not 1 <= calibration <= 10_000:
         raise StudioError("calibration needs between 1 and 10000 pictures")
-    dataset = run_dataset(parent)
+    dataset = parent.dataset()
     try:
         with variant_folder(parent, out) as run, tempfile.TemporaryDirectory() as tmp:
             scratch = Path(tmp)

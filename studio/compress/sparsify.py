@@ -24,7 +24,7 @@ from .. import events as ev
 from ..errors import StudioError
 from ..models.kinds import save_model
 from ..runs import COMPRESSION, load_json, save_json
-from .variant import Stopped, classifier_of, finish, float_parent, run_dataset, variant_folder
+from .variant import Stopped, classifier_of, finish, float_parent, variant_folder
 
 __all__ = ["sparsify_model", "sparsify_run"]
 
@@ -78,7 +78,7 @@ def sparsify_run(
     parent = float_parent(run_dir)
     if not 0 < amount < 1:
         raise StudioError(f"the share of weights to zero must be between 0 and 1, not {amount}")
-    dataset = run_dataset(parent)
+    dataset = parent.dataset()
     model = copy.deepcopy(parent.model)
     try:
         with variant_folder(parent, out) as run, tempfile.TemporaryDirectory() as tmp:

@@ -25,11 +25,21 @@ from ..errors import StudioError
 from ..inspection.evaluate import evaluate_samples
 from ..inspection.model_card import write_model_card
 from ..models.kinds import LoadedRun, load_run
-from ..runs import CONFIG, DATA_REPORT, LABELS, METRICS, PREPROCESS, RUN_INFO, SPLIT, save_json
+from ..runs import (
+    CONFIG,
+    DATA_REPORT,
+    LABELS,
+    METRICS,
+    PREPROCESS,
+    RUN_INFO,
+    SPLIT,
+    require_empty_folder,
+    save_json,
+)
 from .report import write_report
 
 __all__ = [
-    "COPIED", "Stopped", "float_parent", "run_dataset", "new_run_folder", "variant_folder",
+    "COPIED", "Stopped", "float_parent", "new_run_folder", "variant_folder",
     "parent_graph", "finish", "training_sample", "classifier_of", "remove_new_folder",
 ]  # fmt: skip
 
@@ -64,19 +74,13 @@ def classifier_of(model: torch.nn.Module) -> torch.nn.Module | None:
     return head if isinstance(head, torch.nn.Module) else None
 
 
-def run_dataset(loaded: LoadedRun) -> Dataset:
-    """The parent run's pictures, split exactly as when it was trained."""
-    return loaded.dataset()
-
-
 def new_run_folder(parent: Path, out: str | Path) -> Path:
     """An empty folder for a variant, with the parent's settings, labels and split copied in.
     An existing non-empty folder is refused: nothing the person made is overwritten."""
     out = Path(out)
     if out.resolve() == parent.resolve():
         raise StudioError("the variant needs a folder of its own, not the run it comes from")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise StudioError(f"{out} already exists and is not empty; choose another --out")
+    require_empty_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (parent / name).is_file():

@@ -47,7 +47,7 @@ from ..inspection.evaluate import evaluate_samples
 from ..models.backbones import data_config
 from ..models.freeze import HEAD_ONLY
 from ..models.kinds import LoadedRun, load_run, mark_derived
-from ..runs import METRICS, read_optional, save_json
+from ..runs import METRICS, read_optional, require_empty_folder, save_json
 from ..training.config import TrainConfig
 from ..training.loop import Objective, Step, epoch_seed
 from ..training.train import train
@@ -180,8 +180,8 @@ def _check_folder(out: Path, settings: dict, resume: bool) -> None:
         changed = [k for k in settings if saved.get(k) != settings[k]]
         if changed:
             raise StudioError(f"resume with the same {', '.join(changed)} as the stopped run")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise StudioError(f"{out} already exists and is not empty; choose another --out")
+    else:
+        require_empty_folder(out)
 
 
 def _config(parent: LoadedRun, out: Path, epochs, seed, freeze) -> tuple[TrainConfig, str | None]:
