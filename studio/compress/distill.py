@@ -49,7 +49,7 @@ from ..data.loaders import ImageSamples, image_loader
 from ..errors import StudioError
 from ..models.backbones import get_spec, weights_info
 from ..models.freeze import HEAD_ONLY
-from ..models.kinds import LoadedRun, load_run, mark_derived
+from ..models.kinds import LoadedRun, mark_derived
 from ..runs import require_empty_folder
 from ..training.config import TrainConfig
 from ..training.loop import Objective, Step
@@ -285,12 +285,11 @@ def _alone(cfg: TrainConfig, dataset: Dataset, stop):
         if done is None or (stop is not None and stop.is_set()):
             yield ev.Notice("the student alone was not finished: no comparison with it")
             return None
-        loaded = load_run(side_cfg.out)
         return {
             "accuracy": done.metrics.get("accuracy"),
             "macro_f1": done.metrics.get("macro_f1"),
             "split": done.metrics.get("split"),
             "best_epoch": done.best_epoch,
             "seconds": round(time.perf_counter() - start, 2),
-            "backbone": loaded.config["backbone"],
+            "backbone": side_cfg.backbone,
         }

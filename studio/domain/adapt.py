@@ -155,7 +155,7 @@ def density_weights(source: np.ndarray, target: np.ndarray, seed: int = 0) -> np
 
 
 def _reweight_objective(parent: LoadedRun, train_paths, target: PictureSet, seed: int):
-    embedder = Embedder.from_run(parent.run_dir)
+    embedder = Embedder.from_run(parent)
     source = PictureSet(Path(parent.config["data"]), list(train_paths), [None] * len(train_paths))
     xs, _, kept = embedder.embed(source)
     if len(kept.paths) != len(train_paths):
@@ -228,7 +228,7 @@ def _measure(parent: LoadedRun, out: Path, train_paths, target, evaluation) -> d
     record = {}
     source = PictureSet(Path(parent.config["data"]), list(train_paths), [None] * len(train_paths))
     for name, loaded in (("source_only", parent), ("adapted", adapted)):
-        embedder = Embedder(loaded.model, loaded.transform(), loaded.run_dir.name, None)
+        embedder = Embedder.from_run(loaded)
         xs, _, _ = embedder.embed(source)
         xt, _, _ = embedder.embed(target)
         mmd, p, _ = permutation_test(xs, xt, 200)

@@ -38,7 +38,7 @@ from ..data.images import ImageProblem, open_rgb
 from ..data.loaders import build_transform
 from ..errors import StudioError
 from ..models.backbones import create_backbone, data_config
-from ..models.kinds import load_run
+from ..models.kinds import LoadedRun, load_run
 from ..runs import METRICS, read_optional
 from .pictures import PictureSet
 
@@ -60,8 +60,9 @@ class Embedder:
         self.model, self.transform, self.name, self.classes = model.eval(), transform, name, classes
 
     @classmethod
-    def from_run(cls, run_dir: str | Path) -> Embedder:
-        loaded = load_run(run_dir)
+    def from_run(cls, run: str | Path | LoadedRun) -> Embedder:
+        """A run's model, by folder, or already loaded (it is not built again)."""
+        loaded = run if isinstance(run, LoadedRun) else load_run(run)
         loaded.kind.require("measuring a shift with its features", loaded.kind.gradients,
                             loaded.record.get("parent"))  # fmt: skip
         return cls(loaded.model, loaded.transform(), loaded.run_dir.name, loaded.labels)

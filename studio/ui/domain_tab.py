@@ -114,9 +114,10 @@ def measure(ctx: Context, ws_id, run_name, map_method="pca", progress=gr.Progres
     from ..models.kinds import load_run
 
     run = ws.resolve_run(run_name)
-    source = load_pictures(load_run(run).config["data"], "the run's pictures")
+    loaded = load_run(run)  # built once: its pictures' folder and its features
+    source = load_pictures(loaded.config["data"], "the run's pictures")
     result = measure_engine(
-        source, load_pictures(ws.new_dir, "new pictures"), Embedder.from_run(run), run_dir=run,
+        source, load_pictures(ws.new_dir, "new pictures"), Embedder.from_run(loaded), run_dir=run,
         permutations=500, progress=lambda f: progress(f, desc="looking at both sets"),
         map_method=map_method or "pca",
     )  # fmt: skip
