@@ -47,7 +47,7 @@ from .. import events as ev
 from ..data.dataset import Dataset
 from ..data.loaders import ImageSamples, image_loader
 from ..errors import StudioError
-from ..models.backbones import get_spec, weights_info
+from ..models.backbones import get_spec, on_classifier_input, weights_info
 from ..models.freeze import HEAD_ONLY
 from ..models.kinds import LoadedRun, mark_derived
 from ..runs import require_empty_folder
@@ -74,10 +74,7 @@ class TeacherTargets:
         model = teacher.model.eval().to(memory_format=torch.channels_last)
         samples = ImageSamples(dataset.train, teacher.transform(), len(dataset.classes), False)
         logits, pooled, seen = [], [], []
-        hook = None
-        head = model.get_classifier() if features else None
-        if head is not None:
-            hook = head.register_forward_pre_hook(lambda _m, a: seen.append(a[0].flatten(1)))
+        hook = on_classifier_input(model, seen.append) if features else None
         yield ev.Caching(0, len(samples))
         try:
             with torch.inference_mode():
@@ -120,13 +117,13 @@ class _FeatureMatch:
 
     def attach(self, model: nn.Module) -> None:
         head = model.get_classifier()
-        head.register_forward_pre_hook(lambda _m, a: self._keep(a[0]))
+        on_classifier_input(model, self._keep)
         width = head.in_features
         self.adapter = nn.Linear(width, self.teacher.shape[1]).to(head.weight.device)
         self.optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=self.lr)
 
     def _keep(self, x: torch.Tensor) -> None:
-        self.seen[:] = [x.flatten(1)]
+        self.seen[:] = [x]
 
     def loss(self, indices) -> torch.Tensor:
         assert self.adapter is not None and self.optimizer is not None

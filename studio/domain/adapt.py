@@ -44,7 +44,7 @@ from ..data.images import ImageProblem, open_rgb
 from ..data.loaders import build_transform
 from ..errors import StudioError
 from ..inspection.evaluate import evaluate_samples
-from ..models.backbones import data_config
+from ..models.backbones import data_config, on_classifier_input
 from ..models.freeze import HEAD_ONLY
 from ..models.kinds import LoadedRun, load_run, mark_derived
 from ..runs import METRICS, read_optional, require_empty_folder, save_json
@@ -108,7 +108,7 @@ class _DomainTerm:
 
     def prepare(self, model: nn.Module) -> None:
         head = model.get_classifier()
-        head.register_forward_pre_hook(lambda _m, a: self.seen.append(a[0].flatten(1)))
+        on_classifier_input(model, self.seen.append)
         if self.method == "dann":
             width = head.in_features
             self.critic = nn.Sequential(nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, 1))

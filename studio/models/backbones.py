@@ -49,6 +49,7 @@ __all__ = [
     "known_speeds",
     "measure_speed",
     "model_groups",
+    "on_classifier_input",
     "weights_info",
 ]
 
@@ -443,6 +444,15 @@ def preprocess_config(name: str) -> dict:
     from timm.data import resolve_data_config
 
     return resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict())
+
+
+def on_classifier_input(model: torch.nn.Module, keep):
+    """Call ``keep(features)`` at each forward with what the model's classifier reads (its
+    pooled features, one row per picture); returns the hook's handle (``.remove()`` ends it).
+    The exact head fit, a teacher's features and domain adaptation all read them this way."""
+    return model.get_classifier().register_forward_pre_hook(
+        lambda _module, args: keep(args[0].flatten(1))
+    )
 
 
 def data_config(model: torch.nn.Module) -> dict:

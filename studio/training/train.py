@@ -33,6 +33,7 @@ from .. import events as ev
 from ..data.dataset import Dataset
 from ..errors import RunError, StudioError
 from ..inspection.evaluate import evaluate_samples
+from ..models.backbones import on_classifier_input
 from ..models.freeze import apply_freeze, optimizer_groups, parse_freeze
 from ..models.kinds import save_model
 from ..runs import (
@@ -596,9 +597,7 @@ def _fit_head_phase(run: RunSetup, index: int, phase: _Phase, feeder, progress, 
 def _head_inputs(model: nn.Module, feeder, batches) -> tuple[torch.Tensor, torch.Tensor]:
     """What the classifier receives for each picture of ``batches``, and the targets."""
     seen: list[torch.Tensor] = []
-    hook = model.get_classifier().register_forward_pre_hook(
-        lambda _m, args: seen.append(args[0].detach().float().flatten(1))
-    )
+    hook = on_classifier_input(model, lambda f: seen.append(f.detach().float()))
     model.eval()
     targets = []
     try:
