@@ -73,7 +73,7 @@ def remove_new(ctx: Context, ws_id, sure: bool):
     if not sure:
         raise StudioError("tick 'yes, remove them' first: nothing is deleted without asking")
     count = ctx.workspace(ws_id).remove_new_pictures()
-    return f"Removed {count} new pictures. " + new_pictures_status(ctx, ws_id), False
+    return f"Removed {count} new pictures. " + new_pictures_status(ctx, ws_id)
 
 
 def _light(result: dict) -> str:
@@ -229,7 +229,11 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
                    show_progress="hidden")  # fmt: skip
     stop.click(bind(stop_adapting, ctx), ws_state, None, concurrency_limit=None)
     files.upload(friendly(bind(add_new, ctx)), [ws_state, files], status)
-    remove.click(friendly(bind(remove_new, ctx)), [ws_state, sure], [status, sure])
+    # The tick is cleared only after a removal: a refusal leaves the box free to be ticked
+    # (an output of a failed event is covered by its error state).
+    remove.click(friendly(bind(remove_new, ctx)), [ws_state, sure], status).success(
+        lambda: False, None, sure
+    )
     go.click(friendly(bind(measure, ctx)), [ws_state, run, map_method],
              [light, stats, classes, chart, unlike, typical])  # fmt: skip
 

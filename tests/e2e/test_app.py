@@ -553,6 +553,13 @@ def test_compress_three_variants_compare_them_and_export_one(page):
     expect(checks).to_contain_text("every file in the zip works as shown", timeout=240_000)
     expect(checks).to_contain_text("onnx: checked: unpacked from the zip")  # its only format
 
+    page.get_by_role("tab", name="5 · Explain").click()  # an int8 model: its float parent
+    source = page.locator("#explain-run input")
+    source.click()
+    page.get_by_role("option").filter(has_text="-int8").click()
+    expect(source).to_have_value(variant.removesuffix("-int8"), timeout=60_000)
+    expect(page.get_by_text("computes without gradients")).to_be_visible()
+
 
 def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, tmp_path):
     from studio.data.example import example_dataset
@@ -573,6 +580,7 @@ def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, t
     page.locator("#domain-files input[type=file]").set_input_files(str(archive))
     expect(page.locator("#domain-status")).to_contain_text("108 new pictures", timeout=60_000)
     expect(page.locator("#domain-status")).to_contain_text("labelled brick, grass, gravel")
+    page.locator("#domain-map-method").get_by_label("t-SNE (keeps neighbours together)").check()
     page.locator("#domain-go").click()
     verdict = page.locator("#domain-verdict")
     expect(verdict).to_contain_text("p = ", timeout=240_000)
@@ -581,6 +589,7 @@ def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, t
     expect(page.locator("#domain-classes")).to_contain_text("gravel")
     assert plot_points(page, "domain-map") == 108  # the training pictures' points
     expect(page.locator("#domain-unlike img").first).to_be_visible()
+    expect(page.locator("#domain-map")).to_contain_text("t-SNE")
     shot(page, "8-domain")
 
     page.locator("#domain-method").get_by_label("Match the features' distributions (DAN)").check()
@@ -590,3 +599,11 @@ def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, t
     expect(results).to_contain_text("adapted", timeout=300_000)
     expect(results).to_contain_text("before (the model you trained)")
     expect(page.locator("#domain-adapt-status")).to_contain_text("Done")
+
+    page.locator("#domain-remove").click()  # not ticked: nothing is deleted
+    expect(page.get_by_text("nothing is deleted without asking")).to_be_visible(timeout=30_000)
+    expect(page.locator("#domain-status")).not_to_contain_text("Removed")
+    page.locator("#domain-sure input").check()
+    page.locator("#domain-remove").click()
+    expect(page.locator("#domain-status")).to_contain_text("Removed 108 new pictures")
+    expect(page.locator("#domain-sure input")).not_to_be_checked()  # cleared after removing
