@@ -16,3 +16,13 @@ def write_image(path: Path, size=(64, 48), color=(200, 30, 30), mode="RGB", seed
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).convert(mode).save(path)
     return path
+
+
+def assert_one_line_error(capsys, argv, message: str) -> None:
+    """``studio ARGV`` exits 2 with ``message`` on one line of stderr (no traceback)."""
+    from studio.cli import main
+
+    capsys.readouterr()
+    assert main([str(a) for a in argv]) == 2, argv
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], (argv, err)

@@ -10,9 +10,9 @@ import threading
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_line_error
 
 from studio import events as ev
-from studio.cli import main
 from studio.domain.adapt import adapt_run, density_weights
 from studio.domain.example import shifted_copy
 from studio.domain.losses import GradientReversal, coral_loss, dann_weight, mk_mmd_loss
@@ -107,8 +107,5 @@ def test_bad_adaptations_exit_2_with_one_line(trained_run, phone, tmp_path, caps
         (["--target", str(phone), "--method", "coral", "--resume"], "nothing to resume"),
     ]  # fmt: skip
     for extra, message in cases:
-        capsys.readouterr()
-        assert main(base + extra) == 2, extra
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0], (extra, err)
+        assert_one_line_error(capsys, base + extra, message)
     assert not (tmp_path / "new").exists()

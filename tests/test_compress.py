@@ -7,6 +7,7 @@ import shutil
 import zipfile
 
 import pytest
+from helpers import assert_one_line_error
 
 from studio import events as ev
 from studio.cli import main
@@ -108,10 +109,7 @@ def test_bad_compress_commands_exit_2_with_one_line(int8_run, trained_run, tmp_p
         (["compare", trained_run], "was not made by compression"),
     ]
     for args, message in cases:
-        capsys.readouterr()
-        assert main([str(a) for a in args]) == 2, args
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0], err
+        assert_one_line_error(capsys, args, message)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 import torch
+from helpers import assert_one_line_error
 
 from studio import events as ev
-from studio.cli import main
 from studio.compress.distill import TeacherTargets, distill_loss, distill_run
 from studio.compress.report import comparison
 from studio.inspection.explain import Explainer
@@ -97,10 +97,7 @@ def test_bad_distillations_exit_2_with_one_line_and_leave_nothing(trained_run, t
         (["--features", "1"], "needs student layers that learn"),  # the teacher froze them all
     ]
     for extra, message in cases:
-        capsys.readouterr()
-        assert main(distill + extra) == 2, extra
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0], (extra, err)
+        assert_one_line_error(capsys, distill + extra, message)
     assert not (tmp_path / "s").exists()
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error
 
 from studio.cli import main
 from studio.domain.example import shifted_copy
@@ -119,10 +120,8 @@ def test_the_shift_command_prints_json_and_refuses_bad_folders(
         ([tmp_path / "missing"], "is not a folder"),
     ]
     for target, message in cases:
-        capsys.readouterr()
-        assert main(["shift", str(example), *map(str, target), "--permutations", "10"]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0], (target, err)
+        argv = ["shift", example, *target, "--permutations", "10"]
+        assert_one_line_error(capsys, argv, message)
 
 
 def test_the_domain_tab_takes_new_pictures_and_shows_the_verdict(
