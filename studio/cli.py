@@ -739,6 +739,11 @@ def _cmd_shift(args) -> int:
     for name, row in result["per_class"].items():
         print(f"  {name}: MMD² {row['mmd']:.4f}, p {row['p_value']:.3f} "
               f"({row['n_source']} vs {row['n_target']} pictures)")  # fmt: skip
+    if result["copies"]:
+        print(f"warning: {len(result['copies'])} new picture(s) are copies of training pictures "
+              "(they make the sets look more alike than they are):")  # fmt: skip
+        for row in result["copies"][:10]:
+            print(f"  {row['new']} = {row['training']} ({row['kind']})")
     print(f"[{result['verdict']}] {result['sentence']}")
     return 0
 

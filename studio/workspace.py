@@ -158,21 +158,25 @@ class Workspace:
         self._remember_refused(report.skipped, report.classes[0])
         return report
 
-    def refused(self) -> list[tuple[str, str]]:
-        """Uploads refused for the active picture set, ``(class/file, reason)``, newest last:
-        a refused file never reaches the data folder, so the report would not name it."""
-        path = self.root / f"refused-{self.active}.json"
+    def refused(self, key: str | None = None) -> list[tuple[str, str]]:
+        """Uploads refused for the active picture set (or the set ``key``: ``NEW_PICTURES``
+        for the new pictures), ``(class/file, reason)``, newest last: a refused file never
+        reaches the data folder, so the report would not name it."""
+        path = self.root / f"refused-{key or self.active}.json"
         try:
             rows = json.loads(path.read_text())
         except (OSError, ValueError):
             return []
         return [(str(r[0]), str(r[1])) for r in rows if isinstance(r, list) and len(r) == 2]
 
-    def _remember_refused(self, skipped: list[tuple[str, str]], where: str) -> None:
+    def _remember_refused(
+        self, skipped: list[tuple[str, str]], where: str, key: str | None = None
+    ) -> None:
         if not skipped:
             return
-        rows = self.refused() + [(f"{where}/{name}", why) for name, why in skipped]
-        write_atomic(self.root / f"refused-{self.active}.json", json.dumps(rows[-500:]).encode())
+        key = key or self.active
+        rows = self.refused(key) + [(f"{where}/{name}", why) for name, why in skipped]
+        write_atomic(self.root / f"refused-{key}.json", json.dumps(rows[-500:]).encode())
 
     def _add_images(self, name: str, files: Iterable[str | Path]) -> AddReport:
         folder = self._class_dir(name, must_exist=False)
@@ -189,11 +193,12 @@ class Workspace:
         from every picture set: loose pictures are unlabelled, class folders are labels."""
         return self.root / NEW_PICTURES
 
-    def add_new_pictures(self, files: Iterable[str | Path]) -> AddReport:
-        """Add pictures (unlabelled) or zips (their class folders keep their labels, loose
-        pictures in them are unlabelled) to the new pictures; each refusal is named."""
-        report = AddReport()
-        self.new_dir.mkdir(exist_ok=True)
+    def add_new_pictures(self, files: Iterable[str | Path], label: str | None = None) -> AddReport:
+        """Add pictures (labelled ``label``, or unlabelled) or zips (their class folders keep
+        their labels, loose pictures in them take ``label``) to the new pictures; each refusal
+        is named, and remembered for the new pictures' report."""
+        top = self._new_folder(label)
+        report = AddReport(classes=[top.name] if label else [])
         pictures = []
         for path in map(Path, files):
             if path.suffix.lower() != ".zip":
@@ -205,20 +210,48 @@ class Workspace:
                     if not item.is_file() or item.is_symlink() or "__MACOSX" in item.parts:
                         continue
                     rel = item.relative_to(content).parts
-                    folder = self.new_dir
+                    folder = top
                     if len(rel) == 2:  # a class folder: its name is the label
-                        folder = self.new_dir / clean_class_name(rel[0])
-                        folder.mkdir(exist_ok=True)
+                        folder = self._new_folder(rel[0])
                         if folder.name not in report.classes:
                             report.classes.append(folder.name)
                     _copy_pictures(folder, [item], report)
-        _copy_pictures(self.new_dir, pictures, report)
+        _copy_pictures(top, pictures, report)
+        for name in list(report.classes):  # a label whose every picture was refused
+            if not any((self.new_dir / name).iterdir()):
+                (self.new_dir / name).rmdir()
+                report.classes.remove(name)
+        self._remember_refused(report.skipped, "new pictures", NEW_PICTURES)
         return report
+
+    def add_new_pil(self, image, label: str | None = None) -> Path:
+        """Save a webcam frame among the new pictures (labelled ``label``, or unlabelled)."""
+        return _save_pil(self._new_folder(label), image, "webcam")
+
+    def _new_folder(self, label: str | None) -> Path:
+        """Where new pictures labelled ``label`` go (the top folder for unlabelled ones)."""
+        folder = self.new_dir / clean_class_name(label) if label else self.new_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def new_pictures_report(self):
+        """The new pictures' data report (:func:`studio.domain.pictures.describe_pictures`)
+        against the active picture set, uploads refused on the way included."""
+        from .domain.pictures import PictureSet, describe_pictures, load_pictures
+
+        if self.new_pictures()[0]:
+            pictures = load_pictures(self.new_dir, "new pictures")
+        else:
+            pictures = PictureSet(self.new_dir, [], [])
+        pictures.skipped[:0] = self.refused(NEW_PICTURES)
+        training = [str(f) for c in self.classes() for f in self.images(c)]
+        return describe_pictures(pictures, training, self.classes())
 
     def remove_new_pictures(self) -> int:
         """Delete the new pictures (the Domain tab asks first); returns how many there were."""
         count = self.new_pictures()[0]
         shutil.rmtree(self.new_dir, ignore_errors=True)
+        (self.root / f"refused-{NEW_PICTURES}.json").unlink(missing_ok=True)
         return count
 
     def new_pictures(self) -> tuple[int, list[str]]:
@@ -232,9 +265,7 @@ class Workspace:
         """Save an in-memory picture (a webcam frame) into class ``name`` as JPEG."""
         folder = self._class_dir(name, must_exist=False)
         folder.mkdir(exist_ok=True)
-        target = folder / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}.jpg"
-        image.convert("RGB").save(target, quality=92)
-        return target
+        return _save_pil(folder, image, prefix)
 
     def import_zip(self, zip_path: str | Path) -> AddReport:
         """Add the class folders inside a zip (extracted safely) to this workspace."""
@@ -352,6 +383,13 @@ class Workspace:
         if not path.is_dir() or path.parent != self.runs_dir.resolve():
             raise StudioError(f"no run called '{name}' in this workspace")
         return path
+
+
+def _save_pil(folder: Path, image, prefix: str) -> Path:
+    """An in-memory picture (a webcam frame) saved as a JPEG under a fresh name."""
+    target = folder / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}.jpg"
+    image.convert("RGB").save(target, quality=92)
+    return target
 
 
 def _copy_pictures(folder: Path, files: Iterable[str | Path], report: AddReport) -> None:

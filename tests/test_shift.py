@@ -129,8 +129,10 @@ def test_the_domain_tab_takes_new_pictures_and_shows_the_verdict(
 ):
     import zipfile
 
+    import gradio as gr
+
     from studio.ui.common import Context
-    from studio.ui.domain_tab import add_new, measure, new_pictures_status
+    from studio.ui.domain_tab import add_new, measure, new_pictures_status, show_point
 
     ctx = Context(tmp_path / "app")
     _, ws = ctx.open(None)
@@ -145,11 +147,23 @@ def test_the_domain_tab_takes_new_pictures_and_shows_the_verdict(
     said = add_new(ctx, ws.id, [str(archive), str(loose)])
     assert "37 new pictures" in said and "labelled brick, grass, gravel" in said
     assert "Skipped 1: notes.txt" in said
-    light, stats, classes, figure, unlike, typical = measure(ctx, ws.id, trained_run.name, "tsne")
+    light, stats, classes, figure, unlike, typical, paths = measure(
+        ctx, ws.id, trained_run.name, "tsne"
+    )
     assert 'data-verdict="' in light and "p = " in light
     assert stats[0][1] == "36 training, 37 new"
     assert classes == []  # one new picture is unlabelled: no per-class test
-    assert len(figure.data) == 2 and len(figure.data[1].x) == 37
+    # Circles for the training pictures, diamonds for the new; one colour per class.
+    new = [t for t in figure.data if t.marker.symbol == "diamond"]
+    assert sum(len(t.x) for t in new) == 37 and len(figure.data) == 3 + 4
+    assert {t.name for t in new} == {f"new · {c}" for c in ("brick", "grass", "gravel", "no label")}
+    # A click sends a point's index; the picture comes from the server's list, not the browser.
+    point = new[0].customdata[0]
+    shown = show_point(paths, f"{point[2]}:1700000000")
+    assert Path(shown["value"]).name == point[0] and Path(shown["value"]).is_file()
+    assert show_point(paths, "99999:1") == gr.update() and show_point(paths, "x") == gr.update()
+    # The loose picture was one of the run's own training pictures: said so.
+    assert stats[-1][:2] == ["copies of training pictures", "1"]
     assert "t-SNE" in figure.layout.title.text
     assert len(unlike) == 5 and all(Path(path).is_file() for path, _ in unlike + typical)
     from studio.errors import StudioError
@@ -161,3 +175,17 @@ def test_the_domain_tab_takes_new_pictures_and_shows_the_verdict(
     said = remove_new(ctx, ws.id, True)
     assert said.startswith("Removed 37 new pictures")
     assert ws.new_pictures() == (0, [])
+
+
+def test_the_shift_command_warns_about_copies_of_training_pictures(
+    small_example, shifted, tmp_path, capsys
+):
+    target = tmp_path / "target"
+    shutil.copytree(shifted, target)
+    original = sorted(small_example.rglob("*.jpg"))[0]
+    shutil.copy(original, target / original.parent.name / "copied.jpg")
+    argv = ["shift", str(small_example), str(target), "--permutations", "10"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "warning: 1 new picture(s) are copies of training pictures" in out
+    assert f"copied.jpg = {original}" in out

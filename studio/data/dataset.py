@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..paths import cache_dir
+from .duplicates import LARGE_GROUP, duplicate_groups
 from .facts import PictureFacts, facts_of
 from .images import DEFAULT_MAX_PIXELS, ImageProblem, is_image_name
 from .safezip import extract_zip
@@ -59,17 +60,6 @@ _SPLIT_ALIASES = {
     "testing": "test",
 }
 _SYSTEM_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
-# Near duplicates: a 64-bit dHash finds candidates (resized or re-encoded copies differ by a few
-# bits), a 256-bit one confirms them. Alone, the small hash also matches different pictures of
-# plain, regular surfaces (three brick tiles of the example: 4 of 64 bits, but 74+ of 256), while
-# resized, re-compressed or brightened copies stay within 28 of 256 bits.
-_NEAR_DUPLICATE_BITS = 4  # of 64
-_NEAR_DUPLICATE_FINE_BITS = 40  # of 256
-# Standardised grey levels, mean absolute difference of 16x16 thumbnails: copies measured up to
-# 0.082 (made 3/4 the size, re-saved at JPEG quality 35, brightened 20%, doubled; photos and
-# 28 px grey digits alike); different digits that pass both dHashes from 0.098 up (median 0.25).
-_NEAR_DUPLICATE_PIXELS = 0.09
-_LARGE_GROUP = 10  # a near-duplicate group this large is worth a warning
 
 
 @dataclass(frozen=True)
@@ -349,14 +339,6 @@ def _check(candidate: _Candidate, max_pixels: int) -> _Checked | Skipped:
     return _Checked(candidate, f)
 
 
-def _pixel_distance(a: bytes, b: bytes) -> float:
-    """How different two thumbnails look once brightness and contrast are set aside: the mean
-    absolute difference of their standardised grey levels (0 for a brightened copy)."""
-    x, y = (np.frombuffer(t, np.uint8).astype(np.float32) for t in (a, b))
-    x, y = ((v - v.mean()) / (v.std() + 1.0) for v in (x, y))
-    return float(np.abs(x - y).mean())
-
-
 def _connected_groups(n: int, links: Sequence[tuple[int, int]]) -> list[list[int]]:
     """Indices ``0..n-1`` joined by ``links`` into groups (singletons too), each sorted, ordered by
     their smallest index: a stable order, since the seeded split shuffles groups in it."""
@@ -371,54 +353,6 @@ def _connected_groups(n: int, links: Sequence[tuple[int, int]]) -> list[list[int
     for i, label in enumerate(component):
         groups[int(label)].append(i)
     return sorted(groups.values(), key=lambda g: g[0])
-
-
-def _duplicate_groups(checked: list[_Checked]) -> tuple[list[list[int]], list[list[int]]]:
-    """``(exact, near)``: groups of identical files, and groups of copies (resized, re-saved or
-    brightened) that are not already one exact group.
-
-    A candidate pair must agree in a small dHash, a fine dHash and, pixel by pixel, in a
-    thumbnail; and a group only grows by a picture that is such a copy of *every* member
-    (complete linkage). Joining any linked pair (connected components) let look-alikes chain
-    A~B~C~... across a whole class of similar pictures (small grey garments, digits) into one
-    "duplicate" group of hundreds that then dragged the split with it.
-    """
-    by_sha: dict[str, list[int]] = defaultdict(list)
-    for i, c in enumerate(checked):
-        by_sha[c.facts.sha1].append(i)
-    exact = [g for g in by_sha.values() if len(g) > 1]
-    hashes = np.array([c.facts.dhash for c in checked], dtype=np.uint64)
-    links: list[tuple[float, int, int]] = []
-    for i in range(len(checked) - 1):
-        close = np.bitwise_count(hashes[i + 1 :] ^ hashes[i]) <= _NEAR_DUPLICATE_BITS
-        for j in (i + 1 + int(k) for k in np.nonzero(close)[0]):
-            fine_distance = (checked[i].facts.fine_dhash ^ checked[j].facts.fine_dhash).bit_count()
-            if fine_distance > _NEAR_DUPLICATE_FINE_BITS:
-                continue
-            distance = _pixel_distance(checked[i].facts.thumb, checked[j].facts.thumb)
-            if distance <= 2 * _NEAR_DUPLICATE_PIXELS:  # copies of one original, two steps
-                links.append((distance, i, j))
-    near = [g for g in _complete_linkage(len(checked), links) if len(g) > 1]
-    exact_sets = [set(g) for g in exact]
-    return exact, [g for g in near if not any(set(g) <= s for s in exact_sets)]
-
-
-def _complete_linkage(n: int, links: list[tuple[float, int, int]]) -> list[list[int]]:
-    """Groups built closest pairs first: a picture joins when it is a copy of one member and
-    within two copy-steps of every member (two copies of one original differ by both steps),
-    so a group's spread is bounded and look-alikes cannot chain."""
-    linked = {(i, j) for _, i, j in links}
-    group_of = list(range(n))
-    members: dict[int, list[int]] = {i: [i] for i in range(n)}
-    for distance, i, j in sorted(links):
-        a, b = group_of[i], group_of[j]
-        if a == b or distance > _NEAR_DUPLICATE_PIXELS:
-            continue
-        if all((min(p, q), max(p, q)) in linked for p in members[a] for q in members[b]):
-            for p in members[b]:
-                group_of[p] = a
-            members[a] += members.pop(b)
-    return sorted((sorted(g) for g in members.values()), key=lambda g: g[0])
 
 
 # --------------------------------------------------------------------------- splitting
@@ -514,7 +448,7 @@ def load_dataset(
         empty += sorted({c.labels[0] for c in candidates} - set(classes))
     _require_two_classes(source, checked, classes, skipped)
     multilabel = any(len(c.candidate.labels) > 1 for c in checked)
-    exact, near = _duplicate_groups(checked)
+    exact, near = duplicate_groups([c.facts for c in checked])
     splits_of = _choose_splits(checked, exact + near, multilabel, val_fraction, test_fraction, seed)
 
     index = {name: i for i, name in enumerate(classes)}
@@ -717,7 +651,7 @@ def _warnings(report: DataReport) -> list[str]:
     if report.conflicting_labels:
         out.append(f"{len(report.conflicting_labels)} picture(s) appear under different labels")
     big = max((len(g) for g in report.near_duplicates), default=0)
-    if big > _LARGE_GROUP:
+    if big > LARGE_GROUP:
         out.append(
             f"{big} pictures look like copies of one another and were kept in one split: if "
             "they are different pictures of the same thing (a burst of photos), that is right; "

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.duplicates import copies_between
+from ..data.facts import usable_facts
 from ..data.images import ImageProblem, open_rgb
 from ..data.loaders import build_transform
 from ..errors import StudioError
@@ -44,7 +46,7 @@ from .pictures import PictureSet
 
 __all__ = [
     "Embedder", "median_bandwidth", "gaussian_gram", "mmd2_unbiased", "permutation_test",
-    "proxy_a_distance", "measure_shift", "verdict", "map_2d", "TRUST_MIN", "COST_POINTS",
+    "proxy_a_distance", "measure_shift", "copies_of_training", "verdict", "map_2d", "TRUST_MIN", "COST_POINTS",
 ]  # fmt: skip
 
 TRUST_MIN = 30  # pictures in each set below which the test's answer is not to be trusted
@@ -297,6 +299,15 @@ def map_2d(x: np.ndarray, y: np.ndarray, method: str = "pca", seed: int = 0) -> 
     raise StudioError(f"unknown map {method!r}; choose pca or tsne")
 
 
+def copies_of_training(new: PictureSet, old: PictureSet) -> list[dict]:
+    """New pictures that are copies of training ones (identical files or near copies): they
+    pull the two sets together, so a shift test that counts them says less than it should."""
+    new_paths, new_facts = usable_facts(new.paths)
+    old_paths, old_facts = usable_facts(old.paths)
+    return [{"new": new_paths[i], "training": old_paths[j], "kind": kind}
+            for i, j, kind in copies_between(new_facts, old_facts)]  # fmt: skip
+
+
 def measure_shift(
     source: PictureSet,
     target: PictureSet,
@@ -340,6 +351,7 @@ def measure_shift(
         "trusted": min(len(xs), len(ys)) >= TRUST_MIN, "features_from": embedder.name,
         "typical": _typical(sets["source"], sets["target"], sigma),
         "skipped": {k: v.pictures.skipped for k, v in sets.items()},
+        "copies": copies_of_training(sets["target"].pictures, sets["source"].pictures),
         "map": {"method": map_method, "points": map_2d(xs, ys, map_method, seed).round(4).tolist(),
                 "paths": sets["source"].pictures.paths + sets["target"].pictures.paths,
                 "labels": sets["source"].pictures.labels + sets["target"].pictures.labels},

@@ -229,21 +229,31 @@ def compression_tradeoff(rows: Sequence[dict], front: Sequence[bool]) -> go.Figu
 def shift_map(points: Sequence[Sequence[float]], paths: Sequence[str], labels: Sequence,
               n_source: int, method: str = "pca") -> go.Figure:  # fmt: skip
     """Both sets of pictures on a plane (the first ``n_source`` points are the training
-    pictures): one colour per set, the label (when known) in the hover."""
+    pictures): the set by the marker's shape (circles: training, diamonds: new), the class by
+    its colour (grey: no label). Each point carries its index (``customdata[2]``), which the
+    Domain tab's click handler sends back to show the picture."""
     fig = go.Figure()
-    for name, rows, colour in (
-        ("training pictures", range(n_source), "#4C78A8"),
-        ("new pictures", range(n_source, len(points)), "#E45756"),
+    classes = sorted({label for label in labels if label})
+    colour = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(classes)}
+    for name, rows, symbol in (
+        ("training", range(n_source), "circle"),
+        ("new", range(n_source, len(points)), "diamond"),
     ):
-        fig.add_scatter(
-            x=[points[i][0] for i in rows], y=[points[i][1] for i in rows], mode="markers",
-            name=name, marker=dict(color=colour, size=8, opacity=0.75),
-            customdata=[[Path(paths[i]).name, labels[i] or "no label"] for i in rows],
-            hovertemplate="%{customdata[0]}<br>%{customdata[1]}<extra>" + name + "</extra>",
-        )  # fmt: skip
+        for label in [*classes, None]:
+            idx = [i for i in rows if (labels[i] or None) == label]
+            if not idx:
+                continue
+            fig.add_scatter(
+                x=[points[i][0] for i in idx], y=[points[i][1] for i in idx], mode="markers",
+                name=f"{name} · {label or 'no label'}",
+                marker=dict(color=colour.get(label, "#9D9D9D"), size=9, opacity=0.8,
+                            symbol=symbol, line=dict(width=0.5, color="white")),
+                customdata=[[Path(paths[i]).name, label or "no label", i] for i in idx],
+                hovertemplate="%{customdata[0]}<br>%{customdata[1]}<extra>" + name + "</extra>",
+            )  # fmt: skip
     how = "t-SNE" if method == "tsne" else "PCA"
     fig.update_layout(
-        title=f"Both sets on a map ({how} of the features: near means alike)",
+        title=f"Both sets on a map ({how} of the features: near means alike; click a point)",
         xaxis_title="first axis", yaxis_title="second axis", **_LAYOUT,
     )  # fmt: skip
     return fig

@@ -9,6 +9,7 @@ import gradio as gr
 from ..errors import StudioError
 from ..inspection import charts
 from .common import Context, as_text, friendly
+from .new_pictures import build_new_pictures
 from .tabs import TabParts
 
 HELP = """### 1. Your pictures
@@ -221,6 +222,7 @@ def build_data_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -
             a = _add_pictures_column()
         with gr.Column(scale=2):
             r = _report_column()
+    build_new_pictures(ctx, ws_state, tab)
     # In the order _views returns them.
     views = [picture_set, a["target"], r["show_class"], r["counts"], r["report"], r["gallery"]]
     views.append(r["skipped"])

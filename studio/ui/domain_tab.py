@@ -20,13 +20,14 @@ from .common import (
     start_job,
     stop_job,
 )
+from .new_pictures import add_new, new_pictures_status, remove_new
 from .tabs import TabParts
 
 HELP = """### 8. New pictures: has the world changed?
 A model learns from the pictures it was given. When new pictures come from another camera,
 another place or another season, it can quietly get worse. Add some new pictures here (files,
-or a zip; class folders inside the zip are read as their labels) and press **Measure the
-shift**: the studio compares them with the pictures the model learnt on, as the model sees
+or a zip; class folders inside the zip are read as their labels; the Data tab takes them too,
+with a label, from the webcam, and shows their report) and press **Measure the shift**: the studio compares them with the pictures the model learnt on, as the model sees
 them, and says in one sentence whether they differ, and, if the new pictures are labelled with
 the model's classes, whether that costs accuracy."""
 
@@ -43,37 +44,29 @@ METHODS = [
 RESULT_HEADERS = ["model", "accuracy on the new pictures", "MMD² training vs new", "run"]
 KIND = "adaptation"
 LIGHTS = {"green": "#54A24B", "amber": "#F2A93B", "red": "#E45756"}
+# Gradio's Plot has no click event: this listens to Plotly's own on each drawn map (a new
+# figure may be a new element, so it keeps looking for a while) and hands the point's index to
+# the hidden box, whose change event shows the picture.
+CLICK_JS = """() => {
+  let tries = 0;
+  const attach = () => {
+    document.querySelectorAll('#domain-map .js-plotly-plot').forEach((gd) => {
+      if (gd.dataset.studioClick || !gd.on) return;
+      gd.dataset.studioClick = '1';
+      gd.on('plotly_click', (ev) => {
+        const point = ev.points && ev.points[0];
+        const box = document.querySelector('#domain-picked textarea, #domain-picked input');
+        if (!point || !point.customdata || !box) return;
+        box.value = point.customdata[2] + ':' + Date.now();
+        box.dispatchEvent(new Event('input', {bubbles: true}));
+      });
+    });
+    if (++tries < 40) setTimeout(attach, 250);
+  };
+  attach();
+}"""
 STAT_HEADERS = ["what", "value", "what it means"]
 CLASS_HEADERS = ["class", "MMD²", "p-value", "training pictures", "new pictures"]
-
-
-def new_pictures_status(ctx: Context, ws_id) -> str:
-    count, labels = ctx.workspace(ws_id).new_pictures()
-    if not count:
-        return "No new pictures yet."
-    how = f"labelled {', '.join(labels)}" if labels else "unlabelled"
-    return f"**{count} new pictures** ({how})."
-
-
-def add_new(ctx: Context, ws_id, paths) -> str:
-    """Add uploaded pictures or zips to the new pictures; says what came in and what did not."""
-    if not paths:
-        raise StudioError("choose some pictures or a zip first")
-    report = ctx.workspace(ws_id).add_new_pictures(paths)
-    text = new_pictures_status(ctx, ws_id) + f" Added {report.added}."
-    if report.skipped:
-        names = "; ".join(f"{name} ({why})" for name, why in report.skipped[:5])
-        more = f" and {len(report.skipped) - 5} more" if len(report.skipped) > 5 else ""
-        text += f" Skipped {len(report.skipped)}: {names}{more}"
-    return text
-
-
-def remove_new(ctx: Context, ws_id, sure: bool):
-    """Delete the new pictures, only once the person ticked that they are sure."""
-    if not sure:
-        raise StudioError("tick 'yes, remove them' first: nothing is deleted without asking")
-    count = ctx.workspace(ws_id).remove_new_pictures()
-    return f"Removed {count} new pictures. " + new_pictures_status(ctx, ws_id)
 
 
 def _light(result: dict) -> str:
@@ -96,11 +89,14 @@ def _stats(result: dict) -> list[list]:
          "shuffles)"],
         ["proxy A-distance", f"{result['a_distance']:.2f}",
          f"0: cannot be told apart, 2: always (told apart {result['domain_accuracy']:.0%})"],
+        ["copies of training pictures", str(len(result["copies"])),
+         "identical or near-identical pictures in both sets make them look more alike"],
     ]  # fmt: skip
 
 
 def measure(ctx: Context, ws_id, run_name, map_method="pca", progress=gr.Progress()):
-    """(traffic light, figures, per-class table, map, unlike gallery, typical gallery)."""
+    """(traffic light, figures, per-class table, map, unlike gallery, typical gallery, the
+    map's pictures in point order: kept on the server, a click sends only an index)."""
     if not run_name:
         raise StudioError("train a model first, then pick it here")
     ws = ctx.workspace(ws_id)
@@ -129,7 +125,20 @@ def measure(ctx: Context, ws_id, run_name, map_method="pca", progress=gr.Progres
     target = result["typical"]["target"]
     gallery = lambda rows: [(r["path"], Path(r["path"]).name) for r in rows]  # noqa: E731
     return (_light(result), _stats(result), classes, figure,
-            gallery(target["most_unlike_other"]), gallery(target["most_typical_of_other"]))  # fmt: skip
+            gallery(target["most_unlike_other"]), gallery(target["most_typical_of_other"]),
+            m["paths"])  # fmt: skip
+
+
+def show_point(paths: list[str], picked: str):
+    """The picture behind a clicked point of the map (``picked`` is ``index:click time``)."""
+    try:
+        index = int(str(picked).split(":", 1)[0])
+    except ValueError:
+        return gr.update()
+    if not paths or not 0 <= index < len(paths):
+        return gr.update()
+    path = Path(paths[index])
+    return gr.update(value=str(path), label=f"{path.parent.name}/{path.name}")
 
 
 def adapt(ctx: Context, ws_id, run_name, method, epochs):
@@ -203,7 +212,12 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
                              label="The figures")  # fmt: skip
         classes = gr.Dataframe(headers=CLASS_HEADERS, interactive=False, elem_id="domain-classes",
                                label="Per class (when the new pictures are labelled)")  # fmt: skip
-    chart = gr.Plot(label="Both sets on a map", elem_id="domain-map")
+    with gr.Row():
+        chart = gr.Plot(label="Both sets on a map", elem_id="domain-map", scale=3)
+        picture = gr.Image(label="Click a point to see its picture", interactive=False,
+                           height=300, elem_id="domain-picture", scale=1)  # fmt: skip
+    picked = gr.Textbox(visible="hidden", elem_id="domain-picked")
+    map_paths = gr.State([])
     with gr.Row():
         unlike = gr.Gallery(label="New pictures most unlike the training ones", columns=5,
                             height=180, elem_id="domain-unlike")  # fmt: skip
@@ -235,7 +249,9 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
         lambda: False, None, sure
     )
     go.click(friendly(bind(measure, ctx)), [ws_state, run, map_method],
-             [light, stats, classes, chart, unlike, typical])  # fmt: skip
+             [light, stats, classes, chart, unlike, typical, map_paths])  # fmt: skip
+    chart.change(None, None, None, js=CLICK_JS)
+    picked.change(show_point, [map_paths, picked], picture)
 
     def refresh(ws_id):
         return refresh_run(ws_id), new_pictures_status(ctx, ws_id)
