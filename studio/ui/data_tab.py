@@ -168,7 +168,7 @@ def _add_pictures_column() -> dict:
     c["webcam"] = gr.Image(
         label="Or take a photo", sources=["webcam"], type="pil", height=200, elem_id="webcam"
     )
-    c["snap"] = gr.Button("Add photo to class")
+    c["snap"] = gr.Button("Add photo to class", elem_id="data-snap")
     with gr.Accordion("Rename or delete a class", open=False):
         c["rename_to"] = gr.Textbox(
             label="New name for the selected class", info="Renames the class chosen above."
@@ -222,14 +222,15 @@ def build_data_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -
             a = _add_pictures_column()
         with gr.Column(scale=2):
             r = _report_column()
-    build_new_pictures(ctx, ws_state, tab)
+    new_views, show_new = build_new_pictures(ctx, ws_state, tab)
     # In the order _views returns them.
     views = [picture_set, a["target"], r["show_class"], r["counts"], r["report"], r["gallery"]]
     views.append(r["skipped"])
     outputs = [status, *views]
 
     def on(event, handler, inputs, **kw):
-        event(friendly(functools.partial(handler, ctx)), [ws_state, *inputs], outputs, **kw)
+        bound = friendly(functools.partial(handler, ctx))
+        event(bound, [ws_state, *inputs], outputs, **kw).then(show_new, ws_state, new_views)
 
     on(example_btn.click, load_example, [], api_name="load_example")
     on(picture_set.input, choose_set, [picture_set])
@@ -244,8 +245,8 @@ def build_data_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -
         friendly(functools.partial(show_class, ctx)), [ws_state, r["show_class"]], r["gallery"]
     )
     return TabParts(
-        views=views,
-        refresh=functools.partial(_views, ctx),
+        views=views + new_views,
+        refresh=lambda ws_id: (*_views(ctx, ws_id), *show_new(ws_id)),
         on_select=False,  # what it shows changes only by its own buttons
         exposes={"status": status},
     )

@@ -89,9 +89,11 @@ def views(ctx: Context, ws_id):
     return labels, text, gallery, copies, skipped
 
 
-def build_new_pictures(ctx: Context, ws_state: gr.State, tab: gr.Tab) -> None:
+def build_new_pictures(ctx: Context, ws_state: gr.State, tab: gr.Tab) -> tuple[list, object]:
     """The new pictures' panel, refreshed whenever the tab is opened (the Domain tab adds
-    pictures too) and after each change made here."""
+    pictures too) and after each change made here. Returns its views and their refresh, for
+    the Data tab to refresh them too when the training pictures change (the report compares
+    the two sets, and the labels offered are the training classes)."""
     with gr.Accordion("New pictures, kept apart from training", open=False, elem_id="data-new"):
         gr.Markdown(HELP)
         with gr.Row():
@@ -127,3 +129,4 @@ def build_new_pictures(ctx: Context, ws_state: gr.State, tab: gr.Tab) -> None:
     # The tick is cleared only after a removal (a refused one leaves the box free to tick).
     on(remove.click, remove_new, [sure]).success(lambda: False, None, sure)
     tab.select(show, ws_state, shown)
+    return shown, show

@@ -24,6 +24,49 @@ def plot_points(page, elem_id: str) -> int:
     )
 
 
+def map_points(page, elem_id: str) -> int:
+    """All the points of a plotly chart, over its traces."""
+    return page.evaluate(
+        f"(() => {{ const p = document.querySelector('#{elem_id} .js-plotly-plot');"
+        " return p && p.data ? p.data.reduce((n, t) => n + t.x.length, 0) : 0; })()"
+    )
+
+
+def click_point(page, elem_id: str, trace: int) -> None:
+    """A real mouse click on the first point of a trace of a plotly chart, once the app listens
+    to clicks on it (it starts listening within a quarter second of drawing the chart)."""
+    page.locator(f"#{elem_id}").scroll_into_view_if_needed()
+    page.wait_for_selector(f"#{elem_id} .js-plotly-plot[data-studio-click]")
+    x, y = page.evaluate(
+        f"(() => {{ const gd = document.querySelector('#{elem_id} .js-plotly-plot');"
+        " const fl = gd._fullLayout, t = gd.data[" + str(trace) + "];"
+        " const box = gd.getBoundingClientRect();"
+        " return [box.left + fl._size.l + fl.xaxis.l2p(t.x[0]),"
+        " box.top + fl._size.t + fl.yaxis.l2p(t.y[0])]; })()"
+    )
+    page.mouse.click(x, y)
+
+
+def snap_webcam(page, camera: str, button: str, status: str, said: str) -> None:
+    """Start the (synthetic) webcam in ``camera``, take a photo and press ``button`` until
+    ``status`` says ``said``: the frame reaches the server in the background, and until it
+    arrives the app says "take a photo first"."""
+    box = page.locator(f"#{camera}")
+    box.get_by_text("Click to Access Webcam").click()
+    page.wait_for_function(
+        f"(() => {{ const v = document.querySelector('#{camera} video');"
+        " return v && v.readyState >= 2 && v.videoWidth > 0; })()",
+        timeout=20_000,
+    )
+    box.get_by_label("capture photo").click()
+    for _ in range(15):
+        page.locator(f"#{button}").click()
+        page.wait_for_timeout(1500)
+        if said in page.locator(f"#{status}").inner_text():
+            break
+    expect(page.locator(f"#{status}")).to_contain_text(said)
+
+
 def set_number(page, label: str, value: str) -> None:
     """Type into a slider's number box; retried, since a freshly opened accordion can still
     reset its contents to their defaults for a moment after it appears."""
@@ -361,23 +404,7 @@ def test_webcam_photo_goes_into_the_chosen_class(page):
     page.get_by_placeholder("e.g. apples").fill("faces")
     page.get_by_role("button", name="Add class").click()
     expect(page.locator("#data-status")).to_contain_text("Added class faces")
-    camera = page.locator("#webcam")
-    camera.get_by_text("Click to Access Webcam").click()
-    page.wait_for_function(  # the (synthetic) camera is streaming
-        "(() => { const v = document.querySelector('#webcam video');"
-        " return v && v.readyState >= 2 && v.videoWidth > 0; })()",
-        timeout=20_000,
-    )
-    camera.get_by_label("capture photo").click()
-    # The frame is uploaded to the server in the background; until it arrives the app says
-    # "take a photo first", so try again for a while.
-    status = page.locator("#data-status")
-    for _ in range(15):
-        page.get_by_role("button", name="Add photo to class").click()
-        page.wait_for_timeout(1500)
-        if "Added a photo to faces" in status.inner_text():
-            break
-    expect(status).to_contain_text("Added a photo to faces")
+    snap_webcam(page, "webcam", "data-snap", "data-status", "Added a photo to faces")
     expect(page.locator("#data-report")).to_contain_text("at least two classes")
 
 
@@ -561,6 +588,28 @@ def test_compress_three_variants_compare_them_and_export_one(page):
     expect(page.get_by_text("computes without gradients")).to_be_visible()
 
 
+def new_pictures_on_the_data_tab(page) -> None:
+    """The Data tab's second set: a labelled upload that is a copy of a training picture, and
+    a webcam photo, reported apart from the training pictures; then removed (after asking)."""
+    page.get_by_text("New pictures, kept apart from training").click()
+    page.locator("#data-new-label input").click()
+    page.get_by_role("option", name="grass", exact=True).click()
+    page.locator("#data-new-files input[type=file]").set_input_files(EXAMPLE_PICTURE)
+    report = page.locator("#data-new-report")
+    expect(report).to_contain_text("1 new pictures: 1 grass", timeout=30_000)
+    expect(report).to_contain_text("1 of them are copies of training pictures")
+    expect(page.locator("#data-new-copies")).to_contain_text("grass/grass_35.jpg")
+    expect(page.locator("#data-new-copies")).to_contain_text("identical")
+    snap_webcam(page, "data-new-webcam", "data-new-snap", "data-new-status", "2 new pictures")
+    expect(report).to_contain_text("2 new pictures: 2 grass")  # the label chosen still holds
+    expect(page.locator("#data-report")).to_contain_text("108 pictures in 3 classes")  # apart
+    shot(page, "1-new-pictures")
+    page.locator("#data-new-sure input").check()
+    page.locator("#data-new-remove").click()
+    expect(page.locator("#data-new-status")).to_contain_text("Removed 2 new pictures")
+    expect(report).to_contain_text("No new pictures yet")
+
+
 def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, tmp_path):
     from studio.data.example import example_dataset
     from studio.domain.example import shifted_copy
@@ -571,6 +620,7 @@ def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, t
         for picture in sorted(phone.rglob("*.jpg")):
             z.write(picture, picture.relative_to(phone))
     load_example(page)
+    new_pictures_on_the_data_tab(page)
     start_training(page, "1")
     expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=180_000)
 
@@ -587,7 +637,10 @@ def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, t
     assert verdict.get_attribute("data-verdict") in ("red", "amber")  # they do differ
     expect(page.locator("#domain-stats")).to_contain_text("108 training, 108 new")
     expect(page.locator("#domain-classes")).to_contain_text("gravel")
-    assert plot_points(page, "domain-map") == 108  # the training pictures' points
+    assert map_points(page, "domain-map") == 216  # both sets' pictures
+    click_point(page, "domain-map", 4)  # a new picture (traces: 3 training classes, then new)
+    expect(page.locator("#domain-picture img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#domain-picture")).to_contain_text(".jpg")
     expect(page.locator("#domain-unlike img").first).to_be_visible()
     expect(page.locator("#domain-map")).to_contain_text("t-SNE")
     shot(page, "8-domain")
