@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # One function per group of commands; a new capability adds its own.
     for add in (_add_train, _add_run_commands, _add_explain_commands, _add_compress, _add_domain,
-                _add_tools):  # fmt: skip
+                _add_transfer, _add_tools):  # fmt: skip
         add(sub)
     return parser
 
@@ -188,6 +188,17 @@ def _add_compress(sub) -> None:
     p = sub.add_parser("compare", help="a table and a chart of a run's variants (compression.json)")
     p.add_argument("runs", nargs="+", help="variant run folders (their originals are included)")
     p.add_argument("--html", help="write the accuracy-against-speed chart here")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_transfer(sub) -> None:
+    """What carries over from a pretrained backbone to a person's pictures."""
+    p = sub.add_parser("rank", help="rank backbones for a dataset before training (LogME)")
+    p.add_argument("data", help="folder of class folders, train/val/test folders, .zip or .csv")
+    p.add_argument("--backbones", help="comma-separated timm names (default: all with weights)")
+    p.add_argument("--max-pictures", type=_positive_int, default=300,
+                   help="training pictures each backbone looks at (default 300)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
 
 
@@ -748,6 +759,38 @@ def _cmd_shift(args) -> int:
     return 0
 
 
+def _cmd_rank(args) -> int:
+    from tqdm import tqdm
+
+    from .transfer.rank import best_tradeoff, rank_backbones
+
+    names = [n.strip() for n in args.backbones.split(",") if n.strip()] if args.backbones else None
+    with _ctrl_c_stops() as stop, tqdm(desc="ranking", unit="backbone", disable=None,
+                                       leave=False) as bar:  # fmt: skip
+
+        def progress(done: int, total: int, name: str) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            bar.set_postfix_str(name)
+
+        scores = rank_backbones(args.data, names, max_pictures=args.max_pictures,
+                                seed=args.seed, progress=progress, stop=stop.is_set)  # fmt: skip
+    if args.json:
+        print(json.dumps([s.to_dict() for s in scores]))
+        return 0
+    pick = best_tradeoff(scores).backbone
+    print(f"{'backbone':24s} {'LogME':>7s} {'probe':>6s} {'seconds':>8s} {'ms/pic':>7s} "
+          f"{'params':>7s}")  # fmt: skip
+    for s in scores:
+        probe = "-" if s.probe_accuracy is None else f"{s.probe_accuracy:.0%}"
+        mark = "  <- best trade-off" if s.backbone == pick else ""
+        print(f"{s.backbone:24s} {s.logme:7.3f} {probe:>6s} {s.seconds:8.1f} "
+              f"{s.ms_per_image:7.1f} {s.params_m:6.1f}M{mark}")  # fmt: skip
+    print(f"({scores[0].pictures} training pictures each; LogME: higher fits the labels better, "
+          "comparable between backbones on the same pictures only)")  # fmt: skip
+    return 0
+
+
 def _cmd_adapt(args) -> int:
     from .domain.adapt import ADAPTATION, adapt_run
     from .runs import read_optional
@@ -777,6 +820,7 @@ COMMANDS = {
     "compress": _cmd_compress,
     "compare": _cmd_compare,
     "shift": _cmd_shift,
+    "rank": _cmd_rank,
     "adapt": _cmd_adapt,
     "explain": _cmd_explain,
     "shortcuts": _cmd_shortcuts,

@@ -16,6 +16,7 @@ from ..models.backbones import (
 )
 from ..models.freeze import spec_for_count
 from .common import Context, friendly, load_engine
+from .rank_panel import build_rank_panel
 from .tabs import TabParts
 
 HELP = """### 2. Choose a starting network
@@ -154,6 +155,7 @@ def build_model_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) 
         info="Backbones marked 'not available offline' need internet or a weights file.",
         elem_id="backbone",
     )
+    build_rank_panel(ctx, ws_state, backbone)
     freeze = gr.Slider(
         0,
         1,

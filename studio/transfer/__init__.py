@@ -1,0 +1,2 @@
+"""Inside the transfer: which backbone to start from (LogME ranking), which layers carry over,
+several tasks on one backbone."""
