@@ -201,6 +201,18 @@ def _add_transfer(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("layers", help="what fine-tuning changed per layer group (CKA), or "
+                       "--compare the layers of two models")  # fmt: skip
+    p.add_argument("run", nargs="?", help="a run folder: its layers against the pretrained ones")
+    p.add_argument("--compare", nargs=3, metavar=("A", "B", "DATA"),
+                   help="CKA between every stage of A and of B (run folders or catalog "
+                   "backbones) on the pictures in DATA")  # fmt: skip
+    p.add_argument("--out", help="--compare: write the CKA matrix here (.json; default "
+                   "cka-A-B.json)")  # fmt: skip
+    p.add_argument("--html", help="also write the chart (bars, or the heatmap) here")
+    p.add_argument("--max-pictures", type=_positive_int, default=200)
+    p.add_argument("--json", action="store_true")
+
 
 def _add_domain(sub) -> None:
     """How different new pictures are from a model's training pictures."""
@@ -791,6 +803,44 @@ def _cmd_rank(args) -> int:
     return 0
 
 
+def _cmd_layers(args) -> int:
+    from .errors import StudioError
+    from .inspection import charts
+    from .transfer.layers import compare_layers, freezing_advice, what_changed
+
+    if bool(args.run) == bool(args.compare):
+        raise StudioError("give a RUN, or --compare A B DATA (not both)")
+    if args.compare:
+        result = compare_layers(*args.compare, max_pictures=args.max_pictures)
+        out = Path(args.out or f"cka-{result['a']}-{result['b']}.json")
+        out.write_text(json.dumps(result, indent=1))
+        if args.html:
+            charts.cka_heatmap(result).write_html(args.html, include_plotlyjs=True)
+        if args.json:
+            print(json.dumps(result))
+            return 0
+        print(f"CKA between {result['a']} (rows) and {result['b']} on {result['pictures']} "
+              f"pictures; matrix written to {out}")  # fmt: skip
+        for group, other, value in result["most_similar"]:
+            print(f"  {group:10s} is most like {other:10s} (CKA {value:.3f})")
+        return 0
+    changes = what_changed(args.run, max_pictures=args.max_pictures)
+    if args.html:
+        charts.layer_changes([c.to_dict() for c in changes]).write_html(args.html)
+    if args.json:
+        print(json.dumps([{"group": c.group, "cka": c.cka, "weight_change": c.weight_change,
+                           "frozen": c.frozen} for c in changes]))  # fmt: skip
+        return 0
+    for c in changes:
+        change = "new" if c.weight_change is None else f"{c.weight_change:.1%}"
+        print(f"{c.group:10s} CKA {c.cka:.3f}  weights changed {change:>6s}"
+              f"{'  (frozen)' if c.frozen else ''}")  # fmt: skip
+    from .models.kinds import load_run
+
+    print(freezing_advice(changes, int(load_run(args.run).config.get("epochs", 10))))
+    return 0
+
+
 def _cmd_adapt(args) -> int:
     from .domain.adapt import ADAPTATION, adapt_run
     from .runs import read_optional
@@ -821,6 +871,7 @@ COMMANDS = {
     "compare": _cmd_compare,
     "shift": _cmd_shift,
     "rank": _cmd_rank,
+    "layers": _cmd_layers,
     "adapt": _cmd_adapt,
     "explain": _cmd_explain,
     "shortcuts": _cmd_shortcuts,

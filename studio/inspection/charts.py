@@ -257,3 +257,45 @@ def shift_map(points: Sequence[Sequence[float]], paths: Sequence[str], labels: S
         xaxis_title="first axis", yaxis_title="second axis", **_LAYOUT,
     )  # fmt: skip
     return fig
+
+
+def layer_changes(changes: Sequence[dict]) -> go.Figure:
+    """One bar per layer group, input to output: how far fine-tuning moved it from the
+    pretrained layer (1 - CKA: 0 unchanged, 1 rebuilt); frozen groups grey."""
+    fig = go.Figure()
+    fig.add_bar(
+        x=[c["group"] for c in changes], y=[1 - c["cka"] for c in changes],
+        marker_color=["#BAB0AC" if c["frozen"] else "#4C78A8" for c in changes],
+        customdata=[[c["cka"], "new" if c["weight_change"] is None else
+                     f"{c['weight_change']:.1%}", "frozen" if c["frozen"] else "trained"]
+                    for c in changes],
+        hovertemplate="%{x} (%{customdata[2]})<br>CKA %{customdata[0]:.3f}<br>weights changed "
+                      "%{customdata[1]}<extra></extra>",
+    )  # fmt: skip
+    fig.update_layout(
+        title="What training changed, layer by layer (grey: frozen)",
+        yaxis=dict(title="unchanged (0) … rebuilt (1): 1 − CKA", range=[0, 1]), **_LAYOUT,
+    )  # fmt: skip
+    return fig
+
+
+def cka_heatmap(result: dict) -> go.Figure:
+    """CKA between the stages of two models; each row's most similar column ringed."""
+    fig = go.Figure()
+    fig.add_heatmap(
+        z=result["cka"], x=result["groups_b"], y=result["groups_a"], zmin=0, zmax=1,
+        colorscale="Blues", colorbar=dict(title="CKA"),
+        hovertemplate=result["a"] + " %{y} vs " + result["b"] + " %{x}: %{z:.3f}<extra></extra>",
+    )  # fmt: skip
+    best = result["most_similar"]
+    fig.add_scatter(
+        x=[b for _, b, _ in best], y=[a for a, _, _ in best], mode="markers",
+        marker=dict(symbol="circle-open", size=16, color="#E45756", line=dict(width=2)),
+        name="most alike", hoverinfo="skip",
+    )  # fmt: skip
+    fig.update_layout(
+        title=f"Which stages see alike: {result['a']} (rows) vs {result['b']} (columns)",
+        xaxis_title=result["b"], yaxis_title=result["a"], showlegend=False,
+        **{**_LAYOUT, "height": 460},
+    )  # fmt: skip
+    return fig

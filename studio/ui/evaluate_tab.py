@@ -9,6 +9,7 @@ import gradio as gr
 from ..errors import StudioError
 from ..inspection import charts
 from .common import Context, friendly, run_metrics, run_picker
+from .layers_panel import build_layers_panel
 from .tabs import TabParts
 
 HELP = """### 4. How good is it?
@@ -136,6 +137,7 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
         interactive=False,
     )
     h = _hardest_pictures()
+    pickers, refresh_pickers = build_layers_panel(ctx, ws_state, run)
     bind = functools.partial
     outputs = [headline, heatmap, table, per_class, h["losses"], h["confused"]]
     run.change(friendly(bind(show_run, ctx)), [ws_state, run], outputs)
@@ -143,4 +145,8 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
     h["explain_all"].click(
         friendly(bind(loss_maps, ctx)), [ws_state, run], [h["maps"], h["maps_note"]]
     )
-    return TabParts([run], refresh, exposes={"losses": h["losses"], "run": run})
+    return TabParts(
+        [run, *pickers],
+        lambda ws_id: (refresh(ws_id), *refresh_pickers(ws_id)),
+        exposes={"losses": h["losses"], "run": run},
+    )

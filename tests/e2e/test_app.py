@@ -4,6 +4,7 @@ predict, export, and bad uploads that leave the app working."""
 from __future__ import annotations
 
 import contextlib
+import re
 import zipfile
 from pathlib import Path
 
@@ -660,3 +661,18 @@ def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, t
     page.locator("#domain-remove").click()
     expect(page.locator("#domain-status")).to_contain_text("Removed 108 new pictures")
     expect(page.locator("#domain-sure input")).not_to_be_checked()  # cleared after removing
+
+
+def test_rank_backbones_for_my_pictures_chooses_one(page):
+    load_example(page)
+    page.get_by_role("tab", name="2 · Model").click()
+    page.locator("#rank-go").click()
+    said = page.locator("#rank-said")
+    expect(said).to_contain_text("Chosen: EfficientNet-Lite", timeout=240_000)
+    table = page.locator("#rank-table")
+    for title in ("EfficientNet-Lite0", "EfficientNet-Lite1", "EfficientNet-Lite2"):
+        expect(table).to_contain_text(title)
+    expect(table).to_contain_text("← chosen")
+    chosen = said.inner_text().split("Chosen: ", 1)[1].split(" (", 1)[0]
+    expect(page.locator("#backbone input")).to_have_value(re.compile(re.escape(chosen)))
+    shot(page, "2-rank")
