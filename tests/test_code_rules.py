@@ -54,6 +54,7 @@ LAYERS = {
     "deployment": {"data", "models", "inspection"},
     "compress": {"data", "models", "inspection", "training", "deployment"},
     "domain": {"data", "models", "inspection", "training"},
+    "transfer": {"data", "models", "inspection", "training", "domain"},
 }
 PACKAGES = set(LAYERS)
 
@@ -81,6 +82,11 @@ def test_each_package_imports_only_the_layers_below_it():
             if extra:
                 wrong.append(f"{path.relative_to(STUDIO)} imports {sorted(extra)}")
     assert wrong == [], wrong
+
+
+def test_every_engine_package_has_its_place_in_the_layers():
+    packages = {p.parent.name for p in STUDIO.glob("*/__init__.py")} - {"ui"}
+    assert packages == set(LAYERS), "give a new package its place in LAYERS"
 
 
 def test_the_rule_sees_an_import_that_breaks_it(tmp_path, monkeypatch):

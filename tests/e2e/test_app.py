@@ -107,6 +107,22 @@ def load_example(page):
     )
 
 
+def look_inside(page) -> None:
+    """On the Evaluate tab: what training changed per layer group, then two models' stages."""
+    page.get_by_text("Inside the model: what training changed").click()
+    page.locator("#layers-go").click()
+    expect(page.locator("#layers-advice")).to_contain_text("frozen in this run", timeout=120_000)
+    expect(page.locator("#layers-table")).to_contain_text("stage1")
+    page.get_by_text("Compare the layers of two models").click()
+    expect(page.locator("#layers-a input")).to_have_value(re.compile("^run: "))
+    page.locator("#layers-b input").click()
+    page.get_by_role("option", name="backbone: tf_efficientnet_lite1").click()
+    page.locator("#layers-compare-go").click()
+    expect(page.locator("#layers-said")).to_contain_text("most alike stages", timeout=120_000)
+    expect(page.locator("#layers-heatmap .js-plotly-plot")).to_be_visible()
+    shot(page, "4-layers")
+
+
 def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     load_example(page)
     shot(page, "1-data")
@@ -151,6 +167,7 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     expect(page.get_by_text("picture(s) of brick predicted as brick")).to_be_visible()
     expect(page.locator("#cell-gallery img").first).to_be_visible()
     shot(page, "4-evaluate")
+    look_inside(page)
 
     # One click draws what the model looked at in each of the hardest pictures.
     hardest = page.locator("#top-losses .thumbnail-item").count()
