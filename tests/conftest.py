@@ -18,8 +18,11 @@ from studio.data.example import example_dataset  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
+def _private_cache(tmp_path_factory, tmp_path, monkeypatch):
     monkeypatch.setenv("STUDIO_CACHE", str(tmp_path_factory.getbasetemp() / "studio-cache"))
+    # Features shared between runs (studio.training.feature_memo): each test starts without
+    # any, so one test's training does not skip the caching another test looks at.
+    monkeypatch.setenv("STUDIO_FEATURE_MEMO", str(tmp_path / "feature-memo"))
 
 
 @pytest.fixture(scope="session")

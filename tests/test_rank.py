@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -126,3 +127,39 @@ def test_the_model_tabs_ranking_grows_then_chooses(small_example, tmp_path):
     chosen = [row[0] for row in table if row[0].endswith("← chosen")]
     assert len(chosen) == 1 and said.startswith(f"**Chosen: {chosen[0].removesuffix(' ← chosen')}")
     assert choice["value"].startswith("tf_efficientnet_lite")
+
+
+def test_training_the_ranked_backbone_reuses_what_the_ranking_computed(small_example, tmp_path):
+    from studio import events as ev
+    from studio.data.facts import facts_of
+    from studio.models.backbones import weights_info
+    from studio.training.feature_memo import FeatureMemo
+    from studio.training.train import TrainConfig, train
+
+    def caching(out):
+        events = list(train(TrainConfig(data=str(small_example), out=str(out), epochs=2,
+                                        augment="none")))  # fmt: skip
+        said = [e.message for e in events if isinstance(e, ev.Notice)]
+        return max(e.of for e in events if isinstance(e, ev.Caching)), said, events[-1]
+
+    alone, said, _ = caching(tmp_path / "before")  # 24 training + 6 validation pictures
+    assert alone == 30 and not any("already seen" in s for s in said)
+    memo = next(p for p in (tmp_path / "feature-memo").iterdir())  # that run kept its features
+    shutil.rmtree(memo)
+    rank_backbones(small_example, ["tf_efficientnet_lite0"])
+    after, said, finished = caching(tmp_path / "after")
+    assert after == 6  # only the validation pictures, which the ranking does not look at
+    assert any(s.startswith("24 picture(s) already seen by this backbone") for s in said)
+    assert finished.kind == "finished" and finished.metrics["accuracy"] > 0.8
+
+    # A memo that does not hold this backbone's features is found out and left alone.
+    model_memo = [p for p in (tmp_path / "feature-memo").iterdir()]
+    assert len(model_memo) == 1
+    for entry in model_memo[0].rglob("*.npy"):
+        np.save(entry, np.zeros(1280, np.float32))
+    again, said, _ = caching(tmp_path / "again")
+    assert again == 30 and not any("already seen" in s for s in said)
+    picture = next(small_example.rglob("*.jpg"))
+    kept = FeatureMemo("tf_efficientnet_lite0", weights_info("tf_efficientnet_lite0"),
+                       {}).get_many([facts_of(picture).sha1])  # fmt: skip
+    assert kept == {}  # another preprocessing is another memo

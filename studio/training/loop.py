@@ -48,8 +48,9 @@ from ..errors import StudioError
 from ..models.backbones import Group, WeightsInfo, create_backbone, data_config, model_groups
 from ..models.freeze import keep_frozen_norms_in_eval, parse_freeze
 from ..rng import seeded, step_seed
-from .cache import FeatureStore, fill_store, plan_cache, run_cached
+from .cache import FeatureStore, capture, fill_store, plan_cache, run_cached
 from .config import TrainConfig
+from .feature_memo import FeatureMemo
 
 __all__ = [
     "StopFlag",
@@ -441,6 +442,52 @@ def set_up(
     )
 
 
+class _Known:
+    """What a feature memo already holds for each part (training, validation pictures)."""
+
+    def __init__(self, memo: FeatureMemo | None, sha1s: list, found: list[dict]):
+        self.memo, self.sha1s, self.found = memo, sha1s, found
+        self.reused = sum(len(f) for f in found)
+
+    def fill(self, part: int, store: FeatureStore) -> list[int] | None:
+        """Put the known features of ``part`` in view 0; the positions left to compute (None:
+        no memo, compute everything as usual)."""
+        if self.memo is None or part >= len(self.found):
+            return None
+        found = self.found[part]
+        if found:
+            rows = sorted(found)
+            store.put_rows(0, rows, np.stack([found[i] for i in rows]))
+        return [i for i in range(len(self.sha1s[part])) if i not in found]
+
+    def keep(self, part: int, store: FeatureStore, computed: list[int] | None) -> None:
+        if self.memo is not None and computed:
+            sha1s = self.sha1s[part]
+            self.memo.put_many([sha1s[i] for i in computed], store.array[0, computed])
+
+
+def _from_memo(run: RunSetup, plan, memo: FeatureMemo | None, parts, frozen) -> _Known:
+    """The memo's features for the plain pictures of each part, when the whole backbone is
+    frozen (what is cached is then the classifier's input: a vector per picture) and once two
+    of them agree with this model's own pass: a memo that does not hold this model's features
+    is left alone (and rewritten by this run's pass)."""
+    body = {g.name for g in run.groups if g.name != "head"}
+    if memo is None or len(plan.feature_shape) != 1 or not body <= set(frozen):
+        return _Known(None, [], [])
+    from ..data.facts import facts_of
+
+    sha1s = [[facts_of(s.path).sha1 for s in ds.samples] if ds is not None else []
+             for ds in parts]  # fmt: skip
+    found = [memo.get_many(part) for part in sha1s]
+    checks = [(p, i) for p, f in enumerate(found) for i in sorted(f)][:2]
+    if checks:
+        x = torch.stack([run.eval_tf(open_rgb(parts[p].samples[i].path)) for p, i in checks])
+        fresh = capture(run.model, plan, x.to(run.device)).float().cpu().numpy()
+        if not FeatureMemo.agrees(np.stack([found[p][i] for p, i in checks]), fresh):
+            return _Known(memo, sha1s, [{} for _ in parts])
+    return _Known(memo, sha1s, found)
+
+
 def make_feeder(
     run: RunSetup,
     frozen: list[str],
@@ -448,13 +495,16 @@ def make_feeder(
     stop: StopFlag | None = None,
     with_val: bool = True,
     views: int = 1,
+    memo: FeatureMemo | None = None,
 ) -> Generator[ev.Event, None, Feeder | None]:
     """Cached features when a frozen prefix can be cut off, otherwise images.
 
     A generator: yields ``Caching``/``Notice`` events and returns the feeder, or None when
     stopped while caching (:func:`without_events` runs it for a caller that shows nothing).
     ``views`` is the number of versions of each training picture cached: the plain one, then
-    augmented ones, a different one each epoch.
+    augmented ones, a different one each epoch. With ``memo`` (the pretrained backbone's
+    features by picture, :mod:`studio.training.feature_memo`) and the whole backbone frozen, the
+    plain pictures it holds are not computed again, and those computed here are kept in it.
     """
     cfg = run.cfg
     train_ds, val_ds = run.train_ds, (run.val_ds if with_val else None)
@@ -465,11 +515,15 @@ def make_feeder(
     if plan is None:
         yield ev.Notice(f"not caching frozen layers: {why}")
         return ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last)
-    total = len(train_ds) * views + (len(val_ds) if val_ds else 0)
+    known = _from_memo(run, plan, memo, (train_ds, val_ds), frozen)
+    if known.reused:
+        yield ev.Notice(f"{known.reused} picture(s) already seen by this backbone (when ranking "
+                        "or in an earlier run): their features are reused")  # fmt: skip
+    total = len(train_ds) * views + (len(val_ds) if val_ds else 0) - known.reused
     done = 0
     yield ev.Caching(0, total)
     stores: list[FeatureStore | None] = []
-    for ds, n_views in ((train_ds, views), (val_ds, 1)):
+    for part, (ds, n_views) in enumerate(((train_ds, views), (val_ds, 1))):
         if ds is None:
             stores.append(None)
             continue
@@ -477,10 +531,14 @@ def make_feeder(
             len(ds), n_views, plan.feature_shape, cfg.cache_memory_mb * 1024**2, cache_folder
         )
         stores.append(store)
+        missing = known.fill(part, store)  # positions still to compute in view 0, or None
 
-        def batches(view: int, ds: ImageSamples = ds):
+        def batches(view: int, ds: ImageSamples = ds, missing=missing):
             tf = run.eval_tf if view == 0 else run.train_tf
-            view_ds = ImageSamples(ds.samples, tf, ds.num_classes, ds.multilabel)
+            samples = ds.samples if view or missing is None else [ds.samples[i] for i in missing]
+            if not samples:
+                return
+            view_ds = ImageSamples(samples, tf, ds.num_classes, ds.multilabel)
             loader = iter(image_loader(view_ds, cfg.batch_size, workers=cfg.workers))
             for n in itertools.count():
                 with seeded(step_seed(cfg.seed, -1 - view, n)):  # the augmentation's draws
@@ -489,7 +547,8 @@ def make_feeder(
                     return
                 yield x[0]
 
-        for n in fill_store(run.model, plan, store, batches, run.device, run.channels_last):
+        rows = None if missing is None else (lambda view, m=missing: m if view == 0 else None)
+        for n in fill_store(run.model, plan, store, batches, run.device, run.channels_last, rows):
             done += n
             yield ev.Caching(done, total)
             if stop is not None and stop.is_set():
@@ -497,6 +556,7 @@ def make_feeder(
                     if made is not None:
                         made.close()
                 return None
+        known.keep(part, store, missing)
     where = "on disk" if stores[0].on_disk else "in memory"
     note = why + f" ({views} view{'s' if views > 1 else ''} per image, {where})"
     if cfg.augment != "none" and views > 1:

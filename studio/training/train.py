@@ -54,6 +54,7 @@ from ..runs import (
     save_json,
 )
 from .config import TrainConfig
+from .feature_memo import FeatureMemo
 from .loop import (
     Objective,
     RunSetup,
@@ -393,11 +394,14 @@ def _feeder_for(run: RunSetup, frozen: list[str], cache_frozen: list[str] | None
     """The phase's feeder; with ``cache_frozen``, one caching that prefix, which the cache plan
     reads from ``requires_grad``: that freeze is applied while planning, then the phase's own."""
     folder, views = Path(run.cfg.out) / ".cache", _auto_views(run)
+    # The pretrained backbone's features are shared between runs and the ranking.
+    memo = (FeatureMemo(run.cfg.backbone, run.weights, run.data_config)
+            if run.cfg.pretrained and run.weights.available else None)  # fmt: skip
     if cache_frozen is None:
-        return (yield from make_feeder(run, frozen, folder, stop, views=views))
+        return (yield from make_feeder(run, frozen, folder, stop, views=views, memo=memo))
     apply_freeze(run.model, run.groups, cache_frozen)
     try:
-        return (yield from make_feeder(run, cache_frozen, folder, stop, views=views))
+        return (yield from make_feeder(run, cache_frozen, folder, stop, views=views, memo=memo))
     finally:
         apply_freeze(run.model, run.groups, frozen)
 

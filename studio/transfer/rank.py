@@ -116,6 +116,7 @@ def score_backbone(name: str, dataset: Dataset, samples: list[Sample], seed: int
     pictures = PictureSet(dataset.root, [s.path for s in samples], [None] * len(samples))
     features, _, kept = embedder.embed(pictures)
     looked = time.perf_counter()
+    _remember(name, embedder, kept.paths, features)
     index = {p: i for i, p in enumerate(pictures.paths)}
     kept_samples = [samples[index[p]] for p in kept.paths]
     y = _targets(kept_samples, len(dataset.classes), dataset.multilabel)
@@ -145,6 +146,17 @@ def score_each(
     samples = _sample(dataset.train, max_pictures, seed)
     for i, name in enumerate(names):
         yield i + 1, len(names), score_backbone(name, dataset, samples, seed)
+
+
+def _remember(name: str, embedder, paths: list[str], features: np.ndarray) -> None:
+    """Keep the features for the training of the chosen backbone (it will not compute them
+    again: :mod:`studio.training.feature_memo`)."""
+    from ..data.facts import facts_of
+    from ..models.backbones import data_config, weights_info
+    from ..training.feature_memo import FeatureMemo
+
+    memo = FeatureMemo(name, weights_info(name), data_config(embedder.model))
+    memo.put_many([facts_of(p).sha1 for p in paths], features)
 
 
 def rank_backbones(
