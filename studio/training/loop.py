@@ -442,6 +442,24 @@ def set_up(
     )
 
 
+def _view_batches(run: RunSetup, ds: ImageSamples, view: int, only: list[int] | None):
+    """Image batches of ``ds`` (only the positions ``only``, when given) for cache view
+    ``view``: 0 the plain pictures, the others augmented, each batch's draws seeded."""
+    cfg = run.cfg
+    tf = run.eval_tf if view == 0 else run.train_tf
+    samples = ds.samples if only is None else [ds.samples[i] for i in only]
+    if not samples:
+        return
+    view_ds = ImageSamples(samples, tf, ds.num_classes, ds.multilabel)
+    loader = iter(image_loader(view_ds, cfg.batch_size, workers=cfg.workers))
+    for n in itertools.count():
+        with seeded(step_seed(cfg.seed, -1 - view, n)):  # the augmentation's draws
+            x = next(loader, None)
+        if x is None:
+            return
+        yield x[0]
+
+
 class _Known:
     """What a feature memo already holds for each part (training, validation pictures)."""
 
@@ -534,18 +552,7 @@ def make_feeder(
         missing = known.fill(part, store)  # positions still to compute in view 0, or None
 
         def batches(view: int, ds: ImageSamples = ds, missing=missing):
-            tf = run.eval_tf if view == 0 else run.train_tf
-            samples = ds.samples if view or missing is None else [ds.samples[i] for i in missing]
-            if not samples:
-                return
-            view_ds = ImageSamples(samples, tf, ds.num_classes, ds.multilabel)
-            loader = iter(image_loader(view_ds, cfg.batch_size, workers=cfg.workers))
-            for n in itertools.count():
-                with seeded(step_seed(cfg.seed, -1 - view, n)):  # the augmentation's draws
-                    x = next(loader, None)
-                if x is None:
-                    return
-                yield x[0]
+            return _view_batches(run, ds, view, missing if view == 0 else None)
 
         rows = None if missing is None else (lambda view, m=missing: m if view == 0 else None)
         for n in fill_store(run.model, plan, store, batches, run.device, run.channels_last, rows):
