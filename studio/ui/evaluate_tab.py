@@ -137,7 +137,7 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
         interactive=False,
     )
     h = _hardest_pictures()
-    pickers, refresh_pickers = build_layers_panel(ctx, ws_state, run)
+    build_layers_panel(ctx, ws_state, run)
     bind = functools.partial
     outputs = [headline, heatmap, table, per_class, h["losses"], h["confused"]]
     run.change(friendly(bind(show_run, ctx)), [ws_state, run], outputs)
@@ -145,8 +145,4 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
     h["explain_all"].click(
         friendly(bind(loss_maps, ctx)), [ws_state, run], [h["maps"], h["maps_note"]]
     )
-    return TabParts(
-        [run, *pickers],
-        lambda ws_id: (refresh(ws_id), *refresh_pickers(ws_id)),
-        exposes={"losses": h["losses"], "run": run},
-    )
+    return TabParts([run], refresh, exposes={"losses": h["losses"], "run": run})

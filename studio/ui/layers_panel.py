@@ -52,6 +52,9 @@ def model_choices(ctx: Context, ws_id) -> list[tuple[str, str]]:
 
 
 def refresh_choices(ctx: Context, ws_id):
+    """Filled when the accordion opens, not with the page: which backbones have weights is
+    the engine's to say (it may import timm, which only load_engine may do)."""
+    load_engine()
     choices = model_choices(ctx, ws_id)
     first = choices[0][1] if choices else None
     second = choices[1][1] if len(choices) > 1 else first
@@ -79,8 +82,8 @@ def compare_two(ctx: Context, ws_id, a, b, progress=gr.Progress()):
     return charts.cka_heatmap(result), said
 
 
-def build_layers_panel(ctx: Context, ws_state: gr.State, run: gr.Dropdown):
-    """Two accordions under the run's results; returns the model pickers' refresh."""
+def build_layers_panel(ctx: Context, ws_state: gr.State, run: gr.Dropdown) -> None:
+    """Two accordions under the run's results."""
     bind = functools.partial
     with gr.Accordion("Inside the model: what training changed", open=False,
                       elem_id="layers-changed"):  # fmt: skip
@@ -91,7 +94,8 @@ def build_layers_panel(ctx: Context, ws_state: gr.State, run: gr.Dropdown):
             bars = gr.Plot(label="Layer by layer", elem_id="layers-bars")
             table = gr.Dataframe(headers=CHANGE_HEADERS, interactive=False,
                                  elem_id="layers-table")  # fmt: skip
-    with gr.Accordion("Compare the layers of two models", open=False, elem_id="layers-compare"):
+    with gr.Accordion("Compare the layers of two models", open=False,
+                      elem_id="layers-compare") as comparing:  # fmt: skip
         gr.Markdown(COMPARE_HELP)
         with gr.Row():
             a = gr.Dropdown(label="First model (rows)", choices=[], elem_id="layers-a")
@@ -101,4 +105,4 @@ def build_layers_panel(ctx: Context, ws_state: gr.State, run: gr.Dropdown):
         heatmap = gr.Plot(label="Which stages see alike", elem_id="layers-heatmap")
     go.click(friendly(bind(what_training_changed, ctx)), [ws_state, run], [bars, advice, table])
     compare.click(friendly(bind(compare_two, ctx)), [ws_state, a, b], [heatmap, said])
-    return [a, b], bind(refresh_choices, ctx)
+    comparing.expand(friendly(bind(refresh_choices, ctx)), ws_state, [a, b])
