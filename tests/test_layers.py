@@ -130,3 +130,28 @@ def test_the_evaluate_tabs_look_inside(tuned_run, small_example, tmp_path):
     heatmap, said = compare_two(ctx, ws.id, "run:tuned", "tf_efficientnet_lite0", progress=quiet)
     assert said.startswith("On 36 of your pictures, the most alike stages are")
     assert len(heatmap.data[0].z) == len(rows)
+
+
+def test_cka_of_a_model_with_itself_is_one_and_with_a_reinitialised_copy_is_low(small_example):
+    import torch
+
+    from studio.data.images import open_rgb
+    from studio.data.loaders import build_transform
+    from studio.models.backbones import create_backbone, data_config
+    from studio.transfer.layers import group_outputs
+
+    trained, _ = create_backbone("tf_efficientnet_lite0")
+    torch.manual_seed(0)
+    fresh, _ = create_backbone("tf_efficientnet_lite0", pretrained=False)
+    tf = build_transform(data_config(trained), "none")
+    images = torch.stack([tf(open_rgb(p)) for p in sorted(small_example.rglob("*.jpg"))])
+    groups, ours, _ = group_outputs(trained.eval(), images)
+    _, again, _ = group_outputs(trained.eval(), images)
+    _, other, _ = group_outputs(fresh.eval(), images)
+    for name in ours:
+        assert linear_cka(ours[name], again[name]) == pytest.approx(1.0)
+    # Random weights still pass on the pictures' plainest statistics (the stem's output is
+    # nearly the picture itself), but from the second stage on they see them differently.
+    later = [g.name for g in groups][2:]
+    with_random = [linear_cka(ours[name], other[name]) for name in later]
+    assert max(with_random) < 0.9 and np.mean(with_random) < 0.75

@@ -163,3 +163,16 @@ def test_training_the_ranked_backbone_reuses_what_the_ranking_computed(small_exa
     kept = FeatureMemo("tf_efficientnet_lite0", weights_info("tf_efficientnet_lite0"),
                        {}).get_many([facts_of(picture).sha1])  # fmt: skip
     assert kept == {}  # another preprocessing is another memo
+
+
+def test_pretraining_shows_in_the_score(small_example):
+    """The same backbone with its ImageNet weights fits the example's labels better than with
+    random ones: the score sees what pretraining brings."""
+    from studio.data.dataset import load_dataset
+    from studio.transfer.rank import score_backbone
+
+    dataset = load_dataset(small_example)
+    real = score_backbone("tf_efficientnet_lite0", dataset, dataset.train)
+    random = score_backbone("tf_efficientnet_lite0", dataset, dataset.train, pretrained=False)
+    assert real.logme > random.logme
+    assert real.probe_accuracy >= random.probe_accuracy

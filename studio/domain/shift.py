@@ -70,8 +70,8 @@ class Embedder:
         return cls(loaded.model, loaded.transform(), loaded.run_dir.name, loaded.labels)
 
     @classmethod
-    def from_backbone(cls, name: str) -> Embedder:
-        model, _ = create_backbone(name)
+    def from_backbone(cls, name: str, pretrained: bool = True) -> Embedder:
+        model, _ = create_backbone(name, pretrained=pretrained)
         return cls(model, build_transform(data_config(model), "none"), name, None)
 
     @torch.no_grad()

@@ -29,7 +29,7 @@ from ..data.dataset import Dataset, Sample, load_dataset
 from ..errors import StudioError
 from .logme import logme
 
-__all__ = ["BackboneScore", "rank_backbones", "score_each", "best_tradeoff", "offline_backbones",
+__all__ = ["BackboneScore", "rank_backbones", "score_each", "score_backbone", "best_tradeoff", "offline_backbones",
            "probe_accuracy", "NEAR_PROBE"]  # fmt: skip
 
 MAX_PICTURES = 300  # the sample each backbone looks at: ranking should take seconds, not minutes
@@ -104,19 +104,23 @@ def _targets(samples: list[Sample], classes: int, multilabel: bool) -> np.ndarra
     return y
 
 
-def score_backbone(name: str, dataset: Dataset, samples: list[Sample], seed: int = 0):
-    """One backbone's :class:`BackboneScore` on ``samples`` of ``dataset``."""
+def score_backbone(
+    name: str, dataset: Dataset, samples: list[Sample], seed: int = 0, pretrained: bool = True
+) -> BackboneScore:
+    """One backbone's :class:`BackboneScore` on ``samples`` of ``dataset`` (with random
+    weights when not ``pretrained``: the floor its pretraining is measured against)."""
     from ..domain.pictures import PictureSet
     from ..domain.shift import Embedder
     from ..models.backbones import get_spec
 
     start = time.perf_counter()
-    embedder = Embedder.from_backbone(name)
+    embedder = Embedder.from_backbone(name, pretrained=pretrained)
     built = time.perf_counter()
     pictures = PictureSet(dataset.root, [s.path for s in samples], [None] * len(samples))
     features, _, kept = embedder.embed(pictures)
     looked = time.perf_counter()
-    _remember(name, embedder, kept.paths, features)
+    if pretrained:
+        _remember(name, embedder, kept.paths, features)
     index = {p: i for i, p in enumerate(pictures.paths)}
     kept_samples = [samples[index[p]] for p in kept.paths]
     y = _targets(kept_samples, len(dataset.classes), dataset.multilabel)

@@ -73,7 +73,10 @@ def _short(path: str, root: Path) -> str:
 
 
 def views(ctx: Context, ws_id):
-    """(label chooser, report, gallery, copies of training pictures, skipped files)."""
+    """(label chooser, report, gallery, copies of training pictures, skipped files); nothing
+    changes before the page has opened its workspace (the first tab's select comes first)."""
+    if not ws_id:
+        return (gr.update(),) * 5
     ws = ctx.workspace(ws_id)
     labels = gr.update(choices=[("no label", NO_LABEL)] + [(c, c) for c in ws.classes()])
     report = ws.new_pictures_report()
