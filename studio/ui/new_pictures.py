@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import StudioError
-from .common import Context, friendly
+from .common import Context, as_text, friendly
 
 __all__ = ["add_new", "remove_new", "new_pictures_status", "build_new_pictures"]
 
@@ -45,7 +45,7 @@ def add_new(ctx: Context, ws_id, paths, label: str | None = None) -> str:
     if report.skipped:
         names = "; ".join(f"{name} ({why})" for name, why in report.skipped[:5])
         more = f" and {len(report.skipped) - 5} more" if len(report.skipped) > 5 else ""
-        text += f" Skipped {len(report.skipped)}: {names}{more}"
+        text += as_text(f" Skipped {len(report.skipped)}: {names}{more}")  # names from uploads
     return text
 
 
@@ -82,8 +82,8 @@ def views(ctx: Context, ws_id):
     report = ws.new_pictures_report()
     if not report.count and not report.skipped:
         return labels, "No new pictures yet.", [], [], []
-    text = "\n".join(["**New pictures:** " + report.lines()[0], ""]
-                     + [f"- {line}" for line in report.lines()[1:]])  # fmt: skip
+    lines = [as_text(line) for line in report.lines()]  # labels come from uploads: text only
+    text = "\n".join(["**New pictures:** " + lines[0], ""] + [f"- {line}" for line in lines[1:]])
     pictures = sorted(f for f in ws.new_dir.rglob("*") if f.is_file())[:60]
     gallery = [(str(p), _short(str(p), ws.new_dir)) for p in pictures]
     copies = [[_short(new, ws.new_dir), _short(old, ws.data_dir), kind]
