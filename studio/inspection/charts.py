@@ -295,7 +295,8 @@ def cka_heatmap(result: dict) -> go.Figure:
     )  # fmt: skip
     fig.update_layout(
         title=f"Which stages see alike: {result['a']} (rows) vs {result['b']} (columns)",
-        xaxis_title=result["b"], yaxis_title=result["a"], showlegend=False,
+        xaxis_title=result["b"], yaxis=dict(title=result["a"], autorange="reversed"),
+        showlegend=False,
         **{**_LAYOUT, "height": 460},
     )  # fmt: skip
     return fig
