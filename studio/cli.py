@@ -857,6 +857,10 @@ def _cmd_adapt(args) -> int:
         if "accuracy" in before:
             print(f"accuracy on --eval: {before['accuracy']:.3f} source-only, "
                   f"{after['accuracy']:.3f} adapted")  # fmt: skip
+            for name, row in (after.get("per_class") or {}).items():
+                was = (before.get("per_class") or {}).get(name, {}).get("recall", float("nan"))
+                print(f"  {name}: {was:.3f} -> {row['recall']:.3f} "
+                      f"({row['support']} pictures)")  # fmt: skip
         print(f"MMD² between the training and the new pictures: {before['mmd']:.4f} before, "
               f"{after['mmd']:.4f} after")  # fmt: skip
     return 0

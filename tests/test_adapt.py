@@ -13,6 +13,7 @@ import torch
 from helpers import assert_one_line_error
 
 from studio import events as ev
+from studio.cli import main
 from studio.domain.adapt import adapt_run, density_weights
 from studio.domain.example import shifted_copy
 from studio.domain.losses import GradientReversal, coral_loss, dann_weight, mk_mmd_loss
@@ -75,6 +76,15 @@ def test_each_method_adapts_and_reports_both_models(method, trained_run, phone, 
     assert json.loads((out / "config.json").read_text())["freeze"] == "last:1"
     assert "select_score" in (out / "history.csv").read_text()  # the labelled ones chose
     assert any("choose the epoch kept" in getattr(e, "message", "") for e in events)
+    from studio.ui.domain_tab import adaptation_results
+
+    overall, per_class = adaptation_results(out)  # what the Domain tab shows
+    assert [row[0] for row in overall] == ["before (the model you trained)", "adapted"]
+    assert overall[1][1] == round(after["accuracy"], 3)
+    assert {row[0] for row in per_class} == {"brick", "grass", "gravel"}
+    for name, was, now, count in per_class:
+        assert was == round(before["per_class"][name]["recall"], 3) and count == 12
+        assert now == round(after["per_class"][name]["recall"], 3)
 
 
 def test_a_stopped_adaptation_resumes_to_the_end(trained_run, phone, tmp_path):
@@ -109,3 +119,6 @@ def test_bad_adaptations_exit_2_with_one_line(trained_run, phone, tmp_path, caps
     for extra, message in cases:
         assert_one_line_error(capsys, base + extra, message)
     assert not (tmp_path / "new").exists()
+    assert main(base + ["--target", str(phone), "--method", "coral", "--eval", str(phone)]) == 0
+    out = capsys.readouterr().out
+    assert "source-only" in out and "  gravel: " in out and "(12 pictures)" in out

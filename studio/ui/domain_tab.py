@@ -42,6 +42,7 @@ METHODS = [
     ("Count the training pictures that look like the new ones more", "reweight"),
 ]
 RESULT_HEADERS = ["model", "accuracy on the new pictures", "MMD² training vs new", "run"]
+PER_CLASS_HEADERS = ["class", "before", "adapted", "new pictures"]
 KIND = "adaptation"
 LIGHTS = {"green": "#54A24B", "amber": "#F2A93B", "red": "#E45756"}
 # Gradio's Plot has no click event: this listens to Plotly's own on each drawn map (a new
@@ -142,7 +143,8 @@ def show_point(paths: list[str], picked: str):
 
 
 def adapt(ctx: Context, ws_id, run_name, method, epochs):
-    """Train the adapted model as a job and stream its progress: (status, curves, results)."""
+    """Train the adapted model as a job and stream its progress: (status, curves, results, the
+    results per class)."""
     from .compress_tab import variant_dir
 
     try:
@@ -165,25 +167,30 @@ def adapt(ctx: Context, ws_id, run_name, method, epochs):
                                       eval_dir=ws.new_dir if labelled else None, stop=stop)  # fmt: skip
 
     job = start_job(ctx, ws_id, KIND, stream, int(epochs))
-    snap = yield from follow_job(job, job_status, "adapted", 1)
-    yield job_status(snap), gr.update(), _results(out)
+    snap = yield from follow_job(job, job_status, "adapted", 2)
+    yield job_status(snap), gr.update(), *adaptation_results(out)
 
 
-def _results(out: Path) -> list[list]:
-    """Source-only against adapted, as measured (nothing when the run kept no model)."""
+def adaptation_results(out: Path) -> tuple[list[list], list[list]]:
+    """Source-only against adapted, as measured: overall, and per class when the new pictures
+    are labelled (the share of each class's pictures recognised); nothing when the run kept no
+    model."""
     from ..domain.adapt import ADAPTATION
     from ..runs import read_optional
 
     record = read_optional(out, ADAPTATION) if out.is_dir() else None
     if not record:
-        return []
+        return [], []
     rows = []
     for name, key, run in (("before (the model you trained)", "source_only", record["parent"]),
                            ("adapted", "adapted", out.name)):  # fmt: skip
         r = record[key]
         acc = "" if r.get("accuracy") is None else round(r["accuracy"], 3)
         rows.append([name, acc, round(r["mmd"], 4), run])
-    return rows
+    before, after = (record[k].get("per_class") or {} for k in ("source_only", "adapted"))
+    classes = [[c, round(before[c]["recall"], 3), round(after[c]["recall"], 3),
+                after[c]["support"]] for c in after if c in before]  # fmt: skip
+    return rows, classes
 
 
 def stop_adapting(ctx: Context, ws_id) -> str:
@@ -237,9 +244,12 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
     curves = gr.Plot(label="Training with the new pictures", elem_id="domain-curves")
     results = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, elem_id="domain-results",
                            label="Before and after (the new pictures' labels only measure)")  # fmt: skip
+    per_class = gr.Dataframe(headers=PER_CLASS_HEADERS, interactive=False,
+                             elem_id="domain-results-classes",
+                             label="Per class: share of each class's new pictures recognised")  # fmt: skip
     bind = functools.partial
     adapt_go.click(bind(adapt, ctx), [ws_state, run, method, epochs],
-                   [adapt_status, curves, results], concurrency_limit=None,
+                   [adapt_status, curves, results, per_class], concurrency_limit=None,
                    show_progress="hidden")  # fmt: skip
     stop.click(bind(stop_adapting, ctx), ws_state, None, concurrency_limit=None)
     files.upload(friendly(bind(add_new, ctx)), [ws_state, files], status)

@@ -669,6 +669,7 @@ def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, t
     results = page.locator("#domain-results")
     expect(results).to_contain_text("adapted", timeout=300_000)
     expect(results).to_contain_text("before (the model you trained)")
+    expect(page.locator("#domain-results-classes")).to_contain_text("gravel")
     expect(page.locator("#domain-adapt-status")).to_contain_text("Done")
 
     page.locator("#domain-remove").click()  # not ticked: nothing is deleted
