@@ -264,6 +264,9 @@ def _add_tools(sub) -> None:
 
     p = sub.add_parser("data", help="load a dataset and print its report (nothing is trained)")
     p.add_argument("data")
+    p.add_argument("--against", metavar="TRAINING",
+                   help="DATA is a set of new pictures (labelled by sub-folder or not): report "
+                   "it beside these training pictures, copies between the two included")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
 
@@ -699,11 +702,36 @@ def _cmd_backbones(args) -> int:
 def _cmd_data(args) -> int:
     from .data.dataset import load_dataset
 
+    if args.against:
+        return _new_pictures_report(args)
     dataset = load_dataset(args.data, seed=args.seed)
     if args.json:
         print(json.dumps(dataset.report.to_dict()))
     else:
         print(dataset.report.summary())
+    return 0
+
+
+def _new_pictures_report(args) -> int:
+    """The Data tab's report of new pictures, against the training pictures of --against."""
+    from dataclasses import asdict
+
+    from .data.dataset import load_dataset
+    from .domain.pictures import describe_pictures, load_pictures
+
+    training = load_dataset(args.against, seed=args.seed)
+    paths = [s.path for split in training.splits.values() for s in split]
+    report = describe_pictures(load_pictures(args.data, "DATA"), paths, training.classes)
+    if args.json:
+        print(json.dumps(asdict(report)))
+        return 0
+    print("\n".join(report.lines()))
+    for new, old, kind in report.copies:
+        print(f"  copy: {new} = {old} ({kind})")
+    for group in report.exact_duplicates + report.near_duplicates:
+        print(f"  duplicates: {', '.join(group)}")
+    for path, why in report.skipped:
+        print(f"  skipped: {path}: {why}")
     return 0
 
 

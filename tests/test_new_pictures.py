@@ -111,3 +111,23 @@ def test_the_data_tab_shows_the_new_pictures_report(example, tmp_path):
     assert captions[0] == f"gravel/{picture.name}" and captions[1].startswith("webcam-")
     assert skipped == []
     assert remove_new(ctx, ws.id, True).startswith("Removed 2 new pictures")
+
+
+def test_the_data_command_reports_new_pictures_against_training_ones(example, tmp_path, capsys):
+    import json
+
+    from studio.cli import main
+
+    new = tmp_path / "new"
+    (new / "grass").mkdir(parents=True)
+    shutil.copy(sorted((example / "grass").glob("*.jpg"))[1], new / "grass" / "phone.jpg")
+    _copy(sorted((example / "brick").glob("*.jpg"))[0], new / "loose.jpg")
+    (new / "notes.txt").write_text("not a picture")
+    assert main(["data", str(new), "--against", str(example)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 new pictures: 1 grass, 1 unlabelled")
+    assert "phone.jpg = " in out and "(identical)" in out and "(near copy)" in out
+    assert "skipped: " in out and "notes.txt" in out
+    assert main(["data", str(new), "--against", str(example), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["count"] == 2 and len(report["copies"]) == 2 and report["unknown_labels"] == []
