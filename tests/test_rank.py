@@ -176,3 +176,11 @@ def test_pretraining_shows_in_the_score(small_example):
     random = score_backbone("tf_efficientnet_lite0", dataset, dataset.train, pretrained=False)
     assert real.logme > random.logme
     assert real.probe_accuracy >= random.probe_accuracy
+
+
+def test_a_stopped_ranking_keeps_what_it_scored(small_example):
+    asked = []
+    scores = rank_backbones(small_example, LITE.split(","),
+                            progress=lambda done, total, name: asked.append((done, total, name)),
+                            stop=lambda: True)  # fmt: skip
+    assert len(scores) == 1 and asked == [(1, 2, "tf_efficientnet_lite0")]
