@@ -69,7 +69,8 @@ def _probe_accuracy(dataset) -> float:
     return float(probe.score(*feats["test"]))
 
 
-@pytest.mark.parametrize("which", ["example", "digits"])
+# The digits (250 pictures, 51 s here) run with the slow tests: the default run keeps the example.
+@pytest.mark.parametrize("which", ["example", pytest.param("digits", marks=pytest.mark.slow)])
 def test_the_default_run_ties_or_beats_a_linear_probe(which, example, tmp_path):
     data = example if which == "example" else real_datasets.digits(tmp_path / "d", 15, 10)
     config = TrainConfig(data=str(data), out=str(tmp_path / "run"))  # the library's defaults
