@@ -834,7 +834,7 @@ def _cmd_rank(args) -> int:
 def _cmd_layers(args) -> int:
     from .errors import StudioError
     from .inspection import charts
-    from .transfer.layers import compare_layers, freezing_advice, what_changed
+    from .transfer.layers import compare_layers, freezing_advice, trained_epochs, what_changed
 
     if bool(args.run) == bool(args.compare):
         raise StudioError("give a RUN, or --compare A B DATA (not both)")
@@ -863,9 +863,7 @@ def _cmd_layers(args) -> int:
         change = "new" if c.weight_change is None else f"{c.weight_change:.1%}"
         print(f"{c.group:10s} CKA {c.cka:.3f}  weights changed {change:>6s}"
               f"{'  (frozen)' if c.frozen else ''}")  # fmt: skip
-    from .models.kinds import load_run
-
-    print(freezing_advice(changes, int(load_run(args.run).config.get("epochs", 10))))
+    print(freezing_advice(changes, trained_epochs(args.run)))
     return 0
 
 

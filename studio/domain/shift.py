@@ -46,7 +46,8 @@ from .pictures import PictureSet
 
 __all__ = [
     "Embedder", "median_bandwidth", "gaussian_gram", "mmd2_unbiased", "permutation_test",
-    "proxy_a_distance", "measure_shift", "copies_of_training", "verdict", "map_2d", "TRUST_MIN", "COST_POINTS",
+    "proxy_a_distance", "measure_shift", "copies_of_training", "verdict", "map_2d", "TRUST_MIN",
+    "COST_POINTS",
 ]  # fmt: skip
 
 TRUST_MIN = 30  # pictures in each set below which the test's answer is not to be trusted

@@ -282,9 +282,10 @@ def fill_store(
     """Compute every view of every image once; yields the size of each batch as it is stored.
 
     ``batches(view)`` yields image batches in the store's order; or, where ``rows(view)``
-    gives positions, the images at those positions only (the others are filled already). The pass runs in channels-last
-    memory format, which convolution kernels on CPUs and GPUs alike run faster (about 20% on a
-    2-core CPU for EfficientNet-Lite0); the model's format is restored afterwards.
+    gives positions, the images at those positions only (the others are filled already). The
+    pass runs in channels-last memory format, which convolution kernels on CPUs and GPUs alike
+    run faster (about 20% on a 2-core CPU for EfficientNet-Lite0); the model's format is
+    restored afterwards.
     """
     model.eval()
     model.to(memory_format=torch.channels_last)

@@ -30,7 +30,7 @@ import torch
 from ..errors import StudioError
 
 __all__ = ["linear_cka", "GroupChange", "what_changed", "compare_layers", "freezing_advice",
-           "training_cost", "BARELY"]  # fmt: skip
+           "training_cost", "trained_epochs", "BARELY"]  # fmt: skip
 
 BARELY = 0.95  # CKA at or above which a group "barely changed"
 MAX_PICTURES = 200
@@ -179,14 +179,23 @@ def freezing_advice(changes: Sequence[GroupChange], epochs: int) -> str:
     if frozen >= len(changes) - 1:
         return said + "Only the new classifier trained: there is nothing more to freeze."
     if barely == frozen:
-        first = changes[frozen].group if frozen < len(changes) else "none"
-        return said + (f"Training changed the groups it trained from {first} on: freezing "
-                       "more would likely cost accuracy.")  # fmt: skip
+        return said + (f"Training changed the groups it trained from {changes[frozen].group} "
+                       "on: freezing more would likely cost accuracy.")  # fmt: skip
     speed = training_cost(changes, frozen, epochs) / training_cost(changes, barely, epochs)
     names = ", ".join(c.group for c in changes[frozen:barely])
     return said + (f"{names} barely changed (CKA ≥ {BARELY} with the pretrained layers): "
                    f"freezing them too would lose little and train about {speed:.1f}× faster "
                    f"over {epochs} epochs (estimated from the time each group takes here).")  # fmt: skip
+
+
+def trained_epochs(run: str | Path) -> int:
+    """The epochs a run was set to train (its ``config.json``), for :func:`freezing_advice`:
+    read from the file, without building the model again."""
+    from ..runs import CONFIG, read_optional
+
+    config = read_optional(run, CONFIG, {})
+    epochs = config.get("epochs") if isinstance(config, dict) else None
+    return epochs if isinstance(epochs, int) and epochs > 0 else 10
 
 
 def training_cost(changes: Sequence[GroupChange], frozen: int, epochs: int) -> float:

@@ -29,8 +29,7 @@ def what_training_changed(ctx: Context, ws_id, run_name, progress=gr.Progress())
         raise StudioError("train a model first, then pick it above")
     load_engine()
     from ..inspection import charts
-    from ..models.kinds import load_run
-    from ..transfer.layers import freezing_advice, what_changed
+    from ..transfer.layers import freezing_advice, trained_epochs, what_changed
 
     run = ctx.workspace(ws_id).resolve_run(run_name)
     progress(0, desc="comparing each layer group with the pretrained one")
@@ -38,8 +37,7 @@ def what_training_changed(ctx: Context, ws_id, run_name, progress=gr.Progress())
     rows = [[c.group, round(c.cka, 3),
              "new" if c.weight_change is None else f"{c.weight_change:.1%}",
              "frozen" if c.frozen else "trained"] for c in changes]  # fmt: skip
-    epochs = int(load_run(run).config.get("epochs", 10))
-    advice = freezing_advice(changes, epochs)
+    advice = freezing_advice(changes, trained_epochs(run))
     return charts.layer_changes([c.to_dict() for c in changes]), advice, rows
 
 
