@@ -75,6 +75,17 @@ def _add_train(sub) -> None:
         choices=["exact", "sgd"],
         help="a head on a frozen backbone: solved exactly (default) or trained by epochs",
     )
+    p.add_argument(
+        "--tasks",
+        help="a CSV with one column per task: the columns to learn, such as material,colour "
+        "(default: every label column); one head per task",
+    )
+    p.add_argument(
+        "--task-weights",
+        choices=["equal", "uncertainty"],
+        help="several tasks: average their losses (default) or weigh them by learned "
+        "uncertainty (Kendall et al. 2018)",
+    )
     p.add_argument("--epochs", type=_positive_int)
     p.add_argument("--head-epochs", type=int, help="staged unfreezing: head-only epochs first")
     p.add_argument("--lr", type=float, help="learning rate of the head")
@@ -268,6 +279,7 @@ def _add_tools(sub) -> None:
                    help="DATA is a set of new pictures (labelled by sub-folder or not): report "
                    "it beside these training pictures, copies between the two included")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tasks", help="a CSV's label columns to read as tasks (default: all)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("lr-find", help="suggest a learning rate for a dataset and backbone")
@@ -281,6 +293,9 @@ def _add_tools(sub) -> None:
 
     p = sub.add_parser("example", help="write the example dataset to a folder")
     p.add_argument("dest", nargs="?", help="default: print where the bundled copy is")
+    p.add_argument(
+        "--tasks", action="store_true", help="the multi-task example (path,material,colour)"
+    )
 
 
 # --------------------------------------------------------------------------- commands
@@ -450,17 +465,21 @@ def _cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(metrics))
         return 0
+    mean = " (mean over tasks)" if metrics.get("tasks") else ""
     print(
         f"{metrics['split']} ({metrics['n']} images): accuracy {metrics['accuracy']:.3f}, "
-        f"macro F1 {metrics['macro_f1']:.3f}"
+        f"macro F1 {metrics['macro_f1']:.3f}{mean}"
     )
-    for name, row in metrics["per_class"].items():
-        print(
-            f"  {name:20s} precision {row['precision']:.3f} recall {row['recall']:.3f} "
-            f"f1 {row['f1']:.3f} ({row['support']})"
-        )
-    for pair in metrics.get("most_confused", [])[:5]:
-        print(f"  confused: {pair['true']} -> {pair['predicted']} ({pair['count']}x)")
+    for task, part in (metrics.get("tasks") or {"": metrics}).items():
+        if task:
+            print(f"task {task}: accuracy {part['accuracy']:.3f}, macro F1 {part['macro_f1']:.3f}")
+        for name, row in part["per_class"].items():
+            print(
+                f"  {name:20s} precision {row['precision']:.3f} recall {row['recall']:.3f} "
+                f"f1 {row['f1']:.3f} ({row['support']})"
+            )
+        for pair in part.get("most_confused", [])[:5]:
+            print(f"  confused: {pair['true']} -> {pair['predicted']} ({pair['count']}x)")
     print(f"written to {path}")
     return 0
 
@@ -479,6 +498,11 @@ def _cmd_predict(args) -> int:
         for r in results:
             if r.error:
                 print(f"{r.path}: cannot read ({r.error})")
+            elif r.tasks is not None:
+                print(f"{r.path}: " + "; ".join(
+                    f"{name} {t['answer'] or '(no tag)'}"
+                    + (f" {t['top'][0][1]:.1%}" if t["top"] and t["answer"] == t["top"][0][0] else "")
+                    for name, t in r.tasks.items()))  # fmt: skip
             else:
                 print(f"{r.path}: " + ", ".join(f"{k} {p:.1%}" for k, p in r.top))
     return 2 if any(r.error for r in results) else 0
@@ -704,7 +728,8 @@ def _cmd_data(args) -> int:
 
     if args.against:
         return _new_pictures_report(args)
-    dataset = load_dataset(args.data, seed=args.seed)
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    dataset = load_dataset(args.data, seed=args.seed, tasks=tasks)
     if args.json:
         print(json.dumps(dataset.report.to_dict()))
     else:
@@ -754,9 +779,14 @@ def _cmd_lr_find(args) -> int:
 
 
 def _cmd_example(args) -> int:
-    from .data.example import example_dataset, make_example_dataset
+    from .data import example
 
-    print(make_example_dataset(args.dest) if args.dest else example_dataset())
+    if args.tasks:
+        print(
+            example.make_multitask_example(args.dest) if args.dest else example.multitask_example()
+        )
+    else:
+        print(example.make_example_dataset(args.dest) if args.dest else example.example_dataset())
     return 0
 
 

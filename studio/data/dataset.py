@@ -6,6 +6,8 @@ Three layouts are understood:
 * the same with ``train/ val/ test/`` folders on top (any of val/test may be missing);
 * a CSV with columns ``path,labels`` (``labels`` may hold several tags: ``cat;indoor``), which makes
   a multi-label dataset when any row has more than one tag. A folder holding ``labels.csv`` counts.
+  A CSV with several label columns instead (``path,material,colour``) is a multi-task dataset:
+  one task per column (see :mod:`studio.data.tasks`), each single- or multi-label.
 
 A ``.zip`` of any of these is unpacked safely first (see :mod:`studio.data.safezip`).
 
@@ -38,6 +40,7 @@ from .duplicates import LARGE_GROUP, duplicate_groups
 from .facts import PictureFacts, facts_of
 from .images import DEFAULT_MAX_PIXELS, ImageProblem, is_image_name
 from .safezip import extract_zip
+from .tasks import Tasks, flat_name
 
 __all__ = [
     "SPLITS",
@@ -100,6 +103,7 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
     # split -> images; not the sum of ``counts``: a multi-label picture counts once per tag there
     images: dict[str, int] = field(default_factory=dict)
+    tasks: list[dict] | None = None  # a multi-task CSV's tasks (Tasks.to_json), else None
 
     @property
     def total(self) -> int:
@@ -121,10 +125,15 @@ class DataReport:
 
     def summary(self) -> str:
         """A few plain lines: what was loaded, what was left out and what to watch for."""
-        lines = [
-            f"{self.total} images in {len(self.classes)} classes "
-            f"({'multi-label' if self.multilabel else 'one label per image'}), from {self.source}",
-        ]
+        if self.tasks:
+            names = ", ".join(t["name"] for t in self.tasks)
+            how = f"{len(self.tasks)} tasks: {names}"
+        else:
+            how = "multi-label" if self.multilabel else "one label per image"
+        lines = [f"{self.total} images in {len(self.classes)} classes ({how}), from {self.source}"]
+        for t in self.tasks or []:
+            kind = "several tags a picture" if t["multilabel"] else "one value a picture"
+            lines.append(f"  task '{t['name']}' ({kind}): {', '.join(t['labels'])}")
         for split in SPLITS:
             if self.counts.get(split):
                 parts = ", ".join(f"{k}: {v}" for k, v in self.counts[split].items())
@@ -152,6 +161,9 @@ class Dataset:
     root: Path
     seed: int
     fractions: tuple[float, float] = (0.15, 0.15)  # (validation, test) asked of load_dataset
+    # Several tasks (a CSV with one column per task): ``classes`` are then the tasks' values
+    # named ``task: value`` in output order, and the targets are multi-hot over all of them.
+    tasks: Tasks | None = None
 
     @property
     def train(self) -> list[Sample]:
@@ -216,6 +228,7 @@ class _Candidate:
     path: Path
     labels: tuple[str, ...]
     split: str | None
+    task_values: tuple[tuple[str, ...], ...] = ()  # per task column, for a multi-task CSV
 
 
 def _is_system(path: Path) -> bool:
@@ -268,57 +281,112 @@ def _split_folders(root: Path) -> dict[str, Path]:
     return found if "train" in found else {}
 
 
-def _read_csv(csv_path: Path, skipped: list[Skipped]) -> list[_Candidate]:
+def _csv_columns(
+    fieldnames: Sequence[str] | None, csv_name: str, tasks: Sequence[str] | None
+) -> tuple[str, list[str], str | None, bool]:
+    """``(path column, label columns, split column, multi-task)`` from a CSV's header.
+
+    ``path,labels`` (or ``label``/``tags``) is one task; any other columns besides the path and
+    the split are one task each (``path,material,colour``), or only those named in ``tasks``.
+    """
+    fields = {(name or "").strip().lower(): name for name in fieldnames or []}
+    path_key = fields.get("path") or fields.get("file") or fields.get("filename")
+    label_key = fields.get("labels") or fields.get("label") or fields.get("tags")
+    split_key = fields.get("split")
+    found = ", ".join(n for n in fieldnames or [] if n) or "nothing"
+    if not path_key:
+        raise DataError(f"{csv_name} needs a header with a 'path' column (found: {found})")
+    if tasks:
+        missing = [t for t in tasks if t.strip().lower() not in fields]
+        if missing:
+            raise DataError(
+                f"{csv_name} has no column {', '.join(repr(m) for m in missing)} "
+                f"(its columns: {found})"
+            )
+        return path_key, [fields[t.strip().lower()] for t in tasks], split_key, True
+    if label_key:
+        return path_key, [label_key], split_key, False
+    others = [n for n in fieldnames or [] if n and n not in (path_key, split_key)]
+    if not others:
+        raise DataError(
+            f"{csv_name} needs a header with columns 'path' and 'labels', or one column per "
+            f"task such as 'path,material,colour' (found: {found})"
+        )
+    return path_key, others, split_key, len(others) > 1
+
+
+def _cell_values(cell: str | None) -> tuple[str, ...]:
+    """The tags in one label cell: ``cat;indoor`` (``|`` and ``,`` separate too)."""
+    raw = (cell or "").replace("|", ";").replace(",", ";")
+    return tuple(dict.fromkeys(t.strip() for t in raw.split(";") if t.strip()))
+
+
+def _read_csv(
+    csv_path: Path, skipped: list[Skipped], tasks: Sequence[str] | None = None
+) -> tuple[list[_Candidate], list[str] | None]:
+    """The CSV's rows as candidates, and its task columns when it is a multi-task CSV."""
     base = csv_path.parent.resolve()
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            fields = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
-            path_key = fields.get("path") or fields.get("file") or fields.get("filename")
-            label_key = fields.get("labels") or fields.get("label") or fields.get("tags")
-            if not path_key or not label_key:
-                raise DataError(
-                    f"{csv_path.name} needs a header with columns 'path' and 'labels' "
-                    f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})"
-                )
-            split_key = fields.get("split")
+            path_key, label_keys, split_key, multitask = _csv_columns(
+                reader.fieldnames, csv_path.name, tasks
+            )
             rows = list(reader)
     except UnicodeDecodeError:
         raise DataError(f"{csv_path.name} is not a UTF-8 text CSV file") from None
     except csv.Error as exc:  # a NUL byte, a field over the csv module's size limit...
         raise DataError(f"{csv_path.name} is not a readable CSV file ({exc})") from None
+    for key in label_keys if multitask else ():
+        if not any(_cell_values(row.get(key)) for row in rows):
+            raise DataError(
+                f"the column '{key}' of {csv_path.name} is empty: no row gives it a value"
+            )
     candidates = []
     for line_no, row in enumerate(rows, start=2):
-        raw_path = (row.get(path_key) or "").strip()
-        raw_labels = (row.get(label_key) or "").replace("|", ";").replace(",", ";")
-        labels = tuple(dict.fromkeys(t.strip() for t in raw_labels.split(";") if t.strip()))
         where = f"{csv_path.name}:{line_no}"
-        if not raw_path:
-            skipped.append(Skipped(where, "row has no path"))
+        values = tuple(_cell_values(row.get(key)) for key in label_keys)
+        found = _csv_row(row, path_key, split_key, base, where, skipped)
+        if found is None:
             continue
-        if "\x00" in raw_path:
-            skipped.append(Skipped(where, "the path holds a NUL byte"))
-            continue
-        path = (base / raw_path).resolve()
-        if not path.is_relative_to(base):
-            skipped.append(Skipped(f"{where} {raw_path}", "path points outside the CSV's folder"))
-            continue
-        if not labels:
-            skipped.append(Skipped(str(path), f"no label ({where})"))
-            continue
-        if not path.is_file():
-            skipped.append(Skipped(str(path), f"listed in {where} but not found"))
-            continue
-        said = (row.get(split_key) or "").strip() if split_key else ""
-        split = _SPLIT_ALIASES.get(said.lower()) if said else None
-        if said and split is None:
-            reason = (
-                f"unknown split {said[:40]!r} in {where}: use train, val or test, or leave it empty"
-            )
-            skipped.append(Skipped(str(path), reason))
-            continue
-        candidates.append(_Candidate(path, labels, split))
-    return candidates
+        path, split = found
+        blank = [key for key, v in zip(label_keys, values) if not v]
+        if blank:
+            what = f"no value for '{blank[0]}'" if multitask else "no label"
+            skipped.append(Skipped(str(path), f"{what} ({where})"))
+        elif multitask:
+            labels = tuple(flat_name(k, x) for k, v in zip(label_keys, values) for x in v)
+            candidates.append(_Candidate(path, labels, split, values))
+        else:
+            candidates.append(_Candidate(path, values[0], split))
+    return candidates, (label_keys if multitask else None)
+
+
+def _csv_row(row: dict, path_key: str, split_key: str | None, base: Path, where: str, skipped):
+    """``(path, split)`` of one CSV row, or None with the reason added to ``skipped``."""
+    raw_path = (row.get(path_key) or "").strip()
+    if not raw_path:
+        skipped.append(Skipped(where, "row has no path"))
+        return None
+    if "\x00" in raw_path:
+        skipped.append(Skipped(where, "the path holds a NUL byte"))
+        return None
+    path = (base / raw_path).resolve()
+    if not path.is_relative_to(base):
+        skipped.append(Skipped(f"{where} {raw_path}", "path points outside the CSV's folder"))
+        return None
+    if not path.is_file():
+        skipped.append(Skipped(str(path), f"listed in {where} but not found"))
+        return None
+    said = (row.get(split_key) or "").strip() if split_key else ""
+    split = _SPLIT_ALIASES.get(said.lower()) if said else None
+    if said and split is None:
+        reason = (
+            f"unknown split {said[:40]!r} in {where}: use train, val or test, or leave it empty"
+        )
+        skipped.append(Skipped(str(path), reason))
+        return None
+    return path, split
 
 
 # --------------------------------------------------------------------------- checking images
@@ -410,6 +478,7 @@ def load_dataset(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 4,
     progress: Callable[[int, int], None] | None = None,
+    tasks: Sequence[str] | None = None,
 ) -> Dataset:
     """Load a labelled image collection and check every file in it.
 
@@ -422,6 +491,8 @@ def load_dataset(
         max_pixels: Larger images are skipped (decompression-bomb guard).
         workers: Threads used to decode images.
         progress: Called as ``progress(done, total)`` while images are checked.
+        tasks: The label columns of a CSV to learn, one task each (``["material", "colour"]``);
+            None: every column but the path and the split (see :mod:`studio.data.tasks`).
 
     Returns:
         The :class:`Dataset`, whose ``report`` lists everything found.
@@ -440,16 +511,26 @@ def load_dataset(
     skipped: list[Skipped] = []
     empty: list[str] = []
     root, csv_path = _locate(source)
-    layout, candidates = _collect(root, csv_path, skipped, empty)
+    if tasks and csv_path is None:
+        raise DataError(
+            f"tasks ({', '.join(tasks)}) come from a CSV's columns; {source.name} has no CSV"
+        )
+    layout, candidates, columns = _collect(root, csv_path, skipped, empty, tasks)
     checked = _check_all(candidates, max_pixels, workers, progress, skipped)
 
     classes = sorted({label for c in checked for label in c.candidate.labels})
     if layout != "csv":  # a class folder whose every image was skipped is empty too
         empty += sorted({c.labels[0] for c in candidates} - set(classes))
     _require_two_classes(source, checked, classes, skipped)
+    task_layout = _task_layout(columns, checked) if columns else None
     multilabel = any(len(c.candidate.labels) > 1 for c in checked)
+    # The split is stratified by the label (a multi-task picture's: its values together); with
+    # tags the combinations are too sparse, and it is random.
+    by_tags = any(t.multilabel for t in task_layout) if task_layout else multilabel
     exact, near = duplicate_groups([c.facts for c in checked])
-    splits_of = _choose_splits(checked, exact + near, multilabel, val_fraction, test_fraction, seed)
+    splits_of = _choose_splits(checked, exact + near, by_tags, val_fraction, test_fraction, seed)
+    if task_layout is not None:
+        classes = task_layout.flat_labels
 
     index = {name: i for i, name in enumerate(classes)}
     splits = _assign(checked, splits_of, index)
@@ -477,10 +558,29 @@ def load_dataset(
         conflicting_labels=conflicting,
         min_size=min(sizes, key=lambda wh: wh[0] * wh[1]),
         max_size=max(sizes, key=lambda wh: wh[0] * wh[1]),
+        tasks=task_layout.to_json() if task_layout else None,
     )
     report.warnings = _warnings(report)
     fractions = (val_fraction, test_fraction)
-    return Dataset(classes, splits, multilabel, report, root.resolve(), seed, fractions)
+    return Dataset(
+        classes, splits, multilabel, report, root.resolve(), seed, fractions, task_layout
+    )
+
+
+def _task_layout(columns: list[str], checked: list) -> Tasks:
+    """The tasks of a multi-task CSV from the values its usable pictures carry; a task with
+    fewer than two values has nothing to learn."""
+    specs = []
+    for i, name in enumerate(columns):
+        cells = [c.candidate.task_values[i] for c in checked]
+        values = sorted({v for cell in cells for v in cell})
+        if len(values) < 2:
+            raise DataError(
+                f"the task '{name}' has only one value ({', '.join(values)}) in the usable "
+                "pictures: a task needs at least two values to learn"
+            )
+        specs.append((name, values, any(len(cell) > 1 for cell in cells)))
+    return Tasks.build(specs)
 
 
 def _assign(checked: list, splits_of: list[str], index: dict[str, int]) -> dict[str, list[Sample]]:
@@ -549,21 +649,27 @@ def _unpacked(zip_path: Path) -> Path:
 
 
 def _collect(
-    root: Path, csv_path: Path | None, skipped: list[Skipped], empty: list[str]
-) -> tuple[str, list[_Candidate]]:
-    """``(layout, candidates)``: every file that may be a labelled image, not yet opened."""
+    root: Path,
+    csv_path: Path | None,
+    skipped: list[Skipped],
+    empty: list[str],
+    tasks: Sequence[str] | None = None,
+) -> tuple[str, list[_Candidate], list[str] | None]:
+    """``(layout, candidates, task columns)``: every file that may be a labelled image, not yet
+    opened, and the columns of a multi-task CSV (None for any other layout)."""
     if csv_path is not None:
-        return "csv", _read_csv(csv_path, skipped)
+        candidates, columns = _read_csv(csv_path, skipped, tasks)
+        return "csv", candidates, columns
     split_dirs = _split_folders(root)
     if not split_dirs:
-        return "class folders", _class_folders(root, None, skipped, empty)
+        return "class folders", _class_folders(root, None, skipped, empty), None
     candidates = []
     for split, folder in sorted(split_dirs.items(), key=lambda kv: SPLITS.index(kv[0])):
         candidates += _class_folders(folder, split, skipped, empty)
     for entry in sorted(root.iterdir()):
         if entry not in split_dirs.values() and not _is_system(entry):
             skipped.append(Skipped(str(entry), "not inside train/, val/ or test/"))
-    return "split folders", candidates
+    return "split folders", candidates, None
 
 
 def _check_all(
@@ -633,14 +739,16 @@ def _warnings(report: DataReport) -> list[str]:
             f"few images in {', '.join(few)} (under 10): results will be unreliable; "
             "aim for at least 20 per class"
         )
-    counts = [n for n in per_class.values() if n]
-    if counts and max(counts) >= 3 * min(counts):
-        big = max(per_class, key=per_class.get)
-        small = min((k for k in per_class if per_class[k]), key=per_class.get)
-        out.append(
-            f"classes are unbalanced: {big} has {per_class[big]} images but {small} only "
-            f"{per_class[small]}; the model may favour {big}"
-        )
+    # Balance is a matter within one task (a picture has a material and a colour).
+    groups = [[flat_name(t["name"], v) for v in t["labels"]] for t in report.tasks or []]
+    for group in groups or [list(per_class)]:
+        present = {k: per_class[k] for k in group if per_class.get(k)}
+        if present and max(present.values()) >= 3 * min(present.values()):
+            big, small = max(present, key=present.get), min(present, key=present.get)
+            out.append(
+                f"classes are unbalanced: {big} has {present[big]} images but {small} only "
+                f"{present[small]}; the model may favour {big}"
+            )
     if report.empty_classes:
         out.append(f"left out empty class folder(s): {', '.join(report.empty_classes)}")
     if report.leakage:

@@ -69,7 +69,7 @@ class ExportResult:
     format: str
     path: str
     images: int
-    agreement: float  # share of images where the top-1 class is the same as PyTorch's
+    agreement: float  # share of images (and tasks) where the top-1 class is PyTorch's
     max_abs_diff: float  # largest difference in any logit
     seconds: float
     sha256: str = ""  # of the exported file as checked: a later change makes the check void
@@ -124,41 +124,72 @@ def _batch(loaded: LoadedRun, paths: list[str]) -> torch.Tensor:
     return torch.stack(tensors)
 
 
+class TaskOutputs(torch.nn.Module):
+    """A multi-task model as the exported graphs give it: one output per task (named after the
+    task in ONNX), in the order of ``labels.json``'s tasks, instead of one row of logits."""
+
+    def __init__(self, model: torch.nn.Module, sizes: list[int]):
+        super().__init__()
+        self.model, self.sizes = model, sizes
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(x).split(self.sizes, dim=1))
+
+
+def _graph_model(loaded: LoadedRun) -> torch.nn.Module:
+    if loaded.tasks is None:
+        return loaded.model
+    return TaskOutputs(loaded.model, [len(t.labels) for t in loaded.tasks]).eval()
+
+
 def _write_graph(loaded: LoadedRun, fmt: str, target: Path, example: torch.Tensor) -> None:
     """Write one format to ``target`` (a private temporary name: see :func:`export_run`)."""
     batch = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
+    model = _graph_model(loaded)
+    outputs = loaded.tasks.names if loaded.tasks is not None else ["logits"]
     if fmt == "onnx":
         # One self-contained file: ONNX keeps weights beside the graph ("model.onnx.data") unless
         # told not to, and a user who copies only model.onnx would have a model that does not run.
         # Protobuf caps one file at 2 GB; only models that large keep an external data file.
         weights = sum(t.numel() * t.element_size() for t in loaded.model.state_dict().values())
         torch.onnx.export(
-            loaded.model,
+            model,
             (example,),
             str(target),
             dynamo=True,
             input_names=["image"],
-            output_names=["logits"],
+            output_names=outputs,
             dynamic_shapes=batch,
             external_data=weights > 1_800_000_000,
         )
     elif fmt == "pt2":
-        program = torch.export.export(loaded.model, (example,), dynamic_shapes=batch)
+        program = torch.export.export(model, (example,), dynamic_shapes=batch)
         torch.export.save(program, str(target))
     else:
-        torch.jit.trace(loaded.model, example).save(str(target))
+        torch.jit.trace(model, example).save(str(target))
 
 
 def _run_graph(fmt: str, path: Path, images: torch.Tensor) -> np.ndarray:
-    """Load the written file the way its users will, and run it."""
+    """Load the written file the way its users will, and run it; several outputs (one per
+    task) come back side by side, as one row of logits per picture."""
     if fmt == "onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
-    with torch.no_grad():
-        module = torch.export.load(str(path)).module() if fmt == "pt2" else torch.jit.load(path)
-        return module(images).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    else:
+        with torch.no_grad():
+            module = torch.export.load(str(path)).module() if fmt == "pt2" else torch.jit.load(path)
+            out = module(images)
+        got = [t.numpy() for t in out] if isinstance(out, tuple | list) else [out.numpy()]
+    return np.concatenate([np.asarray(g) for g in got], axis=1)
+
+
+def _agreement(loaded: LoadedRun, got: np.ndarray, expected: np.ndarray) -> float:
+    """Share of pictures with the same top-1 class (per task, for a multi-task model)."""
+    if loaded.tasks is not None:
+        return loaded.tasks.agreement(got, expected, loaded.threshold)
+    return float((got.argmax(1) == expected.argmax(1)).mean())
 
 
 def export_run(
@@ -210,7 +241,7 @@ def export_run(
         fmt,
         str(target),
         len(images),
-        float((got.argmax(1) == expected.argmax(1)).mean()),
+        _agreement(loaded, got, expected),
         float(np.abs(got - expected).max()),
         time.perf_counter() - start,
         file_sha256(target),

@@ -31,7 +31,7 @@ from ..errors import StudioError
 from ..models.kinds import LoadedRun, load_run
 from ..runs import CONFIG, EXPORTS, LABELS, METRICS, MODEL_CARD, MODEL_RECORD, PREPROCESS, WEIGHTS
 from .export import FILE_NAMES, FORMATS, check_images, checked_exports, export_run
-from .samples import SAMPLES
+from .samples import samples_for
 
 __all__ = ["Package", "FormatCheck", "build_package", "check_zip"]
 
@@ -199,15 +199,28 @@ def check_zip(zip_path: str | Path, loaded: LoadedRun) -> list[FormatCheck]:
             batch = torch.stack([transform(open_rgb(p)) for p in pictures])
             expected = loaded.model(batch).numpy()
         present = {n.split("/", 1)[-1] for n in names}
+        code = samples_for(loaded.tasks is not None)
         samples = {
-            fmt: SAMPLES[fmt]
+            fmt: code[fmt]
             for fmt in (*FORMATS, "safetensors")
             if FILE_NAMES.get(fmt, WEIGHTS) in present
         }
         with tempfile.TemporaryDirectory(prefix="studio-zip-check-") as empty:
             zf.extractall(empty)
             results = _run_samples(Path(empty) / top, samples, pictures)
-    return [_compare(fmt, results.get(fmt), expected, loaded.labels) for fmt in samples]
+    answer = _answer_words(loaded)
+    return [_compare(fmt, results.get(fmt), expected, answer) for fmt in samples]
+
+
+def _answer_words(loaded: LoadedRun) -> Callable[[np.ndarray], str]:
+    """What the shown code must print for a picture's logits: the class, or every task's
+    answer (``material: brick, colour: red``) as the multi-task sample prints it."""
+    if loaded.tasks is None:
+        return lambda row: loaded.labels[int(row.argmax())]
+    tasks, threshold = loaded.tasks, loaded.threshold
+    return lambda row: ", ".join(
+        f"{name}: {value}" for name, value in tasks.answers(row, threshold).items()
+    )
 
 
 def _noise_picture(near: str | Path) -> str:
@@ -237,11 +250,11 @@ def _run_samples(folder: Path, samples: dict[str, str], pictures: list[str]) -> 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _compare(fmt: str, rows: list[dict] | None, expected: np.ndarray, labels) -> FormatCheck:
+def _compare(fmt: str, rows: list[dict] | None, expected: np.ndarray, answer) -> FormatCheck:
     rows = rows or [{"error": "no result"}]
     errors = [r["error"] for r in rows if "error" in r]
     if errors:
         return FormatCheck(fmt, len(expected), 0, float("inf"), errors[0])
     got = np.array([r["logits"] for r in rows], dtype=np.float64)
-    same = sum(r["answer"] == labels[int(e.argmax())] for r, e in zip(rows, expected))
+    same = sum(r["answer"] == answer(e) for r, e in zip(rows, expected))
     return FormatCheck(fmt, len(expected), same, float(np.abs(got - expected).max()))

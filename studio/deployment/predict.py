@@ -24,11 +24,21 @@ class Prediction:
     top: list[tuple[str, float]]
     tags: list[str] | None = None  # multi-label: the classes above the threshold
     error: str | None = None
+    # Several tasks: each task's answer (tags joined by ";") and its values with probabilities.
+    tasks: dict[str, dict] | None = None
 
     def to_dict(self) -> dict:
         out = {"path": self.path, "top": [{"label": k, "probability": p} for k, p in self.top]}
         if self.tags is not None:
             out["tags"] = self.tags
+        if self.tasks is not None:
+            out["tasks"] = {
+                name: {
+                    "answer": t["answer"],
+                    "top": [{"label": k, "probability": p} for k, p in t["top"]],
+                }
+                for name, t in self.tasks.items()
+            }
         if self.error:
             out["error"] = self.error
         return out
@@ -82,13 +92,29 @@ class Predictor:
             except ImageProblem as exc:
                 results.append(Prediction(str(image), [], error=str(exc)))
         if tensors:
-            probs = probabilities(self.run.model(torch.stack(tensors)), self.run.multilabel)
+            tasks = self.run.tasks
+            logits = self.run.model(torch.stack(tensors))
+            probs = probabilities(logits, self.run.multilabel, tasks)
             k = min(top_k, len(self.labels))
-            for slot, row in zip(slots, probs):
+            for slot, row, raw in zip(slots, probs, logits):
                 values, indices = row.topk(k)
                 top = [(self.labels[i], float(v)) for v, i in zip(values, indices)]
-                tags = None
-                if self.run.multilabel:
+                tags, per_task = None, None
+                if tasks is not None:
+                    per_task = self._per_task(row, raw, top_k)
+                elif self.run.multilabel:
                     tags = [self.labels[i] for i, p in enumerate(row) if p >= self.run.threshold]
-                results[slot] = Prediction(str(images[slot]), top, tags)
+                results[slot] = Prediction(str(images[slot]), top, tags, tasks=per_task)
         return [r for r in results if r is not None]
+
+    def _per_task(self, probs: torch.Tensor, logits: torch.Tensor, top_k: int) -> dict:
+        """Each task's answer and its most likely values, for one picture."""
+        tasks = self.run.tasks
+        answers = tasks.answers(logits.float().numpy(), self.run.threshold)
+        out = {}
+        for t in tasks:
+            block = probs[t.columns]
+            values, indices = block.topk(min(top_k, len(t.labels)))
+            top = [(t.labels[i], float(v)) for v, i in zip(values, indices)]
+            out[t.name] = {"answer": answers[t.name], "top": top}
+        return out

@@ -6,7 +6,7 @@ runs exactly these samples on the unpacked zip before it calls a file checked.
 
 from __future__ import annotations
 
-__all__ = ["SAMPLES", "NEEDS", "usage_code"]
+__all__ = ["SAMPLES", "TASK_SAMPLES", "NEEDS", "samples_for", "usage_code"]
 
 # How a picture is prepared, exactly as the app does it (timm's eval transform: torchvision's
 # Resize of the shorter side, then CenterCrop), written with Pillow and NumPy only.
@@ -54,6 +54,42 @@ logits = model.eval()(torch.from_numpy(x))[0].detach().numpy()
 
 ANSWER = "print(labels[int(logits.argmax())])\n"
 
+# A multi-task model: the graphs give one output per task, named after it, in the order of
+# labels.json's "tasks"; "logits" below is all of them side by side, as model.safetensors gives.
+RUN_TASKS = {
+    "onnx": """import onnxruntime as ort
+
+session = ort.InferenceSession("model.onnx")
+# one output per task, named after it: session.run(["colour"], ...) computes that one alone
+outputs = session.run(None, {"image": x})
+logits = np.concatenate([out[0] for out in outputs])
+""",
+    "pt2": """import torch
+
+model = torch.export.load("model.pt2").module()
+logits = np.concatenate([out[0].detach().numpy() for out in model(torch.from_numpy(x))])
+""",
+    "torchscript": """import torch
+
+model = torch.jit.load("model.torchscript.pt")
+logits = np.concatenate([out[0].detach().numpy() for out in model(torch.from_numpy(x))])
+""",
+    "safetensors": RUN["safetensors"],
+}
+
+ANSWER_TASKS = """info = json.load(open("labels.json"))
+start, answers = 0, []
+for task in info["tasks"]:
+    block = logits[start : start + len(task["labels"])]
+    start += len(task["labels"])
+    if task["multilabel"]:  # the tags whose probability reaches the threshold
+        on = [v for v, z in zip(task["labels"], block) if 1 / (1 + np.exp(-z)) >= info["threshold"]]
+        answers.append(task["name"] + ": " + ";".join(on))
+    else:
+        answers.append(task["name"] + ": " + task["labels"][int(block.argmax())])
+print(", ".join(answers))
+"""
+
 NEEDS = {
     "onnx": "pip install onnxruntime pillow numpy",
     "pt2": "pip install torch pillow numpy",
@@ -62,8 +98,15 @@ NEEDS = {
 }
 
 SAMPLES = {fmt: PREPARE + "\n" + run + ANSWER for fmt, run in RUN.items()}
+# The same for a multi-task model: every task's answer, "material: brick, colour: red".
+TASK_SAMPLES = {fmt: PREPARE + "\n" + run + ANSWER_TASKS for fmt, run in RUN_TASKS.items()}
 
 
-def usage_code(fmt: str) -> str:
+def samples_for(multitask: bool) -> dict[str, str]:
+    """The code samples for a run: :data:`TASK_SAMPLES` for a multi-task one."""
+    return TASK_SAMPLES if multitask else SAMPLES
+
+
+def usage_code(fmt: str, multitask: bool = False) -> str:
     """What to install and the code that runs one picture through the file of format ``fmt``."""
-    return f"# {NEEDS[fmt]}\n{SAMPLES[fmt]}"
+    return f"# {NEEDS[fmt]}\n{samples_for(multitask)[fmt]}"

@@ -25,6 +25,7 @@ from sklearn.metrics import (
 
 from ..data.dataset import Sample
 from ..data.loaders import ImageSamples, image_loader
+from ..data.tasks import Tasks, flat_name
 
 __all__ = [
     "probabilities",
@@ -38,8 +39,13 @@ __all__ = [
 TOP_LOSSES = 16
 
 
-def probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
-    """Class probabilities as runs report them: a sigmoid per tag, else a softmax."""
+def probabilities(
+    logits: torch.Tensor, multilabel: bool, tasks: Tasks | None = None
+) -> torch.Tensor:
+    """Class probabilities as runs report them: a sigmoid per tag, else a softmax (with
+    ``tasks``: each task's own, side by side)."""
+    if tasks is not None:
+        return tasks.probabilities(logits)
     return logits.sigmoid() if multilabel else logits.softmax(-1)
 
 
@@ -50,6 +56,7 @@ def predict_probs(
     device: torch.device,
     batch_size: int = 32,
     channels_last: bool = False,
+    tasks: Tasks | None = None,
 ) -> np.ndarray:
     """Class probabilities (softmax, or sigmoid for multi-label) for every image, in order."""
     model.eval()
@@ -59,7 +66,7 @@ def predict_probs(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = model(images).float()
-        out.append(probabilities(logits, dataset.multilabel).cpu())
+        out.append(probabilities(logits, dataset.multilabel, tasks).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, dataset.num_classes))
 
 
@@ -68,6 +75,9 @@ def score_words(metrics: dict) -> str:
     with too few pictures to keep any back, the score is on the training pictures and is no
     test score at all."""
     head = f"accuracy {metrics['accuracy']:.1%}"
+    if metrics.get("tasks"):
+        each = ", ".join(f"{name} {m['accuracy']:.1%}" for name, m in metrics["tasks"].items())
+        head = f"mean accuracy over the tasks {metrics['accuracy']:.1%} ({each})"
     if metrics.get("split") == "train":
         return (
             f"{head} on the {metrics.get('n', '?')} pictures it learnt from (too few pictures to "
@@ -103,16 +113,49 @@ def compute_metrics(
     classes: list[str],
     multilabel: bool = False,
     threshold: float = 0.5,
+    tasks: Tasks | None = None,
 ) -> dict:
-    """All metrics from true labels and predicted probabilities.
+    """All metrics from true labels and predicted probabilities (with ``tasks``, each task's
+    under ``"tasks"``: :func:`_multitask_metrics`).
 
     >>> s = [Sample("a.jpg", (0,)), Sample("b.jpg", (1,))]
     >>> compute_metrics(s, np.array([[0.9, 0.1], [0.8, 0.2]]), ["cat", "dog"])["accuracy"]
     0.5
     """
+    if tasks is not None:
+        return _multitask_metrics(samples, probs, tasks, threshold)
     if multilabel:
         return _multilabel_metrics(samples, probs, classes, threshold)
     return _single_label_metrics(samples, probs, classes)
+
+
+def _multitask_metrics(samples, probs: np.ndarray, tasks: Tasks, threshold: float) -> dict:
+    """Each task's usual metrics under ``tasks`` (its classes named as in the task); at the top,
+    the mean accuracy and macro F1 over the tasks, every class's row under its flat name, and
+    the hardest pictures and commonest mistakes of all tasks (each saying its task)."""
+    per_task, per_class, hardest, confused = {}, {}, [], []
+    local = [tasks.local_labels(s.labels) for s in samples]
+    for i, t in enumerate(tasks):
+        own = [Sample(s.path, loc[i], s.width, s.height) for s, loc in zip(samples, local)]
+        m = compute_metrics(own, probs[:, t.columns], list(t.labels), t.multilabel, threshold)
+        per_task[t.name] = m
+        per_class.update({flat_name(t.name, k): row for k, row in m["per_class"].items()})
+        hardest += [{**row, "task": t.name} for row in m["top_losses"]]
+        confused += [{**p, "task": t.name} for p in m["most_confused"]]
+    hardest.sort(key=lambda r: (r.get("correct", r["true"] == r["predicted"]), -r["loss"]))
+    confused.sort(key=lambda p: -p["count"])
+    return {
+        "task": "multitask",
+        "accuracy": float(np.mean([m["accuracy"] for m in per_task.values()])),
+        "macro_f1": float(np.mean([m["macro_f1"] for m in per_task.values()])),
+        "labels": tasks.flat_labels,
+        "tasks": per_task,
+        "per_class": per_class,
+        "confusion_matrix": [],  # one per task, under "tasks"
+        "top_losses": hardest[:TOP_LOSSES],
+        "most_confused": confused[:10],
+        "n": len(samples),
+    }
 
 
 _EPS = 1e-7  # keeps log() finite at a probability of 0 or 1
@@ -217,11 +260,12 @@ def evaluate_samples(
     batch_size: int = 32,
     channels_last: bool = False,
     split: str = "test",
+    tasks: Tasks | None = None,
 ) -> dict:
     """Run ``model`` over ``samples`` and compute :func:`compute_metrics`."""
     dataset = ImageSamples(samples, transform, len(classes), multilabel)
-    probs = predict_probs(model, dataset, device, batch_size, channels_last)
-    metrics = compute_metrics(samples, probs, classes, multilabel, threshold)
+    probs = predict_probs(model, dataset, device, batch_size, channels_last, tasks)
+    metrics = compute_metrics(samples, probs, classes, multilabel, threshold, tasks)
     metrics["split"] = split
     return metrics
 
@@ -244,7 +288,11 @@ def evaluate_run(run_dir: str | Path, data: str | Path, batch_size: int = 32) ->
     loaded = load_run(run_dir)
     cfg = loaded.config
     dataset = load_dataset(
-        data, val_fraction=cfg["val_fraction"], test_fraction=cfg["test_fraction"], seed=cfg["seed"]
+        data,
+        val_fraction=cfg["val_fraction"],
+        test_fraction=cfg["test_fraction"],
+        seed=cfg["seed"],
+        tasks=loaded.tasks.names if loaded.tasks else None,
     )
     unknown = [c for c in dataset.classes if c not in loaded.labels]
     if unknown:
@@ -275,6 +323,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, batch_size: int = 32) ->
         threshold=loaded.threshold,
         batch_size=batch_size,
         split=split,
+        tasks=loaded.tasks,
     )
     save_json(target, metrics)
     return metrics, target

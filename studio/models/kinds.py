@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..data.loaders import build_transform
+from ..data.tasks import Tasks
 from ..errors import RunError, StudioError, first_line
 from ..runs import (
     CONFIG,
@@ -188,6 +189,7 @@ class LoadedRun:
     preprocess: dict
     config: dict
     record: dict = field(default_factory=dict)
+    tasks: Tasks | None = None  # a multi-task run's tasks (labels.json), else None
 
     @property
     def kind(self) -> ModelKind:
@@ -213,7 +215,8 @@ class LoadedRun:
 
         c = self.config
         return load_dataset(c["data"], val_fraction=c.get("val_fraction", 0.15),
-                            test_fraction=c.get("test_fraction", 0.15), seed=c.get("seed", 0))  # fmt: skip
+                            test_fraction=c.get("test_fraction", 0.15), seed=c.get("seed", 0),
+                            tasks=self.tasks.names if self.tasks else None)  # fmt: skip
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -234,7 +237,19 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     except Exception as exc:  # noqa: BLE001 - any mismatch means the files do not belong together
         raise RunError(f"cannot load the model in {run}: {first_line(exc, 300)}") from None
     model.eval()
-    return LoadedRun(run, model, labels, multilabel, threshold, preprocess, config, record)
+    tasks = _run_tasks(run, labels)
+    return LoadedRun(run, model, labels, multilabel, threshold, preprocess, config, record, tasks)
+
+
+def _run_tasks(run: Path, labels: list[str]) -> Tasks | None:
+    """A multi-task run's tasks from ``labels.json`` (checked against its classes), else None."""
+    saved = load_json(run / LABELS).get("tasks")
+    if saved is None:
+        return None
+    try:
+        return Tasks.from_json(saved, labels)
+    except ValueError as exc:
+        raise RunError(f"{run.name} is damaged: {LABELS}: {exc}") from None
 
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")

@@ -46,6 +46,10 @@ class TrainConfig:
     augment: str = "light"  # none | light | strong
     patience: int = 5  # early stopping: epochs without a better val loss; 0 = off
     threshold: float = 0.5  # multi-label decision threshold
+    # A CSV with one column per task: the columns to learn ("material,colour"); "" = every
+    # label column. How their losses combine: "equal" or "uncertainty" (studio.training.multitask).
+    tasks: str = ""
+    task_weights: str = "equal"
     seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -96,11 +100,23 @@ class TrainConfig:
             ),
             (self.weight_decay >= 0 and self.l2sp >= 0, "weight decay and L2-SP must be >= 0"),
             (0 < self.threshold < 1, "threshold must be between 0 and 1"),
+            (
+                self.task_weights in ("equal", "uncertainty"),
+                "task weights must be equal or uncertainty",
+            ),
+            (
+                not self.tasks or all(self.task_columns()),
+                "tasks must be column names separated by commas, such as material,colour",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise StudioError(message)
         return self
+
+    def task_columns(self) -> list[str] | None:
+        """The CSV columns asked for as tasks, or None for the data's own (all of them)."""
+        return [c.strip() for c in self.tasks.split(",")] if self.tasks.strip() else None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -44,6 +44,7 @@ from .. import events as ev
 from ..data.dataset import Dataset, load_dataset
 from ..data.images import open_rgb
 from ..data.loaders import ImageSamples, build_transform, image_loader
+from ..data.tasks import Tasks
 from ..errors import StudioError
 from ..models.backbones import Group, WeightsInfo, create_backbone, data_config, model_groups
 from ..models.freeze import keep_frozen_norms_in_eval, parse_freeze
@@ -51,6 +52,7 @@ from ..rng import seeded, step_seed
 from .cache import FeatureStore, capture, fill_store, plan_cache, run_cached
 from .config import TrainConfig
 from .feature_memo import FeatureMemo
+from .multitask import MultiTaskLoss, count_correct_tasks
 
 __all__ = [
     "StopFlag",
@@ -282,15 +284,30 @@ class CachedFeeder:
 # --------------------------------------------------------------------------- pieces of the loop
 
 
-def make_task_loss(multilabel: bool, label_smoothing: float):
+def make_task_loss(
+    multilabel: bool, label_smoothing: float, tasks: Tasks | None = None, learned: bool = False
+):
     """The task's loss, ``loss(logits, targets)``: cross-entropy with label smoothing, or
-    binary cross-entropy per tag for multi-label data (no regulariser: see L2-SP)."""
+    binary cross-entropy per tag for multi-label data (no regulariser: see L2-SP); with
+    ``tasks``, one per task, averaged or weighted by learned uncertainty when ``learned``
+    (:class:`~studio.training.multitask.MultiTaskLoss`)."""
+    if tasks is not None:
+        return MultiTaskLoss(tasks, label_smoothing, learned)
     if multilabel:
         return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y)
     return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
 
-def count_correct(logits: torch.Tensor, y: torch.Tensor, multilabel: bool, threshold: float) -> int:
+def count_correct(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    multilabel: bool,
+    threshold: float,
+    tasks: Tasks | None = None,
+) -> float:
+    """Pictures answered right (with ``tasks``: each scores the share of its tasks right)."""
+    if tasks is not None:
+        return count_correct_tasks(logits, y, tasks, threshold)
     if multilabel:
         return int(((logits.sigmoid() >= threshold) == (y > 0.5)).all(1).sum())
     return int((logits.argmax(1) == y).sum())
@@ -353,6 +370,9 @@ class RunSetup:
     channels_last: bool
     train_ds: ImageSamples
     val_ds: ImageSamples | None
+    # What the task's loss is: one for the run, since a multi-task run's learned task weights
+    # (studio.training.multitask) train with the model and are kept in its checkpoints.
+    task_loss: Callable | None = None
 
     @property
     def amp(self) -> bool:
@@ -368,7 +388,11 @@ def load_training_data(cfg: TrainConfig, dataset: Dataset | None = None) -> Data
     if not cfg.data:
         raise StudioError("no dataset given")
     return load_dataset(
-        cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
+        cfg.data,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        tasks=cfg.task_columns(),
     )
 
 
@@ -388,6 +412,9 @@ def _check_same_data(cfg: TrainConfig, dataset: Dataset) -> None:
             f"it holds back {dataset.fractions} (validation, test), the settings say "
             f"{(cfg.val_fraction, cfg.test_fraction)}"
         )
+    asked, held = cfg.task_columns(), dataset.tasks.names if dataset.tasks else None
+    if asked and asked != held:
+        problems.append(f"it holds the tasks {held}, the settings ask for {asked}")
     if problems:
         raise StudioError(
             "the loaded dataset is not the one the settings describe: " + "; ".join(problems)
@@ -439,6 +466,9 @@ def set_up(
         channels_last,
         ImageSamples(dataset.train, train_tf, len(classes), multilabel),
         ImageSamples(dataset.val, eval_tf, len(classes), multilabel) if dataset.val else None,
+        make_task_loss(
+            multilabel, cfg.label_smoothing, dataset.tasks, cfg.task_weights == "uncertainty"
+        ),
     )
 
 
@@ -632,7 +662,9 @@ def train_epoch(
             scaler.update()
             scheduler.step()
         total_loss += float(loss.detach()) * len(y)
-        correct += count_correct(logits.detach(), y, run.dataset.multilabel, cfg.threshold)
+        correct += count_correct(
+            logits.detach(), y, run.dataset.multilabel, cfg.threshold, run.dataset.tasks
+        )
         seen += len(y)
         yield ev.Batch(epoch, n, steps, float(loss.detach()))
         if stop is not None and stop.is_set():
@@ -643,16 +675,18 @@ def train_epoch(
 
 @torch.no_grad()
 def validate(run: RunSetup, feeder) -> tuple[float | None, float | None]:
-    """Validation loss and accuracy (the task's loss alone, without L2-SP); None without data."""
-    model, multilabel = run.model, run.dataset.multilabel
-    loss_fn = make_task_loss(multilabel, run.cfg.label_smoothing)
+    """Validation loss and accuracy (the task's loss alone, without L2-SP; several tasks'
+    losses averaged, never weighted by what the run learns, so epochs compare); None without
+    data."""
+    model, multilabel, tasks = run.model, run.dataset.multilabel, run.dataset.tasks
+    loss_fn = make_task_loss(multilabel, run.cfg.label_smoothing, tasks)
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in feeder.val_batches():
         with autocast(run.device, run.amp):
             logits = feeder.forward(model, x).float()
         total_loss += float(loss_fn(logits, y)) * len(y)
-        correct += count_correct(logits, y, multilabel, run.cfg.threshold)
+        correct += count_correct(logits, y, multilabel, run.cfg.threshold, tasks)
         seen += len(y)
     if not seen:
         return None, None

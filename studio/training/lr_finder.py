@@ -56,7 +56,7 @@ def lr_find(
     )
     base = [g["lr"] for g in optimizer.param_groups]
     factor = (end_lr / start_lr) ** (1 / max(1, steps - 1))
-    loss_fn = make_task_loss(run.dataset.multilabel, config.label_smoothing)
+    loss_fn = make_task_loss(run.dataset.multilabel, config.label_smoothing, run.dataset.tasks)
     lrs, losses = [], []
     smoothed, best = 0.0, math.inf
     step = 0

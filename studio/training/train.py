@@ -70,6 +70,7 @@ from .loop import (
     train_epoch,
     validate,
 )
+from .multitask import MultiTaskLoss
 
 __all__ = [
     "TrainConfig",
@@ -134,9 +135,11 @@ def solves_head_exactly(run: RunSetup, phase: _Phase) -> bool:
     frozen = set(parse_freeze(phase.freeze, run.groups))
     body = {g.name for g in run.groups if g.name != "head"}
     classifier = getattr(run.model, "get_classifier", lambda: None)()
+    tasks = run.dataset.tasks
+    single = not any(t.multilabel for t in tasks) if tasks else not run.dataset.multilabel
     return (
         run.cfg.head_solver == "exact"
-        and not run.dataset.multilabel
+        and single
         and frozen == body
         and isinstance(classifier, nn.Linear)
     )
@@ -146,7 +149,7 @@ def _training_loss(run: RunSetup) -> Callable[[torch.Tensor, torch.Tensor], torc
     """The loss that is minimised: the task's loss plus, with L2-SP, a pull towards the
     pretrained weights (captured here, before any training or resume changes them)."""
     cfg, model = run.cfg, run.model
-    task_loss = make_task_loss(run.dataset.multilabel, cfg.label_smoothing)
+    task_loss = run.task_loss
     if cfg.l2sp <= 0:
         return task_loss
     head = {name for g in run.groups if g.name == "head" for name in g.params}
@@ -321,6 +324,8 @@ def _train(
     loss_fn = _training_loss(run)  # before a resume loads trained weights (L2-SP's reference)
     _write_run_files(run, first=resume_state is None)
     progress = _Progress.resume(resume_state, run.model) if resume_state else _Progress()
+    if resume_state and resume_state.get("task_loss") and isinstance(run.task_loss, nn.Module):
+        run.task_loss.load_state_dict(resume_state["task_loss"])
     phases = _phases(cfg)
     # Staged unfreezing: the head phase trains on the features cached for the later phase (its
     # still-frozen middle layers run forward each epoch), so the pictures are decoded and the
@@ -452,10 +457,14 @@ def _write_run_files(run: RunSetup, first: bool) -> None:
             writer = csv.writer(fh)
             writer.writerow(["split", "path", "labels"])
             writer.writerows(dataset.split_rows())
-    save_json(
-        run_dir / LABELS,
-        {"labels": dataset.classes, "multilabel": dataset.multilabel, "threshold": cfg.threshold},
-    )
+    labels = {
+        "labels": dataset.classes,
+        "multilabel": dataset.multilabel,
+        "threshold": cfg.threshold,
+    }
+    if dataset.tasks is not None:
+        labels["tasks"] = dataset.tasks.to_json()
+    save_json(run_dir / LABELS, labels)
     save_json(run_dir / PREPROCESS, _preprocess_info(run.data_config))
 
 
@@ -475,9 +484,11 @@ def _run_phase(
     """
     cfg, model = run.cfg, run.model
     loss_fn, objective = losses
-    optimizer = make_optimizer(
-        cfg, optimizer_groups(model, run.groups, cfg.lr, cfg.weight_decay, cfg.layer_decay)
-    )
+    groups = optimizer_groups(model, run.groups, cfg.lr, cfg.weight_decay, cfg.layer_decay)
+    learned = list(run.task_loss.parameters()) if isinstance(run.task_loss, nn.Module) else []
+    if learned:  # a multi-task run's learned task weights (never decayed: they are not weights)
+        groups.append({"params": learned, "lr": cfg.lr, "weight_decay": 0.0})
+    optimizer = make_optimizer(cfg, groups)
     steps = feeder.steps_per_epoch()
     scheduler = make_scheduler(cfg, optimizer, steps * phase.epochs, steps)
     if resume_state and int(resume_state["phase"]) == index:
@@ -524,10 +535,10 @@ def _close_epoch(
     model, run_dir = run.model, Path(run.cfg.out)
     improved = progress.record(row, model, candidate)
     save_history(run_dir / HISTORY, progress.history)
-    save_checkpoint(
-        run_dir / CHECKPOINT,
-        progress.checkpoint(model, optimizer, scheduler, index, run.dataset.split_hash()),
-    )
+    state = progress.checkpoint(model, optimizer, scheduler, index, run.dataset.split_hash())
+    if isinstance(run.task_loss, nn.Module):  # learned task weights go on where they were
+        state["task_loss"] = {k: v.detach().cpu() for k, v in run.task_loss.state_dict().items()}
+    save_checkpoint(run_dir / CHECKPOINT, state)
     yield ev.Epoch(
         row["epoch"],
         run.cfg.epochs,
@@ -548,30 +559,26 @@ def _fit_head_phase(run: RunSetup, index: int, phase: _Phase, feeder, progress, 
     plain training pictures are gathered once, the weight decay chosen by cross-validation, and
     each of the phase's epochs is a round of the solver, reported like an epoch. Returns why it
     ended early, if so."""
-    from .head_fit import LinearFit, choose_l2, fit_rounds
+    from .head_fit import LinearFit
 
-    cfg, model, classes = run.cfg, run.model, len(run.dataset.classes)
+    cfg, model, tasks = run.cfg, run.model, run.dataset.tasks
     t_start = time.perf_counter()
     x, y = _head_inputs(model, feeder, feeder.plain_train_batches(run.eval_tf))
     x_val, y_val = _head_inputs(model, feeder, feeder.val_batches())
-    l2, scores = choose_l2(x, y, classes, seed=cfg.seed)
-    how = (
-        "cross-validation on the training pictures"
-        if scores
-        else "default (too few pictures per class to cross-validate)"
-    )
-    yield ev.Notice(
-        f"fitting the last layer exactly (logistic regression solved by L-BFGS on the frozen "
-        f"features; weight decay {l2:.0e}, chosen by {how})"
-    )
     head = model.get_classifier()
     start = None
     if progress.done_epochs >= phase.first:  # resumed inside the phase: go on from the head
-        start = LinearFit(head.weight.detach().float(), head.bias.detach().float(), l2)
+        start = LinearFit(head.weight.detach().float(), head.bias.detach().float(), 0.0)
     epochs = range(max(phase.first, progress.done_epochs + 1), phase.last + 1)
-    task_loss = make_task_loss(False, cfg.label_smoothing)
+    notice, fits = _head_solution(run, x, y, len(epochs), start)
+    yield ev.Notice(notice)
+    task_loss = make_task_loss(False, cfg.label_smoothing, tasks)
+
+    def correct(logits, target) -> float:
+        return count_correct(logits, target, False, cfg.threshold, tasks) / len(target)
+
     seconds = time.perf_counter() - t_start
-    for epoch, fit in zip(epochs, fit_rounds(x, y, classes, l2, len(epochs), start), strict=True):
+    for epoch, fit in zip(epochs, fits, strict=True):
         t_round = time.perf_counter()
         with torch.no_grad():
             head.weight.copy_(fit.weight)
@@ -582,11 +589,9 @@ def _fit_head_phase(run: RunSetup, index: int, phase: _Phase, feeder, progress, 
             "epoch": epoch,
             "phase": phase.name,
             "train_loss": float(task_loss(logits, y)),
-            "train_acc": count_correct(logits, y, False, cfg.threshold) / len(y),
+            "train_acc": correct(logits, y),
             "val_loss": None if val_logits is None else float(task_loss(val_logits, y_val)),
-            "val_acc": None
-            if val_logits is None
-            else count_correct(val_logits, y_val, False, cfg.threshold) / len(y_val),
+            "val_acc": None if val_logits is None else correct(val_logits, y_val),
             "lr": 1.0,  # L-BFGS's step scale; its line search sets the real step
             "seconds": time.perf_counter() - t_round + seconds,
         }
@@ -595,6 +600,34 @@ def _fit_head_phase(run: RunSetup, index: int, phase: _Phase, feeder, progress, 
         if stop is not None and stop.is_set() and epoch < phase.last:
             return _STOPPED_BY_USER
     return None
+
+
+def _head_solution(run: RunSetup, x, y, rounds: int, start) -> tuple[str, Iterator]:
+    """What the exact fit says it does, and its rounds: one logistic regression, or one per
+    task of a multi-task run (studio.training.multitask.fit_heads)."""
+    from .head_fit import LinearFit, choose_l2, fit_rounds
+    from .multitask import fit_heads
+
+    how = "logistic regression solved by L-BFGS on the frozen features"
+    if run.dataset.tasks is not None:
+        l2s, fits = fit_heads(x, y, run.dataset.tasks, rounds, run.cfg.seed, start)
+        decays = ", ".join(f"{name} {l2:.0e}" for name, l2 in l2s.items())
+        return (
+            f"fitting each task's last layer exactly ({how}, one per task; weight decay "
+            f"{decays}, chosen by cross-validation on the training pictures)",
+            fits,
+        )
+    classes = len(run.dataset.classes)
+    l2, scores = choose_l2(x, y, classes, seed=run.cfg.seed)
+    chosen = (
+        "cross-validation on the training pictures"
+        if scores
+        else "default (too few pictures per class to cross-validate)"
+    )
+    notice = f"fitting the last layer exactly ({how}; weight decay {l2:.0e}, chosen by {chosen})"
+    if start is not None:
+        start = LinearFit(start.weight, start.bias, l2)
+    return notice, fit_rounds(x, y, classes, l2, rounds, start)
 
 
 @torch.no_grad()
@@ -635,6 +668,7 @@ def _finish(run: RunSetup, progress: _Progress, stopped: str | None, seconds: fl
         batch_size=cfg.batch_size,
         channels_last=run.channels_last,
         split=split,
+        tasks=dataset.tasks,
     )
     save_model(run_dir, run.model.cpu(), backbone=cfg.backbone, num_classes=len(dataset.classes))
     save_json(run_dir / METRICS, metrics)
@@ -661,6 +695,12 @@ def _run_info(run: RunSetup, progress: _Progress) -> dict:
         "data_root": str(dataset.root),
         "classes": dataset.classes,
         "sizes": {k: len(v) for k, v in dataset.splits.items()},
+        # what each task's loss weighed at the end (learned, or 1 each)
+        **(
+            {"task_weights": run.task_loss.weights()}
+            if isinstance(run.task_loss, MultiTaskLoss)
+            else {}
+        ),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "python": platform.python_version(),

@@ -91,7 +91,7 @@ def tune(
     steps = feeder.steps_per_epoch()
     scheduler = make_scheduler(cfg, optimizer, steps * cfg.epochs, steps)
     scaler = torch.amp.GradScaler("cuda", enabled=run.amp and not torch.cuda.is_bf16_supported())
-    loss_fn = make_task_loss(dataset.multilabel, cfg.label_smoothing)
+    loss_fn = make_task_loss(dataset.multilabel, cfg.label_smoothing, dataset.tasks)
     result, best_loss, best_state = Tuned(), float("inf"), None
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
