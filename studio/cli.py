@@ -318,7 +318,7 @@ def _train_config(args):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = Path(args.data).stem[:80]  # a file name is at most 255 bytes
         overrides["out"] = str(Path("runs") / f"{stamp}-{name}")
-    config = TrainConfig(data=args.data, **overrides)
+    config = TrainConfig(data=args.data, **overrides).validate()  # before the data is read
     if args.resume:
         return config, None, ""  # the run's own config.json decides
     dataset = load_training_data(config)

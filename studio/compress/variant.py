@@ -58,7 +58,18 @@ def float_parent(run_dir: str | Path) -> LoadedRun:
     parent = load_run(run_dir)
     if parent.kind.write is not None or not parent.kind.gradients:
         raise StudioError(f"{parent.run_dir.name} is already {parent.kind.a_model}")
+    if parent.tasks is not None:
+        raise StudioError(single_task_only("compression", parent))
     return parent
+
+
+def single_task_only(what: str, run: LoadedRun) -> str:
+    """Why ``what`` refuses a multi-task run (its variants would lose the named outputs and the
+    per-task metrics; not built yet)."""
+    names = ", ".join(run.tasks.names) if run.tasks else ""
+    return (
+        f"{what} works on single-task runs for now; {run.run_dir.name} has several tasks ({names})"
+    )
 
 
 def training_sample(dataset: Dataset, count: int, seed: int) -> list:

@@ -291,6 +291,11 @@ def adapt_run(
         raise StudioError(f"the adaptation weight must be above 0, not {weight}")
     parent = load_run(run_dir)
     parent.kind.require("adapting", parent.kind.gradients, parent.record.get("parent"))
+    if parent.tasks is not None:
+        names = ", ".join(parent.tasks.names)
+        raise StudioError(
+            f"adaptation works on single-task runs for now; this run has several tasks ({names})"
+        )
     if parent.multilabel:
         raise StudioError("adaptation works on single-label runs; this run is multi-label")
     out = Path(out)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.tasks import Tasks
 from ..errors import DataError, StudioError
 from .attribution import (
     METHODS,
@@ -77,7 +78,7 @@ def evaluation_samples(run_dir: str | Path) -> list[tuple[str, str]]:
 
     metrics = load_json(require_run(run_dir) / METRICS)
     rows = metrics.get("predictions") or []
-    if metrics.get("task") == "multilabel" or not rows:
+    if metrics.get("task") in ("multilabel", "multitask") or not rows:
         raise StudioError("this check needs a single-label run with evaluated pictures")
     return [(row["path"], row["true"]) for row in rows]
 
@@ -113,6 +114,7 @@ class Explainer:
         data_cfg: dict,
         multilabel: bool = False,
         device: str | torch.device = "cpu",
+        tasks: Tasks | None = None,
     ):
         from ..data.loaders import build_transform
 
@@ -120,6 +122,7 @@ class Explainer:
         self.model = ready_for_attribution(model).to(self.device)
         self.labels = list(labels)
         self.multilabel = multilabel
+        self.tasks = tasks  # a multi-task run: each task's probabilities are its own
         self.mean = torch.tensor(data_cfg["mean"]).view(3, 1, 1)
         self.std = torch.tensor(data_cfg["std"]).view(3, 1, 1)
         self._transform = build_transform(data_cfg, "none")
@@ -137,7 +140,7 @@ class Explainer:
             run.kind.gradients,
             parent=run.record.get("parent"),
         )
-        return cls(run.model, run.labels, run.data_config(), run.multilabel, device)
+        return cls(run.model, run.labels, run.data_config(), run.multilabel, device, run.tasks)
 
     @classmethod
     def from_backbone(
@@ -181,7 +184,7 @@ class Explainer:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, top_k: int = 5) -> list[tuple[str, float]]:
-        probs = probabilities(self.model(x), self.multilabel)[0]
+        probs = probabilities(self.model(x), self.multilabel, self.tasks)[0]
         values, indices = probs.topk(min(top_k, len(self.labels)))
         return [(self.labels[i], float(v)) for v, i in zip(values, indices)]
 
@@ -279,7 +282,12 @@ class Explainer:
             maps["random"] = random_map(tuple(result.input.shape[-2:]))
         return {
             key: faithfulness(
-                self.model, result.input, values, result.target, multilabel=self.multilabel
+                self.model,
+                result.input,
+                values,
+                result.target,
+                multilabel=self.multilabel,
+                tasks=self.tasks,
             )
             for key, values in maps.items()
         }

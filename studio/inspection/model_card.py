@@ -63,11 +63,32 @@ def write_model_card(run_dir: str | Path, exports: list[dict] = ()) -> Path:
 def _card_model(run: Path, cfg, info, pre, report, labels) -> list[str]:
     """The card's title, model and data sections."""
     record = model_record(run)
+    tasks = read_optional(run, LABELS, {}).get("tasks")
+    if tasks:
+        weights = info.get("task_weights") or {}
+        what = [
+            f"An image model answering **{len(tasks)} questions** about each picture (one shared "
+            "backbone, one head per task), fine-tuned with Transfer Studio:",
+            "",
+            *(
+                f"- **{t['name']}** ({'several tags' if t['multilabel'] else 'one value'} a "
+                f"picture): {', '.join(t['labels'])}"
+                + (f"; loss weight {weights[t['name']]:.2f}" if t["name"] in weights else "")
+                for t in tasks
+            ),
+            "",
+            f"Task losses weighed `{cfg.get('task_weights', 'equal')}`; exported graphs give one "
+            "output per task, named after it, in this order.",
+        ]
+    else:
+        what = [
+            f"An image classifier for **{len(labels)} classes** ({', '.join(labels)}), "
+            "fine-tuned with Transfer Studio."
+        ]
     lines = [
         f"# Model card: {run.name}",
         "",
-        f"An image classifier for **{len(labels)} classes** ({', '.join(labels)}), fine-tuned with "
-        "Transfer Studio.",
+        *what,
         "",
         "## Model",
         f"- Backbone: `{cfg['backbone']}` (timm), starting from {info['weights']}.",
@@ -97,12 +118,18 @@ def _card_model(run: Path, cfg, info, pre, report, labels) -> list[str]:
 
 
 def _card_results(metrics: dict) -> list[str]:
-    """Accuracy, F1, the per-class table and the commonest mistakes."""
+    """Accuracy, F1, the per-class table and the commonest mistakes (per task, with tasks)."""
+    mean = " (mean over the tasks)" if metrics.get("tasks") else ""
     lines = [
         "",
         f"## Results (on the {metrics.get('split', 'held-out')} split, {metrics.get('n', '?')} images)",
         f"- Accuracy: **{metrics['accuracy']:.3f}**; macro F1: **{metrics['macro_f1']:.3f}**"
-        + (f"; mAP: {metrics['mAP']:.3f}" if metrics.get("mAP") is not None else ""),
+        + (f"; mAP: {metrics['mAP']:.3f}" if metrics.get("mAP") is not None else "")
+        + mean,
+        *(
+            f"- Task **{name}**: accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}"
+            for name, m in (metrics.get("tasks") or {}).items()
+        ),
         "",
         *(
             [f"- **Not a test score**: {score_words(metrics)}.", ""]
@@ -119,7 +146,8 @@ def _card_results(metrics: dict) -> list[str]:
         )
     if metrics.get("most_confused"):
         pairs = ", ".join(
-            f"{p['true']} taken for {p['predicted']} ({p['count']}x)"
+            (f"{p['task']}: " if p.get("task") else "")
+            + f"{p['true']} taken for {p['predicted']} ({p['count']}x)"
             for p in metrics["most_confused"][:5]
         )
         lines += ["", f"Most common mistakes: {pairs}."]

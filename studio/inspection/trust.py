@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..data.tasks import Tasks
 from ..errors import StudioError
 from ..rng import seeded
 from .attribution import (
@@ -93,6 +94,7 @@ def faithfulness(
     steps: int = 20,
     batch_size: int = 16,
     multilabel: bool = False,
+    tasks: Tasks | None = None,
 ) -> Faithfulness:
     """Deletion and insertion curves for ``values`` (most positive pixels first).
 
@@ -120,7 +122,7 @@ def faithfulness(
             [torch.where(ranks < f * height * width, first, second) for f in fractions]
         )
         for chunk in batch.split(batch_size):
-            probs = probabilities(model(chunk), multilabel)[:, target]
+            probs = probabilities(model(chunk), multilabel, tasks)[:, target]
             curves[kind].extend(float(p) for p in probs)
     return Faithfulness(
         fractions,

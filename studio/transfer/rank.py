@@ -104,6 +104,17 @@ def _targets(samples: list[Sample], classes: int, multilabel: bool) -> np.ndarra
     return y
 
 
+def _probe(features: np.ndarray, y: np.ndarray, dataset: Dataset, seed: int) -> float | None:
+    """The linear probe's accuracy; with several single-label tasks, their mean (LogME reads
+    every task's one-hot block together: its evidence is a mean over label columns anyway)."""
+    tasks = dataset.tasks
+    if tasks is not None and not any(t.multilabel for t in tasks):
+        return float(
+            np.mean([probe_accuracy(features, y[:, t.columns].argmax(1), seed) for t in tasks])
+        )
+    return None if dataset.multilabel else probe_accuracy(features, y, seed)
+
+
 def score_backbone(
     name: str, dataset: Dataset, samples: list[Sample], seed: int = 0, pretrained: bool = True
 ) -> BackboneScore:
@@ -124,7 +135,7 @@ def score_backbone(
     index = {p: i for i, p in enumerate(pictures.paths)}
     kept_samples = [samples[index[p]] for p in kept.paths]
     y = _targets(kept_samples, len(dataset.classes), dataset.multilabel)
-    probe = None if dataset.multilabel else probe_accuracy(features, y, seed)
+    probe = _probe(features, y, dataset, seed)
     spec = get_spec(name)
     return BackboneScore(
         backbone=name, title=spec.title, logme=logme(features, y), probe_accuracy=probe,
