@@ -28,6 +28,7 @@ from typing import Any
 from .errors import RunError, StudioError, first_line
 
 __all__ = [
+    "run_tasks",
     "CONFIG",
     "DATA_REPORT",
     "SPLIT",
@@ -178,6 +179,17 @@ def list_runs(root: str | Path) -> list[Path]:
         return []
     runs = [p for p in root.iterdir() if (p / CONFIG).is_file()]
     return sorted(runs, key=lambda p: (p / CONFIG).stat().st_mtime, reverse=True)
+
+
+def run_tasks(run_dir: str | Path) -> list[str]:
+    """The names of a multi-task run's tasks (from ``labels.json``); none for other runs."""
+    labels = read_optional(run_dir, LABELS, {})
+    tasks = labels.get("tasks") if isinstance(labels, dict) else None
+    return (
+        [t.get("name", "?") for t in tasks if isinstance(t, dict)]
+        if isinstance(tasks, list)
+        else []
+    )
 
 
 def describe_run(run_dir: str | Path) -> dict:

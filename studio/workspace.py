@@ -25,6 +25,7 @@ from .data.dataset import Dataset, load_dataset
 from .data.facts import remember
 from .data.images import ImageProblem, is_image_name, open_rgb
 from .data.safezip import extract_zip
+from .data.table import TABLE, has_table, merge_table
 from .errors import DataError, StudioError
 from .runs import list_runs, write_atomic
 
@@ -35,7 +36,17 @@ _LOADED: dict[tuple[str, int], tuple[tuple, Dataset]] = {}
 _LOADED_MAX = 16
 _ID = re.compile(r"^[a-f0-9]{8,32}$")
 # The picture sets a workspace holds: key -> (folder, what the app calls it).
-PICTURE_SETS = {"mine": ("data", "Your pictures"), "example": ("example", "The example")}
+PICTURE_SETS = {
+    "mine": ("data", "Your pictures"),
+    "example": ("example", "The example"),
+    # Pictures labelled by a table (labels.csv, one column per task): studio.data.table.
+    "table": ("table", "A table of labels (several tasks)"),
+}
+TABLE_SET = "table"
+_TABLE_ONLY = (
+    "this picture set is labelled by its table (labels.csv), not by class folders: upload a "
+    "zip holding the pictures and a labels.csv to add to it"
+)
 _ACTIVE = "active-pictures"
 NEW_PICTURES = "new-pictures"  # the Domain tab's pictures to compare (Workspace.new_dir)
 _CLASS_NAME = re.compile(r"^[\w][\w \-.]{0,39}$", re.UNICODE)
@@ -115,15 +126,27 @@ class Workspace:
 
     # ------------------------------------------------------------------ classes
 
+    @property
+    def is_table(self) -> bool:
+        """Whether the active set is labelled by a table (several tasks), not class folders."""
+        return self.active == TABLE_SET
+
     def classes(self) -> list[str]:
+        if self.is_table:
+            return []  # its classes are the table's values: see dataset()
         return sorted(p.name for p in self.data_dir.iterdir() if p.is_dir())
 
     def counts(self) -> dict[str, int]:
+        if self.is_table:
+            pictures = [f for f in self.data_dir.rglob("*") if f.is_file() and is_image_name(f)]
+            return {"pictures": len(pictures)} if has_table(self.data_dir) else {}
         return {
             c: sum(1 for f in (self.data_dir / c).iterdir() if f.is_file()) for c in self.classes()
         }
 
     def _class_dir(self, name: str, must_exist: bool = True) -> Path:
+        if self.is_table:
+            raise StudioError(_TABLE_ONLY)
         name = clean_class_name(name)
         path = self.data_dir / name
         if must_exist and not path.is_dir():
@@ -147,7 +170,41 @@ class Workspace:
         shutil.rmtree(self._class_dir(name))
 
     def images(self, name: str) -> list[Path]:
+        """The pictures of a class (of a table set: those carrying the value ``task: value``)."""
+        if self.is_table:
+            dataset = self.dataset()
+            if name not in dataset.classes:
+                return []
+            index = dataset.classes.index(name)
+            found = [s.path for part in dataset.splits.values() for s in part if index in s.labels]
+            return sorted(Path(p) for p in found)
         return sorted(f for f in self._class_dir(name).iterdir() if f.is_file())
+
+    # ------------------------------------------------------------------ a table of labels
+
+    def import_table(self, folder: str | Path) -> AddReport:
+        """Add the pictures a folder's ``labels.csv`` lists (and its rows) to the table set,
+        which becomes the set worked on (studio.data.table.merge_table)."""
+        self.use(TABLE_SET)
+        added, skipped = merge_table(Path(folder), self.data_dir)
+        report = AddReport(added=added, skipped=skipped)
+        self._remember_refused(skipped, TABLE)
+        return report
+
+    def load_multitask_example(self) -> AddReport:
+        """Work on the multi-task example (labels.csv: path,material,colour) in the table set;
+        the other sets and their runs are kept."""
+        from .data.example import multitask_example
+
+        return self.import_table(multitask_example())
+
+    def empty_table(self) -> int:
+        """Remove the table set's table and pictures (the app asks first); how many files."""
+        folder = self.root / PICTURE_SETS[TABLE_SET][0]
+        files = [f for f in folder.rglob("*") if f.is_file()] if folder.is_dir() else []
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        return len(files)
 
     # ------------------------------------------------------------------ adding pictures
 
@@ -271,6 +328,8 @@ class Workspace:
         """Add the class folders inside a zip (extracted safely) to this workspace."""
         with tempfile.TemporaryDirectory(dir=self.root) as tmp:
             content = extract_zip(zip_path, Path(tmp) / "zip")
+            if has_table(content):  # pictures with a table of labels: the table set
+                return self.import_table(content)
             if content.name != "zip" and not any(p.is_dir() for p in content.iterdir()):
                 # extract_zip unwraps a lone top folder; one holding only pictures is itself a
                 # class (a zip of one class's folder), not a wrapper around class folders.

@@ -241,3 +241,38 @@ def test_cli_trains_with_tasks_and_refuses_bad_ones(tasks_csv, tmp_path, capsys)
         capsys, ["train", tasks_csv, "--task-weights", "equal", "--tasks", "a,,b", "--out",
                  tmp_path / "r3"], "tasks must be column names"
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the app's table set
+
+
+def test_a_workspace_table_set_imports_merges_and_refuses(tasks_csv, tmp_path):
+    import zipfile
+
+    from studio.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    report = ws.load_multitask_example()
+    assert report.added == 108 and ws.is_table and ws.classes() == []
+    assert ws.dataset().tasks.names == ["material", "colour"]
+    assert len(ws.images("material: brick")) == 36
+    with pytest.raises(StudioError, match="labelled by its table"):
+        ws.add_class("apples")
+    # A zip with a table goes into the table set: rows merge, a broken picture is named.
+    (tmp_path / "broken.jpg").write_text("not a picture")
+    with zipfile.ZipFile(tmp_path / "more.zip", "w") as zf:
+        zf.writestr("mine/labels.csv", "path,material,colour\nextra/a.jpg,brick,red\n"
+                    "extra/b.jpg,grass,blue\n")  # fmt: skip
+        zf.write(next((tasks_csv / "pictures").glob("brick_red_*.jpg")), "mine/extra/a.jpg")
+        zf.write(tmp_path / "broken.jpg", "mine/extra/b.jpg")
+    ws.use("mine")
+    report = ws.import_zip(tmp_path / "more.zip")
+    assert ws.is_table and report.added == 1 and report.skipped[0][0] == "extra/b.jpg"
+    assert ws.dataset().report.total == 109
+    assert any("extra/b.jpg" in name for name, _ in ws.refused())
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
+        zf.writestr("labels.csv", "path,species\nx.jpg,cat\n")
+    with pytest.raises(DataError, match="the table here has the columns path, material, colour"):
+        ws.import_zip(tmp_path / "other.zip")
+    assert ws.empty_table() == 110  # 109 pictures and the table
+    assert ws.counts() == {}

@@ -67,9 +67,10 @@ def test_the_predict_handlers_work_without_a_browser(tmp_path, trained_run, smal
     assert chart is not None and "% sure" in headline
     assert predict_one(predictors, ws.id, "mine", None) == (None, "")
     (bad := tmp_path / "notes.jpg").write_text("not a picture")
-    rows, csv_file = predict_many(
+    table, csv_file = predict_many(
         predictors, ws.id, "mine", [picture, str(bad)], lambda *a, **k: None
     )
+    rows = table["data"]
     assert rows[0][1] in ("brick", "grass", "gravel") and rows[1][1].startswith("error:")
     assert Path(csv_file).read_text().startswith("picture,class,probability")
     with pytest.raises(Exception, match="train a model first"):
@@ -129,11 +130,11 @@ def test_the_evaluate_and_explain_handlers_work_without_a_browser(tmp_path, trai
     _, ws = ctx.open(None)
     assert show_run(ctx, ws.id, None)[0].startswith("Train a model first")
     shutil.copytree(trained_run, ws.runs_dir / "mine")
-    head, heatmap, table, rows, losses, pairs = show_run(ctx, ws.id, "mine")
+    head, heatmap, table, rows, losses, pairs, _ = show_run(ctx, ws.id, "mine")
     assert head.startswith("## Accuracy") and len(rows) == 3 and heatmap is not None
-    title, pictures = cell_pictures(ctx, ws.id, "mine", SimpleNamespace(index=(0, 1)))
+    title, pictures = cell_pictures(ctx, ws.id, "mine", None, SimpleNamespace(index=(0, 1)))
     assert "(correct)" in title and len(pictures) == int(title.split("**")[1].split()[0])
-    assert cell_pictures(ctx, ws.id, "mine", SimpleNamespace(index=(0, 0)))[1] == []
+    assert cell_pictures(ctx, ws.id, "mine", None, SimpleNamespace(index=(0, 0)))[1] == []
 
     assert refresh_sources(ctx, ws.id)["value"] == "mine"
     assert redraw(None, "positive", 0.5) == []
@@ -152,12 +153,12 @@ def test_the_train_handlers_read_the_settings_by_name(tmp_path):
     from studio.training.config import TrainConfig
     from studio.ui.train_tab import SETTINGS, settings_from_page, stop_training
 
-    values = [5, 16, 0.001, 0.75, 0, 0, 0.01, 0.1, 0.0, "none"]
+    values = [5, 16, 0.001, 0.75, 0, 0, 0.01, 0.1, 0.0, "none", "uncertainty"]
     settings = settings_from_page(values)
     assert list(settings) == list(SETTINGS) and settings["seed"] == 0
     assert isinstance(settings["seed"], int) and isinstance(settings["epochs"], int)
     TrainConfig(data="d", out="o", **settings).validate()  # every name is a config field
-    with pytest.raises(ValueError, match="9 settings for 10 fields"):
+    with pytest.raises(ValueError, match="10 settings for 11 fields"):
         settings_from_page(values[:-1])
     ctx = Context(tmp_path)
     _, ws = ctx.open(None)

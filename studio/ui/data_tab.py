@@ -17,7 +17,12 @@ Make one **class** for each kind of thing the computer should tell apart (for ex
 and *pears*), then add pictures to each: upload files, take photos with the webcam, or upload a
 `.zip` with one folder per class. No pictures of your own yet? Press **Load example dataset**: it
 goes beside your own pictures, never instead of them, and **Pictures to work on** switches
-between the two. 20 or more pictures per class work best."""
+between the two. 20 or more pictures per class work best.
+
+**Several questions per picture** (what is it made of *and* what colour is it)? Upload a `.zip`
+holding the pictures and a `labels.csv` with a `path` column and one column per question
+(`path,material,colour`): each column becomes a task, and one model learns them all. **Load
+the multi-task example** shows how."""
 
 
 def _sets_update(ws):
@@ -34,10 +39,17 @@ def _views(ctx: Context, ws_id: str, selected: str | None = None):
 
 def _set_views(ws, selected: str | None):
     classes = ws.classes()
+    shown = classes
+    if ws.is_table:  # a table's classes are its tasks' values, known once it is read
+        try:
+            shown = ws.dataset().classes
+        except StudioError:
+            shown = []
     pick = selected if selected in classes else (classes[0] if classes else None)
+    seen = selected if selected in shown else (shown[0] if shown else None)
     class_update = gr.update(choices=classes, value=pick)
-    show_update = gr.update(choices=classes, value=pick)
-    gallery = [(str(p), p.name) for p in ws.images(pick)][:60] if pick else []
+    show_update = gr.update(choices=shown, value=seen)
+    gallery = [(str(p), p.name) for p in ws.images(seen)][:60] if seen else []
     counts = ws.counts()
     refused = [[name, f"refused on upload: {why}"] for name, why in ws.refused()]
     if sum(counts.values()) == 0:
@@ -54,6 +66,17 @@ def _set_views(ws, selected: str | None):
         + ", ".join(f"{n} {split}" for split, n in report.images.items())
         + "."
     ]
+    if report.tasks:
+        lines[0] = lines[0].replace(
+            f"in {len(report.classes)} classes", f"with {len(report.tasks)} tasks"
+        )
+        lines += ["", "**Tasks** (one per column of `labels.csv`; one model answers them all):"]
+        lines += [
+            f"- column `{t['name']}`: "
+            + ("several tags a picture" if t["multilabel"] else "one value a picture")
+            + f": {', '.join(t['labels'])}"
+            for t in report.tasks
+        ]
     if report.warnings:
         lines += ["", "**Worth knowing:**"] + [f"- {w}" for w in report.warnings]
     if report.exact_duplicates:
@@ -87,6 +110,25 @@ def load_example(ctx: Context, ws_id):
         "choose **Your pictures** above to go back to them.",
         *_views(ctx, ws_id),
     )
+
+
+def load_multitask_example(ctx: Context, ws_id):
+    """The multi-task example (a table: path,material,colour) becomes the set worked on."""
+    report = ctx.workspace(ws_id).load_multitask_example()
+    return (
+        f"Working on the multi-task example ({as_text(report.message())}): each picture has "
+        "a **material** and a **colour**; one model will learn both. Your other pictures are "
+        "kept.",
+        *_views(ctx, ws_id),
+    )
+
+
+def empty_table(ctx: Context, ws_id, sure: bool):
+    """Remove the table set's pictures and table, only once the person has ticked the box."""
+    if not sure:
+        raise StudioError("tick the box first: this removes the table and its pictures")
+    removed = ctx.workspace(ws_id).empty_table()
+    return (f"Removed the table and its {removed} file(s).", *_views(ctx, ws_id))
 
 
 def choose_set(ctx: Context, ws_id, key):
@@ -175,6 +217,11 @@ def _add_pictures_column() -> dict:
         )
         c["rename"] = gr.Button("Rename")
         c["delete"] = gr.Button("Delete class and its pictures", variant="stop")
+    with gr.Accordion("Empty the table set (several tasks)", open=False):
+        c["table_sure"] = gr.Checkbox(
+            label="Yes, remove the table (labels.csv) and its pictures", value=False
+        )
+        c["empty_table"] = gr.Button("Empty the table set", variant="stop")
     return c
 
 
@@ -201,7 +248,9 @@ def _report_column() -> dict:
 def build_data_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
     gr.Markdown(HELP)
     with gr.Row():
-        example_btn = gr.Button("Load example dataset", variant="primary", scale=0)
+        with gr.Column(scale=0, min_width=200):
+            example_btn = gr.Button("Load example dataset", variant="primary")
+            tasks_btn = gr.Button("Load the multi-task example", elem_id="load-multitask")
         picture_set = gr.Radio(
             label="Pictures to work on",
             choices=[],
@@ -211,7 +260,7 @@ def build_data_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -
             info="Training uses these; the other set and its runs are kept.",
         )
         zip_file = gr.File(
-            label="Upload a .zip (one folder per class)",
+            label="Upload a .zip (one folder per class, or pictures with a labels.csv)",
             elem_id="data-zip",
             file_types=[".zip"],
             scale=1,
@@ -233,6 +282,8 @@ def build_data_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -
         event(bound, [ws_state, *inputs], outputs, **kw).then(show_new, ws_state, new_views)
 
     on(example_btn.click, load_example, [], api_name="load_example")
+    on(tasks_btn.click, load_multitask_example, [], api_name="load_multitask_example")
+    on(a["empty_table"].click, empty_table, [a["table_sure"]])
     on(picture_set.input, choose_set, [picture_set])
     on(zip_file.upload, upload_zip, [zip_file])
     on(a["add_class"].click, add_class, [a["new_class"]])

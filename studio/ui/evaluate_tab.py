@@ -24,18 +24,40 @@ def _loss_caption(row: dict) -> str:
     return f"{row['true']} → {row['predicted']} ({row['confidence']:.0%})"
 
 
-def show_run(ctx: Context, ws_id, name):
-    """(headline, heatmap, confusion table, per-class rows, hardest pictures, confused pairs)."""
+def _task_view(m: dict, task: str | None) -> tuple[dict, str | None]:
+    """The metrics to show: a multi-task run's chosen task (the first by default), else all."""
+    tasks = m.get("tasks") or {}
+    if not tasks:
+        return m, None
+    task = task if task in tasks else next(iter(tasks))
+    return tasks[task], task
+
+
+def show_run(ctx: Context, ws_id, name, task=None):
+    """(headline, heatmap, confusion table, per-class rows, hardest pictures, confused pairs,
+    the task picker); a multi-task run shows one task's matrix and classes at a time."""
     if not name:
-        return "Train a model first (Train tab).", None, None, None, [], None
-    m = run_metrics(ctx.workspace(ws_id), name)
+        return "Train a model first (Train tab).", None, None, None, [], None, gr.update()
+    whole = run_metrics(ctx.workspace(ws_id), name)
+    m, task = _task_view(whole, task)
     labels = m["labels"]
     head = (
-        f"## Accuracy {m['accuracy']:.1%} · macro F1 {m['macro_f1']:.2f}\n"
-        f"on {m['n']} {m['split']} pictures."
+        f"## Accuracy {whole['accuracy']:.1%} · macro F1 {whole['macro_f1']:.2f}\n"
+        f"on {whole['n']} {whole['split']} pictures."
     )
+    picker = gr.update(visible=False)
+    if task is not None:
+        head = (
+            head.replace("\n", " (mean over the tasks)\n")
+            + "\n\n"
+            + "\n".join(
+                f"- **{n}**: accuracy {t['accuracy']:.1%} · macro F1 {t['macro_f1']:.2f}"
+                for n, t in whole["tasks"].items()
+            )
+        )
+        picker = gr.update(choices=list(whole["tasks"]), value=task, visible=True)
     if m.get("task") == "multilabel":
-        return head, None, None, None, [], None
+        return head, None, None, None, [], None, picker
     matrix = [[labels[i]] + row for i, row in enumerate(m["confusion_matrix"])]
     rows = [
         [k, round(v["precision"], 3), round(v["recall"], 3), round(v["f1"], 3), v["support"]]
@@ -48,12 +70,13 @@ def show_run(ctx: Context, ws_id, name):
         rows,
         [(r["path"], _loss_caption(r)) for r in m["top_losses"]],
         [[p["true"], p["predicted"], p["count"]] for p in m["most_confused"]],
+        picker,
     )
 
 
-def cell_pictures(ctx: Context, ws_id, name, evt: gr.SelectData):
-    """The pictures behind a clicked cell of the confusion table."""
-    m = run_metrics(ctx.workspace(ws_id), name)
+def cell_pictures(ctx: Context, ws_id, name, task, evt: gr.SelectData):
+    """The pictures behind a clicked cell of the confusion table (of the task shown)."""
+    m, _ = _task_view(run_metrics(ctx.workspace(ws_id), name), task)
     row, col = evt.index
     if col == 0:
         return "Click a number, not a class name.", []
@@ -121,6 +144,10 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
     gr.Markdown(HELP)
     run, refresh = run_picker(ctx, ws_state, "Which trained model to look at.", "eval-run")
     headline = gr.Markdown(elem_id="eval-headline")
+    task = gr.Radio(
+        label="Task shown below", choices=[], visible=False, elem_id="eval-task",
+        info="This model answers several questions: the matrix and table are for this one.",
+    )  # fmt: skip
     with gr.Row():
         heatmap = gr.Plot(label="Confusion matrix")
         with gr.Column():
@@ -139,9 +166,12 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
     h = _hardest_pictures()
     build_layers_panel(ctx, ws_state, run)
     bind = functools.partial
-    outputs = [headline, heatmap, table, per_class, h["losses"], h["confused"]]
+    outputs = [headline, heatmap, table, per_class, h["losses"], h["confused"], task]
     run.change(friendly(bind(show_run, ctx)), [ws_state, run], outputs)
-    table.select(friendly(bind(cell_pictures, ctx)), [ws_state, run], [cell_title, cell_gallery])
+    task.input(friendly(bind(show_run, ctx)), [ws_state, run, task], outputs)
+    table.select(
+        friendly(bind(cell_pictures, ctx)), [ws_state, run, task], [cell_title, cell_gallery]
+    )
     h["explain_all"].click(
         friendly(bind(loss_maps, ctx)), [ws_state, run], [h["maps"], h["maps_note"]]
     )

@@ -6,6 +6,7 @@ import functools
 
 import gradio as gr
 
+from ..runs import run_tasks
 from .common import Context, friendly, load_engine, run_picker
 from .tabs import TabParts
 
@@ -27,6 +28,15 @@ def build_download(ctx: Context, ws_id, name, progress=gr.Progress()):
     return package.summary(), str(package.zip_path)
 
 
+def code_for_run(ctx: Context, ws_id, name) -> list[str]:
+    """The code shown for each format, for the chosen run: a multi-task run's prints every
+    task's answer from the graph's named outputs."""
+    from ..deployment.samples import usage_code
+
+    multitask = bool(name) and bool(run_tasks(ctx.workspace(ws_id).resolve_run(name)))
+    return [usage_code(fmt, multitask) for fmt in FORMAT_TITLES]
+
+
 def build_export_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:
     from ..deployment.samples import usage_code  # plain text: no torch import at start-up
 
@@ -36,13 +46,16 @@ def build_export_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
     checks = gr.Markdown(elem_id="export-checks")
     download = gr.File(label="Your model (zip)", elem_id="export-zip")
     gr.Markdown("#### How to use the file (unzip it, put a `photo.jpg` beside the files, run this)")
+    codes = []
     with gr.Tabs():
         for fmt, title in FORMAT_TITLES.items():
             with gr.Tab(title):
-                gr.Code(usage_code(fmt), language="python", interactive=False)
+                codes.append(gr.Code(usage_code(fmt), language="python", interactive=False,
+                                     elem_id=f"export-code-{fmt}"))  # fmt: skip
 
     make = friendly(functools.partial(build_download, ctx))
     build.click(make, [ws_state, run], [checks, download], api_name="export")
+    run.change(friendly(functools.partial(code_for_run, ctx)), [ws_state, run], codes)
 
     return TabParts([run], refresh, exposes={"run": run})
 

@@ -48,8 +48,19 @@ def predict_one(predictors: Predictors, ws_id, name, path):
     result = predictors.get(ws_id, name).predict([path], top_k=5)[0]
     if result.error:
         raise StudioError(f"cannot read that picture: {result.error}")
+    if result.tasks is not None:  # several tasks: each task's answer
+        said = " · ".join(f"{name}: {_task_words(t)}" for name, t in result.tasks.items())
+        return charts.top_k_bar(result.top), f"## {said}"
     label, p = result.top[0]
     return charts.top_k_bar(result.top), f"## {label} ({p:.0%} sure)"
+
+
+def _task_words(task: dict) -> str:
+    """One task's answer: the value and how sure (a multi-label task: its tags, or none)."""
+    value, p = task["top"][0]
+    if task["answer"] == value:
+        return f"{value} ({p:.0%} sure)"
+    return task["answer"] or "no tag"
 
 
 def predict_many(predictors: Predictors, ws_id, name, paths, progress=gr.Progress()):
@@ -61,19 +72,33 @@ def predict_many(predictors: Predictors, ws_id, name, paths, progress=gr.Progres
         top_k=1,
         progress=lambda done, total: progress(done / total, desc=f"{done} of {total}"),
     )
-    rows = [
-        [
-            r.path.rsplit("/", 1)[-1],
-            r.top[0][0] if r.top else f"error: {r.error}",
-            round(r.top[0][1], 4) if r.top else None,
-        ]
-        for r in results
-    ]
+    headers, rows = _result_rows(results)
     with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False, newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["picture", "class", "probability"])
+        writer.writerow(headers)
         writer.writerows(rows)
-    return rows, out.name
+    return {"data": rows, "headers": headers}, out.name
+
+
+def _result_rows(results) -> tuple[list[str], list[list]]:
+    """The table of answers: picture, class, probability; with tasks, a column per task."""
+    names = next((list(r.tasks) for r in results if r.tasks is not None), None)
+    if names is None:
+        rows = [
+            [
+                r.path.rsplit("/", 1)[-1],
+                r.top[0][0] if r.top else f"error: {r.error}",
+                round(r.top[0][1], 4) if r.top else None,
+            ]
+            for r in results
+        ]
+        return ["picture", "class", "probability"], rows
+    rows = [
+        [r.path.rsplit("/", 1)[-1]]
+        + ([r.tasks[n]["answer"] for n in names] if r.tasks else [f"error: {r.error}"] * len(names))
+        for r in results
+    ]
+    return ["picture", *names], rows
 
 
 def build_predict_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -> TabParts:

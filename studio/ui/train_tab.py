@@ -83,6 +83,7 @@ def status_line(snap) -> str:
 SETTINGS = {
     "epochs": int, "batch_size": int, "lr": float, "layer_decay": float, "head_epochs": int,
     "patience": int, "weight_decay": float, "label_smoothing": float, "seed": int, "augment": str,
+    "task_weights": str,
 }  # fmt: skip
 
 
@@ -236,6 +237,13 @@ def _settings_layout() -> dict:
         ["none", "light", "strong"], value="none", label="Augmentation",
         info="Randomly flips, crops and recolours training pictures so the "
         "model learns what matters, not where it is.")
+    c["task_weights"] = gr.Radio(
+        [("Equal", "equal"), ("Learned (uncertainty)", "uncertainty")], value="equal",
+        label="Several tasks (a table with one column per task): how their losses count",
+        elem_id="task-weights",
+        info="Equal: every task counts the same. Learned: each task gets a weight that training "
+        "finds (Kendall et al. 2018); a task that stays hard counts less. Only matters when "
+        "layers of the backbone learn.")
     # fmt: on
     assert list(c) == list(SETTINGS)
     return c

@@ -694,3 +694,57 @@ def test_rank_backbones_for_my_pictures_chooses_one(page):
     chosen = said.inner_text().split("Chosen: ", 1)[1].split(" (", 1)[0]
     expect(page.locator("#backbone input")).to_have_value(re.compile(re.escape(chosen)))
     shot(page, "2-rank")
+
+
+def test_several_tasks_from_a_table_train_evaluate_predict_export(page, tmp_path):
+    """The multi-task example: the Data tab names each column's task, one run learns both with
+    learned task weights, Evaluate shows each task, Predict answers each, and the download's
+    ONNX file gives one named output per task, checked as received."""
+    page.locator("#load-multitask").click()
+    report = page.locator("#data-report")
+    expect(report).to_contain_text("108 pictures with 2 tasks", timeout=60_000)
+    expect(report).to_contain_text("column material: one value a picture: brick, grass, gravel")
+    expect(report).to_contain_text("column colour: one value a picture: blue, natural, red")
+    shot(page, "1-data-tasks")
+
+    page.get_by_role("tab", name="3 · Train").click()
+    page.get_by_text("Advanced settings").click()
+    page.locator("#task-weights").get_by_label("Learned (uncertainty)").check()
+    set_number(page, "Epochs", "2")
+    page.get_by_role("button", name="Start training").click()
+    status = page.locator("#train-status")
+    expect(status).to_contain_text("Done: mean accuracy over the tasks", timeout=240_000)
+    expect(status).to_contain_text("colour")
+
+    page.get_by_role("tab", name="4 · Evaluate").click()
+    expect(page.locator("#eval-headline")).to_contain_text("colour: accuracy", timeout=30_000)
+    expect(page.locator("#confusion-table tbody")).to_contain_text("gravel")
+    page.locator("#eval-task").get_by_label("colour").check()
+    expect(page.locator("#confusion-table tbody")).to_contain_text("natural")
+    page.locator("#confusion-table [role=gridcell]").nth(1).click()  # true blue, said blue
+    expect(page.get_by_text("picture(s) of blue predicted as blue")).to_be_visible()
+
+    page.get_by_role("tab", name="6 · Predict").click()
+    picture = sorted(Path("assets/example-tasks/pictures").glob("gravel_red_*.jpg"))[-1]
+    page.locator("#predict-image input[type=file]").set_input_files(str(picture))
+    answer = page.locator("#predict-answer")
+    expect(answer).to_contain_text("material: gravel", timeout=60_000)
+    expect(answer).to_contain_text("colour: red")
+
+    page.get_by_role("tab", name="9 · Export").click()
+    expect(page.locator("#export-code-onnx")).to_contain_text('info["tasks"]', timeout=30_000)
+    page.get_by_role("button", name="Build the download").click()
+    checks = page.locator("#export-checks")
+    expect(checks).to_contain_text("every file in the zip works as shown", timeout=240_000)
+    with page.expect_download() as info:
+        page.locator("#export-zip a").first.click()
+    info.value.save_as(tmp_path / "model.zip")
+    with zipfile.ZipFile(tmp_path / "model.zip") as zf:
+        onnx_name = next(n for n in zf.namelist() if n.endswith("model.onnx"))
+        (tmp_path / "model.onnx").write_bytes(zf.read(onnx_name))
+        card = zf.read(onnx_name.replace("model.onnx", "MODEL_CARD.md")).decode()
+    import onnxruntime as ort
+
+    outputs = ort.InferenceSession(str(tmp_path / "model.onnx")).get_outputs()
+    assert [o.name for o in outputs] == ["material", "colour"]
+    assert "**2 questions**" in card and "loss weight" in card
