@@ -534,6 +534,19 @@ def load_dataset(
 
     index = {name: i for i, name in enumerate(classes)}
     splits = _assign(checked, splits_of, index)
+    found = (skipped, empty, exact, near, splits_of)
+    report = _report(str(source), layout, classes, multilabel, splits, checked, found, task_layout)
+    fractions = (val_fraction, test_fraction)
+    return Dataset(
+        classes, splits, multilabel, report, root.resolve(), seed, fractions, task_layout
+    )
+
+
+def _report(source, layout, classes, multilabel, splits, checked, found, tasks) -> DataReport:
+    """The :class:`DataReport` of a load: counts, what was skipped, duplicates and leaks
+    (``found``: skipped files, empty classes, exact and near groups, each picture's split)."""
+    skipped, empty, exact, near, splits_of = found
+    index = {name: i for i, name in enumerate(classes)}
 
     def names(group: list[int]) -> list[str]:
         return [str(checked[i].candidate.path) for i in group]
@@ -541,7 +554,7 @@ def load_dataset(
     leakage, conflicting = _leaks_and_conflicts(checked, exact + near, splits_of, names)
     sizes = [(c.facts.width, c.facts.height) for c in checked]
     report = DataReport(
-        source=str(source),
+        source=source,
         layout=layout,
         classes=classes,
         multilabel=multilabel,
@@ -558,13 +571,10 @@ def load_dataset(
         conflicting_labels=conflicting,
         min_size=min(sizes, key=lambda wh: wh[0] * wh[1]),
         max_size=max(sizes, key=lambda wh: wh[0] * wh[1]),
-        tasks=task_layout.to_json() if task_layout else None,
+        tasks=tasks.to_json() if tasks else None,
     )
     report.warnings = _warnings(report)
-    fractions = (val_fraction, test_fraction)
-    return Dataset(
-        classes, splits, multilabel, report, root.resolve(), seed, fractions, task_layout
-    )
+    return report
 
 
 def _task_layout(columns: list[str], checked: list) -> Tasks:
