@@ -8,6 +8,7 @@
 - ``fashion100``: the same with 100 training pictures a class (85 after validation).
 - ``faces``: scikit-image's bundled LFW subset (25x25 grayscale crops of real photographs: 100
   faces and 100 non-faces).
+- ``fashion-tasks``: Fashion-MNIST as a multi-task table (garment, which way up, colour cast).
 
 Each is a seeded sample, the same files for the same seed.
 """
@@ -83,7 +84,46 @@ def fashion100(dest: Path) -> Path:
     return fashion(dest, train=100)
 
 
-MAKERS = {"fashion": fashion, "digits": digits, "faces": faces, "fashion100": fashion100}
+# A colour cast per colour (the multi-task example's own): a gain per RGB channel.
+CASTS = {"natural": (1.0, 1.0, 1.0), "red": (1.35, 0.8, 0.8), "blue": (0.8, 0.9, 1.35)}
+
+
+def fashion_tasks(dest: Path, train: int = 30, test: int = 30, seed: int = 0) -> Path:
+    """Fashion-MNIST as three questions per picture, a ``labels.csv`` with a split column:
+    ``item`` (the garment, 10 values), ``way_up`` (``upright`` or ``upside-down``: the photo
+    turned over, chosen by a seeded draw) and ``colour`` (a colour cast laid over the grey
+    photo, seeded). The photos are real (Debian's ``dataset-fashion-mnist``); the two added
+    questions are made here, independent of the garment and of each other."""
+    if not FASHION_DIR.is_dir():
+        raise FileNotFoundError("apt-get install dataset-fashion-mnist")
+    images = _idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")
+    labels = _idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
+    rng = np.random.default_rng(seed)
+    rows = ["path,split,item,way_up,colour"]
+    (dest / "pictures").mkdir(parents=True, exist_ok=True)
+    for label, name in enumerate(FASHION_CLASSES):
+        idx = rng.permutation(np.flatnonzero(labels == label))[: train + test]
+        for n, i in enumerate(idx):
+            flip, colour = bool(rng.integers(2)), list(CASTS)[int(rng.integers(len(CASTS)))]
+            grey = images[i][::-1] if flip else images[i]
+            rgb = np.clip(np.stack([grey] * 3, -1) * np.float32(CASTS[colour]), 0, 255)
+            file = f"pictures/{name}_{i:05d}.png"
+            Image.fromarray(rgb.astype(np.uint8)).save(dest / file)
+            way = "upside-down" if flip else "upright"
+            # The split is written out (val too), so a run of one task sees the same pictures.
+            split = "train" if n < round(train * 0.85) else "val" if n < train else "test"
+            rows.append(f"{file},{split},{name},{way},{colour}")
+    (dest / "labels.csv").write_text("\n".join(rows) + "\n")
+    return dest / "labels.csv"
+
+
+MAKERS = {
+    "fashion": fashion,
+    "digits": digits,
+    "faces": faces,
+    "fashion100": fashion100,
+    "fashion-tasks": fashion_tasks,
+}
 
 
 def folder(name: str, work: Path) -> Path:

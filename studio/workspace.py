@@ -120,7 +120,13 @@ class Workspace:
         rows = []
         for key, (folder, name) in PICTURE_SETS.items():
             path = self.root / folder
-            count = sum(1 for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+            count = (
+                sum(1 for f in path.rglob("*") if f.is_file() and is_image_name(f))
+                if path.is_dir()
+                else 0
+            )
+            if key == TABLE_SET and not count and self.active != key:
+                continue  # offered once it holds a table: most people never need it
             rows.append((key, name, count))
         return rows
 

@@ -220,18 +220,16 @@ def test_cli_trains_with_tasks_and_refuses_bad_ones(tasks_csv, tmp_path, capsys)
     from studio.cli import main
 
     run = tmp_path / "run"
-    argv = ["train", str(tasks_csv / "labels.csv"), "--tasks", "material,colour", "--out",
+    argv = ["train", str(tasks_csv / "labels.csv"), "--tasks", "colour", "--out",
             str(run), "--epochs", "2", "--preset", "custom"]  # fmt: skip
-    assert main(argv) == 0
+    assert main(argv) == 0  # one task of the two: a model for it alone
     out = capsys.readouterr().out
-    assert "mean accuracy over the tasks" in out and "material" in out
+    assert "mean accuracy over the tasks" in out and "colour" in out
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["tasks"]) == {"material", "colour"}
-    assert (
-        main(["predict", str(run), str(next((tasks_csv / "pictures").glob("grass_red_*.jpg")))])
-        == 0
-    )
-    assert "material grass" in capsys.readouterr().out
+    assert set(metrics["tasks"]) == {"colour"} and metrics["tasks"]["colour"]["accuracy"] > 0.7
+    picture = next((tasks_csv / "pictures").glob("grass_red_*.jpg"))
+    assert main(["predict", str(run), str(picture)]) == 0
+    assert "colour red" in capsys.readouterr().out
     assert_one_line_error(
         capsys,
         ["train", tasks_csv, "--tasks", "shape", "--out", tmp_path / "r2"],

@@ -294,8 +294,12 @@ def _csv_columns(
     label_key = fields.get("labels") or fields.get("label") or fields.get("tags")
     split_key = fields.get("split")
     found = ", ".join(n for n in fieldnames or [] if n) or "nothing"
+    needs = (
+        f"{csv_name} needs a header with columns 'path' and 'labels', or 'path' and one column "
+        f"per task such as 'path,material,colour' (found: {found})"
+    )
     if not path_key:
-        raise DataError(f"{csv_name} needs a header with a 'path' column (found: {found})")
+        raise DataError(needs)
     if tasks:
         missing = [t for t in tasks if t.strip().lower() not in fields]
         if missing:
@@ -308,10 +312,7 @@ def _csv_columns(
         return path_key, [label_key], split_key, False
     others = [n for n in fieldnames or [] if n and n not in (path_key, split_key)]
     if not others:
-        raise DataError(
-            f"{csv_name} needs a header with columns 'path' and 'labels', or one column per "
-            f"task such as 'path,material,colour' (found: {found})"
-        )
+        raise DataError(needs)
     return path_key, others, split_key, len(others) > 1
 
 
@@ -523,7 +524,8 @@ def load_dataset(
         empty += sorted({c.labels[0] for c in candidates} - set(classes))
     _require_two_classes(source, checked, classes, skipped)
     task_layout = _task_layout(columns, checked) if columns else None
-    multilabel = any(len(c.candidate.labels) > 1 for c in checked)
+    # Several tasks' targets are multi-hot over every task's values, one task's too.
+    multilabel = task_layout is not None or any(len(c.candidate.labels) > 1 for c in checked)
     # The split is stratified by the label (a multi-task picture's: its values together); with
     # tags the combinations are too sparse, and it is random.
     by_tags = any(t.multilabel for t in task_layout) if task_layout else multilabel
