@@ -274,3 +274,30 @@ def test_a_workspace_table_set_imports_merges_and_refuses(tasks_csv, tmp_path):
         ws.import_zip(tmp_path / "other.zip")
     assert ws.empty_table() == 110  # 109 pictures and the table
     assert ws.counts() == {}
+
+
+def test_the_app_handlers_show_each_task(multitask_run, tasks_csv, tmp_path):
+    from types import SimpleNamespace
+
+    from studio.ui.common import Context
+    from studio.ui.evaluate_tab import cell_pictures, show_run
+    from studio.ui.explain_tab import from_top_loss
+    from studio.ui.export_tab import code_for_run
+    from studio.ui.predict_tab import Predictors, predict_many
+
+    ctx = Context(tmp_path / "app")
+    _, ws = ctx.open(None)
+    shutil.copytree(multitask_run, ws.runs_dir / "tasks")
+    head, _, table, rows, _, _, picker = show_run(ctx, ws.id, "tasks", "colour")
+    assert "**colour**: accuracy" in head and picker["value"] == "colour" and picker["visible"]
+    assert table["headers"] == ["true \\ predicted", "blue", "natural", "red"]
+    title, _ = cell_pictures(ctx, ws.id, "tasks", "colour", SimpleNamespace(index=(0, 1)))
+    assert "of blue predicted as blue" in title
+    opened = from_top_loss(ctx, ws.id, "tasks", "colour", SimpleNamespace(index=0))
+    assert opened[3].startswith("colour: ")  # the model's class, for the Explain tab
+    codes = code_for_run(ctx, ws.id, "tasks")
+    assert all('info["tasks"]' in code for code in codes)
+    picture = str(next((tasks_csv / "pictures").glob("brick_blue_*.jpg")))
+    table, _ = predict_many(Predictors(ctx), ws.id, "tasks", [picture], lambda *a, **k: None)
+    assert table["headers"] == ["picture", "material", "colour"]
+    assert table["data"][0][1:] == ["brick", "blue"]

@@ -91,7 +91,7 @@ def test_a_bound_handler_keeps_the_type_hints_gradio_reads():
     assert get_type_hints(handler)["evt"] is gr.SelectData
     import inspect
 
-    assert list(inspect.signature(handler).parameters) == ["ws_id", "run_name", "evt"]
+    assert list(inspect.signature(handler).parameters) == ["ws_id", "run_name", "task", "evt"]
 
 
 def test_the_data_handlers_work_without_a_browser(tmp_path, small_example):

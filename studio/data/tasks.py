@@ -19,11 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-__all__ = ["Task", "Tasks", "flat_name", "SEPARATOR"]
+if TYPE_CHECKING:  # torch is imported where logits are read: the app's pages import this module
+    import torch
+
+__all__ = ["Task", "Tasks", "flat_name", "task_metrics", "SEPARATOR"]
 
 SEPARATOR = ": "
 
@@ -31,6 +34,17 @@ SEPARATOR = ": "
 def flat_name(task: str, value: str) -> str:
     """The class name of one task's value in the flat list: ``material: brick``."""
     return f"{task}{SEPARATOR}{value}"
+
+
+def task_metrics(metrics: dict, task: str | None = None) -> tuple[dict, str | None]:
+    """``(metrics, task)``: a multi-task run's metrics for ``task`` (the first task when it is
+    not one of them), or a single-task run's metrics and None. Rows in a task's metrics name
+    its values alone (``brick``); :func:`flat_name` gives the model's class (``material: brick``)."""
+    tasks = metrics.get("tasks") or {}
+    if not tasks:
+        return metrics, None
+    task = task if task in tasks else next(iter(tasks))
+    return tasks[task], task
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,8 @@ class Tasks:
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """A softmax over each single-label task's block, a sigmoid per multi-label tag."""
+        import torch
+
         parts = [
             logits[:, t.columns].sigmoid() if t.multilabel else logits[:, t.columns].softmax(-1)
             for t in self.tasks

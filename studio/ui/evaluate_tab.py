@@ -6,6 +6,7 @@ import functools
 
 import gradio as gr
 
+from ..data.tasks import flat_name, task_metrics
 from ..errors import StudioError
 from ..inspection import charts
 from .common import Context, friendly, run_metrics, run_picker
@@ -24,22 +25,13 @@ def _loss_caption(row: dict) -> str:
     return f"{row['true']} → {row['predicted']} ({row['confidence']:.0%})"
 
 
-def _task_view(m: dict, task: str | None) -> tuple[dict, str | None]:
-    """The metrics to show: a multi-task run's chosen task (the first by default), else all."""
-    tasks = m.get("tasks") or {}
-    if not tasks:
-        return m, None
-    task = task if task in tasks else next(iter(tasks))
-    return tasks[task], task
-
-
 def show_run(ctx: Context, ws_id, name, task=None):
     """(headline, heatmap, confusion table, per-class rows, hardest pictures, confused pairs,
     the task picker); a multi-task run shows one task's matrix and classes at a time."""
     if not name:
         return "Train a model first (Train tab).", None, None, None, [], None, gr.update()
     whole = run_metrics(ctx.workspace(ws_id), name)
-    m, task = _task_view(whole, task)
+    m, task = task_metrics(whole, task)
     labels = m["labels"]
     head = (
         f"## Accuracy {whole['accuracy']:.1%} · macro F1 {whole['macro_f1']:.2f}\n"
@@ -76,7 +68,7 @@ def show_run(ctx: Context, ws_id, name, task=None):
 
 def cell_pictures(ctx: Context, ws_id, name, task, evt: gr.SelectData):
     """The pictures behind a clicked cell of the confusion table (of the task shown)."""
-    m, _ = _task_view(run_metrics(ctx.workspace(ws_id), name), task)
+    m, _ = task_metrics(run_metrics(ctx.workspace(ws_id), name), task)
     row, col = evt.index
     if col == 0:
         return "Click a number, not a class name.", []
@@ -90,18 +82,23 @@ def cell_pictures(ctx: Context, ws_id, name, task, evt: gr.SelectData):
     return title, [(p["path"], f"{p['confidence']:.0%}") for p in hits]
 
 
-def loss_maps(ctx: Context, ws_id, name, progress=gr.Progress()):
-    """Grad-CAM over each hardest picture for what the model said; the unreadable ones named."""
+def loss_maps(ctx: Context, ws_id, name, task=None, progress=gr.Progress()):
+    """Grad-CAM over each hardest picture for what the model said (of the task shown); the
+    unreadable ones named."""
     if not name:
         raise StudioError("train a model first (Train tab)")
     ws = ctx.workspace(ws_id)
-    rows = run_metrics(ws, name).get("top_losses", [])
+    m, task = task_metrics(run_metrics(ws, name), task)
+    rows = m.get("top_losses", [])
     if not rows or not isinstance(rows[0]["predicted"], str):
-        raise StudioError("maps are shown for single-label runs with evaluated pictures")
+        raise StudioError("maps are shown for single-label tasks with evaluated pictures")
     explainer, lock = ctx.explainers.get(ws, name)
     with lock:
         shown = explainer.overlays(
-            [(r["path"], r["predicted"]) for r in rows],
+            [
+                (r["path"], flat_name(task, r["predicted"]) if task else r["predicted"])
+                for r in rows
+            ],
             progress=lambda f: progress(f, desc="drawing maps"),
         )
     gallery, missing = [], []
@@ -173,6 +170,6 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
         friendly(bind(cell_pictures, ctx)), [ws_state, run, task], [cell_title, cell_gallery]
     )
     h["explain_all"].click(
-        friendly(bind(loss_maps, ctx)), [ws_state, run], [h["maps"], h["maps_note"]]
+        friendly(bind(loss_maps, ctx)), [ws_state, run, task], [h["maps"], h["maps_note"]]
     )
-    return TabParts([run], refresh, exposes={"losses": h["losses"], "run": run})
+    return TabParts([run], refresh, exposes={"losses": h["losses"], "run": run, "task": task})

@@ -7,6 +7,7 @@ import threading
 
 import gradio as gr
 
+from ..data.tasks import flat_name, task_metrics
 from ..errors import StudioError
 from ..inspection import charts
 from .common import IMAGENET, Context, friendly, load_engine, run_choices, run_metrics
@@ -310,16 +311,21 @@ def shortcuts(ctx: Context, stops: Stops, ws_id, name, progress=gr.Progress()):
     return shortcut_report(rows, skipped)
 
 
-def from_top_loss(ctx: Context, ws_id, run_name, evt: gr.SelectData):
-    """Evaluate tab -> here: the clicked mistake, its run, and its true class."""
-    row = run_metrics(ctx.workspace(ws_id), run_name)["top_losses"][evt.index]
+def from_top_loss(ctx: Context, ws_id, run_name, task, evt: gr.SelectData):
+    """Evaluate tab -> here: the clicked mistake (of the task shown there), its run, and its
+    true class."""
+    metrics, task = task_metrics(run_metrics(ctx.workspace(ws_id), run_name), task)
+    row = metrics["top_losses"][evt.index]
+    if not isinstance(row["true"], str):
+        raise StudioError("pictures with several tags are explained one tag at a time here")
     note = (
         f"From the Evaluate tab: this picture is really **{row['true']}**, the model said "
         f"**{row['predicted']}** ({row['confidence']:.0%} sure). The maps show what speaks "
         "for the true class; choose *predicted class* to see what the model went by."
     )
+    true = flat_name(task, row["true"]) if task else row["true"]
     selected = refresh_sources(ctx, ws_id, run_name)
-    return gr.Tabs(selected="explain"), selected, row["path"], row["true"], note
+    return gr.Tabs(selected="explain"), selected, row["path"], true, note
 
 
 def from_predict(ctx: Context, ws_id, run_name, path):
@@ -468,7 +474,9 @@ def build_explain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict
                 [tabs, *opened],
             ),
             evaluate["losses"].select(
-                friendly(bind(from_top_loss, ctx)), [ws_state, evaluate["run"]], [tabs, *opened]
+                friendly(bind(from_top_loss, ctx)),
+                [ws_state, evaluate["run"], evaluate["task"]],
+                [tabs, *opened],
             ),
         ]
         for event in openers:
