@@ -4,7 +4,8 @@ split) and between two sets (new pictures that are copies of training pictures: 
 shift look smaller than it is and an accuracy on the new pictures higher).
 
 Near duplicates: a 64-bit dHash finds candidates (resized or re-encoded copies differ by a few
-bits), a 256-bit one confirms them. Alone, the small hash also matches different pictures of
+bits; looked up in a multi-index hash table, :mod:`studio.data.hash_index`, so the search grows
+with the number of pictures, not its square), a 256-bit one confirms them. Alone, the small hash also matches different pictures of
 plain, regular surfaces (three brick tiles of the example: 4 of 64 bits, but 74+ of 256), while
 resized, re-compressed or brightened copies stay within 28 of 256 bits. Last, the pictures' 16x16
 grey thumbnails must agree pixel by pixel once brightness and contrast are set aside.
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .facts import PictureFacts
+from .hash_index import HashIndex
 
 __all__ = ["duplicate_groups", "copies_between", "LARGE_GROUP"]
 
@@ -38,17 +40,21 @@ def pixel_distance(a: bytes, b: bytes) -> float:
     return float(np.abs(x - y).mean())
 
 
-def _candidates(one: PictureFacts, hashes: np.ndarray, others: Sequence[PictureFacts], offset=0):
-    """(distance, index) of each picture of ``others`` (index + ``offset``) that is a copy of
-    ``one`` within two copy-steps: close small hashes, close fine hashes, close thumbnails."""
-    close = np.bitwise_count(hashes ^ np.uint64(one.dhash)) <= NEAR_BITS
-    for k in np.nonzero(close)[0]:
-        other = others[int(k)]
-        if (one.fine_dhash ^ other.fine_dhash).bit_count() > NEAR_FINE_BITS:
-            continue
-        distance = pixel_distance(one.thumb, other.thumb)
-        if distance <= 2 * NEAR_PIXELS:  # copies of one original, two steps
-            yield distance, int(k) + offset
+def _confirmed(one: PictureFacts, other: PictureFacts) -> float | None:
+    """The thumbnails' distance when ``other`` (within NEAR_BITS of ``one``'s small hash) is a
+    copy of ``one`` within two copy-steps: close fine hashes, close thumbnails; else None."""
+    if (one.fine_dhash ^ other.fine_dhash).bit_count() > NEAR_FINE_BITS:
+        return None
+    distance = pixel_distance(one.thumb, other.thumb)
+    return distance if distance <= 2 * NEAR_PIXELS else None  # copies of one original
+
+
+def _candidates(one: PictureFacts, index: HashIndex, others: Sequence[PictureFacts]):
+    """(distance, index) of each picture of ``others`` that is a copy of ``one``."""
+    for k in index.near(one.dhash):
+        distance = _confirmed(one, others[k])
+        if distance is not None:
+            yield distance, k
 
 
 def duplicate_groups(facts: Sequence[PictureFacts]) -> tuple[list[list[int]], list[list[int]]]:
@@ -64,11 +70,12 @@ def duplicate_groups(facts: Sequence[PictureFacts]) -> tuple[list[list[int]], li
     for i, f in enumerate(facts):
         by_sha[f.sha1].append(i)
     exact = [g for g in by_sha.values() if len(g) > 1]
-    hashes = np.array([f.dhash for f in facts], dtype=np.uint64)
+    # Candidate pairs from the hash index (studio.data.hash_index), not all n^2/2 pairs.
+    index = HashIndex([f.dhash for f in facts], NEAR_BITS)
     links = [
         (distance, i, j)
-        for i in range(len(facts) - 1)
-        for distance, j in _candidates(facts[i], hashes[i + 1 :], facts[i + 1 :], i + 1)
+        for i, j in index.pairs()
+        if (distance := _confirmed(facts[i], facts[j])) is not None
     ]
     near = [g for g in _complete_linkage(len(facts), links) if len(g) > 1]
     exact_sets = [set(g) for g in exact]
@@ -81,13 +88,13 @@ def copies_between(
     """``(index in new, index in old, "identical" | "near copy")`` for each new picture that is
     a copy of an old one (its closest, identical files first); one row per new picture."""
     by_sha = {f.sha1: j for j, f in enumerate(old)}
-    hashes = np.array([f.dhash for f in old], dtype=np.uint64)
+    index = HashIndex([f.dhash for f in old], NEAR_BITS)
     rows = []
     for i, f in enumerate(new):
         if f.sha1 in by_sha:
             rows.append((i, by_sha[f.sha1], "identical"))
             continue
-        close = [(d, j) for d, j in _candidates(f, hashes, old) if d <= NEAR_PIXELS]
+        close = [(d, j) for d, j in _candidates(f, index, old) if d <= NEAR_PIXELS]
         if close:
             rows.append((i, min(close)[1], "near copy"))
     return rows
