@@ -40,7 +40,7 @@ from .duplicates import LARGE_GROUP, duplicate_groups
 from .facts import PictureFacts, facts_of
 from .images import DEFAULT_MAX_PIXELS, ImageProblem, is_image_name
 from .safezip import extract_zip
-from .tasks import Tasks, flat_name
+from .tasks import Tasks, flat_name, kind_words
 
 __all__ = [
     "SPLITS",
@@ -132,8 +132,9 @@ class DataReport:
             how = "multi-label" if self.multilabel else "one label per image"
         lines = [f"{self.total} images in {len(self.classes)} classes ({how}), from {self.source}"]
         for t in self.tasks or []:
-            kind = "several tags a picture" if t["multilabel"] else "one value a picture"
-            lines.append(f"  task '{t['name']}' ({kind}): {', '.join(t['labels'])}")
+            lines.append(
+                f"  task '{t['name']}' ({kind_words(t['multilabel'])}): {', '.join(t['labels'])}"
+            )
         for split in SPLITS:
             if self.counts.get(split):
                 parts = ", ".join(f"{k}: {v}" for k, v in self.counts[split].items())

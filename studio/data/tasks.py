@@ -26,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where logits are read: the app's pages import this module
     import torch
 
-__all__ = ["Task", "Tasks", "flat_name", "task_metrics", "SEPARATOR"]
+__all__ = ["Task", "Tasks", "flat_name", "kind_words", "task_metrics", "SEPARATOR"]
 
 SEPARATOR = ": "
 
@@ -34,6 +34,11 @@ SEPARATOR = ": "
 def flat_name(task: str, value: str) -> str:
     """The class name of one task's value in the flat list: ``material: brick``."""
     return f"{task}{SEPARATOR}{value}"
+
+
+def kind_words(multilabel: bool) -> str:
+    """How many answers a task gives a picture, in words (the report, the app, the card)."""
+    return "several tags a picture" if multilabel else "one value a picture"
 
 
 def task_metrics(metrics: dict, task: str | None = None) -> tuple[dict, str | None]:
@@ -67,7 +72,7 @@ class Task:
         return slice(self.start, self.stop)
 
     def kind_words(self) -> str:
-        return "several tags a picture" if self.multilabel else "one value a picture"
+        return kind_words(self.multilabel)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.dataset import readable
+from ..data.tasks import kind_words
 from ..models.kinds import model_record
 from ..runs import (
     CONFIG,
@@ -71,8 +72,7 @@ def _card_model(run: Path, cfg, info, pre, report, labels) -> list[str]:
             "backbone, one head per task), fine-tuned with Transfer Studio:",
             "",
             *(
-                f"- **{t['name']}** ({'several tags' if t['multilabel'] else 'one value'} a "
-                f"picture): {', '.join(t['labels'])}"
+                f"- **{t['name']}** ({kind_words(t['multilabel'])}): {', '.join(t['labels'])}"
                 + (f"; loss weight {weights[t['name']]:.2f}" if t["name"] in weights else "")
                 for t in tasks
             ),

@@ -6,6 +6,7 @@ import functools
 
 import gradio as gr
 
+from ..data.tasks import kind_words
 from ..errors import StudioError
 from ..inspection import charts
 from .common import Context, as_text, friendly
@@ -73,7 +74,7 @@ def _set_views(ws, selected: str | None):
         lines += ["", "**Tasks** (one per column of `labels.csv`; one model answers them all):"]
         lines += [
             f"- column `{t['name']}`: "
-            + ("several tags a picture" if t["multilabel"] else "one value a picture")
+            + kind_words(t["multilabel"])
             + f": {', '.join(t['labels'])}"
             for t in report.tasks
         ]
