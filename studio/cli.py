@@ -104,6 +104,13 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--cache-views", type=int, help="augmented views cached per image")
     p.add_argument("--device", help="auto | cpu | cuda | mps")
+    p.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=1,
+        help="train in N processes (torch.distributed, started by torchrun): one per GPU, "
+        "or N sharing this computer's CPU",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
 
@@ -315,9 +322,7 @@ def _train_config(args):
     }
     overrides.pop("data", None)
     if not args.out:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = Path(args.data).stem[:80]  # a file name is at most 255 bytes
-        overrides["out"] = str(Path("runs") / f"{stamp}-{name}")
+        overrides["out"] = _default_out(args.data)
     config = TrainConfig(data=args.data, **overrides).validate()  # before the data is read
     if args.resume:
         return config, None, ""  # the run's own config.json decides
@@ -334,6 +339,12 @@ def _train_config(args):
         config, more = lay_over(config, given)
         note += more
     return config, dataset, note
+
+
+def _default_out(data: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = Path(data).stem[:80]  # a file name is at most 255 bytes
+    return str(Path("runs") / f"{stamp}-{name}")
 
 
 @contextlib.contextmanager
@@ -448,14 +459,70 @@ def _follow(events, as_json: bool, printer: _EventPrinter) -> None:
 
 def _cmd_train(args) -> int:
     from . import events as ev
+    from .training import distributed
     from .training.train import train
 
-    config, dataset, note = _train_config(args)
-    if note:
-        print(ev.Notice(note).to_json() if args.json else f"note: {note}", flush=True)
-    with _ctrl_c_stops() as stop:
-        _follow(train(config, dataset, stop=stop), args.json, _EventPrinter(config.backbone))
+    if args.devices > 1 and not distributed.wanted():
+        return _launch_processes(args)
+    where = distributed.start(args.device or "auto")  # one of torchrun's processes, or alone
+    try:
+        # Rank 0 decides the settings (the automatic preset measures this computer) for all.
+        config, dataset, note = _train_config(args) if where.main else (None, None, "")
+        config = distributed.broadcast(config, where)
+        if note:
+            print(ev.Notice(note).to_json() if args.json else f"note: {note}", flush=True)
+        with _ctrl_c_stops() as stop:
+            events = train(config, dataset, stop=_stop_flag(stop))
+            if where.main:
+                _follow(events, args.json, _EventPrinter(config.backbone))
+            else:
+                for _ in events:  # rank 0 prints for all
+                    pass
+    except RuntimeError as exc:
+        if not (where.many and distributed.lost_peer(exc)):
+            raise
+        from .training.torchrun import STOP_FILE  # set in the processes --devices starts
+
+        if where.main and not os.environ.get(STOP_FILE):  # the launcher says it for them
+            print(f"error: {distributed.lost_peer(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.finish()
     return 0
+
+
+def _stop_flag(event: threading.Event):
+    """Ctrl-C, or, in a process started by ``--devices``, the launcher's stop file."""
+    from .training.torchrun import STOP_FILE, StopFileFlag
+
+    return StopFileFlag(event, os.environ.get(STOP_FILE))
+
+
+def _launch_processes(args) -> int:
+    """``--devices N``: the same command in N processes started by torchrun; then what the
+    run folder holds decides the last line (resume it, or where the model is)."""
+    from .errors import StudioError
+    from .training.torchrun import launch
+
+    argv = sys.argv[1:] if args.argv is None else args.argv
+    out = args.out or _default_out(args.data)
+    if args.out is None:
+        argv = [*argv, "--out", out]  # every process, and the hint below, name the same folder
+    if args.device != "cpu":
+        import torch
+
+        if torch.cuda.is_available() and args.devices > torch.cuda.device_count():
+            raise StudioError(
+                f"--devices {args.devices}: this computer has {torch.cuda.device_count()} GPU(s)"
+            )
+    status = launch(argv, args.devices)
+    if status != 0 and (Path(out) / "checkpoint.pt").is_file():
+        print(
+            f"the run keeps its finished epochs; continue it with: studio train {args.data} "
+            f"--out {out} --resume --devices {args.devices}",
+            file=sys.stderr,
+        )
+    return status
 
 
 def _cmd_evaluate(args) -> int:
@@ -950,6 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return app_main(argv[1:])
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what --devices passes on to each process
     from .errors import StudioError
 
     try:

@@ -51,6 +51,16 @@ from ..models.freeze import keep_frozen_norms_in_eval, parse_freeze
 from ..rng import seeded, step_seed
 from .cache import FeatureStore, capture, fill_store, plan_cache, run_cached
 from .config import TrainConfig
+from .distributed import (
+    Ranks,
+    any_rank,
+    device_for,
+    epoch_order,
+    ranks,
+    share_of,
+    share_rows,
+    sum_all,
+)
 from .feature_memo import FeatureMemo
 from .multitask import MultiTaskLoss, count_correct_tasks
 
@@ -59,6 +69,7 @@ __all__ = [
     "Feeder",
     "Step",
     "Objective",
+    "FeederForward",
     "RunSetup",
     "ImageFeeder",
     "CachedFeeder",
@@ -89,7 +100,10 @@ class StopFlag(Protocol):
 class Feeder(Protocol):
     """Where a loop's batches come from: decoded pictures through the whole model
     (:class:`ImageFeeder`) or a frozen prefix's stored outputs through the rest
-    (:class:`CachedFeeder`). ``forward`` runs the model on what the feeder gives."""
+    (:class:`CachedFeeder`). ``forward`` runs the model on what the feeder gives; ``batch`` is
+    the size of this process's batches."""
+
+    batch: int
 
     def steps_per_epoch(self) -> int: ...
 
@@ -141,6 +155,20 @@ class Objective:
     select: Callable[[nn.Module], float] | None = None
 
 
+class FeederForward(nn.Module):
+    """A feeder's forward pass as a module, so that DistributedDataParallel can wrap it: DDP
+    syncs the gradients of what it wraps, and a cached feeder runs only the model's tail.
+    ``extra`` holds parameters trained beside the model (a multi-task run's learned task
+    weights), so that they are averaged over processes too."""
+
+    def __init__(self, model: nn.Module, feeder: Feeder, extra: nn.Module | None = None):
+        super().__init__()
+        self.model, self.extra, self.feeder = model, extra, feeder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feeder.forward(self.model, x)
+
+
 def without_events(gen: Generator[Any, None, T]) -> T:
     """Run an event generator (such as :func:`make_feeder`) for its result alone."""
     while True:
@@ -168,8 +196,24 @@ def epoch_seed(seed: int, epoch: int) -> int:
 # --------------------------------------------------------------------------- feeding batches
 
 
+def _val_share(n: int, where: Ranks) -> list[int] | None:
+    """The validation pictures this process measures (every ``world``-th; None: all of them)."""
+    return share_of(range(n), where) if where.many else None
+
+
+def _order(n: int, seed: int, where: Ranks) -> np.ndarray:
+    """An epoch's order of ``n`` training pictures (this process's share, with several)."""
+    if where.many:
+        return epoch_order(n, seed, where)
+    return np.random.default_rng(seed).permutation(n)
+
+
 class ImageFeeder:
-    """Batches of decoded, transformed images through the whole model."""
+    """Batches of decoded, transformed images through the whole model.
+
+    With several processes (``ranks``), each feeds its share of every epoch and of the
+    validation pictures, in batches of its share of the batch size
+    (:mod:`studio.training.distributed`)."""
 
     def __init__(
         self,
@@ -178,12 +222,14 @@ class ImageFeeder:
         cfg: TrainConfig,
         device: torch.device,
         channels_last: bool,
+        ranks: Ranks = Ranks(),  # noqa: B008 - frozen, shared default
     ):
         self.train_ds, self.val_ds, self.cfg = train_ds, val_ds, cfg
-        self.device, self.channels_last = device, channels_last
+        self.device, self.channels_last, self.ranks = device, channels_last, ranks
+        self.batch = ranks.share(cfg.batch_size)
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train_ds) / self.cfg.batch_size)
+        return math.ceil(len(self.train_order(0)) / self.batch)
 
     def _move(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -192,12 +238,12 @@ class ImageFeeder:
     def train_order(self, seed: int) -> np.ndarray:
         """The epoch's order of the training pictures, the same as the cached feeder's, so
         both paths see identical batches."""
-        return np.random.default_rng(seed).permutation(len(self.train_ds))
+        return _order(len(self.train_ds), seed, self.ranks)
 
     def train_batches(self, seed: int):
         loader = image_loader(
             self.train_ds,
-            self.cfg.batch_size,
+            self.batch,
             sampler=self.train_order(seed).tolist(),
             workers=self.cfg.workers,
             pin_memory=self.device.type == "cuda",
@@ -208,13 +254,15 @@ class ImageFeeder:
     def val_batches(self):
         if self.val_ds is None:
             return
-        for x, y in image_loader(self.val_ds, self.cfg.batch_size, workers=self.cfg.workers):
+        share = _val_share(len(self.val_ds), self.ranks)
+        loader = image_loader(self.val_ds, self.batch, sampler=share, workers=self.cfg.workers)
+        for x, y in loader:
             yield self._move(x), y.to(self.device)
 
     def plain_train_batches(self, eval_tf: Callable):
         """The training pictures in order, without augmentation (for the exact head fit)."""
         ds = ImageSamples(self.train_ds.samples, eval_tf, self.train_ds.num_classes, False)
-        for x, y in image_loader(ds, self.cfg.batch_size, workers=self.cfg.workers):
+        for x, y in image_loader(ds, self.batch, workers=self.cfg.workers):
             yield self._move(x), y.to(self.device)
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -236,39 +284,45 @@ class CachedFeeder:
         val_targets: torch.Tensor | None,
         cfg: TrainConfig,
         device: torch.device,
+        ranks: Ranks = Ranks(),  # noqa: B008 - frozen, shared default
     ):
         self.plan, self.train_store, self.val_store = plan, train_store, val_store
         self.train_targets, self.val_targets = train_targets, val_targets
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.ranks = cfg, device, ranks
+        self.batch = ranks.share(cfg.batch_size)
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.train_store.n_images / self.cfg.batch_size)
+        return math.ceil(len(self.train_order(0)) / self.batch)
 
     def train_order(self, seed: int) -> np.ndarray:
-        return np.random.default_rng(seed).permutation(self.train_store.n_images)
+        return _order(self.train_store.n_images, seed, self.ranks)
 
     def train_batches(self, seed: int):
         rng = np.random.default_rng(seed)
         n = self.train_store.n_images
         order = rng.permutation(n)  # train_order's draw, then each picture's view
         views = rng.integers(0, self.train_store.views, size=n)
-        for start in range(0, n, self.cfg.batch_size):
-            idx = order[start : start + self.cfg.batch_size]
+        if self.ranks.many:
+            order = self.train_order(seed)
+        for start in range(0, len(order), self.batch):
+            idx = order[start : start + self.batch]
             x = self.train_store.get(views[idx], idx).to(self.device, non_blocking=True)
             yield x, self.train_targets[idx].to(self.device)
 
     def val_batches(self):
         if self.val_store is not None:
-            yield from self._in_order(self.val_store, self.val_targets)
+            share = _val_share(self.val_store.n_images, self.ranks)
+            yield from self._in_order(self.val_store, self.val_targets, share)
 
     def plain_train_batches(self, eval_tf: Callable | None = None):
-        """The training pictures in order, unaugmented (view 0), for the exact head fit."""
+        """The training pictures in order, unaugmented (view 0), for the exact head fit (all of
+        them, in every process: each solves the same fit)."""
         yield from self._in_order(self.train_store, self.train_targets)
 
-    def _in_order(self, store: FeatureStore, targets: torch.Tensor):
-        n = store.n_images
-        for start in range(0, n, self.cfg.batch_size):
-            idx = np.arange(start, min(n, start + self.cfg.batch_size))
+    def _in_order(self, store: FeatureStore, targets: torch.Tensor, only=None):
+        positions = np.arange(store.n_images) if only is None else np.asarray(only, np.int64)
+        for start in range(0, len(positions), self.batch):
+            idx = positions[start : start + self.batch]
             x = store.get(np.zeros_like(idx), idx).to(self.device)
             yield x, targets[idx].to(self.device)
 
@@ -373,6 +427,8 @@ class RunSetup:
     # What the task's loss is: one for the run, since a multi-task run's learned task weights
     # (studio.training.multitask) train with the model and are kept in its checkpoints.
     task_loss: Callable | None = None
+    # This process's place among several (studio.training.distributed); one by default.
+    ranks: Ranks = Ranks()  # noqa: RUF009 - frozen, shared default
 
     @property
     def amp(self) -> bool:
@@ -433,7 +489,8 @@ def set_up(
     ``model`` trains a model made elsewhere instead of a new backbone (a pruned model's
     recovery, a student), with ``source`` saying where it came from."""
     dataset = load_training_data(cfg, dataset)
-    device = select_device(cfg.device)
+    where = ranks()
+    device = device_for(select_device(cfg.device), where)
     classes, multilabel = dataset.classes, dataset.multilabel
     if model is not None:
         weights = WeightsInfo("file", None, source or "a model given to train")
@@ -469,6 +526,7 @@ def set_up(
         make_task_loss(
             multilabel, cfg.label_smoothing, dataset.tasks, cfg.task_weights == "uncertainty"
         ),
+        where,
     )
 
 
@@ -553,23 +611,33 @@ def make_feeder(
     augmented ones, a different one each epoch. With ``memo`` (the pretrained backbone's
     features by picture, :mod:`studio.training.feature_memo`) and the whole backbone frozen, the
     plain pictures it holds are not computed again, and those computed here are kept in it.
+    With several processes each computes its share and all of them end up holding the whole
+    cache (:func:`_fill_part`).
     """
-    cfg = run.cfg
+    cfg, where = run.cfg, run.ranks
     train_ds, val_ds = run.train_ds, (run.val_ds if with_val else None)
     if not (cfg.cache and frozen):
-        return ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last)
+        return ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last, where)
     sample = torch.stack([run.eval_tf(open_rgb(s.path)) for s in train_ds.samples[:2]])
     plan, why = plan_cache(run.model, sample.to(run.device))
     if plan is None:
         yield ev.Notice(f"not caching frozen layers: {why}")
-        return ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last)
+        return ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last, where)
     known = _from_memo(run, plan, memo, (train_ds, val_ds), frozen)
     if known.reused:
         yield ev.Notice(f"{known.reused} picture(s) already seen by this backbone (when ranking "
                         "or in an earlier run): their features are reused")  # fmt: skip
-    total = len(train_ds) * views + (len(val_ds) if val_ds else 0) - known.reused
-    done = 0
-    yield ev.Caching(0, total)
+
+    def known_in(part: int) -> int:
+        return len(known.found[part]) if part < len(known.found) else 0
+
+    # Pictures to compute per view (training views, then validation); this process's share.
+    counts = [len(train_ds) - known_in(0)] + [len(train_ds)] * (views - 1)
+    counts += [len(val_ds) - known_in(1)] if val_ds else []
+    progress = [0, sum(len(range(where.rank, c, where.world)) for c in counts)]  # done, to do
+    yield ev.Caching(0, progress[1])
+    if where.many:
+        cache_folder = cache_folder / f"rank{where.rank}"
     stores: list[FeatureStore | None] = []
     for part, (ds, n_views) in enumerate(((train_ds, views), (val_ds, 1))):
         if ds is None:
@@ -580,22 +648,15 @@ def make_feeder(
         )
         stores.append(store)
         missing = known.fill(part, store)  # positions still to compute in view 0, or None
-
-        def batches(view: int, ds: ImageSamples = ds, missing=missing):
-            return _view_batches(run, ds, view, missing if view == 0 else None)
-
-        rows = None if missing is None else (lambda view, m=missing: m if view == 0 else None)
-        for n in fill_store(run.model, plan, store, batches, run.device, run.channels_last, rows):
-            done += n
-            yield ev.Caching(done, total)
-            if stop is not None and stop.is_set():
-                for made in stores:
-                    if made is not None:
-                        made.close()
-                return None
-        known.keep(part, store, missing)
-    where = "on disk" if stores[0].on_disk else "in memory"
-    note = why + f" ({views} view{'s' if views > 1 else ''} per image, {where})"
+        if not (yield from _fill_part(run, plan, store, ds, missing, stop, progress)):
+            for made in stores:
+                if made is not None:
+                    made.close()
+            return None
+        if where.main:
+            known.keep(part, store, missing)
+    place = "on disk" if stores[0].on_disk else "in memory"
+    note = why + f" ({views} view{'s' if views > 1 else ''} per image, {place})"
     if cfg.augment != "none" and views > 1:
         note += f"; augmentation repeats every {views} epochs"
     yield ev.Notice(note)
@@ -607,7 +668,43 @@ def make_feeder(
         val_ds.targets() if val_ds else None,
         cfg,
         run.device,
+        where,
     )
+
+
+def _fill_part(run: RunSetup, plan, store: FeatureStore, ds: ImageSamples, missing, stop,
+               progress: list[int]):  # fmt: skip
+    """Compute ``store`` for the pictures of ``ds`` (view 0: only the ``missing`` positions,
+    when given), yielding ``Caching`` events; False when stopped. With several processes each
+    computes every ``world``-th picture, then they exchange what they computed; a stop asked
+    in any of them stops all (they agree before the exchange)."""
+    where = run.ranks
+
+    def needed(view: int):  # positions the view still needs (None: all, in order)
+        return missing if view == 0 else None
+
+    def mine(view: int):
+        need = needed(view)
+        if not where.many:
+            return need
+        return share_of(range(len(ds)) if need is None else need, where)
+
+    def batches(view: int):
+        return _view_batches(run, ds, view, mine(view))
+
+    stopped = False
+    for n in fill_store(run.model, plan, store, batches, run.device, run.channels_last, mine):
+        progress[0] += n
+        yield ev.Caching(progress[0], progress[1])
+        if stop is not None and stop.is_set():
+            stopped = True
+            break
+    if any_rank(stopped, where):
+        return False
+    for view in range(store.views) if where.many else ():
+        need = needed(view)
+        share_rows(store, view, range(len(ds)) if need is None else need, where)
+    return True
 
 
 def train_epoch(
@@ -622,6 +719,7 @@ def train_epoch(
     extra_loss: Callable[[Step], torch.Tensor] | None = None,
     extra_batches: Iterator | None = None,
     task_weight: float = 1.0,
+    forward: nn.Module | None = None,
 ) -> Generator[ev.Batch, None, tuple[float, float, int, bool]]:
     """One pass over the training batches, yielding a ``Batch`` event per step.
 
@@ -630,12 +728,14 @@ def train_epoch(
     step's model, inputs, targets, logits and the positions of its pictures in the training
     split, and the step's item of ``extra_batches`` (a second stream, for example unlabelled
     pictures; ``None`` once it runs out). The task's own loss is weighted by ``task_weight``
-    (distillation's mix of hard and soft targets).
+    (distillation's mix of hard and soft targets). ``forward`` (a :class:`FeederForward`,
+    maybe in DistributedDataParallel) computes the logits instead of ``feeder.forward``.
 
-    Returns ``(mean loss, accuracy, images seen, whether a stop was asked)``.
+    Returns ``(mean loss, accuracy, images seen, whether a stop was asked)``, over all
+    processes when there are several (which then stop after the same step).
     """
-    cfg, model = run.cfg, run.model
-    model.train()
+    cfg, model, where = run.cfg, run.model, run.ranks
+    (forward or model).train()
     keep_frozen_norms_in_eval(model)
     steps = feeder.steps_per_epoch()
     total_loss, correct, seen = 0.0, 0, 0
@@ -651,11 +751,11 @@ def train_epoch(
             x, y = batch
             extra = next(extra_batches, None) if extra_batches is not None else None
             with autocast(run.device, run.amp):
-                logits = feeder.forward(model, x)
+                logits = forward(x) if forward is not None else feeder.forward(model, x)
                 loss = loss_fn(logits.float(), y) * task_weight
                 if extra_loss is not None:
-                    where = order[(n - 1) * cfg.batch_size : n * cfg.batch_size]
-                    loss = loss + extra_loss(Step(model, x, y, logits, extra, epoch, n, where))
+                    at = order[(n - 1) * feeder.batch : n * feeder.batch]
+                    loss = loss + extra_loss(Step(model, x, y, logits, extra, epoch, n, at))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -667,10 +767,11 @@ def train_epoch(
         )
         seen += len(y)
         yield ev.Batch(epoch, n, steps, float(loss.detach()))
-        if stop is not None and stop.is_set():
+        if any_rank(stop is not None and stop.is_set(), where):
             break
-    stop_asked = stop is not None and stop.is_set()
-    return total_loss / max(1, seen), correct / max(1, seen), seen, stop_asked
+    stop_asked = any_rank(stop is not None and stop.is_set(), where)
+    total_loss, correct, seen = sum_all([total_loss, correct, seen], where)
+    return total_loss / max(1, seen), correct / max(1, seen), int(seen), stop_asked
 
 
 @torch.no_grad()
@@ -688,6 +789,7 @@ def validate(run: RunSetup, feeder) -> tuple[float | None, float | None]:
         total_loss += float(loss_fn(logits, y)) * len(y)
         correct += count_correct(logits, y, multilabel, run.cfg.threshold, tasks)
         seen += len(y)
+    total_loss, correct, seen = sum_all([total_loss, correct, seen], run.ranks)
     if not seen:
         return None, None
     return total_loss / seen, correct / seen

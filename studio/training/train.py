@@ -54,8 +54,10 @@ from ..runs import (
     save_json,
 )
 from .config import TrainConfig
+from .distributed import barrier, check_same, ranks, wrap
 from .feature_memo import FeatureMemo
 from .loop import (
+    FeederForward,
     Objective,
     RunSetup,
     StopFlag,
@@ -275,9 +277,10 @@ def train(
     """
     run_dir = Path(config.out)
     log_file = None
+    main = ranks().main  # with several processes, rank 0 alone keeps the events
     try:
         for event in _train(config, dataset, stop, objective or Objective()):
-            if isinstance(event, ev.Started):
+            if isinstance(event, ev.Started) and main:
                 log_file = open(run_dir / EVENTS, "a")  # noqa: SIM115 - closed below
             if log_file is not None and not isinstance(event, ev.Batch | ev.Caching):
                 log_file.write(event.to_json() + "\n")
@@ -314,7 +317,9 @@ def _train(
     cfg: TrainConfig, dataset: Dataset | None, stop: StopFlag | None, objective: Objective
 ) -> Iterator[ev.Event]:
     t_start = time.perf_counter()
-    cfg, resume_state = _open_run(cfg.validate())
+    where = ranks()
+    cfg, resume_state = _open_run(cfg.validate(), where.main)
+    barrier(where)  # the others start once rank 0 has checked and made the run folder
     dataset = load_training_data(cfg, dataset)
     if resume_state is not None and resume_state["split_hash"] != dataset.split_hash():
         raise StudioError("the data changed since this run started; resume needs the same split")
@@ -322,7 +327,8 @@ def _train(
     if objective.prepare is not None:
         objective.prepare(run.model)
     loss_fn = _training_loss(run)  # before a resume loads trained weights (L2-SP's reference)
-    _write_run_files(run, first=resume_state is None)
+    if where.main:
+        _write_run_files(run, first=resume_state is None)
     progress = _Progress.resume(resume_state, run.model) if resume_state else _Progress()
     if resume_state and resume_state.get("task_loss") and isinstance(run.task_loss, nn.Module):
         run.task_loss.load_state_dict(resume_state["task_loss"])
@@ -336,11 +342,14 @@ def _train(
         run, phases, progress, (loss_fn, objective), resume_state, stop,
         last_frozen if shared else None,
     )  # fmt: skip
+    barrier(where)  # every process has closed its share of the cache
+    check_same(run.model, where)
     if not progress.history:
         if stopped:
             return  # stopped before the first epoch: there is no model to keep
         raise StudioError("no epoch was trained")
-    yield _finish(run, progress, stopped, time.perf_counter() - t_start)
+    if where.main:  # the others' work is done: rank 0 measures and saves the model
+        yield _finish(run, progress, stopped, time.perf_counter() - t_start)
 
 
 def _run_phases(run: RunSetup, phases, progress, losses, resume_state, stop, cache_frozen):
@@ -411,8 +420,9 @@ def _feeder_for(run: RunSetup, frozen: list[str], cache_frozen: list[str] | None
         apply_freeze(run.model, run.groups, frozen)
 
 
-def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
-    """The config to use and, when resuming, the checkpoint; refuses to overwrite a run."""
+def _open_run(cfg: TrainConfig, main: bool = True) -> tuple[TrainConfig, dict | None]:
+    """The config to use and, when resuming, the checkpoint; refuses to overwrite a run.
+    Only the ``main`` process checks and prepares the folder (the others read it)."""
     run_dir = Path(cfg.out)
     checkpoint_path = run_dir / CHECKPOINT
     if cfg.resume:
@@ -423,6 +433,8 @@ def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
             raise RunError(f"{run_dir / CONFIG} is damaged (not a settings object)")
         config = TrainConfig.from_dict({**saved, "resume": True, "out": str(run_dir)})
         return config.validate(), load_checkpoint(checkpoint_path)
+    if not main:
+        return cfg, None
     if (run_dir / CONFIG).exists() and not _never_set_up(run_dir):
         hint = (
             " (it has a checkpoint: add --resume to continue it)"
@@ -489,6 +501,9 @@ def _run_phase(
     if learned:  # a multi-task run's learned task weights (never decayed: they are not weights)
         groups.append({"params": learned, "lr": cfg.lr, "weight_decay": 0.0})
     optimizer = make_optimizer(cfg, groups)
+    # With several processes, DistributedDataParallel averages the gradients of each step.
+    extra = run.task_loss if learned else None
+    forward = wrap(FeederForward(model, feeder, extra), run.ranks, run.device)
     steps = feeder.steps_per_epoch()
     scheduler = make_scheduler(cfg, optimizer, steps * phase.epochs, steps)
     if resume_state and int(resume_state["phase"]) == index:
@@ -503,6 +518,7 @@ def _run_phase(
             run, feeder, loss_fn, optimizer, scheduler, scaler, epoch, stop,
             extra_loss=objective.extra_loss, task_weight=objective.task_weight,
             extra_batches=objective.extra_batches(epoch) if objective.extra_batches else None,
+            forward=forward if run.ranks.many else None,
         )  # fmt: skip
         if stop_asked and seen < len(run.train_ds):
             return _STOPPED_BY_USER  # a half epoch is not an epoch: keep the best finished one
@@ -534,11 +550,14 @@ def _close_epoch(
     ``Checkpoint`` events; shared by trained epochs and the exact fit's rounds."""
     model, run_dir = run.model, Path(run.cfg.out)
     improved = progress.record(row, model, candidate)
-    save_history(run_dir / HISTORY, progress.history)
-    state = progress.checkpoint(model, optimizer, scheduler, index, run.dataset.split_hash())
-    if isinstance(run.task_loss, nn.Module):  # learned task weights go on where they were
-        state["task_loss"] = {k: v.detach().cpu() for k, v in run.task_loss.state_dict().items()}
-    save_checkpoint(run_dir / CHECKPOINT, state)
+    if run.ranks.main:  # with several processes, rank 0 alone writes
+        save_history(run_dir / HISTORY, progress.history)
+        state = progress.checkpoint(model, optimizer, scheduler, index, run.dataset.split_hash())
+        if isinstance(run.task_loss, nn.Module):  # learned task weights go on where they were
+            state["task_loss"] = {
+                k: v.detach().cpu() for k, v in run.task_loss.state_dict().items()
+            }
+        save_checkpoint(run_dir / CHECKPOINT, state)
     yield ev.Epoch(
         row["epoch"],
         run.cfg.epochs,
@@ -695,6 +714,7 @@ def _run_info(run: RunSetup, progress: _Progress) -> dict:
         "data_root": str(dataset.root),
         "classes": dataset.classes,
         "sizes": {k: len(v) for k, v in dataset.splits.items()},
+        "processes": run.ranks.world,  # torch.distributed processes that trained it
         # what each task's loss weighed at the end (learned, or 1 each)
         **(
             {"task_weights": run.task_loss.weights()}
