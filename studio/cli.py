@@ -587,6 +587,26 @@ def _progress_bar(title: str):
     return bar, update
 
 
+@contextlib.contextmanager
+def _count_bar(title: str, unit: str) -> Iterator:
+    """A tqdm bar on stderr driven by ``progress(done, total)`` calls."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=title, unit=unit, leave=False)
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _cmd_explain(args) -> int:
     from .errors import StudioError
     from .inspection.explain import METHODS, Explainer, faithfulness_verdict, overlay
@@ -796,7 +816,8 @@ def _cmd_data(args) -> int:
     if args.against:
         return _new_pictures_report(args)
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
-    dataset = load_dataset(args.data, seed=args.seed, tasks=tasks)
+    with _count_bar("checking pictures", "img") as progress:  # on stderr; the report on stdout
+        dataset = load_dataset(args.data, seed=args.seed, tasks=tasks, progress=progress)
     if args.json:
         print(json.dumps(dataset.report.to_dict()))
     else:

@@ -170,6 +170,21 @@ def test_export_gives_one_named_output_per_task(multitask_run):
     x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
     material, colour = session.run(None, {"image": x})
     assert material.shape == (2, 3) and colour.shape == (2, 3)
+    # The code shown beside the download (and run on the unpacked zip before it is called
+    # checked) prints each task's answer for a picture beside the model.
+    import shutil
+    import subprocess
+    import sys
+
+    from studio.deployment.export import check_images
+    from studio.deployment.samples import samples_for
+
+    shutil.copy(check_images(multitask_run, 1)[0], multitask_run / "photo.jpg")
+    printed = subprocess.run([sys.executable, "-c", samples_for(True)["onnx"]],
+                             cwd=multitask_run, capture_output=True, text=True)  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    answer = printed.stdout.strip()  # "material: brick, colour: blue"
+    assert [part.split(":")[0] for part in answer.split(", ")] == ["material", "colour"], answer
 
 
 def test_compression_and_adaptation_refuse_a_multitask_run(multitask_run, tmp_path):
@@ -291,7 +306,7 @@ def test_the_app_handlers_show_each_task(multitask_run, tasks_csv, tmp_path):
     head, _, table, rows, _, _, picker = show_run(ctx, ws.id, "tasks", "colour")
     assert "**colour**: accuracy" in head and picker["value"] == "colour" and picker["visible"]
     assert table["headers"] == ["true \\ predicted", "blue", "natural", "red"]
-    title, _ = cell_pictures(ctx, ws.id, "tasks", "colour", SimpleNamespace(index=(0, 1)))
+    title, *_ = cell_pictures(ctx, ws.id, "tasks", "colour", SimpleNamespace(index=(0, 1)))
     assert "of blue predicted as blue" in title
     opened = from_top_loss(ctx, ws.id, "tasks", "colour", SimpleNamespace(index=0))
     assert opened[3].startswith("colour: ")  # the model's class, for the Explain tab

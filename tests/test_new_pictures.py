@@ -90,7 +90,7 @@ def test_the_data_tab_shows_the_new_pictures_report(example, tmp_path):
     ctx = Context(tmp_path / "app")
     _, ws = ctx.open(None)
     ws.load_example()
-    labels, text, gallery, copies, skipped = views(ctx, ws.id)
+    labels, text, gallery, _, _, copies, skipped = views(ctx, ws.id)
     assert text == "No new pictures yet." and gallery == copies == skipped == []
     assert labels["choices"] == [("no label", ""), ("brick", "brick"), ("grass", "grass"),
                                  ("gravel", "gravel")]  # fmt: skip
@@ -103,7 +103,8 @@ def test_the_data_tab_shows_the_new_pictures_report(example, tmp_path):
     assert said.startswith("Added a photo to the new pictures. **2 new pictures**")
     with pytest.raises(StudioError, match="take a photo first"):
         add_snapshot(ctx, ws.id, "", None)
-    _, text, gallery, copies, skipped = views(ctx, ws.id)
+    _, text, gallery, number, where, copies, skipped = views(ctx, ws.id)
+    assert number == 1 and where == ""  # two pictures: one page
     assert "2 new pictures: 1 gravel, 1 unlabelled" in text
     assert "1 of them are copies of training pictures" in text
     assert copies == [[f"gravel/{picture.name}", f"gravel/{picture.name}", "identical"]]

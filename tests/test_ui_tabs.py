@@ -101,12 +101,13 @@ def test_the_data_handlers_work_without_a_browser(tmp_path, small_example):
     ctx = Context(tmp_path / "app")
     _, ws = ctx.open(None)
     status, *views = add_class(ctx, ws.id, "brick")
-    assert "Added class **brick**" in status and len(views) == 7
+    assert "Added class **brick**" in status and len(views) == 9
     with pytest.raises(StudioError, match="choose some pictures"):
         add_pictures(ctx, ws.id, "brick", [])
     pictures = [str(p) for p in sorted((small_example / "brick").glob("*.jpg"))[:3]]
     status, *views = add_pictures(ctx, ws.id, "brick", pictures)
-    assert len(show_class(ctx, ws.id, "brick")) == 3 and show_class(ctx, ws.id, None) == []
+    assert len(show_class(ctx, ws.id, "brick")[0]) == 3
+    assert show_class(ctx, ws.id, None) == ([], 1, "")
     status, *_ = delete(ctx, ws.id, "brick")
     assert "Deleted" in status and ws.classes() == []
 
@@ -116,7 +117,7 @@ def test_the_evaluate_and_explain_handlers_work_without_a_browser(tmp_path, trai
     from types import SimpleNamespace
 
     from studio.errors import StudioError
-    from studio.ui.evaluate_tab import cell_pictures, show_run
+    from studio.ui.evaluate_tab import cell_page, cell_pictures, show_run
     from studio.ui.explain_tab import (
         TRUE,
         Stops,
@@ -132,8 +133,11 @@ def test_the_evaluate_and_explain_handlers_work_without_a_browser(tmp_path, trai
     shutil.copytree(trained_run, ws.runs_dir / "mine")
     head, heatmap, table, rows, losses, pairs, _ = show_run(ctx, ws.id, "mine")
     assert head.startswith("## Accuracy") and len(rows) == 3 and heatmap is not None
-    title, pictures = cell_pictures(ctx, ws.id, "mine", None, SimpleNamespace(index=(0, 1)))
+    title, pictures, number, _, cell = cell_pictures(
+        ctx, ws.id, "mine", None, SimpleNamespace(index=(0, 1))
+    )
     assert "(correct)" in title and len(pictures) == int(title.split("**")[1].split()[0])
+    assert number == 1 and cell_page(ctx, ws.id, "mine", None, cell, 5)[0] == pictures
     assert cell_pictures(ctx, ws.id, "mine", None, SimpleNamespace(index=(0, 0)))[1] == []
 
     assert refresh_sources(ctx, ws.id)["value"] == "mine"
@@ -163,3 +167,16 @@ def test_the_train_handlers_read_the_settings_by_name(tmp_path):
     ctx = Context(tmp_path)
     _, ws = ctx.open(None)
     assert stop_training(ctx, ws.id) == "Nothing is running (training)."
+
+
+def test_pages_of_a_gallery_never_hold_more_than_a_page():
+    from studio.ui.pager import PAGE_SIZE, page_of
+
+    items = list(range(2 * PAGE_SIZE + 4))
+    shown, number, where = page_of(items, 1)
+    assert shown == items[:PAGE_SIZE] and number == 1
+    assert where == f"page 1 of 3 ({len(items)} pictures)"
+    assert page_of(items, 99)[:2] == (items[2 * PAGE_SIZE :], 3)  # past the end: the last page
+    assert page_of(items, 0)[1] == 1 and page_of(items, None)[1] == 1
+    assert page_of(items[:5], 1) == (items[:5], 1, "")  # one page: nothing to say
+    assert page_of([], 3) == ([], 1, "")

@@ -11,6 +11,7 @@ from ..errors import StudioError
 from ..inspection import charts
 from .common import Context, as_text, friendly
 from .new_pictures import build_new_pictures
+from .pager import bind_pager, build_pager, page_of
 from .tabs import TabParts
 
 HELP = """### 1. Your pictures
@@ -50,17 +51,18 @@ def _set_views(ws, selected: str | None):
     seen = selected if selected in shown else (shown[0] if shown else None)
     class_update = gr.update(choices=classes, value=pick)
     show_update = gr.update(choices=shown, value=seen)
-    gallery = [(str(p), p.name) for p in ws.images(seen)][:60] if seen else []
+    gallery = _class_page(ws, seen, 1)  # the gallery, its page number, where the page is
     counts = ws.counts()
     refused = [[name, f"refused on upload: {why}"] for name, why in ws.refused()]
     if sum(counts.values()) == 0:
         empty = charts.class_counts({})
-        return class_update, show_update, empty, "No pictures yet.", gallery, refused
+        return class_update, show_update, empty, "No pictures yet.", *gallery, refused
     try:
         dataset = ws.dataset()
     except StudioError as exc:
         figure = charts.class_counts({"pictures": counts})
-        return class_update, show_update, figure, f"**Not ready to train:** {exc}", gallery, refused
+        report = f"**Not ready to train:** {exc}"
+        return class_update, show_update, figure, report, *gallery, refused
     report = dataset.report
     lines = [
         f"**{report.total} pictures in {len(report.classes)} classes**, split into "
@@ -98,7 +100,7 @@ def _set_views(ws, selected: str | None):
         show_update,
         charts.class_counts(report.counts),
         "\n".join(lines),
-        gallery,
+        *gallery,
         skipped,
     )
 
@@ -183,9 +185,15 @@ def delete(ctx: Context, ws_id, cls):
     return (f"Deleted class **{cls}**.", *_views(ctx, ws_id))
 
 
-def show_class(ctx: Context, ws_id, cls) -> list:
-    """The first 60 pictures of a class, for the gallery."""
-    return [(str(p), p.name) for p in ctx.workspace(ws_id).images(cls)][:60] if cls else []
+def _class_page(ws, cls: str | None, page) -> tuple[list, int, str]:
+    pictures = ws.images(cls) if cls else []
+    shown, number, where = page_of(pictures, page)
+    return [(str(p), p.name) for p in shown], number, where
+
+
+def show_class(ctx: Context, ws_id, cls, page=1) -> tuple[list, int, str]:
+    """A page of a class's pictures for the gallery, its number and where it is."""
+    return _class_page(ctx.workspace(ws_id), cls, page)
 
 
 def _add_pictures_column() -> dict:
@@ -233,8 +241,8 @@ def _report_column() -> dict:
     c["show_class"] = gr.Dropdown(
         label="Show pictures of", choices=[], info="Pick a class to see its pictures."
     )
-    c["gallery"] = gr.Gallery(
-        label="Pictures", columns=6, height=300, allow_preview=True, elem_id="data-gallery"
+    c["pager"] = build_pager(
+        "data-gallery", label="Pictures", columns=6, height=300, allow_preview=True
     )
     c["skipped"] = gr.Dataframe(
         headers=["file", "why it was skipped"],
@@ -274,8 +282,8 @@ def build_data_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -
             r = _report_column()
     new_views, show_new = build_new_pictures(ctx, ws_state, tab)
     # In the order _views returns them.
-    views = [picture_set, a["target"], r["show_class"], r["counts"], r["report"], r["gallery"]]
-    views.append(r["skipped"])
+    views = [picture_set, a["target"], r["show_class"], r["counts"], r["report"]]
+    views += [*r["pager"].outputs, r["skipped"]]
     outputs = [status, *views]
 
     def on(event, handler, inputs, **kw):
@@ -293,9 +301,9 @@ def build_data_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) -
     on(a["snap"].click, add_snapshot, [a["target"], a["webcam"]])
     on(a["rename"].click, rename, [a["target"], a["rename_to"]])
     on(a["delete"].click, delete, [a["target"]])
-    r["show_class"].change(
-        friendly(functools.partial(show_class, ctx)), [ws_state, r["show_class"]], r["gallery"]
-    )
+    shown = friendly(functools.partial(show_class, ctx))
+    r["show_class"].change(shown, [ws_state, r["show_class"]], r["pager"].outputs)
+    bind_pager(r["pager"], shown, [ws_state, r["show_class"]])
     return TabParts(
         views=views + new_views,
         refresh=lambda ws_id: (*_views(ctx, ws_id), *show_new(ws_id)),

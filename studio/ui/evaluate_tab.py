@@ -11,6 +11,7 @@ from ..errors import StudioError
 from ..inspection import charts
 from .common import Context, friendly, run_metrics, run_picker
 from .layers_panel import build_layers_panel
+from .pager import bind_pager, build_pager, page_of
 from .tabs import TabParts
 
 HELP = """### 4. How good is it?
@@ -66,10 +67,10 @@ def show_run(ctx: Context, ws_id, name, task=None):
     )
 
 
-def cell_pictures(ctx: Context, ws_id, name, task, evt: gr.SelectData):
-    """The pictures behind a clicked cell of the confusion table (of the task shown)."""
+def _cell_hits(ctx: Context, ws_id, name, task, cell) -> tuple[str, list]:
+    """The title and the predictions behind the cell ``(row, column)`` of the table."""
     m, _ = task_metrics(run_metrics(ctx.workspace(ws_id), name), task)
-    row, col = evt.index
+    row, col = cell
     if col == 0:
         return "Click a number, not a class name.", []
     true, predicted = m["labels"][row], m["labels"][col - 1]
@@ -79,7 +80,23 @@ def cell_pictures(ctx: Context, ws_id, name, task, evt: gr.SelectData):
     title = f"**{len(hits)} picture(s) of {true} predicted as {predicted}**" + (
         " (correct)" if true == predicted else ""
     )
-    return title, [(p["path"], f"{p['confidence']:.0%}") for p in hits]
+    return title, hits
+
+
+def cell_page(ctx: Context, ws_id, name, task, cell, page=1) -> tuple[list, int, str]:
+    """A page of the pictures behind ``cell`` (a big split's diagonal holds thousands)."""
+    if not cell:
+        return [], 1, ""
+    shown, number, where = page_of(_cell_hits(ctx, ws_id, name, task, cell)[1], page)
+    return [(p["path"], f"{p['confidence']:.0%}") for p in shown], number, where
+
+
+def cell_pictures(ctx: Context, ws_id, name, task, evt: gr.SelectData):
+    """(title, the first page of the clicked cell's pictures, its number, where it is, the
+    cell: kept for the page buttons)."""
+    cell = tuple(evt.index)
+    title, _ = _cell_hits(ctx, ws_id, name, task, cell)
+    return title, *cell_page(ctx, ws_id, name, task, cell), cell
 
 
 def loss_maps(ctx: Context, ws_id, name, task=None, progress=gr.Progress()):
@@ -152,8 +169,9 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
                 label="Confusion matrix: click a cell", interactive=False, elem_id="confusion-table"
             )
             cell_title = gr.Markdown()
-            cell_gallery = gr.Gallery(
-                label="Pictures in this cell", columns=4, height=240, elem_id="cell-gallery"
+            cell = gr.State(None)
+            cell_pager = build_pager(
+                "cell-gallery", label="Pictures in this cell", columns=4, height=240
             )
     per_class = gr.Dataframe(
         headers=["class", "precision", "recall", "F1", "pictures"],
@@ -167,8 +185,11 @@ def build_evaluate_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
     run.change(friendly(bind(show_run, ctx)), [ws_state, run], outputs)
     task.input(friendly(bind(show_run, ctx)), [ws_state, run, task], outputs)
     table.select(
-        friendly(bind(cell_pictures, ctx)), [ws_state, run, task], [cell_title, cell_gallery]
+        friendly(bind(cell_pictures, ctx)),
+        [ws_state, run, task],
+        [cell_title, *cell_pager.outputs, cell],
     )
+    bind_pager(cell_pager, friendly(bind(cell_page, ctx)), [ws_state, run, task, cell])
     h["explain_all"].click(
         friendly(bind(loss_maps, ctx)), [ws_state, run, task], [h["maps"], h["maps_note"]]
     )

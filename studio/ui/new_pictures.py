@@ -16,6 +16,7 @@ import gradio as gr
 
 from ..errors import StudioError
 from .common import Context, as_text, friendly
+from .pager import bind_pager, build_pager, page_of
 
 __all__ = ["add_new", "remove_new", "new_pictures_status", "build_new_pictures"]
 
@@ -73,23 +74,30 @@ def _short(path: str, root: Path) -> str:
 
 
 def views(ctx: Context, ws_id):
-    """(label chooser, report, gallery, copies of training pictures, skipped files); nothing
-    changes before the page has opened its workspace (the first tab's select comes first)."""
+    """(label chooser, report, the gallery's first page, its number, where it is, copies of
+    training pictures, skipped files); nothing changes before the page has opened its
+    workspace (the first tab's select comes first)."""
     if not ws_id:
-        return (gr.update(),) * 5
+        return (gr.update(),) * 7
     ws = ctx.workspace(ws_id)
     labels = gr.update(choices=[("no label", NO_LABEL)] + [(c, c) for c in ws.classes()])
     report = ws.new_pictures_report()
     if not report.count and not report.skipped:
-        return labels, "No new pictures yet.", [], [], []
+        return labels, "No new pictures yet.", [], 1, "", [], []
     lines = [as_text(line) for line in report.lines()]  # labels come from uploads: text only
     text = "\n".join(["**New pictures:** " + lines[0], ""] + [f"- {line}" for line in lines[1:]])
-    pictures = sorted(f for f in ws.new_dir.rglob("*") if f.is_file())[:60]
-    gallery = [(str(p), _short(str(p), ws.new_dir)) for p in pictures]
     copies = [[_short(new, ws.new_dir), _short(old, ws.data_dir), kind]
               for new, old, kind in report.copies]  # fmt: skip
     skipped = [[_short(p, ws.new_dir), why] for p, why in report.skipped]
-    return labels, text, gallery, copies, skipped
+    return labels, text, *new_page(ctx, ws_id), copies, skipped
+
+
+def new_page(ctx: Context, ws_id, page=1) -> tuple[list, int, str]:
+    """A page of the new pictures for the gallery, its number and where it is."""
+    folder = ctx.workspace(ws_id).new_dir
+    pictures = sorted(f for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else []
+    shown, number, where = page_of(pictures, page)
+    return [(str(p), _short(str(p), folder)) for p in shown], number, where
 
 
 def build_new_pictures(ctx: Context, ws_state: gr.State, tab: gr.Tab) -> tuple[list, object]:
@@ -113,15 +121,16 @@ def build_new_pictures(ctx: Context, ws_state: gr.State, tab: gr.Tab) -> tuple[l
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="data-new-status")
                 report = gr.Markdown("No new pictures yet.", elem_id="data-new-report")
-                gallery = gr.Gallery(label="New pictures", columns=6, height=220,
-                                     elem_id="data-new-gallery")  # fmt: skip
+                pager = build_pager("data-new-gallery", label="New pictures", columns=6,
+                                    height=220)  # fmt: skip
                 copies = gr.Dataframe(headers=COPY_HEADERS, interactive=False, wrap=True,
                                       label="New pictures that are copies of training pictures",
                                       elem_id="data-new-copies")  # fmt: skip
                 skipped = gr.Dataframe(headers=SKIP_HEADERS, interactive=False, wrap=True,
                                        label="Skipped files", elem_id="data-new-skipped")  # fmt: skip
-    shown = [label, report, gallery, copies, skipped]
+    shown = [label, report, *pager.outputs, copies, skipped]
     show = friendly(functools.partial(views, ctx))
+    bind_pager(pager, friendly(functools.partial(new_page, ctx)), [ws_state])
 
     def on(event, handler, inputs):
         bound = friendly(functools.partial(handler, ctx))

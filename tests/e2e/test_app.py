@@ -4,6 +4,7 @@ predict, export, and bad uploads that leave the app working."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -167,7 +168,6 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     expect(page.get_by_text("picture(s) of brick predicted as brick")).to_be_visible()
     expect(page.locator("#cell-gallery img").first).to_be_visible()
     shot(page, "4-evaluate")
-    look_inside(page)
 
     # One click draws what the model looked at in each of the hardest pictures.
     hardest = page.locator("#top-losses .thumbnail-item").count()
@@ -244,6 +244,18 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
         "MODEL_CARD.md",
     } <= names
     shot(page, "9-export")
+
+
+@pytest.mark.slow
+def test_look_inside_a_trained_model(page):
+    """The Evaluate tab's layer panels (what training changed per group; two models compared
+    stage by stage). Left out of the default run for time: the engine's tests cover both."""
+    load_example(page)
+    start_training(page, "1")
+    expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=180_000)
+    page.get_by_role("tab", name="4 · Evaluate").click()
+    expect(page.locator("#eval-headline")).to_contain_text("Accuracy", timeout=30_000)
+    look_inside(page)
 
 
 def train_everything(page) -> None:
@@ -554,12 +566,41 @@ def test_explain_an_imagenet_model_without_training(page, tmp_path):
     )
 
 
-def test_compress_three_variants_compare_them_and_export_one(page):
+def compress_tab(page) -> None:
+    """A trained example run, and the Compress tab open on it."""
     load_example(page)
     start_training(page, "2")
     expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=180_000)
-
     page.get_by_role("tab", name="7 · Compress").click()
+
+
+def distill_in_the_tab(page) -> None:
+    """Teach a Lite0 student (offline weights only) for one epoch, with its alone twin."""
+    page.locator("#compress-method").get_by_label("Teach a smaller student").check()
+    student = page.locator("#compress-student input")
+    expect(student).to_have_value("EfficientNet-Lite0", timeout=30_000)  # offline weights only
+    set_number(page, "Student epochs", "1")
+    page.locator("#compress-go").click()
+    status = page.locator("#compress-status")
+    expect(status).not_to_contain_text("Done", timeout=30_000)
+    expect(status).to_contain_text("Done: accuracy", timeout=300_000)
+
+
+@pytest.mark.slow
+def test_distill_from_the_compress_tab(page):
+    """The third method (the default run clicks through int8 and pruning; the engine's
+    distillation tests run by default): the student and the student alone join the chart."""
+    compress_tab(page)
+    distill_in_the_tab(page)
+    table = page.locator("#compress-table")
+    for made_by in ("original", "distill", "student alone"):
+        expect(table).to_contain_text(made_by)
+    assert plot_points(page, "compress-chart") == 2  # the original and the student
+    assert page.locator("#compress-variant input").input_value().endswith("-student-lite0")
+
+
+def test_compress_two_variants_compare_them_and_export_one(page):
+    compress_tab(page)
     expect(page.locator("#compress-run input")).not_to_have_value("", timeout=30_000)
     page.locator("#compress-go").click()  # int8 first (the default method)
     status = page.locator("#compress-status")
@@ -570,23 +611,18 @@ def test_compress_three_variants_compare_them_and_export_one(page):
     page.locator("#compress-go").click()
     expect(status).not_to_contain_text("Done", timeout=30_000)  # the second one started
     expect(status).to_contain_text("Done: accuracy", timeout=300_000)
-
-    page.locator("#compress-method").get_by_label("Teach a smaller student").check()
-    student = page.locator("#compress-student input")
-    expect(student).to_have_value("EfficientNet-Lite0", timeout=30_000)  # offline weights only
-    set_number(page, "Student epochs", "1")
-    page.locator("#compress-go").click()
-    expect(status).not_to_contain_text("Done", timeout=30_000)
-    expect(status).to_contain_text("Done: accuracy", timeout=300_000)
+    if os.environ.get("STUDIO_SCREENSHOTS"):  # the README's picture shows all three methods
+        distill_in_the_tab(page)
     table = page.locator("#compress-table")
-    for made_by in ("original", "quantize", "prune", "distill", "student alone"):
+    for made_by in ("original", "quantize", "prune"):
         expect(table).to_contain_text(made_by)
-    assert plot_points(page, "compress-chart") == 4  # the original and three variants
+    made = 4 if os.environ.get("STUDIO_SCREENSHOTS") else 3
+    assert plot_points(page, "compress-chart") == made  # the original and each variant
     page.locator("#compress-table").scroll_into_view_if_needed()
     shot(page, "7-compress")
 
     picked = page.locator("#compress-variant input")
-    assert picked.input_value().endswith("-student-lite0")  # the newest is picked
+    assert picked.input_value().endswith(("-pruned", "-student-lite0"))  # the newest is picked
     picked.click()
     page.get_by_role("option").filter(has_text="-int8").click()  # the int8 one, to take away
     variant = picked.input_value()
@@ -698,8 +734,8 @@ def test_rank_backbones_for_my_pictures_chooses_one(page):
 
 def test_several_tasks_from_a_table_train_evaluate_predict_export(page, tmp_path):
     """The multi-task example: the Data tab names each column's task, one run learns both with
-    learned task weights, Evaluate shows each task, Predict answers each, and the download's
-    ONNX file gives one named output per task, checked as received."""
+    learned task weights, Evaluate shows each task, Predict answers each, and Export's code
+    prints each task's answer."""
     page.locator("#load-multitask").click()
     report = page.locator("#data-report")
     expect(report).to_contain_text("108 pictures with 2 tasks", timeout=60_000)
@@ -731,20 +767,80 @@ def test_several_tasks_from_a_table_train_evaluate_predict_export(page, tmp_path
     expect(answer).to_contain_text("material: gravel", timeout=60_000)
     expect(answer).to_contain_text("colour: red")
 
+    # The code shown beside the download follows the run: it prints every task's answer. (The
+    # zip itself, one named ONNX output per task, checked as received, is built and read in
+    # tests/test_multitask.py; the download button is clicked through in the walkthrough.)
     page.get_by_role("tab", name="9 · Export").click()
     expect(page.locator("#export-code-onnx")).to_contain_text('info["tasks"]', timeout=30_000)
-    page.get_by_role("button", name="Build the download").click()
-    checks = page.locator("#export-checks")
-    expect(checks).to_contain_text("every file in the zip works as shown", timeout=240_000)
-    with page.expect_download() as info:
-        page.locator("#export-zip a").first.click()
-    info.value.save_as(tmp_path / "model.zip")
-    with zipfile.ZipFile(tmp_path / "model.zip") as zf:
-        onnx_name = next(n for n in zf.namelist() if n.endswith("model.onnx"))
-        (tmp_path / "model.onnx").write_bytes(zf.read(onnx_name))
-        card = zf.read(onnx_name.replace("model.onnx", "MODEL_CARD.md")).decode()
-    import onnxruntime as ort
 
-    outputs = ort.InferenceSession(str(tmp_path / "model.onnx")).get_outputs()
-    assert [o.name for o in outputs] == ["material", "colour"]
-    assert "**2 questions**" in card and "loss weight" in card
+
+def many_pictures_zip(dest: Path, per_class: int) -> Path:
+    """A zip of ``per_class`` distinct small pictures in each of three classes (a seeded
+    colour per class under seeded noise, so that they can be learnt and none is a copy)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = {"red": (200, 60, 50), "green": (60, 170, 70), "blue": (50, 80, 200)}
+    with zipfile.ZipFile(dest, "w") as zf:
+        for name, colour in colours.items():
+            for i in range(per_class):
+                noise = rng.integers(-60, 60, (32, 32, 3))
+                pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+                buffer = io.BytesIO()
+                Image.fromarray(pixels).save(buffer, "PNG")
+                zf.writestr(f"{name}/{name}_{i:04d}.png", buffer.getvalue())
+    return dest
+
+
+def many_pictures_in_the_data_tab(page, tmp_path, per_class: int) -> Path:
+    """Upload a zip of ``3 x per_class`` pictures; the class gallery shows a page at a time
+    and turns its pages. Returns the zip."""
+    total = 3 * per_class
+    archive = many_pictures_zip(tmp_path / "many.zip", per_class)
+    page.locator("#data-zip input[type=file]").set_input_files(str(archive))
+    expect(page.locator("#data-report")).to_contain_text(
+        f"{total} pictures in 3 classes", timeout=max(60_000, total * 100)
+    )
+    pages = -(-per_class // 48)
+    where = page.locator("#data-gallery-where")
+    expect(where).to_contain_text(f"page 1 of {pages} ({per_class} pictures)")
+    assert page.locator("#data-gallery img").count() <= 48
+    page.locator("#data-gallery-next").click()
+    expect(where).to_contain_text(f"page 2 of {pages}")
+    expect(page.locator("#data-gallery-page input")).to_have_value("2")
+    page.locator("#data-gallery-previous").click()
+    expect(where).to_contain_text(f"page 1 of {pages}")
+    return archive
+
+
+def test_a_class_of_many_pictures_is_shown_a_page_at_a_time(page, tmp_path):
+    many_pictures_in_the_data_tab(page, tmp_path, 110)
+
+
+@pytest.mark.slow
+def test_5000_pictures_through_data_train_evaluate_predict(page, tmp_path):
+    """A workspace of 5,001 pictures: the galleries are paged, and training, a confusion
+    cell's pictures (a page of them) and a prediction work as with a few."""
+    archive = many_pictures_in_the_data_tab(page, tmp_path, 1667)
+    page.get_by_role("tab", name="3 · Train").click()
+    page.locator("#preset").get_by_text("Quick", exact=True).click()
+    page.get_by_role("button", name="Start training").click()
+    expect(page.locator("#train-status")).to_contain_text("Done", timeout=1_200_000)
+
+    page.get_by_role("tab", name="4 · Evaluate").click()
+    expect(page.locator("#confusion-table tbody")).to_contain_text("green", timeout=30_000)
+    page.locator("#confusion-table [role=gridcell]").nth(1).click()  # true blue, said blue
+    expect(page.get_by_text("of blue predicted as blue")).to_be_visible()
+    assert page.locator("#cell-gallery img").count() <= 48
+    page.locator("#cell-gallery-next").click()  # about 250 test pictures a class
+    expect(page.locator("#cell-gallery-where")).to_contain_text("page 2 of")
+
+    page.get_by_role("tab", name="6 · Predict").click()
+    picture = tmp_path / "red.png"
+    with zipfile.ZipFile(archive) as zf:
+        picture.write_bytes(zf.read("red/red_0000.png"))
+    page.locator("#predict-image input[type=file]").set_input_files(str(picture))
+    expect(page.locator("#predict-answer")).to_contain_text("red", timeout=60_000)
