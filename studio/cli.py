@@ -113,6 +113,9 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    # How the app hands a run to --devices: its settings as made, every event as a JSON line.
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    p.add_argument("--all-events", action="store_true", help=argparse.SUPPRESS)
 
 
 def _add_run_commands(sub) -> None:
@@ -323,6 +326,11 @@ def _train_config(args):
     overrides.pop("data", None)
     if not args.out:
         overrides["out"] = _default_out(args.data)
+    if args.config:  # settings made elsewhere (the app), used as they are
+        from .runs import load_json
+
+        made = TrainConfig.from_dict({**load_json(args.config), "resume": args.resume})
+        return made.validate(), None, ""
     config = TrainConfig(data=args.data, **overrides).validate()  # before the data is read
     if args.resume:
         return config, None, ""  # the run's own config.json decides
@@ -443,15 +451,16 @@ class _EventPrinter:
         return None
 
 
-def _follow(events, as_json: bool, printer: _EventPrinter) -> None:
-    """Print a job's events: JSON lines (without the per-batch ones) or for a person."""
+def _follow(events, as_json: bool, printer: _EventPrinter, every: bool = False) -> None:
+    """Print a job's events: JSON lines (without the per-batch ones unless ``every``) or for a
+    person."""
     from . import events as ev
 
     try:
         for event in events:
             if not as_json:
                 printer.show(event)
-            elif not isinstance(event, ev.Batch | ev.Caching):
+            elif every or not isinstance(event, ev.Batch | ev.Caching):
                 print(event.to_json(), flush=True)
     finally:
         printer.close()
@@ -474,7 +483,7 @@ def _cmd_train(args) -> int:
         with _ctrl_c_stops() as stop:
             events = train(config, dataset, stop=_stop_flag(stop))
             if where.main:
-                _follow(events, args.json, _EventPrinter(config.backbone))
+                _follow(events, args.json, _EventPrinter(config.backbone), args.all_events)
             else:
                 for _ in events:  # rank 0 prints for all
                     pass
@@ -505,6 +514,10 @@ def _launch_processes(args) -> int:
     from .training.torchrun import launch
 
     argv = sys.argv[1:] if args.argv is None else args.argv
+    if args.config:
+        from .runs import load_json
+
+        args.out = str(load_json(args.config).get("out", ""))
     out = args.out or _default_out(args.data)
     if args.out is None:
         argv = [*argv, "--out", out]  # every process, and the hint below, name the same folder

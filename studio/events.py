@@ -22,6 +22,7 @@ __all__ = [
     "Stopped",
     "Finished",
     "Error",
+    "from_dict",
 ]
 
 
@@ -125,3 +126,17 @@ class Error(Event):
     kind: ClassVar[str] = "error"
     message: str
     bad_input: bool = True
+
+
+_KINDS = {cls.kind: cls for cls in (Started, Notice, Caching, Batch, Epoch, Checkpoint, Stopped,
+                                    Finished, Error)}  # fmt: skip
+
+
+def from_dict(record: dict[str, Any]) -> Event:
+    """The event a :meth:`Event.to_dict` record (a line of ``events.jsonl``, or of ``studio
+    train --json``) describes: how the app follows a run made by another process."""
+    fields = dict(record)
+    kind = fields.pop("kind", None)
+    if kind not in _KINDS:
+        raise ValueError(f"not an event: {record!r}")
+    return _KINDS[kind](**fields)

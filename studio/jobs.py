@@ -274,16 +274,27 @@ def _words(metrics: dict) -> str:
 
 
 class TrainingJob(Job):
-    """:func:`studio.training.train.train` as a job."""
+    """:func:`studio.training.train.train` as a job; with ``devices`` above one, the run is
+    trained by that many processes (one per GPU) started through torchrun
+    (:func:`studio.training.torchrun.stream_events`), and followed here the same way."""
 
     def __init__(
-        self, config: TrainConfig, dataset: Dataset | None = None, queue: JobQueue | None = None
+        self,
+        config: TrainConfig,
+        dataset: Dataset | None = None,
+        queue: JobQueue | None = None,
+        devices: int = 1,
     ):
         self.config = config
         self.dataset = dataset
+        self.devices = devices
         super().__init__("training", self._train, config.epochs, queue)
 
     def _train(self, stop: threading.Event) -> Iterator[ev.Event]:
+        if self.devices > 1:
+            from .training.torchrun import stream_events
+
+            return stream_events(self.config, self.devices, stop)
         from .training.train import train
 
         return train(self.config, self.dataset, stop=stop)

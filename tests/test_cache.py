@@ -61,3 +61,27 @@ def test_store_spills_to_disk_past_its_bound(tmp_path):
     got = store.get(np.array([1, 1]), np.array([5, 9]))
     assert torch.equal(got, features[[0, 4]])
     store.close()
+
+
+def test_a_cache_past_its_memory_bound_trains_the_same_from_disk_and_says_so(
+    small_example, tmp_path
+):
+    """The frozen features spill to disk (cache_memory_mb=0): the run is the same, the notice
+    says how much disk it used and where, and the files are gone when the run ends."""
+    from studio import events as ev
+    from studio.training.train import TrainConfig, train
+
+    def run(name: str, memory_mb: int):
+        cfg = TrainConfig(data=str(small_example), out=str(tmp_path / name), epochs=2,
+                          head_solver="sgd", augment="none", batch_size=8,
+                          cache_memory_mb=memory_mb)  # fmt: skip
+        return list(train(cfg))
+
+    on_disk, in_memory = run("disk", 0), run("memory", 2048)
+    said = [e.message for e in on_disk if isinstance(e, ev.Notice) and "cached" in e.message]
+    assert len(said) == 1 and "MB on disk in" in said[0] and "removed when the run ends" in said[0]
+    assert any("MB in memory" in e.message for e in in_memory if isinstance(e, ev.Notice))
+    losses = [[e.val_loss for e in events if isinstance(e, ev.Epoch)]
+              for events in (on_disk, in_memory)]  # fmt: skip
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    assert not (tmp_path / "disk" / ".cache").exists()

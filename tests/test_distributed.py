@@ -149,3 +149,41 @@ def test_bad_device_count_is_refused(devices, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["train", str(tmp_path), "--devices", devices])
     assert exit_.value.code == 2
+
+
+def test_the_app_offers_gpus_only_where_there_are_several_and_trains_on_them(
+    example, tmp_path, monkeypatch
+):
+    """The Train tab's device choice appears with two GPUs, not with none; a job for two
+    devices trains in two processes (gloo here) and its Stop stops them all cleanly."""
+    from studio import events as ev
+    from studio.jobs import TrainingJob
+    from studio.training import distributed
+    from studio.ui.train_tab import devices_choice
+
+    assert devices_choice()["visible"] is False  # this computer: no GPU
+    monkeypatch.setattr(distributed, "gpu_count", lambda: 2)
+    offered = devices_choice()
+    assert offered["visible"] is True and offered["choices"] == [1, 2]
+
+    config = TrainConfig(data=str(example), out=str(tmp_path / "run"), head_solver="sgd",
+                         augment="none", batch_size=16, epochs=100_000, patience=0)  # fmt: skip
+    job = TrainingJob(config, devices=2)
+
+    class StopAfterTwoEpochs(list):
+        """Presses Stop from inside the run, which cannot end by itself first."""
+
+        def append(self, event):
+            super().append(event)
+            if isinstance(event, ev.Epoch) and event.epoch == 2:
+                job.stop()
+
+    job.events = StopAfterTwoEpochs()
+    job.start()
+    assert job.wait(600)
+    snap = job.snapshot()
+    assert snap.state == "stopped", snap
+    kinds = [e.kind for e in job.events]
+    assert kinds[0] == "started" and "batch" in kinds and kinds[-1] == "finished"
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["processes"] == 2 and info["epochs_run"] >= 2

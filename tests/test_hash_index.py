@@ -56,3 +56,14 @@ def test_duplicate_groups_on_the_example_and_its_copies(example, tmp_path):
     # A harsh copy of a small texture tile can fall outside the copy test's limits; the
     # index changes nothing there (the same candidate pairs), most copies are found.
     assert sum(joined) >= 50, sum(joined)  # 52 of 60 when written
+
+
+def test_hashes_that_share_whole_chunks_are_compared_pair_by_pair_with_the_same_result():
+    """Real photos of one kind (garments on black) share whole chunks of their hashes: the
+    index then compares every pair in blocks instead of listing its huge buckets."""
+    rng = np.random.default_rng(1)
+    hashes = [int(x) for x in rng.integers(0, 2**12, 3000)]  # the top 52 bits all zero
+    index = HashIndex(hashes, NEAR_BITS)
+    blocks = list(index.pair_blocks(rows=100))
+    assert len(blocks) > 1  # compared in blocks, not listed from the chunk tables
+    assert set(index.pairs()) == _all_pairs(hashes, NEAR_BITS)

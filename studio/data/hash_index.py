@@ -65,30 +65,54 @@ class HashIndex:
         return ids[close].tolist()
 
     def pairs(self) -> list[tuple[int, int]]:
-        """Every ``(i, j)`` with ``i < j`` whose hashes are within ``radius`` bits, sorted: the
-        pairs sharing a chunk (sorted by that chunk, taken run by run), checked in one pass.
+        """Every ``(i, j)`` with ``i < j`` whose hashes are within ``radius`` bits, sorted."""
+        found = [list(zip(i.tolist(), j.tolist())) for i, j in self.pair_blocks()]
+        return sorted(pair for block in found for pair in block)
 
-        With ``radius + 1`` chunks of ~13 bits, random hashes still share a chunk with about
-        n / 8192 others, so the candidates grow as n^2 / 8192 rather than n^2 / 2: measured
-        (benchmarks/bench_duplicates.py), that beats a vectorised scan of all pairs from a few
-        thousand pictures to about 50,000 and loses beyond 100,000, where chunks as wide as
-        log2(n) bits searched within one flipped bit would be needed (tried: slower here).
+    def pair_blocks(self, rows: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`pairs` as blocks of ``(i, j)`` arrays, in bounded memory.
+
+        The candidates come from the chunk tables while they are few: random-looking hashes
+        share a ~13-bit chunk with about n / 8192 others. Real photos of one kind do not look
+        random (garments on black: whole chunks of their hashes are the same), and one chunk
+        value then holds a large share of the pictures, whose pairs the tables would list one
+        by one (50,000 Fashion-MNIST photos: gigabytes). Past n^2 / 256 candidates every pair is
+        compared instead, ``rows`` hashes against all later ones at a time: about a second
+        for 50,000 pictures, with only the close pairs kept.
         """
         n = len(self.hashes)
+        runs = [self._runs(lo, width) for lo, width in self._spans]
+        candidates = sum(int((lengths * (lengths - 1) // 2).sum()) for _, _, lengths in runs)
+        if candidates > n * n // 256:
+            yield from self._scan(rows)
+            return
         found = [np.zeros(0, dtype=np.int64)]  # each pair as one number, i * n + j
-        for lo, width in self._spans:
-            keys = self._chunk(lo, width)
-            order = np.argsort(keys, kind="stable")
-            ordered = keys[order]
-            # Members of one bucket are neighbours in ``ordered``: pair each with the one d
-            # places on while they share the key (d up to the largest bucket), vectorised.
-            for d in range(1, n):
-                same = np.flatnonzero(ordered[d:] == ordered[:-d])
-                if not len(same):
-                    break
-                a, b = order[same], order[same + d]
-                found.append(np.minimum(a, b) * n + np.maximum(a, b))
-        candidates = np.unique(np.concatenate(found))
-        i, j = candidates // n, candidates % n
+        for order, starts, lengths in runs:
+            # Members of one bucket are neighbours in ``order``: every pair within each run,
+            # the runs of one length at a time.
+            for length in np.unique(lengths[lengths > 1]).tolist():
+                first = starts[lengths == length][:, None]
+                a, b = np.triu_indices(length, 1)
+                x, y = order[first + a], order[first + b]
+                found.append((np.minimum(x, y) * n + np.maximum(x, y)).ravel())
+        both = np.unique(np.concatenate(found))
+        i, j = both // n, both % n
         close = np.bitwise_count(self.hashes[i] ^ self.hashes[j]) <= self.radius
-        return list(zip(i[close].tolist(), j[close].tolist()))
+        yield i[close], j[close]
+
+    def _runs(self, lo: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The hashes sorted by one chunk, and where each run of one chunk value starts and
+        how long it is."""
+        keys = self._chunk(lo, width)
+        order = np.argsort(keys, kind="stable")
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(keys[order])) + 1))
+        return order, starts, np.diff(np.concatenate((starts, [len(keys)])))
+
+    def _scan(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Close pairs by comparing each block of ``rows`` hashes with every later hash."""
+        h, n = self.hashes, len(self.hashes)
+        for start in range(0, n - 1, rows):
+            block = h[start : start + rows, None] ^ h[None, start:]
+            i, j = np.nonzero(np.bitwise_count(block) <= self.radius)
+            keep = j > i  # the later hashes only (j counts from start)
+            yield i[keep] + start, j[keep] + start

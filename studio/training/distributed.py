@@ -35,6 +35,7 @@ __all__ = [
     "Ranks",
     "ranks",
     "wanted",
+    "gpu_count",
     "start",
     "finish",
     "device_for",
@@ -86,6 +87,11 @@ def ranks() -> Ranks:
 def wanted() -> bool:
     """True in a process torchrun started as one of several."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def gpu_count() -> int:
+    """GPUs this computer can train on: the app offers a device count when there are two."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def start(device: str = "auto") -> Ranks:

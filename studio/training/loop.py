@@ -655,7 +655,10 @@ def make_feeder(
             return None
         if where.main:
             known.keep(part, store, missing)
-    place = "on disk" if stores[0].on_disk else "in memory"
+    size = sum(store.nbytes for store in stores if store is not None) / 1024**2
+    place = (f"{size:,.0f} MB on disk in {cache_folder}, past the {cfg.cache_memory_mb:,} MB "
+             "kept in memory; removed when the run ends" if stores[0].on_disk
+             else f"{size:,.0f} MB in memory")  # fmt: skip
     note = why + f" ({views} view{'s' if views > 1 else ''} per image, {place})"
     if cfg.augment != "none" and views > 1:
         note += f"; augmentation repeats every {views} epochs"

@@ -29,9 +29,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["launch", "STOP_FILE", "StopFileFlag"]
+__all__ = ["launch", "stream_events", "STOP_FILE", "StopFileFlag"]
 
 STOP_FILE = "STUDIO_STOP_FILE"
 
@@ -75,6 +76,48 @@ def launch(studio_args: list[str], devices: int, threads: int | None = None) -> 
         signal.signal(signal.SIGINT, previous)
         stop_file.unlink(missing_ok=True)
         workdir.rmdir()
+
+
+def stream_events(config, devices: int, stop) -> Iterator:
+    """The events of ``config``'s run trained in ``devices`` processes (``studio train
+    --devices``, started here with the settings as made): how the app trains on several GPUs.
+    ``stop`` (a threading.Event) stops every process after the same batch, as Ctrl-C does;
+    a run that fails raises a StudioError with the command's own one-line message."""
+    import json
+
+    from .. import events as ev
+    from ..errors import StudioError
+
+    with tempfile.TemporaryDirectory(prefix="studio-devices-") as work:
+        settings = Path(work) / "config.json"
+        settings.write_text(json.dumps(config.to_dict()))
+        errors = open(Path(work) / "stderr.txt", "w+")  # noqa: SIM115 - closed below
+        command = [sys.executable, "-m", "studio", "train", config.data, "--config",
+                   str(settings), "--devices", str(devices), "--json", "--all-events"]  # fmt: skip
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True,
+                                 start_new_session=True)  # fmt: skip
+        watcher = threading.Thread(target=_pass_on_stop, args=(child, stop), daemon=True)
+        watcher.start()
+        try:
+            for line in child.stdout:
+                if line.startswith("{"):
+                    yield ev.from_dict(json.loads(line))
+            if child.wait() != 0:
+                errors.seek(0)
+                said = [x for x in errors.read().splitlines() if x.startswith("error: ")]
+                raise StudioError(said[0][7:] if said else "training stopped with an error")
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+            errors.close()
+
+
+def _pass_on_stop(child: subprocess.Popen, stop) -> None:
+    """Ctrl-C for ``child`` when ``stop`` is set (it asks its processes to stop cleanly)."""
+    while child.poll() is None:
+        if stop.wait(0.5):
+            child.send_signal(signal.SIGINT)
+            return
 
 
 def _failure_line(error) -> str:

@@ -94,7 +94,7 @@ def settings_from_page(values) -> dict:
     return {name: kind(v) for (name, kind), v in zip(SETTINGS.items(), values)}
 
 
-def _start_job(ws, dataset, preset: str, bb: str, frz, settings: dict):
+def _start_job(ws, dataset, preset: str, bb: str, frz, settings: dict, devices: int = 1):
     """A started (or queued) training job for the Train tab's settings, and a line saying
     what the preset set (and, for Auto, what it chose and why). Head epochs above the epochs
     are not cut here: the engine's check says so."""
@@ -111,7 +111,8 @@ def _start_job(ws, dataset, preset: str, bb: str, frz, settings: dict):
         **settings,
     )
     config, note = apply_preset(config, PRESET_NAMES.get(preset, "custom"), dataset)
-    return TrainingJob(config.validate(), dataset).start(), note
+    job = TrainingJob(config.validate(), dataset, devices=max(1, int(devices or 1)))
+    return job.start(), note
 
 
 def _follow(ctx: Context, ws_id: str, job, note: str):
@@ -169,9 +170,10 @@ def preview_augmentation(ctx: Context, ws_id, aug: str, bb: str) -> list:
     return [(p, dataset.classes[s.labels[0]]) for p, s in zip(pictures, samples)]
 
 
-def start_training(ctx: Context, ws_id, preset_name: str, bb: str, frz, *values):
+def start_training(ctx: Context, ws_id, preset_name: str, bb: str, frz, devices, *values):
     """Start training (one run per workspace: the slot is claimed before the seconds of set-up,
-    so a double click cannot start two) and stream its progress until it ends."""
+    so a double click cannot start two) and stream its progress until it ends; on
+    ``devices`` GPUs (processes started through torchrun) when more than one."""
     try:  # what needs no torch is checked first: "no pictures" must not wait for it
         settings = settings_from_page(values)
         ws = ctx.workspace(ws_id)
@@ -180,7 +182,7 @@ def start_training(ctx: Context, ws_id, preset_name: str, bb: str, frz, *values)
     except StudioError as exc:
         raise gr.Error(as_text(exc), print_exception=False) from None
     try:
-        job, note = _start_job(ws, dataset, preset_name, bb, frz, settings)
+        job, note = _start_job(ws, dataset, preset_name, bb, frz, settings, devices)
     except BaseException as exc:
         ctx.jobs.release(ws_id, "training")  # only a failed set-up gives the slot back
         if isinstance(exc, StudioError):
@@ -203,8 +205,22 @@ def overlay_runs(ctx: Context, ws_id, names) -> object:
 
 
 def refresh_history(ctx: Context, ws_id):
-    """The run history table and the runs to compare."""
-    return history_table(ctx, ws_id), gr.update(choices=run_choices(ctx.workspace(ws_id)))
+    """The run history table, the runs to compare, and the GPUs to train on (offered only
+    when this computer has more than one)."""
+    return (
+        history_table(ctx, ws_id),
+        gr.update(choices=run_choices(ctx.workspace(ws_id))),
+        devices_choice(),
+    )
+
+
+def devices_choice():
+    """How many GPUs a run may use: 1..N, shown only where N > 1 (torch is loaded by then)."""
+    load_engine()
+    from ..training.distributed import gpu_count
+
+    count = gpu_count()
+    return gr.update(choices=list(range(1, count + 1)), visible=count > 1)
 
 
 def _settings_layout() -> dict:
@@ -281,6 +297,11 @@ def build_train_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) 
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="start-training")
         stop = gr.Button("Stop", variant="stop", elem_id="stop-training")
+        devices = gr.Dropdown(
+            [1], value=1, label="GPUs to train on", visible=False, elem_id="train-devices",
+            info="This computer has several GPUs: one process per GPU, started by PyTorch's "
+            "torchrun, share each batch.",
+        )  # fmt: skip
     status = gr.Markdown("Not started.", elem_id="train-status")
     curves = gr.Plot(label="Training curves", elem_id="train-curves")
     history, compare, compare_plot = _history_layout()
@@ -297,7 +318,7 @@ def build_train_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) 
     )
     start.click(
         bind(start_training, ctx),
-        [ws_state, preset, backbone, freeze, *settings.values()],
+        [ws_state, preset, backbone, freeze, devices, *settings.values()],
         [status, curves, history, compare],
         concurrency_limit=None,
         api_name="train",
@@ -307,4 +328,4 @@ def build_train_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) 
     )
     stop.click(bind(stop_training, ctx), ws_state, None, concurrency_limit=None)
     compare.change(friendly(bind(overlay_runs, ctx)), [ws_state, compare], compare_plot)
-    return TabParts([history, compare], bind(refresh_history, ctx))
+    return TabParts([history, compare, devices], bind(refresh_history, ctx))

@@ -194,17 +194,6 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     assert traces == 6  # deletion + insertion for two methods and the random floor
     page.evaluate("document.querySelector('#explain-answer').scrollIntoView()")
     shot(page, "5-explain")
-    page.get_by_text("Sanity check: does the map").click()
-    page.locator("#explain-sanity-go").click()
-    expect(page.locator("#explain-sanity-verdict")).to_contain_text(
-        "random weights", timeout=120_000
-    )
-    page.get_by_text("Shortcut check: background").click()
-    page.locator("#explain-shortcut-go").click()
-    # Textures fill the whole tile: no class should be flagged as recognised by its frame.
-    expect(page.locator("#explain-shortcut-text")).to_contain_text(
-        "No shortcut found", timeout=120_000
-    )
 
     page.get_by_role("tab", name="6 · Predict").click()
     page.locator("#predict-image input[type=file]").set_input_files(EXAMPLE_PICTURE)
@@ -256,6 +245,32 @@ def test_look_inside_a_trained_model(page):
     page.get_by_role("tab", name="4 · Evaluate").click()
     expect(page.locator("#eval-headline")).to_contain_text("Accuracy", timeout=30_000)
     look_inside(page)
+
+
+@pytest.mark.slow
+def test_explain_checks_sanity_and_shortcuts(page):
+    """The Explain tab's two checks (left out of the default run for time; the engine's tests
+    of both run by default): maps of a model with random weights must differ, and the
+    example's textures fill their tiles, so no class is recognised by its frame."""
+    load_example(page)
+    start_training(page, "1")
+    expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=180_000)
+    page.get_by_role("tab", name="6 · Predict").click()
+    page.locator("#predict-image input[type=file]").set_input_files(EXAMPLE_PICTURE)
+    expect(page.locator("#predict-answer")).to_contain_text("grass", timeout=60_000)
+    page.locator("#predict-explain").click()
+    expect(page.locator("#explain-answer")).to_contain_text("explaining grass", timeout=120_000)
+    page.get_by_text("Sanity check: does the map").click()
+    page.locator("#explain-sanity-go").click()
+    expect(page.locator("#explain-sanity-verdict")).to_contain_text(
+        "random weights", timeout=120_000
+    )
+    page.get_by_text("Shortcut check: background").click()
+    page.locator("#explain-shortcut-go").click()
+    # Textures fill the whole tile: no class should be flagged as recognised by its frame.
+    expect(page.locator("#explain-shortcut-text")).to_contain_text(
+        "No shortcut found", timeout=120_000
+    )
 
 
 def train_everything(page) -> None:
