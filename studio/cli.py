@@ -508,8 +508,8 @@ def _stop_flag(event: threading.Event):
 
 
 def _launch_processes(args) -> int:
-    """``--devices N``: the same command in N processes started by torchrun; then what the
-    run folder holds decides the last line (resume it, or where the model is)."""
+    """``--devices N``: the same command in N processes started by torchrun; a run that ended
+    early with finished epochs gets the command that continues it."""
     from .errors import StudioError
     from .training.torchrun import launch
 

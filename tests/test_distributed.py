@@ -161,7 +161,8 @@ def test_the_app_offers_gpus_only_where_there_are_several_and_trains_on_them(
     from studio.training import distributed
     from studio.ui.train_tab import devices_choice
 
-    assert devices_choice()["visible"] is False  # this computer: no GPU
+    hidden = devices_choice()  # this computer: no GPU; 1 stays a valid choice (Start sends it)
+    assert hidden["visible"] is False and hidden["choices"] == [1]
     monkeypatch.setattr(distributed, "gpu_count", lambda: 2)
     offered = devices_choice()
     assert offered["visible"] is True and offered["choices"] == [1, 2]

@@ -220,7 +220,7 @@ def devices_choice():
     from ..training.distributed import gpu_count
 
     count = gpu_count()
-    return gr.update(choices=list(range(1, count + 1)), visible=count > 1)
+    return gr.update(choices=list(range(1, max(1, count) + 1)), visible=count > 1)
 
 
 def _settings_layout() -> dict:
