@@ -57,7 +57,10 @@ def phone(small_example, tmp_path_factory):
     return shifted_copy(small_example, tmp_path_factory.mktemp("phone") / "pictures", seed=1)
 
 
-@pytest.mark.parametrize("method", ["coral", "dan", "dann", "reweight"])
+# CORAL end to end runs by default in the stop-and-resume test below; here it is a slow one.
+@pytest.mark.parametrize(
+    "method", [pytest.param("coral", marks=pytest.mark.slow), "dan", "dann", "reweight"]
+)
 def test_each_method_adapts_and_reports_both_models(method, trained_run, phone, tmp_path):
     out = tmp_path / method
     events = list(adapt_run(trained_run, phone, out, method, eval_dir=phone, epochs=2))
