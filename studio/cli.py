@@ -521,13 +521,11 @@ def _launch_processes(args) -> int:
     out = args.out or _default_out(args.data)
     if args.out is None:
         argv = [*argv, "--out", out]  # every process, and the hint below, name the same folder
-    if args.device != "cpu":
-        import torch
+    from .training.distributed import gpu_count
 
-        if torch.cuda.is_available() and args.devices > torch.cuda.device_count():
-            raise StudioError(
-                f"--devices {args.devices}: this computer has {torch.cuda.device_count()} GPU(s)"
-            )
+    gpus = gpu_count()
+    if args.device != "cpu" and gpus and args.devices > gpus:
+        raise StudioError(f"--devices {args.devices}: this computer has {gpus} GPU(s)")
     status = launch(argv, args.devices)
     if status != 0 and (Path(out) / "checkpoint.pt").is_file():
         print(
