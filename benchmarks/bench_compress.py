@@ -2,13 +2,15 @@
 
 For the example and Fashion-MNIST (``real_datasets.py``; 30 training pictures a class), in one
 run: the default run (``studio train DATA --preset quick``), then its variants as a user makes
-them (``studio compress``): int8, dynamic int8 and fp16, and pruning 30% and 50% of the channels
-with a 3-epoch recovery. Every ratio compares a variant with its parent measured in the same sitting and the
-same runtime (ONNX Runtime on the CPU, 2 threads; see ``compression.json``).
+them (``studio compress``): int8, dynamic int8, fp16 and bf16 (where the CPU has AVX-512 BF16
+or AMX), and pruning 30% and 50% of the channels with a 3-epoch recovery. Every ratio compares a
+variant with its parent measured in the same sitting and the same runtime (ONNX Runtime on the
+CPU, 2 threads; bf16 and its parent in PyTorch; see ``compression.json``).
 
     python benchmarks/bench_compress.py [--datasets example fashion] [--epochs 3] [--only fp16]
 
-Targets: int8 >= 1.5x faster at batch 1 (on a CPU without VNNI), >= 3.5x smaller, <= 1 point
+Targets: int8 >= 1.5x faster at batch 1 on a CPU without VNNI (>= 2x with VNNI or AMX: the
+first line printed names the CPU and says whether it has them), >= 3.5x smaller, <= 1 point
 of accuracy lost; pruning 30-50% >= 1.3x faster at <= 2 points lost after recovery.
 """
 
@@ -26,6 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import real_datasets  # noqa: E402
+from studio.models.bfloat16 import bf16_fast_here  # noqa: E402
 from common import machine, table  # noqa: E402
 
 HEADER = ("dataset", "variant", "accuracy", "points lost", "x faster b1", "x faster b32",
@@ -55,6 +58,7 @@ FORMATS = {
     "int8": "int8 (ONNX Runtime, static, per-channel)",
     "int8-dynamic": "int8 dynamic (linear layers only)",
     "fp16": "fp16 (ONNX Runtime, float16 graph)",
+    "bf16": "bf16 (PyTorch, vs the float model in PyTorch)",
 }
 
 
@@ -64,7 +68,9 @@ def bench(name: str, data: Path, work: Path, epochs: int, only: list[str]) -> li
     parent = json.loads((run / "metrics.json").read_text())["accuracy"]
     rows = [(name, "original (quick)", f"{parent:.3f}", "", "1.00", "1.00", "1.00", "")]
     for to, label in FORMATS.items():
-        if to in only:
+        if to == "bf16" and to in only and not bf16_fast_here():
+            print("bf16 skipped: this CPU has neither AVX-512 BF16 nor AMX", flush=True)
+        elif to in only:
             out = work / f"{name}-{to}"
             studio("compress", run, "--method", "quantize", "--to", to, "--out", out)
             rows.append(row(name, label, out))
@@ -86,7 +92,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["example", "fashion"])
     parser.add_argument("--epochs", type=int, default=3, help="recovery epochs after pruning")
     parser.add_argument("--only", nargs="+", default=[*FORMATS, "prune"],
-                        help="which variants: int8 int8-dynamic fp16 prune")  # fmt: skip
+                        help="which variants: int8 int8-dynamic fp16 bf16 prune")  # fmt: skip
     args = parser.parse_args()
     print(machine(), flush=True)
     rows = []

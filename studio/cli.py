@@ -195,9 +195,10 @@ def _add_compress(sub) -> None:
     p.add_argument("--finetune-epochs", type=int, default=3, help="recovery epochs (prune)")
     p.add_argument("--lr", type=float,
                    help="learning rate (prune: 1e-3; distill: the teacher run's)")  # fmt: skip
-    p.add_argument("--to", default="int8", choices=["int8", "int8-dynamic", "fp16"],
+    p.add_argument("--to", default="int8", choices=["int8", "int8-dynamic", "fp16", "bf16"],
                    help="number format (quantize): int8 calibrated on training pictures, int8 "
-                   "of the linear layers alone, or 16-bit floats")  # fmt: skip
+                   "of the linear layers alone, 16-bit floats, or bfloat16 (PyTorch; only on "
+                   "CPUs with AVX-512 BF16 or AMX)")  # fmt: skip
     p.add_argument(
         "--calibration", type=_positive_int, default=64, help="training pictures for int8 ranges"
     )
@@ -756,7 +757,13 @@ def _print_comparison(runs: list[str]) -> list[dict]:
             f"{row['size_bytes'] / 1e6:6.1f} {row['batch1_ms']:8.1f} {row['batch32_ms']:9.1f}"
             + ("  *" if best else "")
         )
-    print(f"timed in {rows[0]['runtime']}; * best trade-off (no model faster and more accurate)")
+    runtimes = list(dict.fromkeys(row["runtime"] for row in rows))
+    if len(runtimes) == 1:
+        print(f"timed in {runtimes[0]}; * best trade-off (no model faster and more accurate)")
+    else:
+        print("* best trade-off (no model faster and more accurate); timed in:")
+        for row in rows:
+            print(f"  {row['run']}: {row['runtime']}")
     for row in rows:
         if row.get("alone_accuracy") is not None:
             print(

@@ -94,6 +94,52 @@ def test_fp16_halves_the_file_and_dynamic_int8_quantizes_the_linear_layers(train
         next(quantize_run(trained_run, tmp_path / "x", to="int4"))
 
 
+def test_bf16_halves_the_file_runs_in_pytorch_and_is_refused_where_the_cpu_lacks_it(
+    trained_run, int8_run, tmp_path, monkeypatch, capsys
+):
+    import torch
+    from safetensors import safe_open
+
+    from studio.compress import quantize
+
+    out = tmp_path / "bf16"
+    command = ["compress", trained_run, "--method", "quantize", "--to", "bf16", "--out", out]
+    if quantize.bf16_fast_here():  # AVX-512 BF16 or AMX: made, measured, exported
+        events = list(quantize_run(trained_run, out, to="bf16"))
+        assert isinstance(events[-1], ev.Finished), events[-1]
+        record = json.loads((out / "compression.json").read_text())
+        assert record["step"]["to"] == "bf16" and record["agreement_with_parent"] >= 0.95
+        assert 0.45 < record["size_bytes"] / record["parent"]["size_bytes"] < 0.55
+        assert "bfloat16" in record["runtime"] and "float32" in record["parent"]["runtime"]
+        assert record["runtime"].startswith("PyTorch") and record["accuracy"] >= 0.6
+        loaded = load_run(out)
+        assert loaded.kind.name == "torch-bf16" and loaded.record["base"] == "timm"
+        assert next(loaded.model.parameters()).dtype == torch.bfloat16
+        with safe_open(str(out / "model.safetensors"), "pt") as weights:
+            assert weights.get_tensor(next(iter(weights.keys()))).dtype == torch.bfloat16
+        with pytest.raises(StudioError, match="computes in bfloat16.*made from run"):
+            Explainer.from_run(out)
+        with pytest.raises(StudioError, match="exporting to onnx does not work on a torch-bf16"):
+            export_run(out, "onnx")
+        package = build_package(out)
+        assert package.all_passed, package.summary()
+        names = {n.split("/", 1)[1] for n in zipfile.ZipFile(package.zip_path).namelist()}
+        assert {"model.pt2", "model.torchscript.pt"} <= names
+        assert not {"model.onnx", "model.safetensors"} & names
+        rows = comparison([int8_run, out])  # the original once in each runtime
+        assert [r["label"] for r in rows] == [
+            "original", "int8", "original (PyTorch)", "bf16 (PyTorch)"
+        ]  # fmt: skip
+        assert main(["compare", str(int8_run), str(out)]) == 0
+        assert "bfloat16, channels-last" in capsys.readouterr().out
+        out = tmp_path / "bf16-again"
+        command[-1] = out
+    monkeypatch.setattr(quantize, "bf16_fast_here", lambda: False)  # a CPU without them
+    assert "bf16" not in quantize.formats_here()
+    assert_one_line_error(capsys, command, "AVX-512 BF16 or AMX")
+    assert not out.exists()
+
+
 def test_a_stopped_quantization_keeps_nothing(trained_run, tmp_path):
     out = tmp_path / "stopped"
     events = list(quantize_run(trained_run, out, should_stop=lambda: True))
@@ -234,6 +280,10 @@ def test_the_compress_tab_handlers_show_a_runs_family(int8_run, trained_run, tmp
     assert [row[1] for row in table] == ["original", "quantize"]
     assert "✅" in (table[0][-2], table[1][-2])  # someone is on the front
     assert chart is not None and variants["choices"] == ["mine-int8"]
+    from studio.compress.quantize import formats_here
+    from studio.ui.compress_tab import number_formats
+
+    assert [to for _, to in number_formats()["choices"]] == formats_here()  # bf16 if it is fast
     assert family_view(ctx, ws.id, "mine-int8")[0] == []  # no variants of its own yet
     assert variant_dir(ws, "mine", "int8").name == "mine-int8-2"  # never over an existing one
     _, chosen = open_in_export(ctx, ws.id, "mine-int8")

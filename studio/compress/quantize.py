@@ -37,8 +37,12 @@ Two other number formats, both from the same float graph (``to``):
   and *slower* on a CPU without 16-bit arithmetic (measured 1.4x slower here); GPUs and phones
   with fp16 units run it faster. The table shows the measured figure, never the hoped-for one.
 
-bf16 is not offered: ONNX Runtime's CPU provider has no bf16 convolutions, and a PyTorch bf16
-model is only fast on CPUs with AVX-512 BF16 or AMX, which the studio's users rarely have.
+- ``bf16``: weights and arithmetic in bfloat16 (float32's range, an 8-bit mantissa), run by
+  PyTorch (:mod:`studio.models.bfloat16`): ONNX Runtime's CPU provider has no bfloat16
+  convolutions. Offered only on a CPU that computes bfloat16 natively (AVX-512 BF16 or AMX):
+  elsewhere PyTorch emulates it and it would be slower, so ``--to bf16`` is refused in one
+  sentence. Half the file, no calibration; it and its parent are timed in PyTorch (float32,
+  channels-last, the same threads), so the ratio is bfloat16's own gain.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from .. import events as ev
 from ..data.dataset import Dataset
 from ..data.images import open_rgb
 from ..errors import StudioError
+from ..models.bfloat16 import bf16_fast_here, channels_last_copy
 from ..models.kinds import LoadedRun, save_model
 from ..models.onnx_graph import GRAPH_FILES
 from .variant import (
@@ -63,10 +68,17 @@ from .variant import (
     variant_folder,
 )
 
-__all__ = ["quantize_run", "FORMATS"]
+__all__ = ["quantize_run", "FORMATS", "formats_here", "BF16_REFUSED"]
 
 # --to: the kind of model each number format makes, and what the step says it is.
-FORMATS = {"int8": "onnx-int8", "int8-dynamic": "onnx-int8", "fp16": "onnx-fp16"}
+FORMATS = {
+    "int8": "onnx-int8", "int8-dynamic": "onnx-int8", "fp16": "onnx-fp16", "bf16": "torch-bf16",
+}  # fmt: skip
+BF16_REFUSED = (
+    "bf16 needs a CPU that computes bfloat16 natively (AVX-512 BF16 or AMX) and this one does "
+    "not: PyTorch would emulate it and the model would get slower; choose int8 (faster here) or "
+    "fp16 (half the file)"
+)
 
 
 def _calibration_batches(loaded: LoadedRun, dataset: Dataset, count: int, seed: int):
@@ -164,6 +176,46 @@ def _convert(to, float_graph, target, scratch, parent, dataset, calibration, see
     return {"name": "quantize", "to": to, **how}
 
 
+def formats_here() -> list[str]:
+    """The number formats this machine can make (bf16 only where it is faster: see above)."""
+    return [to for to in FORMATS if to != "bf16" or bf16_fast_here()]
+
+
+def _save_graph(parent, run, to, scratch, dataset, calibration, seed, should_stop):
+    """An ONNX Runtime variant: the parent's checked float graph, converted; yields notes,
+    returns the step's record."""
+    yield ev.Notice(f"exporting {parent.run_dir.name} to ONNX and checking it")
+    float_graph = parent_graph(parent)
+    if should_stop():
+        raise Stopped
+    kind = FORMATS[to]
+    step = yield from _convert(to, float_graph, run / GRAPH_FILES[kind], scratch, parent,
+                               dataset, calibration, seed)  # fmt: skip
+    save_model(
+        run, parent.model, backbone=parent.record.get("backbone", parent.config["backbone"]),
+        num_classes=len(parent.labels), kind=kind, parent=parent.run_dir.name, step=step,
+    )  # fmt: skip
+    return step
+
+
+def _save_bf16(parent: LoadedRun, run: Path):
+    """A PyTorch bfloat16 variant, built on the parent's own kind (a pruned model's widths
+    travel in the record); yields a note, returns the step's record."""
+    import torch
+
+    yield ev.Notice("converting the weights to bfloat16")
+    model = channels_last_copy(parent.model, torch.bfloat16).model
+    own = {k: v for k, v in parent.record.items()
+           if k not in ("kind", "backbone", "num_classes", "parent", "step")}  # fmt: skip
+    step = {"name": "quantize", "to": "bf16"}
+    save_model(
+        run, model, backbone=parent.record.get("backbone", parent.config["backbone"]),
+        num_classes=len(parent.labels), kind=FORMATS["bf16"], parent=parent.run_dir.name,
+        step=step, extra={**own, "base": parent.record.get("kind", "timm")},
+    )  # fmt: skip
+    return step
+
+
 def quantize_run(
     run_dir: str | Path,
     out: str | Path,
@@ -177,36 +229,34 @@ def quantize_run(
     """Convert a run's model to the number format ``to`` (:data:`FORMATS`) into a new run
     folder ``out``; yields what it is doing.
 
-    The new run holds the graph (``model.int8.onnx``, kind ``onnx-int8``; or
-    ``model.fp16.onnx``, kind ``onnx-fp16``), the parent's float weights it was made from,
-    ``metrics.json`` on the parent's held-out pictures and ``compression.json`` with both models
-    measured in this sitting. Stopping before the end removes the new folder.
+    The new run holds the model (an ONNX graph, ``model.int8.onnx`` of kind ``onnx-int8`` or
+    ``model.fp16.onnx`` of kind ``onnx-fp16``, beside the parent's float weights it was made
+    from; or bfloat16 weights, kind ``torch-bf16``), ``metrics.json`` on the parent's held-out
+    pictures and ``compression.json`` with both models measured in this sitting. Stopping
+    before the end removes the new folder.
     """
     start = time.perf_counter()
     parent = float_parent(run_dir)
     if to not in FORMATS:
         raise StudioError(f"unknown number format {to!r}; choose {', '.join(FORMATS)}")
+    if to not in formats_here():
+        raise StudioError(BF16_REFUSED)
     if not 1 <= calibration <= 10_000:
         raise StudioError("calibration needs between 1 and 10000 pictures")
     dataset = parent.dataset()
     try:
         with variant_folder(parent, out) as run, tempfile.TemporaryDirectory() as tmp:
             scratch = Path(tmp)
-            yield ev.Notice(f"exporting {parent.run_dir.name} to ONNX and checking it")
-            float_graph = parent_graph(parent)
-            if should_stop():
-                raise Stopped
-            kind = FORMATS[to]
-            step = yield from _convert(to, float_graph, run / GRAPH_FILES[kind], scratch,
-                                       parent, dataset, calibration, seed)  # fmt: skip
-            save_model(
-                run, parent.model, backbone=parent.record.get("backbone", parent.config["backbone"]),
-                num_classes=len(parent.labels), kind=kind, parent=parent.run_dir.name, step=step,
-            )  # fmt: skip
+            if to == "bf16":
+                yield from _save_bf16(parent, run)
+            else:
+                yield from _save_graph(parent, run, to, scratch, dataset, calibration, seed,
+                                       should_stop)  # fmt: skip
             if should_stop():
                 raise Stopped
             yield ev.Notice("measuring accuracy, size and speed of both models")
-            metrics = finish(run, "quantize", parent, dataset, scratch, threads)
+            runtime = "pytorch" if to == "bf16" else "onnx"
+            metrics = finish(run, "quantize", parent, dataset, scratch, threads, runtime=runtime)
     except Stopped as stopped:
         yield ev.Stopped(str(stopped), 0)
         return

@@ -11,10 +11,20 @@ from pathlib import Path
 
 from ..errors import StudioError
 from ..models.kinds import LoadedRun, model_record
-from ..runs import COMPRESSION, read_optional, save_json
-from .measure import count_macs, count_params, onnx_latency, ort_runtime
+from ..runs import COMPRESSION, WEIGHTS, read_optional, save_json
+from .measure import (
+    count_macs,
+    count_params,
+    onnx_latency,
+    ort_runtime,
+    torch_latency,
+    torch_runtime,
+)
 
-__all__ = ["write_report", "read_report", "comparison", "pareto_front", "descendants", "COLUMNS"]
+__all__ = [
+    "write_report", "read_report", "comparison", "pareto_front", "descendants", "COLUMNS",
+    "in_pytorch",
+]  # fmt: skip
 
 
 def zipped_size(path: Path) -> int:
@@ -24,18 +34,38 @@ def zipped_size(path: Path) -> int:
     return len(zlib.compress(path.read_bytes(), 6))
 
 
-def _figures(graph: Path, metrics: dict, params: int, macs: int, input_size, threads: int) -> dict:
-    latency = onnx_latency(graph, input_size, threads=threads)
+def _figures(timed: tuple, metrics: dict, params: int, macs: int) -> dict:
+    """One model's record from its timing (:func:`_onnx_timed` or :func:`_torch_timed`)."""
+    latency, model_file, runtime = timed
     return {
         "params": params,
         "macs": macs,
-        "size_bytes": graph.stat().st_size,
-        "zipped_bytes": zipped_size(graph),
+        "size_bytes": model_file.stat().st_size,
+        "zipped_bytes": zipped_size(model_file),
         "latency_ms": {f"batch{b}": lat.to_dict() for b, lat in latency.items()},
-        "runtime": ort_runtime(threads),
+        "runtime": runtime,
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
     }
+
+
+def _onnx_timed(graph: Path, input_size, threads: int) -> tuple:
+    """(latency, the file that is the model, the runtime) of an ONNX graph."""
+    return onnx_latency(graph, input_size, threads=threads), graph, ort_runtime(threads)
+
+
+def _torch_timed(loaded: LoadedRun, input_size, threads: int) -> tuple:
+    """The same for a PyTorch model: a bfloat16 one as it is, a float one as a channels-last
+    copy (the order its bfloat16 variant runs in, so the ratio is bfloat16's own)."""
+    import torch
+
+    from ..models.bfloat16 import ChannelsLastClassifier, channels_last_copy
+
+    model, numbers = loaded.model, "bfloat16"
+    if not isinstance(model, ChannelsLastClassifier):
+        model, numbers = channels_last_copy(model, torch.float32), "float32"
+    latency = torch_latency(model, input_size, threads=threads)
+    return latency, loaded.run_dir / WEIGHTS, torch_runtime(threads, numbers)
 
 
 def _counts(loaded: LoadedRun, input_size) -> tuple[int, int] | None:
@@ -52,25 +82,24 @@ def write_report(
     parent: LoadedRun,
     variant: LoadedRun,
     metrics: dict,
-    graphs: dict[str, Path],
+    graphs: dict[str, Path] | None,
     threads: int,
     extra: dict | None = None,
 ) -> dict:
-    """Measure both models' ONNX graphs (``graphs["parent"]``, ``graphs["variant"]``), each
-    at its own input size (a student may see smaller pictures than its teacher), and write
-    ``compression.json`` (with ``extra`` added)."""
-    sizes = {
-        "parent": tuple(parent.preprocess["input_size"]),
-        "variant": tuple(variant.preprocess["input_size"]),
-    }
-    parent_counts = _counts(parent, sizes["parent"])
-    variant_counts = _counts(variant, sizes["variant"]) or parent_counts
-    figures = {
-        "variant": _figures(graphs["variant"], metrics["variant"], *variant_counts,
-                            sizes["variant"], threads),
-        "parent": _figures(graphs["parent"], metrics["parent"], *parent_counts, sizes["parent"],
-                           threads),
-    }  # fmt: skip
+    """Measure both models, each at its own input size (a student may see smaller pictures
+    than its teacher), and write ``compression.json`` (with ``extra`` added): their ONNX graphs
+    (``graphs["parent"]``, ``graphs["variant"]``) in ONNX Runtime, or with ``graphs`` None both
+    PyTorch models (a bfloat16 variant)."""
+    loaded = {"parent": parent, "variant": variant}
+    figures = {}
+    for name in ("variant", "parent"):
+        size = tuple(loaded[name].preprocess["input_size"])
+        if graphs is None:
+            timed = _torch_timed(loaded[name], size, threads)
+        else:
+            timed = _onnx_timed(graphs[name], size, threads)
+        counts = _counts(loaded[name], size) or _counts(parent, size)
+        figures[name] = _figures(timed, metrics[name], *counts)
     record = {
         "method": method,
         "step": model_record(run)["step"],
@@ -109,12 +138,19 @@ def short_label(method: str, step: dict | None) -> str:
     return method
 
 
+def in_pytorch(figures: dict) -> bool:
+    """Whether a model was timed in PyTorch (a bfloat16 variant and its parent), not ONNX
+    Runtime: its latency compares with the others' only roughly, and its row says so."""
+    return str(figures.get("runtime", "")).startswith("PyTorch")
+
+
 def _row(name: str, method: str, figures: dict) -> dict:
     lat = figures["latency_ms"]
+    label = short_label(method, figures.get("step"))
     return {
         "run": name,
         "method": method,
-        "label": short_label(method, figures.get("step")),
+        "label": f"{label} (PyTorch)" if in_pytorch(figures) else label,
         **{k: figures[k] for k in ("accuracy", "macro_f1", "params", "macs", "size_bytes")},
         "zipped_bytes": figures.get("zipped_bytes"),
         "batch1_ms": lat["batch1"]["median_ms"],
@@ -127,9 +163,9 @@ def _row(name: str, method: str, figures: dict) -> dict:
 
 
 def comparison(run_dirs: list[str | Path]) -> list[dict]:
-    """One row per model: each variant's parent (once, as measured beside its first variant;
-    not again when it is itself listed, as in a chain) and each variant, in the order given.
-    Runs that are not variants are refused plainly."""
+    """One row per model and runtime: each variant's parent (once per runtime, as measured
+    beside its first variant timed there; not again when it is itself listed, as in a chain)
+    and each variant, in the order given. Runs that are not variants are refused plainly."""
     rows, shown = [], set()
     for run_dir in run_dirs:
         record = read_report(run_dir)
@@ -138,13 +174,13 @@ def comparison(run_dirs: list[str | Path]) -> list[dict]:
                 f"{Path(run_dir).name} was not made by compression (no {COMPRESSION})"
             )
         parent = record["parent"]
-        if parent["run"] not in shown:
-            shown.add(parent["run"])
+        if (parent["run"], in_pytorch(parent)) not in shown:
+            shown.add((parent["run"], in_pytorch(parent)))
             # A chain (prune, then quantize): the parent is a variant itself, kept beside it.
             own = read_report(Path(run_dir).parent / parent["run"])
             method, step = (own["method"], own.get("step")) if own else ("original", None)
             rows.append(_row(parent["run"], method, {**parent, "step": step}))
-        shown.add(Path(run_dir).name)
+        shown.add((Path(run_dir).name, in_pytorch(record)))
         rows.append(_row(Path(run_dir).name, record["method"], record))
     return rows
 

@@ -150,17 +150,22 @@ def finish(
     scratch: Path,
     threads: int,
     extra: dict | None = None,
+    runtime: str = "onnx",
 ) -> dict:
     """Evaluate, measure and describe a saved variant; returns its metrics.
 
-    Both models are timed as ONNX graphs in ONNX Runtime: the parent's float graph and the
-    variant's (a copy of its int8 graph, or its float graph exported here and checked).
-    ``extra`` is added to ``compression.json`` (a distilled student's twin trained alone)."""
+    Both models are timed in one runtime: as ONNX graphs in ONNX Runtime (``runtime="onnx"``:
+    the parent's float graph and the variant's, a copy of its int8 graph or its float graph
+    exported here and checked), or as PyTorch models (``"pytorch"``: a bfloat16 variant, which
+    ONNX Runtime cannot run). ``extra`` is added to ``compression.json`` (a distilled
+    student's twin trained alone)."""
     variant = load_run(run)
     metrics = _evaluate_both(parent, variant, dataset)
     save_json(run / METRICS, metrics["variant"])
-    graphs = {"parent": parent_graph(parent), "variant": scratch / "variant.onnx"}
-    export_run(variant, "onnx", out=graphs["variant"])
+    graphs = None
+    if runtime == "onnx":
+        graphs = {"parent": parent_graph(parent), "variant": scratch / "variant.onnx"}
+        export_run(variant, "onnx", out=graphs["variant"])
     write_report(run, method, parent, variant, metrics, graphs, threads, extra)
     write_model_card(run)
     return metrics["variant"]

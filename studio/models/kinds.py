@@ -309,4 +309,4 @@ def _three_numbers(values, positive: bool = False) -> bool:
 
 # The kinds that ship with the studio and are not plain timm models register themselves here
 # (after everything above exists: they import ModelKind and register_kind from this module).
-from . import onnx_graph, pruned  # noqa: E402,F401
+from . import bfloat16, onnx_graph, pruned  # noqa: E402,F401

@@ -26,8 +26,8 @@ HELP = """### 7. Make it smaller and faster
 Pick a trained model and a way to shrink it, then press **Make the variant**. Each variant is a
 new model beside the original (nothing is replaced): **Prune** removes whole channels from the
 network and then trains it a little to recover; **Quantize** stores and computes it with 8-bit
-integers (or 16-bit floats: half the file, but slower on most laptops) instead of 32-bit
-numbers; **Distill** trains a smaller network (the *student*) to give
+integers (or 16-bit floats: half the file; *bfloat16* is faster where the processor has it,
+plain 16-bit floats slower on most laptops) instead of 32-bit numbers; **Distill** trains a smaller network (the *student*) to give
 the answers your model (the *teacher*) gives, and trains the same student without the teacher
 too, so you see what the teacher added. The chart shows every variant's accuracy against its speed,
 measured on this computer; the green ones are the best trade-offs. Pick one to export it.
@@ -45,6 +45,7 @@ NUMBER_FORMATS = [
     ("int8 of the linear layers only (dynamic: for transformers, not convolutions)",
      "int8-dynamic"),
     ("16-bit floats (half the file; faster only on GPUs and phones)", "fp16"),
+    ("bfloat16 in PyTorch (half the file; faster where the processor has bfloat16)", "bf16"),
 ]  # fmt: skip
 SPARSITY_NOTE = """*Zeroing weights* (unstructured sparsity) keeps every layer's shape: the file zips much
 smaller, but the model is **not faster** on this computer (it still multiplies by every zero): the
@@ -117,7 +118,7 @@ def family_view(ctx: Context, ws_id, run_name):
     if not run_name:
         return [], None, gr.update(choices=[], value=None)
     load_engine()
-    from ..compress.report import comparison, descendants, pareto_front
+    from ..compress.report import comparison, descendants, in_pytorch, pareto_front
     from ..inspection.charts import compression_tradeoff
 
     ws = ctx.workspace(ws_id)
@@ -127,7 +128,8 @@ def family_view(ctx: Context, ws_id, run_name):
     rows = comparison(variants)
     front = pareto_front(rows)
     table = [
-        [r["run"], r["method"], round(r["accuracy"], 3), round(r["macro_f1"], 3),
+        [r["run"] + (" · in PyTorch" if in_pytorch(r) else ""), r["method"],
+         round(r["accuracy"], 3), round(r["macro_f1"], 3),
          round(r["params"] / 1e6, 2), round(r["macs"] / 1e6), round(r["size_bytes"] / 1e6, 1),
          round((r["zipped_bytes"] or 0) / 1e6, 1),
          f"{r['batch1_ms']:.1f} ± {r['batch1_spread_ms'] / 2:.1f}", round(r["batch32_ms"]),
@@ -177,6 +179,16 @@ def open_in_export(ctx: Context, ws_id, variant):
         raise StudioError("make a variant first, then pick it")
     choices = run_choices(ctx.workspace(ws_id))
     return gr.Tabs(selected="export"), gr.update(choices=choices, value=variant)
+
+
+def number_formats() -> dict:
+    """The number formats this computer can make (bfloat16 only where its processor computes
+    it natively: elsewhere it would be slower, and the engine refuses it)."""
+    load_engine()
+    from ..compress.quantize import formats_here
+
+    here = formats_here()
+    return gr.update(choices=[(label, to) for label, to in NUMBER_FORMATS if to in here])
 
 
 def show_settings(method: str) -> tuple:
@@ -263,6 +275,7 @@ def build_compress_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dic
              show_progress="hidden")  # fmt: skip
     stop.click(bind(stop_variant, ctx), ws_state, None, concurrency_limit=None)
     run.change(view, [ws_state, run], family)
+    run.change(friendly(number_formats), None, c["to"])
     shown = [c[k] for k in ("prune_box", "quant_box", "sparsity_note", "teach_box", "student")]
     c["method"].change(friendly(show_settings), c["method"], shown)
 

@@ -144,8 +144,9 @@ def refresh_sources(ctx: Context, ws_id, current=None):
 
 
 def float_parent_for(ctx: Context, ws_id, name) -> str | None:
-    """The float run an int8 or fp16 run was made from, when it is in the workspace: attribution
-    maps need gradients, which do not flow through a graph run by ONNX Runtime."""
+    """The float run an int8, fp16 or bf16 run was made from, when it is in the workspace:
+    attribution maps need gradients, which do not flow through a graph run by ONNX Runtime
+    (nor usefully through bfloat16)."""
     if not name or name.startswith(IMAGENET):
         return None
     load_engine()
@@ -162,13 +163,15 @@ def float_parent_for(ctx: Context, ws_id, name) -> str | None:
 
 def pick_source(ctx: Context, ws_id, name, truth):
     """(the model, the classes one can explain for it: predicted, true when known, then each).
-    An int8 or fp16 run is swapped for the float run it was made from, and the page says why."""
+    An int8, fp16 or bf16 run is swapped for the float run it was made from, and the page says
+    why."""
     if not name:
         return gr.update(), gr.update(choices=[PREDICTED], value=PREDICTED)
     parent = float_parent_for(ctx, ws_id, name)
     if parent is not None:
-        gr.Info(f"{name} computes without gradients (ONNX Runtime), so its maps cannot be "
-                f"drawn; showing the float model it was made from, {parent}, instead.")  # fmt: skip
+        gr.Info(f"{name} computes in 8 or 16 bits without usable gradients, so its maps "
+                f"cannot be drawn; showing the float model it was made from, {parent}, "
+                "instead.")  # fmt: skip
         name, swapped = parent, gr.update(value=parent)
     else:
         swapped = gr.update()

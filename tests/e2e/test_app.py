@@ -654,7 +654,7 @@ def test_compress_two_variants_compare_them_and_export_one(page):
     source.click()
     page.get_by_role("option").filter(has_text="-int8").click()
     expect(source).to_have_value(variant.removesuffix("-int8"), timeout=60_000)
-    expect(page.get_by_text("computes without gradients")).to_be_visible()
+    expect(page.get_by_text("without usable gradients")).to_be_visible()
 
 
 def new_pictures_on_the_data_tab(page) -> None:
