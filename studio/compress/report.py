@@ -15,10 +15,12 @@ from ..runs import COMPRESSION, WEIGHTS, read_optional, save_json
 from .measure import (
     count_macs,
     count_params,
-    onnx_latency,
+    latencies,
+    onnx_runner,
     ort_runtime,
-    torch_latency,
+    torch_runner,
     torch_runtime,
+    torch_threads,
 )
 
 __all__ = [
@@ -34,9 +36,9 @@ def zipped_size(path: Path) -> int:
     return len(zlib.compress(path.read_bytes(), 6))
 
 
-def _figures(timed: tuple, metrics: dict, params: int, macs: int) -> dict:
-    """One model's record from its timing (:func:`_onnx_timed` or :func:`_torch_timed`)."""
-    latency, model_file, runtime = timed
+def _figures(latency: dict, model_file: Path, runtime: str, metrics: dict, counts) -> dict:
+    """One model's record: its measured latency, file, runtime, accuracy and counts."""
+    params, macs = counts
     return {
         "params": params,
         "macs": macs,
@@ -49,14 +51,10 @@ def _figures(timed: tuple, metrics: dict, params: int, macs: int) -> dict:
     }
 
 
-def _onnx_timed(graph: Path, input_size, threads: int) -> tuple:
-    """(latency, the file that is the model, the runtime) of an ONNX graph."""
-    return onnx_latency(graph, input_size, threads=threads), graph, ort_runtime(threads)
-
-
-def _torch_timed(loaded: LoadedRun, input_size, threads: int) -> tuple:
-    """The same for a PyTorch model: a bfloat16 one as it is, a float one as a channels-last
-    copy (the order its bfloat16 variant runs in, so the ratio is bfloat16's own)."""
+def _in_pytorch(loaded: LoadedRun) -> tuple:
+    """(runner, the file that is the model, numbers) of a PyTorch model: a bfloat16 one as it
+    is, a float one as a channels-last copy (the order its bfloat16 variant runs in, so the
+    ratio is bfloat16's own)."""
     import torch
 
     from ..models.bfloat16 import ChannelsLastClassifier, channels_last_copy
@@ -64,8 +62,7 @@ def _torch_timed(loaded: LoadedRun, input_size, threads: int) -> tuple:
     model, numbers = loaded.model, "bfloat16"
     if not isinstance(model, ChannelsLastClassifier):
         model, numbers = channels_last_copy(model, torch.float32), "float32"
-    latency = torch_latency(model, input_size, threads=threads)
-    return latency, loaded.run_dir / WEIGHTS, torch_runtime(threads, numbers)
+    return torch_runner(model), loaded.run_dir / WEIGHTS, numbers
 
 
 def _counts(loaded: LoadedRun, input_size) -> tuple[int, int] | None:
@@ -74,6 +71,20 @@ def _counts(loaded: LoadedRun, input_size) -> tuple[int, int] | None:
     if loaded.kind.write is not None:
         return None
     return count_params(loaded.model), count_macs(loaded.model, input_size)
+
+
+def _timed(loaded: dict[str, LoadedRun], graphs: dict[str, Path] | None, threads: int) -> dict:
+    """Both models timed in turns in one runtime: ``{name: (latency, file, runtime)}``."""
+    sizes = {name: tuple(run.preprocess["input_size"]) for name, run in loaded.items()}
+    if graphs is not None:
+        runners = {name: onnx_runner(graphs[name], threads) for name in loaded}
+        measured = latencies(runners, sizes)
+        return {name: (measured[name], graphs[name], ort_runtime(threads)) for name in loaded}
+    parts = {name: _in_pytorch(run) for name, run in loaded.items()}
+    with torch_threads(threads):
+        measured = latencies({name: part[0] for name, part in parts.items()}, sizes)
+    return {name: (measured[name], part[1], torch_runtime(threads, part[2]))
+            for name, part in parts.items()}  # fmt: skip
 
 
 def write_report(
@@ -91,15 +102,12 @@ def write_report(
     (``graphs["parent"]``, ``graphs["variant"]``) in ONNX Runtime, or with ``graphs`` None both
     PyTorch models (a bfloat16 variant)."""
     loaded = {"parent": parent, "variant": variant}
+    timed = _timed(loaded, graphs, threads)
     figures = {}
-    for name in ("variant", "parent"):
-        size = tuple(loaded[name].preprocess["input_size"])
-        if graphs is None:
-            timed = _torch_timed(loaded[name], size, threads)
-        else:
-            timed = _onnx_timed(graphs[name], size, threads)
-        counts = _counts(loaded[name], size) or _counts(parent, size)
-        figures[name] = _figures(timed, metrics[name], *counts)
+    for name, run_of in loaded.items():
+        size = tuple(run_of.preprocess["input_size"])
+        counts = _counts(run_of, size) or _counts(parent, size)
+        figures[name] = _figures(*timed[name], metrics[name], counts)
     record = {
         "method": method,
         "step": model_record(run)["step"],

@@ -602,9 +602,13 @@ def distill_in_the_tab(page) -> None:
 
 
 @pytest.mark.slow
-def test_distill_from_the_compress_tab(page):
-    """The third method (the default run clicks through int8 and pruning; the engine's
-    distillation tests run by default): the student and the student alone join the chart."""
+def test_distill_and_bfloat16_from_the_compress_tab(page):
+    """The third method and the fourth number format (the default run clicks through int8 and
+    pruning; the engine's distillation and bfloat16 tests run by default): the student and the
+    student alone join the chart; bfloat16 is offered where the processor has it, and its row
+    and its original's say they were timed in PyTorch."""
+    from studio.models.bfloat16 import bf16_fast_here
+
     compress_tab(page)
     distill_in_the_tab(page)
     table = page.locator("#compress-table")
@@ -612,6 +616,23 @@ def test_distill_from_the_compress_tab(page):
         expect(table).to_contain_text(made_by)
     assert plot_points(page, "compress-chart") == 2  # the original and the student
     assert page.locator("#compress-variant input").input_value().endswith("-student-lite0")
+
+    page.locator("#compress-method").get_by_label("Quantize").check()
+    page.locator("#compress-to input").click()
+    bf16 = page.get_by_role("option").filter(has_text="bfloat16")
+    if not bf16_fast_here():  # not offered where it would be slower
+        expect(page.get_by_role("option").filter(has_text="int8").first).to_be_visible()
+        assert bf16.count() == 0
+        return
+    bf16.click()
+    page.locator("#compress-go").click()
+    status = page.locator("#compress-status")
+    expect(status).not_to_contain_text("Done", timeout=30_000)
+    expect(status).to_contain_text("Done: accuracy", timeout=300_000)
+    expect(table).to_contain_text("· in PyTorch")
+    assert table.get_by_text("· in PyTorch").count() == 2  # the original (PyTorch) and bf16
+    assert plot_points(page, "compress-chart") == 4
+    assert page.locator("#compress-variant input").input_value().endswith("-bf16")
 
 
 def test_compress_two_variants_compare_them_and_export_one(page):
