@@ -28,8 +28,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import real_datasets  # noqa: E402
-from studio.models.bfloat16 import bf16_fast_here  # noqa: E402
 from common import machine, table  # noqa: E402
+
+from studio.models.bfloat16 import bf16_fast_here  # noqa: E402
 
 HEADER = ("dataset", "variant", "accuracy", "points lost", "x faster b1", "x faster b32",
           "x smaller", "same answers")  # fmt: skip

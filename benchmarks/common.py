@@ -7,7 +7,6 @@ import platform
 
 import torch
 
-
 # The instruction sets that change what compression buys (int8 dot products, bfloat16).
 FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "vnni": "VNNI", "avx512_bf16": "AVX-512 BF16",
             "amx_tile": "AMX"}  # fmt: skip

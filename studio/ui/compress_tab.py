@@ -26,8 +26,8 @@ HELP = """### 7. Make it smaller and faster
 Pick a trained model and a way to shrink it, then press **Make the variant**. Each variant is a
 new model beside the original (nothing is replaced): **Prune** removes whole channels from the
 network and then trains it a little to recover; **Quantize** stores and computes it with 8-bit
-integers (or 16-bit floats: half the file; *bfloat16* is faster where the processor has it,
-plain 16-bit floats slower on most laptops) instead of 32-bit numbers; **Distill** trains a smaller network (the *student*) to give
+integers (or 16-bit floats: half the file, slower on most laptops; or *bfloat16*, for apps
+that run PyTorch, where the processor has it) instead of 32-bit numbers; **Distill** trains a smaller network (the *student*) to give
 the answers your model (the *teacher*) gives, and trains the same student without the teacher
 too, so you see what the teacher added. The chart shows every variant's accuracy against its speed,
 measured on this computer; the green ones are the best trade-offs. Pick one to export it.
@@ -45,7 +45,8 @@ NUMBER_FORMATS = [
     ("int8 of the linear layers only (dynamic: for transformers, not convolutions)",
      "int8-dynamic"),
     ("16-bit floats (half the file; faster only on GPUs and phones)", "fp16"),
-    ("bfloat16 in PyTorch (half the file; faster where the processor has bfloat16)", "bf16"),
+    ("bfloat16, run by PyTorch (half the file; faster than float in PyTorch, not than int8)",
+     "bf16"),
 ]  # fmt: skip
 SPARSITY_NOTE = """*Zeroing weights* (unstructured sparsity) keeps every layer's shape: the file zips much
 smaller, but the model is **not faster** on this computer (it still multiplies by every zero): the
