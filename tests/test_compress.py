@@ -288,6 +288,9 @@ def test_the_compress_tab_handlers_show_a_runs_family(int8_run, trained_run, tmp
     assert variant_dir(ws, "mine", "int8").name == "mine-int8-2"  # never over an existing one
     _, chosen = open_in_export(ctx, ws.id, "mine-int8")
     assert chosen["value"] == "mine-int8" and "mine-int8" in chosen["choices"]
+    # The Export tab's refresh on opening (which picks the newest run) keeps it, once.
+    assert ctx.chosen_run(ws.id, "export-run") == "mine-int8"
+    assert ctx.chosen_run(ws.id, "export-run") is None
     with pytest.raises(StudioError, match="make a variant first"):
         open_in_export(ctx, ws.id, None)
     from studio.ui.explain_tab import pick_source

@@ -49,6 +49,22 @@ class Context:
         self.explainers = ExplainerCache()
         self.owners = Owners(self.base)
         self._warmed = False
+        self._chosen: dict[tuple, tuple[str, float]] = {}  # (ws, picker) -> (run, when)
+
+    def choose_run(self, ws_id, picker: str, name: str) -> None:
+        """Have the next refresh of the run list ``picker`` (its elem_id) show run ``name``.
+
+        A button that opens another tab with a run chosen there ("Export this variant") sets
+        that tab's list; but opening a tab also refreshes its list, which picks the newest run,
+        and that refresh comes after: without this, the tab showed the chosen run for a moment
+        and then built the download of another one. A choice not taken within 30 seconds
+        lapses (the tab was not opened after all)."""
+        self._chosen[(ws_id, picker)] = (name, time.monotonic())
+
+    def chosen_run(self, ws_id, picker: str) -> str | None:
+        """The run :meth:`choose_run` asked ``picker`` to show (once), or None."""
+        name, when = self._chosen.pop((ws_id, picker), (None, 0.0))
+        return name if time.monotonic() - when < 30 else None
 
     def warm_up(self) -> None:
         """Load the engine's heavy half (torch, timm, scikit-learn) in the background once a
@@ -186,7 +202,8 @@ def run_choices(ws: Workspace) -> list[str]:
 def run_picker(ctx: Context, ws_state: gr.State, info: str, elem_id: str):
     """A 'Run' dropdown with a refresh button; returns ``(dropdown, refresh(ws_id))``.
 
-    ``refresh`` selects the newest finished run; tabs call it when they are opened.
+    ``refresh`` selects the newest finished run (or the one another tab chose for it:
+    :meth:`Context.choose_run`); tabs call it when they are opened.
     """
     with gr.Row():
         run = gr.Dropdown(choices=[], label="Run", info=info, elem_id=elem_id, scale=3)
@@ -194,7 +211,9 @@ def run_picker(ctx: Context, ws_state: gr.State, info: str, elem_id: str):
 
     def refresh(ws_id):
         choices = run_choices(ctx.workspace(ws_id))
-        return gr.update(choices=choices, value=choices[0] if choices else None)
+        wanted = ctx.chosen_run(ws_id, elem_id)
+        value = wanted if wanted in choices else (choices[0] if choices else None)
+        return gr.update(choices=choices, value=value)
 
     button.click(refresh, ws_state, run)
     return run, refresh

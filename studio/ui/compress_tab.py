@@ -179,6 +179,7 @@ def open_in_export(ctx: Context, ws_id, variant):
     if not variant:
         raise StudioError("make a variant first, then pick it")
     choices = run_choices(ctx.workspace(ws_id))
+    ctx.choose_run(ws_id, "export-run", variant)  # the Export tab's refresh on opening keeps it
     return gr.Tabs(selected="export"), gr.update(choices=choices, value=variant)
 
 

@@ -134,12 +134,13 @@ class Stops:
 
 
 def refresh_sources(ctx: Context, ws_id, current=None):
-    """Newest run first, then the ImageNet models; a model already chosen (or opened from
-    Evaluate) stays chosen."""
+    """Newest run first, then the ImageNet models; the model another tab opened this one
+    with (:meth:`Context.choose_run`), else the one already chosen, stays chosen."""
     runs = run_choices(ctx.workspace(ws_id))
     choices = [(name, name) for name in runs] + _imagenet_choices()
     values = [value for _, value in choices]
-    keep = current if current in values else (values[0] if values else None)
+    wanted = ctx.chosen_run(ws_id, "explain-run")
+    keep = next((v for v in (wanted, current) if v in values), values[0] if values else None)
     return gr.update(choices=choices, value=keep)
 
 
@@ -328,6 +329,7 @@ def from_top_loss(ctx: Context, ws_id, run_name, task, evt: gr.SelectData):
     )
     true = flat_name(task, row["true"]) if task else row["true"]
     selected = refresh_sources(ctx, ws_id, run_name)
+    ctx.choose_run(ws_id, "explain-run", run_name)  # kept by the tab's refresh on opening
     return gr.Tabs(selected="explain"), selected, row["path"], true, note
 
 
@@ -336,7 +338,9 @@ def from_predict(ctx: Context, ws_id, run_name, path):
     if not path:
         raise StudioError("choose a picture first")
     note = "From the Predict tab: what made the model give its answer."
-    return gr.Tabs(selected="explain"), refresh_sources(ctx, ws_id, run_name), path, None, note
+    selected = refresh_sources(ctx, ws_id, run_name)
+    ctx.choose_run(ws_id, "explain-run", run_name)  # kept by the tab's refresh on opening
+    return gr.Tabs(selected="explain"), selected, path, None, note
 
 
 def _picture_and_settings() -> dict:

@@ -670,6 +670,9 @@ def test_compress_two_variants_compare_them_and_export_one(page):
     checks = page.locator("#export-checks")
     expect(checks).to_contain_text("every file in the zip works as shown", timeout=240_000)
     expect(checks).to_contain_text("onnx: checked: unpacked from the zip")  # its only format
+    # The variant's zip, not the newest run's (the tab's refresh on opening once picked that).
+    assert "pt2" not in checks.inner_text()
+    expect(page.locator("#export-zip")).to_contain_text(variant)  # its name, then ".zip"
 
     page.get_by_role("tab", name="5 · Explain").click()  # an int8 model: its float parent
     source = page.locator("#explain-run input")
