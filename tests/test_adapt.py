@@ -57,9 +57,11 @@ def phone(small_example, tmp_path_factory):
     return shifted_copy(small_example, tmp_path_factory.mktemp("phone") / "pictures", seed=1)
 
 
-# CORAL end to end runs by default in the stop-and-resume test below; here it is a slow one.
+# CORAL end to end runs by default in the stop-and-resume test below and DAN in the Domain
+# tab's browser test; here they are slow ones.
 @pytest.mark.parametrize(
-    "method", [pytest.param("coral", marks=pytest.mark.slow), "dan", "dann", "reweight"]
+    "method",
+    [pytest.param(m, marks=pytest.mark.slow) for m in ("coral", "dan")] + ["dann", "reweight"],
 )
 def test_each_method_adapts_and_reports_both_models(method, trained_run, phone, tmp_path):
     out = tmp_path / method
