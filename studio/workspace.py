@@ -17,13 +17,13 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data.dataset import Dataset, load_dataset
-from .data.facts import remember
-from .data.images import ImageProblem, is_image_name, open_rgb
+from .data.facts import facts_of_many, remember_facts
+from .data.images import is_image_name
 from .data.safezip import extract_zip
 from .data.table import TABLE, has_table, merge_table
 from .errors import DataError, StudioError
@@ -330,8 +330,11 @@ class Workspace:
         folder.mkdir(exist_ok=True)
         return _save_pil(folder, image, prefix)
 
-    def import_zip(self, zip_path: str | Path) -> AddReport:
-        """Add the class folders inside a zip (extracted safely) to this workspace."""
+    def import_zip(
+        self, zip_path: str | Path, progress: Callable[[int, int], None] | None = None
+    ) -> AddReport:
+        """Add the class folders inside a zip (extracted safely) to this workspace, calling
+        ``progress(checked, pictures)`` while its pictures are checked (the long part)."""
         with tempfile.TemporaryDirectory(dir=self.root) as tmp:
             content = extract_zip(zip_path, Path(tmp) / "zip")
             if has_table(content):  # pictures with a table of labels: the table set
@@ -349,6 +352,10 @@ class Workspace:
                 in ("train", "training", "val", "valid", "validation", "test", "testing")
             ]
             roots = splits or [content]
+            # Every picture checked at once (in worker processes when there are many), with
+            # progress; copying each class's pictures in then finds them checked.
+            inside = [f for f in content.rglob("*") if f.is_file() and is_image_name(f)]
+            facts_of_many(inside, progress=progress)
             total = AddReport()
             for root in roots:
                 for folder in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -459,19 +466,20 @@ def _save_pil(folder: Path, image, prefix: str) -> Path:
 
 def _copy_pictures(folder: Path, files: Iterable[str | Path], report: AddReport) -> None:
     """Copy the pictures among ``files`` into ``folder`` under fresh names, counting them in
-    ``report`` and naming each refused file with its reason."""
-    for source in files:
-        source = Path(source)
-        shown = source.name
-        if not is_image_name(source):
+    ``report`` and naming each refused file with its reason. Each is decoded once to be
+    checked (in worker processes when there are many), and what that decode found is the data
+    report's too."""
+    pictures = []
+    for source in map(Path, files):
+        if is_image_name(source):
+            pictures.append(source)
+        else:
             report.skipped.append(
-                (shown, f"not a picture file ({source.suffix or 'no extension'})")
+                (source.name, f"not a picture file ({source.suffix or 'no extension'})")
             )
-            continue
-        try:
-            img = open_rgb(source)
-        except ImageProblem as exc:
-            report.skipped.append((shown, str(exc)))
+    for source, facts in zip(pictures, facts_of_many(pictures)):
+        if isinstance(facts, str):
+            report.skipped.append((source.name, facts))
             continue
         stem = re.sub(r"[^\w\-.]", "_", source.stem)[:60] or "image"
         target = folder / f"{stem}{source.suffix.lower()}"
@@ -480,5 +488,5 @@ def _copy_pictures(folder: Path, files: Iterable[str | Path], report: AddReport)
             n += 1
             target = folder / f"{stem}-{n}{source.suffix.lower()}"
         shutil.copyfile(source, target)
-        remember(target, img)  # this decode is the data report's too
+        remember_facts(target, facts)
         report.added += 1

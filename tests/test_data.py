@@ -6,6 +6,7 @@ import io
 import shutil
 import stat
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,3 +296,48 @@ def test_an_upload_is_not_decoded_again_for_the_report(tmp_path, small_example):
     before = MEMO.decoded
     dataset = ws.dataset()
     assert dataset.report.total == 8 and MEMO.decoded == before
+
+
+def test_many_pictures_are_checked_in_worker_processes_with_progress(
+    tmp_path, small_example, monkeypatch
+):
+    """Past PROCESSES_FROM pictures the decode pass runs in worker processes: the same facts
+    and reasons as threads, each picture decoded once, progress to the end. A zip upload goes
+    through it, with progress in the app, and the report then decodes nothing again."""
+    from studio.data import facts
+    from studio.ui.common import Context
+    from studio.ui.data_tab import upload_zip
+    from studio.workspace import Workspace
+
+    data = tmp_path / "data"
+    shutil.copytree(small_example, data)
+    (data / "brick" / "broken.jpg").write_bytes(b"not a picture")
+    paths = sorted(str(p) for p in data.rglob("*.jpg"))
+    facts.MEMO.clear()
+    by_threads = facts.facts_of_many(paths)
+    facts.MEMO.clear()
+    monkeypatch.setattr(facts, "PROCESSES_FROM", 2)
+    seen, before = [], facts.MEMO.decoded
+    by_processes = facts.facts_of_many(paths, progress=lambda d, t: seen.append((d, t)))
+    assert by_processes == by_threads and facts.MEMO.decoded - before == len(paths)
+    assert sum(isinstance(f, str) for f in by_processes) == 1  # the broken file, with a reason
+    assert [d for d, _ in seen] == list(range(1, len(paths) + 1))
+
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in paths:
+            zf.write(p, Path(p).relative_to(data))
+    ws, calls = Workspace(tmp_path / "ws"), []
+    report = ws.import_zip(archive, progress=lambda d, t: calls.append((d, t)))
+    assert report.added == len(paths) - 1 and calls[-1] == (len(paths), len(paths))
+    assert [name for name, _ in report.skipped] == ["broken.jpg"]
+    decoded = facts.MEMO.decoded
+    assert ws.dataset().report.total == report.added and facts.MEMO.decoded == decoded
+
+    ctx = Context(tmp_path / "app")
+    _, app_ws = ctx.open(None)
+    said = []
+    upload_zip(ctx, app_ws.id, str(archive), progress=lambda f, desc="": said.append((f, desc)))
+    n = len(paths)
+    assert said[-1] == (1.0, f"checking pictures: {n:,} of {n:,}")
+    assert app_ws.counts() == ws.counts()

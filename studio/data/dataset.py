@@ -28,7 +28,6 @@ import random
 import shutil
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,8 +36,8 @@ import numpy as np
 from ..errors import DataError
 from ..paths import cache_dir
 from .duplicates import LARGE_GROUP, duplicate_groups
-from .facts import PictureFacts, facts_of
-from .images import DEFAULT_MAX_PIXELS, ImageProblem, is_image_name
+from .facts import PictureFacts, facts_of_many
+from .images import DEFAULT_MAX_PIXELS, is_image_name
 from .safezip import extract_zip
 from .tasks import Tasks, flat_name, kind_words
 
@@ -400,15 +399,6 @@ class _Checked:
     facts: PictureFacts
 
 
-def _check(candidate: _Candidate, max_pixels: int) -> _Checked | Skipped:
-    """The picture's facts, decoded only if this file has not been seen (studio.data.facts)."""
-    try:
-        f = facts_of(candidate.path, max_pixels)
-    except ImageProblem as exc:
-        return Skipped(str(candidate.path), str(exc))
-    return _Checked(candidate, f)
-
-
 def _connected_groups(n: int, links: Sequence[tuple[int, int]]) -> list[list[int]]:
     """Indices ``0..n-1`` joined by ``links`` into groups (singletons too), each sorted, ordered by
     their smallest index: a stable order, since the seeded split shuffles groups in it."""
@@ -692,17 +682,15 @@ def _check_all(
     progress: Callable[[int, int], None] | None,
     skipped: list[Skipped],
 ) -> list[_Checked]:
-    """Decode every image once; threads overlap file I/O and PIL's GIL-free decoding."""
+    """Decode every picture the memo does not know once (in worker processes when there are
+    many: :func:`studio.data.facts.facts_of_many`); what cannot be used is skipped, by name."""
     checked: list[_Checked] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(lambda c: _check(c, max_pixels), candidates)
-        for done, result in enumerate(results, 1):
-            if isinstance(result, Skipped):
-                skipped.append(result)
-            else:
-                checked.append(result)
-            if progress is not None:
-                progress(done, len(candidates))
+    found = facts_of_many([c.path for c in candidates], max_pixels, workers, progress)
+    for candidate, facts in zip(candidates, found):
+        if isinstance(facts, str):
+            skipped.append(Skipped(str(candidate.path), facts))
+        else:
+            checked.append(_Checked(candidate, facts))
     return checked
 
 

@@ -14,17 +14,21 @@ threads that load datasets.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import multiprocessing
+import os
+import signal
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import imagehash
 from PIL import Image
 
-from .images import DEFAULT_MAX_PIXELS, ImageProblem, open_rgb
+from .images import DEFAULT_MAX_PIXELS, ImageProblem, open_reduced
 
 __all__ = [
     "PictureFacts",
@@ -32,8 +36,10 @@ __all__ = [
     "MEMO",
     "facts_of",
     "facts_of_many",
+    "decode",
     "usable_facts",
     "remember",
+    "remember_facts",
 ]
 
 
@@ -49,11 +55,13 @@ class PictureFacts:
     thumb: bytes  # 16x16 grey levels: the pixel-level check of a near-duplicate candidate
 
     @classmethod
-    def of(cls, img: Image.Image, data: bytes) -> PictureFacts:
-        """The facts of a decoded picture ``img`` whose file holds ``data``."""
+    def of(cls, img: Image.Image, data: bytes, size: tuple[int, int] | None = None) -> PictureFacts:
+        """The facts of a decoded picture ``img`` whose file holds ``data`` (``size``: the
+        picture's own size when ``img`` was decoded smaller)."""
         dhash, fine = (_hash_bits(imagehash.dhash(img, hash_size=n)) for n in (8, 16))
         thumb = img.convert("L").resize((16, 16), Image.Resampling.BOX).tobytes()
-        return cls(img.width, img.height, hashlib.sha1(data).hexdigest(), dhash, fine, thumb)
+        width, height = size or img.size
+        return cls(width, height, hashlib.sha1(data).hexdigest(), dhash, fine, thumb)
 
 
 def _hash_bits(image_hash: imagehash.ImageHash) -> int:
@@ -113,40 +121,96 @@ def facts_of(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> PictureF
     usable picture (remembered too: a broken file is not decoded again either)."""
     path = Path(path)
     known = MEMO.get(path, max_pixels)
-    if isinstance(known, PictureFacts):
-        return known
+    if known is None:
+        known = decode(path, max_pixels)
+        MEMO.put(path, max_pixels, known, decoded=True)
     if isinstance(known, str):
         raise ImageProblem(known)
+    return known
+
+
+# The smallest side a JPEG is decoded at for its facts (its 17x16 hash and 16x16 thumbnail).
+FACTS_PIXELS = 128
+
+
+def decode(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> PictureFacts | str:
+    """One picture's facts, or why it cannot be used, without the memo (what a worker process
+    does; the process that asked keeps the answer)."""
     try:
-        img = open_rgb(path, max_pixels=max_pixels)
+        img, size = open_reduced(path, max_pixels, at_least=FACTS_PIXELS)
     except ImageProblem as exc:
-        MEMO.put(path, max_pixels, str(exc), decoded=True)
-        raise
-    facts = PictureFacts.of(img, path.read_bytes())
-    MEMO.put(path, max_pixels, facts, decoded=True)
-    return facts
+        return str(exc)
+    return PictureFacts.of(img, Path(path).read_bytes(), size)
+
+
+# Below this many pictures to decode, threads: starting worker processes costs about a second.
+PROCESSES_FROM = 1000
 
 
 def facts_of_many(
-    paths: Sequence[str | Path], max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 4
+    paths: Sequence[str | Path],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int = 4,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[PictureFacts | str]:
-    """:func:`facts_of` for each path, in threads (file I/O and PIL's decoding release the GIL);
-    a picture that cannot be used gives the reason as a string in its place."""
+    """:func:`facts_of` for each path (a picture that cannot be used gives the reason as a
+    string in its place), calling ``progress(done, total)`` as they come.
 
-    def one(path):
-        try:
-            return facts_of(path, max_pixels)
-        except ImageProblem as exc:
-            return str(exc)
+    Pictures the memo knows cost nothing. The others are decoded in worker processes, one a
+    core, when there are :data:`PROCESSES_FROM` or more of them: decoding, hashing and
+    thumbnailing a small picture is mostly Python and numpy work under the GIL, so threads
+    share one core (measured in ``benchmarks/bench_scale.py``); fewer go to ``workers``
+    threads, which overlap file reads and PIL's GIL-free decoding without the start-up cost."""
+    paths = [Path(p) for p in paths]
+    out: list[PictureFacts | str | None] = [MEMO.get(p, max_pixels) for p in paths]
+    todo = [i for i, known in enumerate(out) if known is None]
+    done, total = len(paths) - len(todo), len(paths)
+    if progress is not None and done:
+        progress(done, total)
+    for i, value in zip(todo, _decoded([paths[i] for i in todo], max_pixels, workers)):
+        MEMO.put(paths[i], max_pixels, value, decoded=True)
+        out[i] = value
+        done += 1
+        if progress is not None:
+            progress(done, total)
+    return out  # type: ignore[return-value] - every None was filled in
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(one, paths))
+
+def _decoded(paths: list[Path], max_pixels: int, workers: int) -> Iterator[PictureFacts | str]:
+    """:func:`decode` of each path, in order, in processes or threads (see above)."""
+    cores = min(os.cpu_count() or 1, 8)
+    if len(paths) < PROCESSES_FROM or cores < 2:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            yield from pool.map(decode, paths, itertools.repeat(max_pixels))
+        return
+    # spawn, not fork: the app and training hold threads (and torch) that a fork would copy.
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(cores, mp_context=context, initializer=_quiet_worker)
+    try:
+        yield from pool.map(decode, paths, itertools.repeat(max_pixels), chunksize=32)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C or a stop: do not finish
+        raise
+    pool.shutdown()
+
+
+def _quiet_worker() -> None:
+    """A worker ignores Ctrl-C: the process that started it stops it (no traceback each)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def usable_facts(paths: Sequence[str]) -> tuple[list[str], list[PictureFacts]]:
     """The paths among ``paths`` that are usable pictures, and their facts."""
     pairs = [(p, f) for p, f in zip(paths, facts_of_many(paths)) if isinstance(f, PictureFacts)]
     return [p for p, _ in pairs], [f for _, f in pairs]
+
+
+def remember_facts(
+    path: str | Path, facts: PictureFacts, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> None:
+    """Keep ``facts`` for the picture just written to ``path`` (a copy of a file whose facts
+    are known: an upload checked before it was copied in)."""
+    MEMO.put(Path(path), max_pixels, facts)
 
 
 def remember(path: str | Path, img: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:

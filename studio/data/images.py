@@ -64,6 +64,24 @@ def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     Raises:
         ImageProblem: The file is empty, not an image, truncated or too large.
     """
+    return open_reduced(path, max_pixels)[0]
+
+
+# EXIF orientations that turn a picture a quarter: its upright width is the stored height.
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def open_reduced(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, at_least: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`open_rgb`, decoded smaller where the format allows it, and the picture's upright
+    size as stored.
+
+    With ``at_least``, a JPEG is decoded at 1/2, 1/4 or 1/8 of its size in the DCT domain
+    (PIL's ``draft``), keeping at least ``at_least`` pixels on each side: a 12-megapixel photo
+    decodes about 8x faster at 1/8. The data report's hashes and thumbnails need no more than
+    a few dozen pixels; training and prediction never read pictures this way.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -85,8 +103,11 @@ def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
                         f"too long and thin: {width}x{height} pixels (a picture may be at most "
                         f"{MAX_ASPECT} times longer than it is wide)"
                     )
+                if at_least is not None and img.format == "JPEG":
+                    img.draft(img.mode, (at_least, at_least))
+                turned = img.getexif().get(0x0112) in _QUARTER_TURNS  # the EXIF orientation
                 img.load()
-                return to_rgb(img)
+                return to_rgb(img), ((height, width) if turned else (width, height))
     except ImageProblem:
         raise
     except UnidentifiedImageError:

@@ -141,10 +141,16 @@ def choose_set(ctx: Context, ws_id, key):
     return ("", *_views(ctx, ws_id))
 
 
-def upload_zip(ctx: Context, ws_id, path):
+def upload_zip(ctx: Context, ws_id, path, progress=gr.Progress()):
+    """Add a zip's class folders; a zip of thousands of pictures shows how far the check is."""
     if not path:
         return (gr.update(), *_views(ctx, ws_id))
-    report = ctx.workspace(ws_id).import_zip(path)
+
+    def checked(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:  # a few hundred updates at most, not one a picture
+            progress(done / total, desc=f"checking pictures: {done:,} of {total:,}")
+
+    report = ctx.workspace(ws_id).import_zip(path, progress=checked)
     if report.skipped:
         gr.Warning(f"{len(report.skipped)} file(s) in the zip were skipped; see the list.")
     return (as_text(report.message()) + ".", *_views(ctx, ws_id))

@@ -1,0 +1,122 @@
+"""Benchmark (issue 13): ``studio data`` on thousands of large photos, against the version before
+the decode pass moved to worker processes and decoded JPEGs for their facts at 1/8 size.
+
+The photos: scikit-image's bundled real photos (astronaut, Chelsea the cat, coffee, a rocket,
+a stained tissue sample, the Hubble deep field, a retina; one class each), each new picture a
+seeded random crop (40-100% of the side), mirror and brightness/contrast change of one of them,
+enlarged to 3000x2000 pixels (6 megapixels, a phone photo's order) and saved as a JPEG (quality
+88, about 0.5-1 MB). Enlarged photos decode like camera photos of the same size (the decoder's
+work is per pixel and per coefficient), which is what is measured here.
+
+Each size is measured by both versions, each command in a fresh process with empty caches, in
+turns: ``studio data DIR`` with this checkout, and with ``--baseline REV`` (default: the commit
+before the change) checked out into a temporary worktree and run with the same Python. Time is
+wall-clock, peak memory ``wait4``'s (the command or the largest process it waited for).
+
+    python benchmarks/bench_photos.py [--sizes 1000 5000] [--baseline REV] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from common import machine, table  # noqa: E402
+
+SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
+           "hubble_deep_field", "retina")  # fmt: skip
+SIZE = (3000, 2000)
+BASELINE = "975ce78"  # main before the decode pass moved to worker processes
+
+
+def _photo(job: tuple[str, int, Path]) -> None:
+    """One seeded large photo from a scikit-image photo (run in worker processes)."""
+    from skimage import data
+
+    name, seed, target = job
+    rng = np.random.default_rng(seed)
+    source = Image.fromarray(getattr(data, name)()).convert("RGB")
+    w, h = source.size
+    side = rng.uniform(0.4, 1.0)
+    cw, ch = max(16, int(w * side)), max(16, int(h * side))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    img = source.crop((x, y, x + cw, y + ch))
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3))
+    img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.7, 1.3))
+    img.resize(SIZE, Image.Resampling.BICUBIC).save(target, quality=88)
+
+
+def write_photos(n: int, dest: Path, seed: int = 0) -> Path:
+    """``n`` large photos as ``dest/<source>/*.jpg``, the same number from each source."""
+    jobs = []
+    for k, name in enumerate(SOURCES):
+        (dest / name).mkdir(parents=True, exist_ok=True)
+        jobs += [(name, seed * 1_000_003 + k * 100_000 + i, dest / name / f"{name}_{i:05d}.jpg")
+                 for i in range(n // len(SOURCES))]  # fmt: skip
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_photo, jobs, chunksize=16))
+    return dest
+
+
+def timed(cwd: Path, data: Path, cache: Path) -> tuple[float, float]:
+    """Seconds and peak resident memory (MB) of ``studio data DATA`` run from ``cwd``."""
+    env = {**os.environ, "STUDIO_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd)}
+    shutil.rmtree(cache, ignore_errors=True)
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "studio", "data", str(data)], cwd=cwd,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"studio data {data} failed in {cwd}")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 5000])
+    parser.add_argument("--baseline", default=BASELINE, help="the version to compare with")
+    parser.add_argument("--keep", type=Path, help="write the photos here and keep them")
+    args = parser.parse_args()
+    print(machine(), flush=True)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-photos-"))
+    old = work / "baseline"
+    if not old.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(old), args.baseline], cwd=ROOT,
+                       check=True, capture_output=True)  # fmt: skip
+    rows = []
+    try:
+        for n in args.sizes:
+            start = time.perf_counter()
+            data = write_photos(n, work / f"photos-{n}")
+            print(f"{n} photos written in {time.perf_counter() - start:.0f} s", flush=True)
+            t_old, m_old = timed(old, data, work / "cache-old")
+            t_new, m_new = timed(ROOT, data, work / "cache-new")
+            rows.append((n, f"{t_old:.1f}", f"{m_old:.0f}", f"{t_new:.1f}", f"{m_new:.0f}",
+                         f"{t_old / t_new:.2f}"))  # fmt: skip
+            print(rows[-1], flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT,
+                       capture_output=True)  # fmt: skip
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(table(rows, ("photos", "before s", "before MB", "now s", "now MB", "x faster")))
+
+
+if __name__ == "__main__":
+    main()
