@@ -13,7 +13,11 @@ turns: ``studio data DIR`` with this checkout, and with ``--baseline REV`` (defa
 before the change) checked out into a temporary worktree and run with the same Python. Time is
 wall-clock, peak memory ``wait4``'s (the command or the largest process it waited for).
 
-    python benchmarks/bench_photos.py [--sizes 1000 5000] [--baseline REV] [--keep DIR]
+    python benchmarks/bench_photos.py [--sizes 1000 5000] [--fashion 20000] [--baseline REV]
+                                      [--keep DIR]
+
+``--fashion N`` measures N small pictures too (Fashion-MNIST's 28x28 PNGs, as in
+``bench_scale.py``), where decoding is cheap and the worker processes are what counts.
 """
 
 from __future__ import annotations
@@ -74,6 +78,17 @@ def write_photos(n: int, dest: Path, seed: int = 0) -> Path:
     return dest
 
 
+def _write(kind: str, n: int, work: Path) -> Path:
+    """The pictures of one row (written once; a kept folder is reused)."""
+    if kind == "large photos":
+        dest = work / f"photos-{n}"
+        return dest if dest.is_dir() else write_photos(n, dest)
+    from bench_scale import all_fashion, write_sample
+
+    dest = work / f"fashion-{n}"
+    return dest if dest.is_dir() else write_sample(*all_fashion(), n, dest)
+
+
 def timed(cwd: Path, data: Path, cache: Path) -> tuple[float, float]:
     """Seconds and peak resident memory (MB) of ``studio data DATA`` run from ``cwd``."""
     env = {**os.environ, "STUDIO_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd)}
@@ -91,6 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 5000])
     parser.add_argument("--baseline", default=BASELINE, help="the version to compare with")
+    parser.add_argument("--fashion", nargs="*", type=int, default=[],
+                        help="also this many Fashion-MNIST pictures (small PNGs)")  # fmt: skip
     parser.add_argument("--keep", type=Path, help="write the photos here and keep them")
     args = parser.parse_args()
     print(machine(), flush=True)
@@ -100,14 +117,15 @@ def main() -> None:
         subprocess.run(["git", "worktree", "add", "--detach", str(old), args.baseline], cwd=ROOT,
                        check=True, capture_output=True)  # fmt: skip
     rows = []
+    sets = [("large photos", n) for n in args.sizes] + [("Fashion-MNIST", n) for n in args.fashion]
     try:
-        for n in args.sizes:
+        for kind, n in sets:
             start = time.perf_counter()
-            data = write_photos(n, work / f"photos-{n}")
-            print(f"{n} photos written in {time.perf_counter() - start:.0f} s", flush=True)
+            data = _write(kind, n, work)
+            print(f"{n} {kind} written in {time.perf_counter() - start:.0f} s", flush=True)
             t_old, m_old = timed(old, data, work / "cache-old")
             t_new, m_new = timed(ROOT, data, work / "cache-new")
-            rows.append((n, f"{t_old:.1f}", f"{m_old:.0f}", f"{t_new:.1f}", f"{m_new:.0f}",
+            rows.append((kind, n, f"{t_old:.1f}", f"{m_old:.0f}", f"{t_new:.1f}", f"{m_new:.0f}",
                          f"{t_old / t_new:.2f}"))  # fmt: skip
             print(rows[-1], flush=True)
     finally:
@@ -115,7 +133,7 @@ def main() -> None:
                        capture_output=True)  # fmt: skip
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(table(rows, ("photos", "before s", "before MB", "now s", "now MB", "x faster")))
+    print(table(rows, ("pictures", "n", "before s", "before MB", "now s", "now MB", "x faster")))
 
 
 if __name__ == "__main__":

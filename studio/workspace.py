@@ -269,6 +269,8 @@ class Workspace:
                 continue
             with tempfile.TemporaryDirectory(dir=self.root) as tmp:
                 content = extract_zip(path, Path(tmp) / "zip")
+                # Checked all at once (worker processes when there are many), then copied in.
+                facts_of_many([f for f in content.rglob("*") if f.is_file() and is_image_name(f)])
                 for item in sorted(content.rglob("*")):
                     if not item.is_file() or item.is_symlink() or "__MACOSX" in item.parts:
                         continue

@@ -32,31 +32,6 @@ NEAR_PIXELS = 0.09
 LARGE_GROUP = 10  # a near-duplicate group this large is worth a warning
 
 
-def pixel_distance(a: bytes, b: bytes) -> float:
-    """How different two thumbnails look once brightness and contrast are set aside: the mean
-    absolute difference of their standardised grey levels (0 for a brightened copy)."""
-    x, y = (np.frombuffer(t, np.uint8).astype(np.float32) for t in (a, b))
-    x, y = ((v - v.mean()) / (v.std() + 1.0) for v in (x, y))
-    return float(np.abs(x - y).mean())
-
-
-def _confirmed(one: PictureFacts, other: PictureFacts) -> float | None:
-    """The thumbnails' distance when ``other`` (within NEAR_BITS of ``one``'s small hash) is a
-    copy of ``one`` within two copy-steps: close fine hashes, close thumbnails; else None."""
-    if (one.fine_dhash ^ other.fine_dhash).bit_count() > NEAR_FINE_BITS:
-        return None
-    distance = pixel_distance(one.thumb, other.thumb)
-    return distance if distance <= 2 * NEAR_PIXELS else None  # copies of one original
-
-
-def _candidates(one: PictureFacts, index: HashIndex, others: Sequence[PictureFacts]):
-    """(distance, index) of each picture of ``others`` that is a copy of ``one``."""
-    for k in index.near(one.dhash):
-        distance = _confirmed(one, others[k])
-        if distance is not None:
-            yield distance, k
-
-
 def duplicate_groups(facts: Sequence[PictureFacts]) -> tuple[list[list[int]], list[list[int]]]:
     """``(exact, near)``: groups of identical files, and groups of copies (resized, re-saved or
     brightened) that are not already one exact group.
@@ -82,8 +57,9 @@ _PAIRS_AT_ONCE = 20_000  # candidate pairs checked per vectorised step (bounds t
 
 
 def _confirmed_pairs(facts: Sequence[PictureFacts], blocks: Iterable[tuple]):
-    """``(distance, i, j)`` for the candidate pairs (blocks of ``(i, j)`` arrays) that
-    :func:`_confirmed` would confirm, computed for many pairs at once: real photos of one kind
+    """``(distance, i, j)`` for the candidate pairs (blocks of ``(i, j)`` arrays, within
+    NEAR_BITS of each other's small hash) that are copies within two copy-steps (close fine
+    hashes, close thumbnails), computed for many pairs at once: real photos of one kind
     (garments, digits, tiles) give many candidates within NEAR_BITS (millions among 50,000
     Fashion-MNIST photos), and checking them one by one in Python, or holding them all, was
     most of the report's time and memory."""
@@ -115,17 +91,27 @@ def copies_between(
     new: Sequence[PictureFacts], old: Sequence[PictureFacts]
 ) -> list[tuple[int, int, str]]:
     """``(index in new, index in old, "identical" | "near copy")`` for each new picture that is
-    a copy of an old one (its closest, identical files first); one row per new picture."""
+    a copy of an old one (its closest, identical files first); one row per new picture. The
+    candidates come from an index of the old pictures' hashes and are confirmed as the report's
+    are (:func:`_confirmed_pairs`, on the two sets side by side)."""
     by_sha = {f.sha1: j for j, f in enumerate(old)}
-    index = HashIndex([f.dhash for f in old], NEAR_BITS)
+    identical = {i: by_sha[f.sha1] for i, f in enumerate(new) if f.sha1 in by_sha}
+    index, offset = HashIndex([f.dhash for f in old], NEAR_BITS), len(new)
+    blocks = (
+        (np.full(len(near), i), np.asarray(near) + offset)
+        for i, f in enumerate(new)
+        if i not in identical and (near := index.near(f.dhash))
+    )
+    closest: dict[int, tuple[float, int]] = {}
+    for distance, i, j in _confirmed_pairs([*new, *old], blocks):
+        if distance <= NEAR_PIXELS and (distance, j) < closest.get(i, (np.inf, 0)):
+            closest[i] = (distance, j)
     rows = []
-    for i, f in enumerate(new):
-        if f.sha1 in by_sha:
-            rows.append((i, by_sha[f.sha1], "identical"))
-            continue
-        close = [(d, j) for d, j in _candidates(f, index, old) if d <= NEAR_PIXELS]
-        if close:
-            rows.append((i, min(close)[1], "near copy"))
+    for i in range(len(new)):
+        if i in identical:
+            rows.append((i, identical[i], "identical"))
+        elif i in closest:
+            rows.append((i, closest[i][1] - offset, "near copy"))
     return rows
 
 

@@ -159,7 +159,7 @@ def facts_of_many(
     Pictures the memo knows cost nothing. The others are decoded in worker processes, one a
     core, when there are :data:`PROCESSES_FROM` or more of them: decoding, hashing and
     thumbnailing a small picture is mostly Python and numpy work under the GIL, so threads
-    share one core (measured in ``benchmarks/bench_scale.py``); fewer go to ``workers``
+    share one core (measured in ``benchmarks/bench_photos.py``); fewer go to ``workers``
     threads, which overlap file reads and PIL's GIL-free decoding without the start-up cost."""
     paths = [Path(p) for p in paths]
     out: list[PictureFacts | str | None] = [MEMO.get(p, max_pixels) for p in paths]
@@ -178,7 +178,7 @@ def facts_of_many(
 
 def _decoded(paths: list[Path], max_pixels: int, workers: int) -> Iterator[PictureFacts | str]:
     """:func:`decode` of each path, in order, in processes or threads (see above)."""
-    cores = min(os.cpu_count() or 1, 8)
+    cores = min(_cores(), 8)
     if len(paths) < PROCESSES_FROM or cores < 2:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             yield from pool.map(decode, paths, itertools.repeat(max_pixels))
@@ -192,6 +192,14 @@ def _decoded(paths: list[Path], max_pixels: int, workers: int) -> Iterator[Pictu
         pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C or a stop: do not finish
         raise
     pool.shutdown()
+
+
+def _cores() -> int:
+    """The processor cores this process may use (its affinity, where the system tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _quiet_worker() -> None:
