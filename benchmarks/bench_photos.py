@@ -104,7 +104,7 @@ def timed(cwd: Path, data: Path, cache: Path) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 5000])
+    parser.add_argument("--sizes", nargs="*", type=int, default=[1000, 5000])
     parser.add_argument("--baseline", default=BASELINE, help="the version to compare with")
     parser.add_argument("--fashion", nargs="*", type=int, default=[],
                         help="also this many Fashion-MNIST pictures (small PNGs)")  # fmt: skip
