@@ -11,7 +11,8 @@ work is per pixel and per coefficient), which is what is measured here.
 Each size is measured by both versions, each command in a fresh process with empty caches, in
 turns: ``studio data DIR`` with this checkout, and with ``--baseline REV`` (default: the commit
 before the change) checked out into a temporary worktree and run with the same Python. Time is
-wall-clock, peak memory ``wait4``'s (the command or the largest process it waited for).
+wall-clock, peak memory the command's or the largest process it waited for
+(``common.measured``).
 
     python benchmarks/bench_photos.py [--sizes 1000 5000] [--fashion 20000] [--baseline REV]
                                       [--keep DIR]
@@ -39,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, table  # noqa: E402
+from common import machine, measured, table  # noqa: E402
 
 SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
            "hubble_deep_field", "retina")  # fmt: skip
@@ -93,13 +94,11 @@ def timed(cwd: Path, data: Path, cache: Path) -> tuple[float, float]:
     """Seconds and peak resident memory (MB) of ``studio data DATA`` run from ``cwd``."""
     env = {**os.environ, "STUDIO_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd)}
     shutil.rmtree(cache, ignore_errors=True)
-    start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "studio", "data", str(data)], cwd=cwd,
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    _, status, usage = os.wait4(child.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"studio data {data} failed in {cwd}")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024
+    seconds, peak, status, tail = measured([sys.executable, "-m", "studio", "data", str(data)],
+                                           cwd, env)  # fmt: skip
+    if status != 0:
+        raise SystemExit(f"studio data {data} failed in {cwd}:\n{tail}")
+    return seconds, peak
 
 
 def main() -> None:

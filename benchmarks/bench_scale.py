@@ -11,12 +11,12 @@ process with an empty feature memo and picture-facts cache, as a user would run 
   --augment none``: the frozen backbone's features computed once (the bulk), 3 epochs of the
   head on them, the held-out evaluation, the model saved.
 
-Time is wall-clock; peak memory is the process's maximum resident set (``wait4``'s
-``ru_maxrss``, the largest of the process and the loader workers it waited for). Growth per step
+Time is wall-clock; peak memory is the command's maximum resident set (the largest of the
+process and the workers it waited for; ``common.measured``). Growth per step
 is the time's ratio to the linear prediction from the previous size (1.00 = exactly linear;
 the issue's target is at most 1.3) and memory must stay under 2 GB at 50k.
 
-    python benchmarks/bench_scale.py [--sizes 1000 5000 20000 50000] [--keep DIR]
+    python benchmarks/bench_scale.py [--sizes 1000 5000 20000 50000] [--keep DIR] [--data-only]
 """
 
 from __future__ import annotations
@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, table  # noqa: E402
+from common import machine, measured, table  # noqa: E402
 from real_datasets import FASHION_CLASSES, FASHION_DIR, _idx  # noqa: E402
 
 TRAIN = ["--preset", "custom", "--freeze", "backbone", "--head-solver", "sgd", "--epochs", "3",
@@ -66,22 +64,15 @@ def write_sample(images, labels, n: int, dest: Path, seed: int = 0) -> Path:
 
 def timed(args: list[str], env: dict) -> tuple[float, float]:
     """Seconds and peak resident memory (MB) of ``python -m studio ARGS`` in a fresh process."""
-    with tempfile.TemporaryFile() as log:  # a file, not a pipe: progress bars never block it
-        start = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "studio", *args], cwd=ROOT, env=env,
-                                 stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode != 0:
-            log.seek(0)
-            raise SystemExit(f"studio {' '.join(args)} failed:\n{log.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    seconds, peak, status, tail = measured([sys.executable, "-m", "studio", *args], ROOT, env)
+    if status != 0:
+        raise SystemExit(f"studio {' '.join(args)} failed:\n{tail}")
+    return seconds, peak
 
 
 def growth(now: tuple[int, float], before: tuple[int, float] | None) -> str:
     """Time at this size over the linear prediction from the size before."""
-    if before is None:
+    if before is None or not before[1]:
         return "-"
     return f"{now[1] / (before[1] * now[0] / before[0]):.2f}"
 
@@ -90,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 5000, 20000, 50000])
     parser.add_argument("--keep", type=Path, help="write the pictures and runs here and keep them")
+    parser.add_argument("--data-only", action="store_true", help="time `studio data` alone")
     args = parser.parse_args()
     print(machine(), flush=True)
     images, labels = all_fashion()
@@ -101,8 +93,11 @@ def main() -> None:
             env = {**os.environ, "STUDIO_CACHE": str(work / f"cache-{n}"),
                    "STUDIO_FEATURE_MEMO": str(work / f"memo-{n}"), "HF_HUB_OFFLINE": "1"}  # fmt: skip
             t_data, m_data = timed(["data", str(data)], env)
-            t_train, m_train = timed(["train", str(data), "--out", str(work / f"run-{n}"), *TRAIN],
-                                     env)  # fmt: skip
+            t_train, m_train = (
+                (0.0, 0.0)
+                if args.data_only
+                else timed(["train", str(data), "--out", str(work / f"run-{n}"), *TRAIN], env)
+            )
             rows.append((n, f"{t_data:.1f}", growth((n, t_data), last["data"]), f"{m_data:.0f}",
                          f"{t_train:.1f}", growth((n, t_train), last["train"]),
                          f"{m_train:.0f}"))  # fmt: skip
