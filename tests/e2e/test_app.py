@@ -857,7 +857,19 @@ def many_pictures_in_the_data_tab(page, tmp_path, per_class: int) -> Path:
 
 
 def test_a_class_of_many_pictures_is_shown_a_page_at_a_time(page, tmp_path):
-    many_pictures_in_the_data_tab(page, tmp_path, 110)
+    archive = many_pictures_in_the_data_tab(page, tmp_path, 110)
+    # The same zip as new pictures (kept apart from training): their gallery pages too, and
+    # every one of them is named a copy of a training picture.
+    page.get_by_text("New pictures, kept apart from training").click()
+    page.locator("#data-new-files input[type=file]").set_input_files(str(archive))
+    report = page.locator("#data-new-report")
+    expect(report).to_contain_text("330 new pictures", timeout=60_000)
+    expect(report).to_contain_text("330 of them are copies of training pictures")
+    where = page.locator("#data-new-gallery-where")
+    expect(where).to_contain_text("page 1 of 7 (330 pictures)")
+    assert page.locator("#data-new-gallery img").count() <= 48
+    page.locator("#data-new-gallery-next").click()
+    expect(where).to_contain_text("page 2 of 7")
 
 
 @pytest.mark.slow
