@@ -50,19 +50,27 @@ def test_the_int8_variant_is_smaller_faster_and_agrees_with_its_parent(int8_run,
     assert model["step"]["to"] == "int8" and model["step"]["calibration"] == 16
 
 
+def refused_then_packaged(run, explain: str, fmt: str, export: str) -> set[str]:
+    """A variant that Explain refuses (naming the run it was made from) and that cannot be
+    exported to ``fmt``: its download still passes every check; returns the zip's files."""
+    with pytest.raises(StudioError, match=f"{explain}.*made from run"):
+        Explainer.from_run(run)
+    with pytest.raises(StudioError, match=export):
+        export_run(run, fmt)
+    package = build_package(run)
+    assert package.all_passed, package.summary()
+    return {n.split("/", 1)[1] for n in zipfile.ZipFile(package.zip_path).namelist()}
+
+
 def test_evaluate_predict_and_export_work_on_it_and_explain_says_why_not(int8_run, small_example):
     metrics, _ = evaluate_run(int8_run, small_example)
     assert metrics["split"] == "test" and metrics["accuracy"] >= 0.6
     picture = next(small_example.rglob("*.jpg"))
     (answer,) = Predictor(int8_run).predict([str(picture)])
     assert answer.error is None and answer.top[0][0] in load_run(int8_run).labels
-    with pytest.raises(StudioError, match="gradients do not flow.*made from run"):
-        Explainer.from_run(int8_run)
-    with pytest.raises(StudioError, match="exporting to pt2 does not work on an onnx-int8"):
-        export_run(int8_run, "pt2")
-    package = build_package(int8_run)
-    assert package.all_passed, package.summary()
-    names = {n.split("/", 1)[1] for n in zipfile.ZipFile(package.zip_path).namelist()}
+    names = refused_then_packaged(
+        int8_run, "gradients do not flow", "pt2", "exporting to pt2 does not work on an onnx-int8"
+    )
     assert "model.onnx" in names and "model.safetensors" not in names  # the int8 graph only
     assert "onnx-int8 model from run" in (int8_run / "MODEL_CARD.md").read_text()
 
@@ -117,13 +125,9 @@ def test_bf16_halves_the_file_runs_in_pytorch_and_is_refused_where_the_cpu_lacks
         assert next(loaded.model.parameters()).dtype == torch.bfloat16
         with safe_open(str(out / "model.safetensors"), "pt") as weights:
             assert weights.get_tensor(next(iter(weights.keys()))).dtype == torch.bfloat16
-        with pytest.raises(StudioError, match="computes in bfloat16.*made from run"):
-            Explainer.from_run(out)
-        with pytest.raises(StudioError, match="exporting to onnx does not work on a torch-bf16"):
-            export_run(out, "onnx")
-        package = build_package(out)
-        assert package.all_passed, package.summary()
-        names = {n.split("/", 1)[1] for n in zipfile.ZipFile(package.zip_path).namelist()}
+        names = refused_then_packaged(
+            out, "computes in bfloat16", "onnx", "exporting to onnx does not work on a torch-bf16"
+        )
         assert {"model.pt2", "model.torchscript.pt"} <= names
         assert not {"model.onnx", "model.safetensors"} & names
         rows = comparison([int8_run, out])  # the original once in each runtime

@@ -757,7 +757,10 @@ def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, t
     expect(page.locator("#domain-sure input")).not_to_be_checked()  # cleared after removing
 
 
+@pytest.mark.slow
 def test_rank_backbones_for_my_pictures_chooses_one(page):
+    """Slow (20 s): the handler test in tests/test_rank.py runs the same ranking, its growing
+    table and the backbone it chooses, by default."""
     load_example(page)
     page.get_by_role("tab", name="2 · Model").click()
     page.locator("#rank-go").click()
