@@ -51,7 +51,7 @@ def _figures(latency: dict, model_file: Path, runtime: str, metrics: dict, count
     }
 
 
-def _in_pytorch(loaded: LoadedRun) -> tuple:
+def _pytorch_runner(loaded: LoadedRun) -> tuple:
     """(runner, the file that is the model, numbers) of a PyTorch model: a bfloat16 one as it
     is, a float one as a channels-last copy (the order its bfloat16 variant runs in, so the
     ratio is bfloat16's own)."""
@@ -80,7 +80,7 @@ def _timed(loaded: dict[str, LoadedRun], graphs: dict[str, Path] | None, threads
         runners = {name: onnx_runner(graphs[name], threads) for name in loaded}
         measured = latencies(runners, sizes)
         return {name: (measured[name], graphs[name], ort_runtime(threads)) for name in loaded}
-    parts = {name: _in_pytorch(run) for name, run in loaded.items()}
+    parts = {name: _pytorch_runner(run) for name, run in loaded.items()}
     with torch_threads(threads):
         measured = latencies({name: part[0] for name, part in parts.items()}, sizes)
     return {name: (measured[name], part[1], torch_runtime(threads, part[2]))
