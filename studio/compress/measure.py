@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "Latency", "count_params", "count_macs", "time_calls", "time_together", "latencies",
+    "Latency", "count_params", "count_macs", "time_together", "latencies",
     "onnx_runner", "torch_runner", "torch_threads", "ort_runtime", "torch_runtime",
 ]  # fmt: skip
 
@@ -66,11 +66,6 @@ def count_macs(model: torch.nn.Module, input_size: tuple[int, int, int]) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *input_size))
     return int(counter.get_total_flops() // 2)
-
-
-def time_calls(call: Callable[[], object], runs: int, warmup: int = 3) -> list[float]:
-    """Milliseconds of each of ``runs`` calls after ``warmup`` untimed ones."""
-    return time_together({"one": call}, runs, warmup)["one"]
 
 
 def time_together(

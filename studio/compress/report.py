@@ -103,11 +103,10 @@ def write_report(
     PyTorch models (a bfloat16 variant)."""
     loaded = {"parent": parent, "variant": variant}
     timed = _timed(loaded, graphs, threads)
-    figures = {}
-    for name, run_of in loaded.items():
-        size = tuple(run_of.preprocess["input_size"])
-        counts = _counts(run_of, size) or _counts(parent, size)
-        figures[name] = _figures(*timed[name], metrics[name], counts)
+    sizes = {name: tuple(run.preprocess["input_size"]) for name, run in loaded.items()}
+    counts = {"parent": _counts(parent, sizes["parent"])}
+    counts["variant"] = _counts(variant, sizes["variant"]) or counts["parent"]
+    figures = {name: _figures(*timed[name], metrics[name], counts[name]) for name in loaded}
     record = {
         "method": method,
         "step": model_record(run)["step"],
