@@ -269,8 +269,7 @@ class Workspace:
                 continue
             with tempfile.TemporaryDirectory(dir=self.root) as tmp:
                 content = extract_zip(path, Path(tmp) / "zip")
-                # Checked all at once (worker processes when there are many), then copied in.
-                facts_of_many([f for f in content.rglob("*") if f.is_file() and is_image_name(f)])
+                _check_pictures_in(content)
                 for item in sorted(content.rglob("*")):
                     if not item.is_file() or item.is_symlink() or "__MACOSX" in item.parts:
                         continue
@@ -354,10 +353,7 @@ class Workspace:
                 in ("train", "training", "val", "valid", "validation", "test", "testing")
             ]
             roots = splits or [content]
-            # Every picture checked at once (in worker processes when there are many), with
-            # progress; copying each class's pictures in then finds them checked.
-            inside = [f for f in content.rglob("*") if f.is_file() and is_image_name(f)]
-            facts_of_many(inside, progress=progress)
+            _check_pictures_in(content, progress)
             total = AddReport()
             for root in roots:
                 for folder in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -464,6 +460,13 @@ def _save_pil(folder: Path, image, prefix: str) -> Path:
     target = folder / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}.jpg"
     image.convert("RGB").save(target, quality=92)
     return target
+
+
+def _check_pictures_in(folder: Path, progress: Callable[[int, int], None] | None = None) -> None:
+    """Check every picture under an extracted zip's ``folder`` in one pass (in worker processes
+    when there are many, with ``progress``), so that copying them in finds them checked."""
+    facts_of_many([f for f in folder.rglob("*") if f.is_file() and is_image_name(f)],
+                  progress=progress)  # fmt: skip
 
 
 def _copy_pictures(folder: Path, files: Iterable[str | Path], report: AddReport) -> None:

@@ -178,6 +178,8 @@ def facts_of_many(
 
 def _decoded(paths: list[Path], max_pixels: int, workers: int) -> Iterator[PictureFacts | str]:
     """:func:`decode` of each path, in order, in processes or threads (see above)."""
+    if not paths:  # all known (a copy of checked pictures): no pool to start
+        return
     cores = min(_cores(), 8)
     if len(paths) < PROCESSES_FROM or cores < 2:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
