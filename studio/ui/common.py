@@ -49,7 +49,7 @@ class Context:
         self.explainers = ExplainerCache()
         self.owners = Owners(self.base)
         self._warmed = False
-        self._chosen: dict[tuple, tuple[str, float]] = {}  # (ws, picker) -> (run, when)
+        self._chosen: dict[tuple, str] = {}  # (workspace, picker) -> run
 
     def choose_run(self, ws_id, picker: str, name: str) -> None:
         """Have the next refresh of the run list ``picker`` (its elem_id) show run ``name``.
@@ -57,14 +57,13 @@ class Context:
         A button that opens another tab with a run chosen there ("Export this variant") sets
         that tab's list; but opening a tab also refreshes its list, which picks the newest run,
         and that refresh comes after: without this, the tab showed the chosen run for a moment
-        and then built the download of another one. A choice not taken within 30 seconds
-        lapses (the tab was not opened after all)."""
-        self._chosen[(ws_id, picker)] = (name, time.monotonic())
+        and then built the download of another one. The choice holds until that refresh,
+        however late it comes on a busy machine (no clock decides it)."""
+        self._chosen[(ws_id, picker)] = name
 
     def chosen_run(self, ws_id, picker: str) -> str | None:
         """The run :meth:`choose_run` asked ``picker`` to show (once), or None."""
-        name, when = self._chosen.pop((ws_id, picker), (None, 0.0))
-        return name if time.monotonic() - when < 30 else None
+        return self._chosen.pop((ws_id, picker), None)
 
     def warm_up(self) -> None:
         """Load the engine's heavy half (torch, timm, scikit-learn) in the background once a
