@@ -15,10 +15,15 @@ wall-clock, peak memory the command's or the largest process it waited for
 (``common.measured``).
 
     python benchmarks/bench_photos.py [--sizes 1000 5000] [--fashion 20000] [--baseline REV]
-                                      [--keep DIR]
+                                      [--keep DIR] [--train]
 
 ``--fashion N`` measures N small pictures too (Fashion-MNIST's 28x28 PNGs, as in
 ``bench_scale.py``), where decoding is cheap and the worker processes are what counts.
+
+``--train`` times ``bench_scale.py``'s 3-epoch frozen ``studio train`` instead of ``studio
+data`` (pass ``--baseline`` the commit before JPEGs were decoded at the model's size for it,
+``0bba691``): a model's preparation shrinks the shorter side to 256 pixels, so a 6-megapixel
+decode was mostly thrown away.
 """
 
 from __future__ import annotations
@@ -90,14 +95,19 @@ def _write(kind: str, n: int, work: Path) -> Path:
     return dest if dest.is_dir() else write_sample(*all_fashion(), n, dest)
 
 
-def timed(cwd: Path, data: Path, cache: Path) -> tuple[float, float]:
-    """Seconds and peak resident memory (MB) of ``studio data DATA`` run from ``cwd``."""
+def timed(cwd: Path, data: Path, cache: Path, train: bool = False) -> tuple[float, float]:
+    """Seconds and peak resident memory (MB) of ``studio data DATA`` (or, with ``train``, the
+    3-epoch frozen training of ``bench_scale.py``) run from ``cwd``."""
+    from bench_scale import TRAIN
+
     env = {**os.environ, "STUDIO_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd)}
     shutil.rmtree(cache, ignore_errors=True)
-    seconds, peak, status, tail = measured([sys.executable, "-m", "studio", "data", str(data)],
-                                           cwd, env)  # fmt: skip
+    command = (
+        ["train", str(data), "--out", str(cache / "run"), *TRAIN] if train else ["data", str(data)]
+    )
+    seconds, peak, status, tail = measured([sys.executable, "-m", "studio", *command], cwd, env)
     if status != 0:
-        raise SystemExit(f"studio data {data} failed in {cwd}:\n{tail}")
+        raise SystemExit(f"studio {command[0]} {data} failed in {cwd}:\n{tail}")
     return seconds, peak
 
 
@@ -108,6 +118,7 @@ def main() -> None:
     parser.add_argument("--fashion", nargs="*", type=int, default=[],
                         help="also this many Fashion-MNIST pictures (small PNGs)")  # fmt: skip
     parser.add_argument("--keep", type=Path, help="write the photos here and keep them")
+    parser.add_argument("--train", action="store_true", help="time training, not studio data")
     args = parser.parse_args()
     print(machine(), flush=True)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-photos-"))
@@ -122,8 +133,8 @@ def main() -> None:
             start = time.perf_counter()
             data = _write(kind, n, work)
             print(f"{n} {kind} written in {time.perf_counter() - start:.0f} s", flush=True)
-            t_old, m_old = timed(old, data, work / "cache-old")
-            t_new, m_new = timed(ROOT, data, work / "cache-new")
+            t_old, m_old = timed(old, data, work / "cache-old", args.train)
+            t_new, m_new = timed(ROOT, data, work / "cache-new", args.train)
             rows.append((kind, n, f"{t_old:.1f}", f"{m_old:.0f}", f"{t_new:.1f}", f"{m_new:.0f}",
                          f"{t_old / t_new:.2f}"))  # fmt: skip
             print(rows[-1], flush=True)

@@ -105,3 +105,43 @@ def test_a_long_thin_strip_is_refused_before_it_can_exhaust_memory(tmp_path, tra
     assert any(s.path.endswith("strip.png") and "long and thin" in s.reason for s in report.skipped)
     Image.new("RGB", (40, 2000), "white").save(tmp_path / "receipt.png")  # 1:50 still passes
     assert open_rgb(tmp_path / "receipt.png").size == (40, 2000)
+
+
+def test_a_large_jpeg_is_prepared_from_a_smaller_decode_exactly_as_the_shown_code_does(
+    tmp_path, trained_run, monkeypatch
+):
+    """A phone photo is decoded at a fraction of its size, never below the model's resize, by
+    the app and by the code shown beside the download alike (their pixels must agree)."""
+    import json
+    import shutil
+
+    import torch
+
+    from studio.data.loaders import build_transform, prepared, source_side
+    from studio.deployment.samples import PREPARE
+    from studio.models.kinds import load_run
+
+    loaded = load_run(trained_run)
+    tf = loaded.transform()
+    resize = json.loads((trained_run / "preprocess.json").read_text())["resize"]
+    assert source_side(tf) == resize == 256
+    training = build_transform(loaded.data_config(), "light", training=True)
+    assert source_side(training) is None  # random crops zoom in: the full picture
+
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    photo = Image.fromarray(coarse).resize((2048, 1536), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, as phones do
+    photo.save(tmp_path / "photo.jpg", quality=90, exif=exif)
+    assert open_rgb(tmp_path / "photo.jpg", at_least=resize).size == (384, 512)  # 1/4, upright
+
+    app = prepared(tmp_path / "photo.jpg", tf)
+    assert not torch.allclose(app, tf(open_rgb(tmp_path / "photo.jpg")), atol=1e-3)
+    for name in ("preprocess.json", "labels.json"):
+        shutil.copy(trained_run / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    shown: dict = {}
+    exec(PREPARE, shown)  # noqa: S102 - the product's own sample code
+    assert shown["x"].shape == (1, *app.shape)
+    assert np.abs(shown["x"][0] - app.numpy()).max() < 1e-5

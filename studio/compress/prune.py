@@ -116,7 +116,7 @@ def ratio_for_macs(
 
 def _taylor_gradients(parent: LoadedRun, dataset, seed: int, pictures: int = 32):
     """Backpropagates the task loss of up to ``pictures`` training pictures (seeded sample)."""
-    from ..data.images import open_rgb
+    from ..data.loaders import prepared
 
     samples = training_sample(dataset, pictures, seed)
     transform = parent.transform()
@@ -124,7 +124,7 @@ def _taylor_gradients(parent: LoadedRun, dataset, seed: int, pictures: int = 32)
     def backward(model: nn.Module) -> None:
         for i in range(0, len(samples), 8):
             chunk = samples[i : i + 8]
-            x = torch.stack([transform(open_rgb(s.path)) for s in chunk])
+            x = torch.stack([prepared(s.path, transform) for s in chunk])
             y = torch.tensor([s.labels[0] for s in chunk])
             nn.functional.cross_entropy(model(x), y).backward()
 

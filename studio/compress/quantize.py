@@ -54,7 +54,7 @@ from pathlib import Path
 
 from .. import events as ev
 from ..data.dataset import Dataset
-from ..data.images import open_rgb
+from ..data.loaders import prepared
 from ..errors import StudioError
 from ..models.bfloat16 import bf16_fast_here, channels_last_copy
 from ..models.kinds import LoadedRun, save_model
@@ -85,7 +85,7 @@ def _calibration_batches(loaded: LoadedRun, dataset: Dataset, count: int, seed: 
     """Up to ``count`` training pictures (seeded sample), one array each, as prediction sees them."""
     transform = loaded.transform()
     for sample in training_sample(dataset, count, seed):
-        yield {"image": transform(open_rgb(sample.path)).unsqueeze(0).numpy()}
+        yield {"image": prepared(sample.path, transform).unsqueeze(0).numpy()}
 
 
 def _quantize_graph(float_graph: Path, target: Path, batches, scratch: Path) -> dict:

@@ -48,7 +48,9 @@ def is_image_name(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_rgb(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, at_least: int | None = None
+) -> Image.Image:
     """Decode ``path`` into an upright 8-bit RGB image.
 
     The pixel count is checked from the header before any pixel data is decoded, so an oversized
@@ -57,6 +59,8 @@ def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     Args:
         path: Image file.
         max_pixels: Images with more pixels than this are refused.
+        at_least: A JPEG may be decoded smaller, keeping at least this many pixels on each side
+            (see :func:`open_reduced`); None: full size.
 
     Returns:
         A fully loaded ``PIL.Image`` in mode ``"RGB"``.
@@ -64,7 +68,7 @@ def open_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     Raises:
         ImageProblem: The file is empty, not an image, truncated or too large.
     """
-    return open_reduced(path, max_pixels)[0]
+    return open_reduced(path, max_pixels, at_least)[0]
 
 
 # EXIF orientations that turn a picture a quarter: its upright width is the stored height.
@@ -80,7 +84,8 @@ def open_reduced(
     With ``at_least``, a JPEG is decoded at 1/2, 1/4 or 1/8 of its size in the DCT domain
     (PIL's ``draft``), keeping at least ``at_least`` pixels on each side: a 12-megapixel photo
     decodes about 8x faster at 1/8. The data report's hashes and thumbnails need no more than
-    a few dozen pixels; training and prediction never read pictures this way.
+    a few dozen pixels; a model's preparation, which first shrinks the shorter side to a few
+    hundred, needs no more than that (:func:`studio.data.loaders.prepared`).
     """
     path = Path(path)
     try:

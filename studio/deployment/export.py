@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.images import ImageProblem, open_rgb
+from ..data.images import ImageProblem
+from ..data.loaders import prepared
 from ..errors import StudioError
 from ..inspection.model_card import write_model_card
 from ..models.kinds import LoadedRun, load_run
@@ -116,7 +117,7 @@ def _batch(loaded: LoadedRun, paths: list[str]) -> torch.Tensor:
     tensors = []
     for p in paths:
         with contextlib.suppress(ImageProblem):
-            tensors.append(tf(open_rgb(p)))
+            tensors.append(prepared(p, tf))
     if not tensors:
         # No images left on disk: fall back to fixed noise so the check still compares numbers.
         generator = torch.Generator().manual_seed(0)

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.images import open_rgb
 from ..errors import StudioError
 from ..models.kinds import LoadedRun, load_run
 from ..runs import CONFIG, EXPORTS, LABELS, METRICS, MODEL_CARD, MODEL_RECORD, PREPROCESS, WEIGHTS
@@ -190,13 +189,15 @@ def check_zip(zip_path: str | Path, loaded: LoadedRun) -> list[FormatCheck]:
     pictures, in a separate Python; compare with the app's model (``loaded``)."""
     import torch
 
+    from ..data.loaders import prepared
+
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
         top = names[0].split("/", 1)[0] if names else ""
         pictures = check_images(loaded.run_dir, limit=4) or [_noise_picture(zip_path)]
         transform = loaded.transform()
         with torch.no_grad():
-            batch = torch.stack([transform(open_rgb(p)) for p in pictures])
+            batch = torch.stack([prepared(p, transform) for p in pictures])
             expected = loaded.model(batch).numpy()
         present = {n.split("/", 1)[-1] for n in names}
         code = samples_for(loaded.tasks is not None)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.images import ImageProblem, open_rgb
+from ..data.images import ImageProblem
+from ..data.loaders import prepared
 from ..errors import StudioError
 from ..inspection.evaluate import probabilities
 from ..models.kinds import LoadedRun, load_run
@@ -86,7 +87,7 @@ class Predictor:
         tensors, slots = [], []
         for image in images:
             try:
-                tensors.append(self._transform(open_rgb(image)))
+                tensors.append(prepared(image, self._transform))
                 slots.append(len(results))
                 results.append(None)
             except ImageProblem as exc:

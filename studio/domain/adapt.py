@@ -41,7 +41,7 @@ from torch import nn
 from .. import events as ev
 from ..data.dataset import Sample
 from ..data.images import ImageProblem, open_rgb
-from ..data.loaders import build_transform
+from ..data.loaders import build_transform, prepared
 from ..errors import StudioError
 from ..inspection.evaluate import evaluate_samples
 from ..models.backbones import data_config, on_classifier_input
@@ -94,7 +94,7 @@ class _TargetStream:
                 chunk = order[start : start + size]
                 if len(chunk) < 2 and len(order) >= 2:
                     continue  # a batch of one has no covariance or distances
-                yield torch.stack([self.transform(open_rgb(self.paths[i])) for i in chunk])
+                yield torch.stack([prepared(self.paths[i], self.transform) for i in chunk])
 
 
 class _DomainTerm:

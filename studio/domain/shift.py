@@ -36,8 +36,8 @@ import torch
 
 from ..data.duplicates import copies_between
 from ..data.facts import usable_facts
-from ..data.images import ImageProblem, open_rgb
-from ..data.loaders import build_transform
+from ..data.images import ImageProblem
+from ..data.loaders import build_transform, prepared
 from ..errors import StudioError
 from ..models.backbones import create_backbone, data_config
 from ..models.kinds import LoadedRun, load_run
@@ -95,7 +95,7 @@ class Embedder:
 
         for i, path in enumerate(pictures.paths):
             try:
-                batch.append(self.transform(open_rgb(path)))
+                batch.append(prepared(path, self.transform))
                 index.append(i)
             except (ImageProblem, OSError) as exc:
                 skipped.append((path, str(exc)))

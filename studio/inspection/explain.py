@@ -169,14 +169,16 @@ class Explainer:
 
     def prepare(self, image: str | Path | Image.Image) -> tuple[torch.Tensor, Image.Image]:
         """The model's input for a picture and that input shown as a picture."""
-        from ..data.images import ImageProblem, open_rgb
+        from ..data.images import ImageProblem
+        from ..data.loaders import prepared
 
-        if not isinstance(image, Image.Image):
+        if isinstance(image, Image.Image):
+            x = self._transform(image.convert("RGB")).unsqueeze(0)
+        else:
             try:
-                image = open_rgb(image)
+                x = prepared(image, self._transform).unsqueeze(0)
             except ImageProblem as exc:
                 raise DataError(f"cannot read {Path(image).name}: {exc}") from None
-        x = self._transform(image.convert("RGB")).unsqueeze(0)
         shown = (x[0] * self.std + self.mean).clamp(0, 1)
         return x.to(self.device), Image.fromarray(
             (shown.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

@@ -42,8 +42,7 @@ from torch import nn
 
 from .. import events as ev
 from ..data.dataset import Dataset, load_dataset
-from ..data.images import open_rgb
-from ..data.loaders import ImageSamples, build_transform, image_loader
+from ..data.loaders import ImageSamples, build_transform, image_loader, prepared
 from ..data.tasks import Tasks
 from ..errors import StudioError
 from ..models.backbones import Group, WeightsInfo, create_backbone, data_config, model_groups
@@ -587,7 +586,7 @@ def _from_memo(run: RunSetup, plan, memo: FeatureMemo | None, parts, frozen) -> 
     found = [memo.get_many(part) for part in sha1s]
     checks = [(p, i) for p, f in enumerate(found) for i in sorted(f)][:2]
     if checks:
-        x = torch.stack([run.eval_tf(open_rgb(parts[p].samples[i].path)) for p, i in checks])
+        x = torch.stack([prepared(parts[p].samples[i].path, run.eval_tf) for p, i in checks])
         fresh = capture(run.model, plan, x.to(run.device)).float().cpu().numpy()
         if not FeatureMemo.agrees(np.stack([found[p][i] for p, i in checks]), fresh):
             return _Known(memo, sha1s, [{} for _ in parts])
@@ -618,7 +617,7 @@ def make_feeder(
     train_ds, val_ds = run.train_ds, (run.val_ds if with_val else None)
     if not (cfg.cache and frozen):
         return ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last, where)
-    sample = torch.stack([run.eval_tf(open_rgb(s.path)) for s in train_ds.samples[:2]])
+    sample = torch.stack([prepared(s.path, run.eval_tf) for s in train_ds.samples[:2]])
     plan, why = plan_cache(run.model, sample.to(run.device))
     if plan is None:
         yield ev.Notice(f"not caching frozen layers: {why}")

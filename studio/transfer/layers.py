@@ -122,13 +122,13 @@ def _weight_change(tuned: torch.nn.Module, start: torch.nn.Module, names: Sequen
 
 def _images(loaded, limit: int, seed: int) -> torch.Tensor:
     """A seeded sample of the run's own pictures, as its model sees them."""
-    from ..data.images import open_rgb
+    from ..data.loaders import prepared
 
     samples = [s for split in loaded.dataset().splits.values() for s in split]
     rng = np.random.default_rng(seed)
     picked = rng.permutation(len(samples))[:limit]
     tf = loaded.transform()
-    return torch.stack([tf(open_rgb(samples[i].path)) for i in sorted(picked)])
+    return torch.stack([prepared(samples[i].path, tf) for i in sorted(picked)])
 
 
 def what_changed(run: str | Path, max_pictures: int = MAX_PICTURES, seed: int = 0):
@@ -227,7 +227,7 @@ def compare_layers(a: str | Path, b: str | Path, data: str | Path,
     """CKA between every group of ``a`` and every group of ``b`` (runs or catalog backbones)
     on pictures of ``data``: ``{"a", "b", "groups_a", "groups_b", "cka": rows of a,
     "most_similar": [[group of a, group of b, cka], ...] (for each group of a, its best)}``."""
-    from ..data.images import open_rgb
+    from ..data.loaders import prepared
     from ..domain.pictures import load_pictures
 
     pictures = load_pictures(data, "DATA")
@@ -236,7 +236,7 @@ def compare_layers(a: str | Path, b: str | Path, data: str | Path,
     outs = []
     for source in (a, b):
         model, tf, name = _model_for(source)
-        images = torch.stack([tf(open_rgb(p)) for p in paths])
+        images = torch.stack([prepared(p, tf) for p in paths])
         groups, out, _ = group_outputs(model, images)
         outs.append((name, [g.name for g in groups if g.name in out], out))
     (na, ga, oa), (nb, gb, ob) = outs
