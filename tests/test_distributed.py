@@ -157,3 +157,32 @@ def test_bad_device_count_is_refused(devices, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["train", str(tmp_path), "--devices", devices])
     assert exit_.value.code == 2
+
+
+@pytest.mark.slow
+def test_the_several_machines_command_works_as_two_machines_on_one_computer(example, tmp_path):
+    """Slow (~20 s): the README's command for several machines (torchrun --nnodes with c10d
+    rendezvous), each "machine" a torchrun of its own meeting at 127.0.0.1: one run folder
+    written by whichever became rank 0, two processes, the frozen features shared."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STUDIO_OFFLINE": "1",
+           "STUDIO_FEATURE_MEMO": str(tmp_path / "memo")}  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+               f"127.0.0.1:{port}", "--rdzv-id", "two-machines", "-m", "studio", "train",
+               str(example), "--out", str(run), *SGD, "--epochs", "3"]  # fmt: skip
+    machines = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    results = [finish(machine) for machine in machines]
+    assert [code for code, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
+    said = [out for _, out, _ in results if "model and report:" in out]
+    assert len(said) == 1  # rank 0 alone speaks and writes
+    assert "computed once and cached" in said[0]
+    assert json.loads((run / "run_info.json").read_text())["processes"] == 2
+    assert json.loads((run / "metrics.json").read_text())["accuracy"] >= 0.9
+    assert any((tmp_path / "memo").rglob("*.npy"))  # the features were computed, not found

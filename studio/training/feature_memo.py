@@ -31,13 +31,16 @@ from ..paths import cache_dir
 __all__ = ["FeatureMemo", "TOLERANCE"]
 
 TOLERANCE = 1e-3  # relative: a memo entry this close to a fresh pass is the same feature
+DECODE = "jpeg-at-model-size"
 
 
 class FeatureMemo:
     """Features by picture SHA-1 for one backbone, weights and preprocessing."""
 
     def __init__(self, backbone: str, weights: WeightsInfo, data_config: dict):
-        identity = [backbone, weights.source, weights.path]
+        # DECODE names how pictures are decoded for a model: memos made before large JPEGs
+        # were decoded at the model's size (studio.data.loaders.prepared) are not used.
+        identity = [backbone, weights.source, weights.path, DECODE]
         if weights.path and Path(weights.path).exists():
             st = Path(weights.path).stat()
             identity += [st.st_size, st.st_mtime_ns]
