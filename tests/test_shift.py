@@ -82,6 +82,35 @@ def test_a_shifted_copy_of_the_example_is_told_apart_and_costs_accuracy(
     assert len(result["map"]["points"]) == 216 and len(result["map"]["paths"]) == 216
 
 
+def test_a_picture_embedded_once_is_not_embedded_again_until_it_or_the_model_changes(
+    shifted, trained_run, tmp_path, monkeypatch
+):
+    """Measuring a shift, then adapting (or reweighting) the run, embeds the same pictures
+    with the same model: the second time costs nothing, and gives the same numbers."""
+    import os
+
+    from studio.domain import shift
+
+    pictures = load_pictures(shifted).keep([0, 1, 2, 3], [])
+    first = Embedder.from_run(trained_run).embed(pictures)
+    decoded: list[str] = []
+    real = shift.prepared
+    monkeypatch.setattr(shift, "prepared", lambda path, tf: decoded.append(path) or real(path, tf))
+    again = Embedder.from_run(trained_run).embed(pictures)
+    assert decoded == []
+    assert np.array_equal(again[0], first[0]) and np.array_equal(again[1], first[1])
+    assert again[2].paths == pictures.paths
+    changed = pictures.paths[1]
+    st = os.stat(changed)
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # edited in place
+    Embedder.from_run(trained_run).embed(pictures)
+    assert decoded == [changed]
+    other = tmp_path / "retrained"  # another run folder: another network
+    shutil.copytree(trained_run, other)
+    Embedder.from_run(other).embed(pictures)
+    assert decoded == [changed, *pictures.paths]
+
+
 def test_two_halves_of_the_same_pictures_show_no_shift(example, tmp_path):
     halves = [tmp_path / "a", tmp_path / "b"]
     for folder in sorted(p for p in example.iterdir() if p.is_dir()):

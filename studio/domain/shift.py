@@ -27,6 +27,8 @@ are labelled with the run's classes.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +58,63 @@ COST_POINTS = 5  # accuracy lost (points) that the verdict calls a cost
 ALPHA = 0.05  # the test's level
 
 
-class Embedder:
-    """A network that turns pictures into feature vectors (and, for a run, its logits)."""
+class _Remembered:
+    """Embeddings by (network, picture file), bounded, in this process.
 
-    def __init__(self, model: torch.nn.Module, transform, name: str, classes: list[str] | None):
+    Measuring a shift embeds the run's training and new pictures; adapting the run then
+    measures the model it started from on the same pictures again, and reweighting embeds the
+    training pictures to weigh them: each picture went through the same network two or three
+    times. A file is known by its path, size and modification time, a network by its run
+    folder and model files' times (or the backbone's name and weights), so a changed picture or
+    a run trained again into its folder is embedded afresh."""
+
+    def __init__(self, max_entries: int = 4000):  # 1280 float64 features: ~40 MB at most
+        self.max_entries, self._items = max_entries, OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(network: tuple, path: str) -> tuple | None:
+        try:
+            st = Path(path).stat()
+        except OSError:
+            return None
+        return (network, str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+    def get(self, key: tuple | None):
+        with self._lock:
+            if key is None or key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: tuple | None, value: tuple) -> None:
+        if key is None:
+            return
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+
+REMEMBERED = _Remembered()
+
+
+def _run_identity(loaded: LoadedRun) -> tuple:
+    """A run as the network it holds: its folder and its model files as they are now."""
+    files = sorted(loaded.run_dir.glob("model*"))
+    return ("run", str(loaded.run_dir.resolve()),
+            *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))  # fmt: skip
+
+
+class Embedder:
+    """A network that turns pictures into feature vectors (and, for a run, its logits).
+
+    ``identity`` names the network for :data:`REMEMBERED` (None: nothing is remembered)."""
+
+    def __init__(self, model: torch.nn.Module, transform, name: str, classes: list[str] | None,
+                 identity: tuple | None = None):  # fmt: skip
         self.model, self.transform, self.name, self.classes = model.eval(), transform, name, classes
+        self.identity = identity
 
     @classmethod
     def from_run(cls, run: str | Path | LoadedRun) -> Embedder:
@@ -68,35 +122,47 @@ class Embedder:
         loaded = run if isinstance(run, LoadedRun) else load_run(run)
         loaded.kind.require("measuring a shift with its features", loaded.kind.gradients,
                             loaded.record.get("parent"))  # fmt: skip
-        return cls(loaded.model, loaded.transform(), loaded.run_dir.name, loaded.labels)
+        return cls(loaded.model, loaded.transform(), loaded.run_dir.name, loaded.labels,
+                   _run_identity(loaded))  # fmt: skip
 
     @classmethod
     def from_backbone(cls, name: str, pretrained: bool = True) -> Embedder:
-        model, _ = create_backbone(name, pretrained=pretrained)
-        return cls(model, build_transform(data_config(model), "none"), name, None)
+        model, info = create_backbone(name, pretrained=pretrained)
+        identity = ("backbone", name, pretrained, info.source, str(info.path))
+        return cls(model, build_transform(data_config(model), "none"), name, None, identity)
 
     @torch.no_grad()
     def embed(self, pictures: PictureSet, progress: Callable[[float], None] | None = None):
         """``(features, logits or None, the pictures kept)``; pictures that fail to decode are
-        left out and named in the kept set's ``skipped``."""
-        feats, logits, kept, skipped = [], [], [], []
+        left out and named in the kept set's ``skipped``. Pictures this network embedded
+        before (:data:`REMEMBERED`) are not embedded again."""
+        rows: dict[int, tuple] = {}
+        skipped: list[tuple[str, str]] = []
         batch: list[torch.Tensor] = []
         index: list[int] = []
 
         def flush():
-            x = torch.stack(batch)
+            # Channels-last input makes the convolutions run channels-last whatever the
+            # weights' format: 1.9x faster for EfficientNet-Lite0 on this 2-core CPU.
+            x = torch.stack(batch).contiguous(memory_format=torch.channels_last)
             pooled = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-            feats.append(pooled.flatten(1).double().numpy())
-            if self.classes is not None:
-                logits.append(self.model.get_classifier()(pooled).double().numpy())
-            kept.extend(index)
+            feats = pooled.flatten(1).double().numpy()
+            logits = (self.model.get_classifier()(pooled).double().numpy()
+                      if self.classes is not None else None)  # fmt: skip
+            for row, i in enumerate(index):
+                rows[i] = (feats[row], None if logits is None else logits[row])
+                REMEMBERED.put(self._key(pictures.paths[i]), rows[i])
             batch.clear()
             index.clear()
 
         for i, path in enumerate(pictures.paths):
+            known = REMEMBERED.get(self._key(path))
             try:
-                batch.append(prepared(path, self.transform))
-                index.append(i)
+                if known is not None:
+                    rows[i] = known
+                else:
+                    batch.append(prepared(path, self.transform))
+                    index.append(i)
             except (ImageProblem, OSError) as exc:
                 skipped.append((path, str(exc)))
             if len(batch) == 32:
@@ -105,10 +171,14 @@ class Embedder:
                 progress((i + 1) / len(pictures.paths))
         if batch:
             flush()
-        if not kept:
+        if not rows:
             raise StudioError(f"none of the pictures in {pictures.root} could be read")
-        out_logits = np.concatenate(logits) if logits else None
-        return np.concatenate(feats), out_logits, pictures.keep(kept, skipped)
+        kept = sorted(rows)
+        logits = np.stack([rows[i][1] for i in kept]) if self.classes is not None else None
+        return np.stack([rows[i][0] for i in kept]), logits, pictures.keep(kept, skipped)
+
+    def _key(self, path: str) -> tuple | None:
+        return None if self.identity is None else REMEMBERED.key(self.identity, path)
 
 
 # --------------------------------------------------------------------------- the statistics

@@ -55,7 +55,7 @@ def predict_probs(
     dataset: ImageSamples,
     device: torch.device,
     batch_size: int = 32,
-    channels_last: bool = False,
+    channels_last: bool = True,
     tasks: Tasks | None = None,
 ) -> np.ndarray:
     """Class probabilities (softmax, or sigmoid for multi-label) for every image, in order."""
@@ -258,7 +258,7 @@ def evaluate_samples(
     *,
     threshold: float = 0.5,
     batch_size: int = 32,
-    channels_last: bool = False,
+    channels_last: bool = True,
     split: str = "test",
     tasks: Tasks | None = None,
 ) -> dict:
