@@ -39,29 +39,35 @@ def _views(ctx: Context, ws_id: str, selected: str | None = None):
     return (_sets_update(ws), *_set_views(ws, selected))
 
 
+def _dataset_or_problem(ws, counts: dict):
+    """The workspace's dataset, loaded once per refresh, or why it is not ready (a sentence)."""
+    if sum(counts.values()) == 0:
+        return None, "there are no pictures yet"
+    try:
+        return ws.dataset(), None
+    except StudioError as exc:
+        return None, str(exc)
+
+
 def _set_views(ws, selected: str | None):
     classes = ws.classes()
     shown = classes
+    counts = ws.counts()
+    dataset, problem = _dataset_or_problem(ws, counts)
     if ws.is_table:  # a table's classes are its tasks' values, known once it is read
-        try:
-            shown = ws.dataset().classes
-        except StudioError:
-            shown = []
+        shown = dataset.classes if dataset is not None else []
     pick = selected if selected in classes else (classes[0] if classes else None)
     seen = selected if selected in shown else (shown[0] if shown else None)
     class_update = gr.update(choices=classes, value=pick)
     show_update = gr.update(choices=shown, value=seen)
     gallery = _class_page(ws, seen, 1)  # the gallery, its page number, where the page is
-    counts = ws.counts()
     refused = [[name, f"refused on upload: {why}"] for name, why in ws.refused()]
     if sum(counts.values()) == 0:
         empty = charts.class_counts({})
         return class_update, show_update, empty, "No pictures yet.", *gallery, refused
-    try:
-        dataset = ws.dataset()
-    except StudioError as exc:
+    if dataset is None:
         figure = charts.class_counts({"pictures": counts})
-        report = f"**Not ready to train:** {exc}"
+        report = f"**Not ready to train:** {problem}"
         return class_update, show_update, figure, report, *gallery, refused
     report = dataset.report
     lines = [
