@@ -57,6 +57,7 @@ __all__ = [
     "require_run",
     "list_runs",
     "describe_run",
+    "can_resume",
 ]
 
 CONFIG = "config.json"
@@ -190,6 +191,12 @@ def run_tasks(run_dir: str | Path) -> list[str]:
         if isinstance(tasks, list)
         else []
     )
+
+
+def can_resume(run_dir: str | Path) -> bool:
+    """Whether the run was stopped or killed with a checkpoint to continue from (a finished
+    run's checkpoint is removed; a stopped run keeps it)."""
+    return (Path(run_dir) / CHECKPOINT).is_file() and (Path(run_dir) / CONFIG).is_file()
 
 
 def describe_run(run_dir: str | Path) -> dict:

@@ -81,6 +81,7 @@ __all__ = [
     "select_device",
     "StopFlag",
     "load_training_data",
+    "resume_config",
     "solves_head_exactly",
 ]
 
@@ -426,13 +427,7 @@ def _open_run(cfg: TrainConfig, main: bool = True) -> tuple[TrainConfig, dict | 
     run_dir = Path(cfg.out)
     checkpoint_path = run_dir / CHECKPOINT
     if cfg.resume:
-        if not checkpoint_path.is_file():
-            raise StudioError(f"nothing to resume: {checkpoint_path} does not exist")
-        saved = load_json(run_dir / CONFIG)
-        if not isinstance(saved, dict):
-            raise RunError(f"{run_dir / CONFIG} is damaged (not a settings object)")
-        config = TrainConfig.from_dict({**saved, "resume": True, "out": str(run_dir)})
-        return config.validate(), load_checkpoint(checkpoint_path)
+        return resume_config(run_dir), load_checkpoint(checkpoint_path)
     if not main:
         return cfg, None
     if (run_dir / CONFIG).exists() and not _never_set_up(run_dir):
@@ -446,6 +441,19 @@ def _open_run(cfg: TrainConfig, main: bool = True) -> tuple[TrainConfig, dict | 
     for name in _SET_UP_FILES:  # what a set-up that failed or was killed left behind
         (run_dir / name).unlink(missing_ok=True)
     return cfg, None
+
+
+def resume_config(run_dir: str | Path) -> TrainConfig:
+    """The settings to continue a stopped or killed run with: the ones it was started with
+    (``config.json``), ``resume`` set. Raises :class:`StudioError` when the run has no
+    checkpoint to continue from (it finished, or never finished an epoch)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).is_file():
+        raise StudioError(f"nothing to resume: {run_dir / CHECKPOINT} does not exist")
+    saved = load_json(run_dir / CONFIG)
+    if not isinstance(saved, dict):
+        raise RunError(f"{run_dir / CONFIG} is damaged (not a settings object)")
+    return TrainConfig.from_dict({**saved, "resume": True, "out": str(run_dir)}).validate()
 
 
 _SET_UP_FILES = (CONFIG, DATA_REPORT, SPLIT, LABELS, PREPROCESS, EVENTS)

@@ -1,16 +1,18 @@
-"""Train tab: presets, advanced settings, live curves, Stop, and the run history."""
+"""Train tab: presets, advanced settings, live curves, Stop, continuing a stopped run, and the
+run history."""
 
 from __future__ import annotations
 
 import csv
 import functools
 import time
+from pathlib import Path
 
 import gradio as gr
 
 from ..errors import StudioError
 from ..inspection import charts
-from ..runs import HISTORY, describe_run
+from ..runs import HISTORY, can_resume, describe_run
 from ..training.presets import PRESETS  # no torch: presets imports it only when applied
 from .common import Context, as_text, friendly, load_engine, run_choices, stop_job
 from .model_tab import freeze_spec
@@ -19,7 +21,8 @@ from .tabs import TabParts
 HELP = """### 3. Train
 Pick a preset and press **Start training**. The curves grow while it learns: *loss* should go
 down, *accuracy* up. The *validation* line uses pictures the model does not learn from; when it
-stops improving, more training will not help. **Stop** ends the run and keeps the best model."""
+stops improving, more training will not help. **Stop** ends the run and keeps the best model;
+**Continue it** goes on with a stopped run from where it stopped."""
 
 # The engine's presets (studio.training.presets), by their titles; Custom uses the Advanced settings
 # and the Model tab's freeze slider as they are.
@@ -115,10 +118,29 @@ def _start_job(ws, dataset, preset: str, bb: str, frz, settings: dict, devices: 
     return job.start(), note
 
 
-def _follow(ctx: Context, ws_id: str, job, note: str):
-    """Stream a job's progress into (status, curves, history, compare) until it ends."""
-    shown, said = -1, ""
+def continue_choices(ctx: Context, ws_id: str) -> tuple:
+    """The stopped runs that can go on (newest first; not the one training now: it has a
+    checkpoint too) and the button, shown only when there are any."""
+    job = ctx.jobs.get(ws_id, "training")
+    config = getattr(job, "config", None) if job is not None and not job.done else None
+    running = Path(config.out).name if config is not None else None
+    names = [p.name for p in ctx.workspace(ws_id).runs() if can_resume(p) and p.name != running]
+    return (
+        gr.update(choices=names, value=names[0] if names else None, visible=bool(names)),
+        gr.update(visible=bool(names)),
+    )
+
+
+def _follow(ctx: Context, ws_id: str, job, note: str, earlier: list[dict] | None = None):
+    """Stream a job's progress into (status, curves, history, compare, the stopped runs and
+    their button) until it ends; ``earlier``: the epochs a continued run had already run."""
+    shown, said, earlier = -1, "", earlier or []
     note = f"\n\n{as_text(note[:1].upper() + note[1:])}." if note else ""
+    unchanged = (gr.update(),) * 4
+
+    def curves(epochs) -> object:
+        return charts.training_curves({"this run": earlier + [e.to_dict() for e in epochs]})
+
     while True:
         snap = job.snapshot()
         text = status_line(snap) + note
@@ -126,25 +148,25 @@ def _follow(ctx: Context, ws_id: str, job, note: str):
             curves_now = gr.update()
             if len(snap.epochs) != shown:  # redraw the curves only when they grew
                 shown = len(snap.epochs)
-                curves_now = charts.training_curves(
-                    {"this run": [e.to_dict() for e in snap.epochs]}
-                )
+                curves_now = curves(snap.epochs)
             said = text
-            yield text, curves_now, gr.update(), gr.update()
+            yield text, curves_now, *unchanged
         if job.done:
             break
         time.sleep(0.5)
     snap = job.snapshot()
+    ws = ctx.workspace(ws_id)
     if snap.state == "failed":
         raise gr.Error(as_text(snap.message), print_exception=False)
     if snap.state == "cancelled":
-        yield f"**{snap.message}.**", gr.update(), gr.update(), gr.update()
+        yield f"**{snap.message}.**", gr.update(), *unchanged
         return
     yield (
         f"**{snap.message}.** Open the Evaluate tab to see where it goes wrong.{note}",
-        charts.training_curves({"this run": [e.to_dict() for e in snap.epochs]}),
+        curves(snap.epochs),
         history_table(ctx, ws_id),
-        gr.update(choices=run_choices(ctx.workspace(ws_id))),
+        gr.update(choices=run_choices(ws)),
+        *continue_choices(ctx, ws_id),
     )
 
 
@@ -171,25 +193,58 @@ def preview_augmentation(ctx: Context, ws_id, aug: str, bb: str) -> list:
 
 
 def start_training(ctx: Context, ws_id, preset_name: str, bb: str, frz, devices, *values):
-    """Start training (one run per workspace: the slot is claimed before the seconds of set-up,
-    so a double click cannot start two) and stream its progress until it ends; on
-    ``devices`` GPUs (processes started through torchrun) when more than one."""
+    """Start training and stream its progress until it ends; on ``devices`` GPUs (processes
+    started through torchrun) when more than one."""
     try:  # what needs no torch is checked first: "no pictures" must not wait for it
         settings = settings_from_page(values)
         ws = ctx.workspace(ws_id)
         dataset = ws.dataset(seed=settings["seed"])
+    except StudioError as exc:
+        raise gr.Error(as_text(exc), print_exception=False) from None
+    yield from _run_job(
+        ctx, ws_id, lambda: (*_start_job(ws, dataset, preset_name, bb, frz, settings, devices), [])
+    )
+
+
+def continue_training(ctx: Context, ws_id, name: str | None, devices):
+    """Go on with a stopped (or killed) run from its last finished epoch to the epochs it was
+    started with, in its own folder; its curves show the epochs it had run too."""
+    try:
+        if not name:
+            raise StudioError("there is no stopped run to continue")
+        run_dir = ctx.workspace(ws_id).resolve_run(name)
+    except StudioError as exc:
+        raise gr.Error(as_text(exc), print_exception=False) from None
+
+    def make():
+        load_engine()
+        from ..jobs import TrainingJob
+        from ..training.train import resume_config
+
+        job = TrainingJob(resume_config(run_dir), devices=max(1, int(devices or 1)))
+        earlier = _history_rows(run_dir)
+        return job.start(), f"continuing {name} after its epoch {len(earlier)}", earlier
+
+    yield from _run_job(ctx, ws_id, make)
+
+
+def _run_job(ctx: Context, ws_id: str, make):
+    """Claim the workspace's training slot (before the seconds of set-up, so a double click
+    cannot start two runs), make the job (``make() -> (job, note, earlier epochs)``) and
+    follow it; only a failed set-up gives the slot back."""
+    try:
         ctx.jobs.claim(ws_id, "training")
     except StudioError as exc:
         raise gr.Error(as_text(exc), print_exception=False) from None
     try:
-        job, note = _start_job(ws, dataset, preset_name, bb, frz, settings, devices)
+        job, note, earlier = make()
     except BaseException as exc:
-        ctx.jobs.release(ws_id, "training")  # only a failed set-up gives the slot back
+        ctx.jobs.release(ws_id, "training")
         if isinstance(exc, StudioError):
             raise gr.Error(as_text(exc), print_exception=False) from None
         raise
     ctx.jobs.hand_over(ws_id, "training", job)
-    yield from _follow(ctx, ws_id, job, note)
+    yield from _follow(ctx, ws_id, job, note, earlier)
 
 
 def stop_training(ctx: Context, ws_id) -> str:
@@ -205,12 +260,14 @@ def overlay_runs(ctx: Context, ws_id, names) -> object:
 
 
 def refresh_history(ctx: Context, ws_id):
-    """The run history table, the runs to compare, and the GPUs to train on (offered only
-    when this computer has more than one)."""
+    """The run history table, the runs to compare, the GPUs to train on (offered only when
+    this computer has more than one), and the stopped runs that can go on."""
+    ws = ctx.workspace(ws_id)
     return (
         history_table(ctx, ws_id),
-        gr.update(choices=run_choices(ctx.workspace(ws_id))),
+        gr.update(choices=run_choices(ws)),
         devices_choice(),
+        *continue_choices(ctx, ws_id),
     )
 
 
@@ -302,6 +359,13 @@ def build_train_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) 
             info="This computer has several GPUs: one process per GPU, started by PyTorch's "
             "torchrun, share each batch.",
         )  # fmt: skip
+    with gr.Row():
+        stopped = gr.Dropdown(
+            [], label="Stopped run", visible=False, elem_id="stopped-runs", scale=3,
+            info="A run stopped before its last epoch (or ended by closing the app) goes on "
+            "from where it stopped, with its own settings.",
+        )  # fmt: skip
+        go_on = gr.Button("Continue it", visible=False, elem_id="continue-training", scale=1)
     status = gr.Markdown("Not started.", elem_id="train-status")
     curves = gr.Plot(label="Training curves", elem_id="train-curves")
     history, compare, compare_plot = _history_layout()
@@ -316,16 +380,19 @@ def build_train_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict) 
         [ws_state, settings["augment"], backbone],
         preview,
     )
+    followed = [status, curves, history, compare, stopped, go_on]
     start.click(
         bind(start_training, ctx),
         [ws_state, preset, backbone, freeze, devices, *settings.values()],
-        [status, curves, history, compare],
+        followed,
         concurrency_limit=None,
         api_name="train",
         # No overlay on the outputs: the curves are what the tab is for, and they must stay
         # visible while they grow; the status line says how far the run is.
         show_progress="hidden",
     )
+    go_on.click(bind(continue_training, ctx), [ws_state, stopped, devices], followed,
+                concurrency_limit=None, show_progress="hidden")  # fmt: skip
     stop.click(bind(stop_training, ctx), ws_state, None, concurrency_limit=None)
     compare.change(friendly(bind(overlay_runs, ctx)), [ws_state, compare], compare_plot)
-    return TabParts([history, compare, devices], bind(refresh_history, ctx))
+    return TabParts([history, compare, devices, stopped, go_on], bind(refresh_history, ctx))

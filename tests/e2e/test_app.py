@@ -303,7 +303,22 @@ def test_stop_ends_a_run_and_keeps_the_best_model(page):
     expect(page.locator("#train-curves .js-plotly-plot")).to_be_visible()
     page.get_by_role("button", name="Stop").click()
     expect(page.locator("#train-status")).to_contain_text("stopped by user", timeout=60_000)
-    assert 1 <= plot_points(page, "train-curves") < 40
+    stopped_at = plot_points(page, "train-curves")
+    assert 1 <= stopped_at < 40
+
+    # The stopped run goes on from where it stopped, its earlier epochs still on the curves;
+    # it cannot reach its 40th epoch before the test stops it again.
+    expect(page.locator("#stopped-runs input")).not_to_have_value("", timeout=30_000)
+    page.locator("#continue-training").click()
+    expect(status).to_contain_text(f"after its epoch {stopped_at}", timeout=60_000)
+    page.wait_for_function(
+        "(() => { const p = document.querySelector('#train-curves .js-plotly-plot');"
+        f" return p && p.data && p.data.length && p.data[0].x.length > {stopped_at}; }})()",
+        timeout=180_000,
+    )
+    page.get_by_role("button", name="Stop").click()
+    expect(status).to_contain_text("stopped by user", timeout=60_000)
+    assert stopped_at < plot_points(page, "train-curves") < 40
 
     # A second, short run; then overlay both runs' curves.
     set_number(page, "Epochs", "1")
