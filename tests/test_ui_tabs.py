@@ -169,6 +169,31 @@ def test_the_train_handlers_read_the_settings_by_name(tmp_path):
     assert stop_training(ctx, ws.id) == "Nothing is running (training)."
 
 
+def test_only_stopped_runs_are_offered_to_continue_and_not_the_one_training(tmp_path):
+    from types import SimpleNamespace
+
+    from studio.ui.train_tab import continue_choices, continue_training
+
+    ctx = Context(tmp_path)
+    _, ws = ctx.open(None)
+    hidden = continue_choices(ctx, ws.id)
+    assert hidden[0]["visible"] is False and hidden[1]["visible"] is False
+    for name, files in {"finished": ["config.json"], "stopped": ["config.json", "checkpoint.pt"],
+                        "training": ["config.json", "checkpoint.pt"]}.items():  # fmt: skip
+        (ws.runs_dir / name).mkdir(parents=True)
+        for file in files:
+            (ws.runs_dir / name / file).write_text("{}")
+    running = SimpleNamespace(done=False, config=SimpleNamespace(out=str(ws.runs_dir / "training")))
+    ctx.jobs.hand_over(ws.id, "training", running)
+    shown, button = continue_choices(ctx, ws.id)
+    assert shown["choices"] == ["stopped"] and shown["value"] == "stopped"
+    assert shown["visible"] is True and button["visible"] is True
+    with pytest.raises(gr.Error, match="no stopped run"):
+        next(continue_training(ctx, ws.id, None, 1))
+    with pytest.raises(gr.Error, match="already going"):  # one training a workspace
+        next(continue_training(ctx, ws.id, "stopped", 1))
+
+
 def test_pages_of_a_gallery_never_hold_more_than_a_page():
     from studio.ui.pager import PAGE_SIZE, page_of
 
