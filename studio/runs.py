@@ -43,6 +43,7 @@ __all__ = [
     "MODEL_CARD",
     "EXPORTS",
     "CHECKPOINT",
+    "OBJECTIVE",
     "INT8_GRAPH",
     "FP16_GRAPH",
     "COMPRESSION",
@@ -74,6 +75,9 @@ PREPROCESS = "preprocess.json"
 MODEL_CARD = "MODEL_CARD.md"
 EXPORTS = "exports.json"
 CHECKPOINT = "checkpoint.pt"
+# Written when a run trains with more than its labels (a teacher, new pictures): only the
+# command that made it can continue it (`studio adapt --resume`), not a plain training.
+OBJECTIVE = "objective.json"
 INT8_GRAPH = "model.int8.onnx"  # an int8 run's model, run by ONNX Runtime (models.onnx_graph)
 FP16_GRAPH = "model.fp16.onnx"  # an fp16 run's model, the same way
 COMPRESSION = (
@@ -194,9 +198,13 @@ def run_tasks(run_dir: str | Path) -> list[str]:
 
 
 def can_resume(run_dir: str | Path) -> bool:
-    """Whether the run was stopped or killed with a checkpoint to continue from (a finished
-    run's checkpoint is removed; a stopped run keeps it)."""
-    return (Path(run_dir) / CHECKPOINT).is_file() and (Path(run_dir) / CONFIG).is_file()
+    """Whether the run is a training stopped or killed with a checkpoint to continue from (a
+    finished run's checkpoint is removed; a stopped run keeps it), by training alone: not an
+    adaptation or a distillation (:data:`OBJECTIVE`), which their own commands continue."""
+    run = Path(run_dir)
+    return (
+        (run / CHECKPOINT).is_file() and (run / CONFIG).is_file() and not (run / OBJECTIVE).exists()
+    )
 
 
 def describe_run(run_dir: str | Path) -> dict:

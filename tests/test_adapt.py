@@ -98,6 +98,10 @@ def test_a_stopped_adaptation_resumes_to_the_end(trained_run, phone, tmp_path):
         if isinstance(event, ev.Epoch):
             stop.set()  # after epoch 1: the run cannot end first, epoch 2 is still to come
     assert (out / "checkpoint.pt").is_file() and (out / "adaptation.json").is_file()
+    # Only adapt_run can continue it (the Train tab's Continue would drop the domain loss).
+    from studio.runs import can_resume
+
+    assert not can_resume(out) and (out / "objective.json").is_file()
     events = list(adapt_run(trained_run, phone, out, "coral", epochs=2, resume=True))
     assert [e.epoch for e in events if isinstance(e, ev.Epoch)] == [2]
     assert isinstance(events[-1], ev.Finished) and not (out / "checkpoint.pt").exists()

@@ -179,7 +179,9 @@ def test_only_stopped_runs_are_offered_to_continue_and_not_the_one_training(tmp_
     hidden = continue_choices(ctx, ws.id)
     assert hidden[0]["visible"] is False and hidden[1]["visible"] is False
     for name, files in {"finished": ["config.json"], "stopped": ["config.json", "checkpoint.pt"],
-                        "training": ["config.json", "checkpoint.pt"]}.items():  # fmt: skip
+                        "training": ["config.json", "checkpoint.pt"],
+                        "adapting": ["config.json", "checkpoint.pt", "objective.json"]
+                        }.items():  # fmt: skip
         (ws.runs_dir / name).mkdir(parents=True)
         for file in files:
             (ws.runs_dir / name / file).write_text("{}")

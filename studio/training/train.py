@@ -44,6 +44,7 @@ from ..runs import (
     HISTORY,
     LABELS,
     METRICS,
+    OBJECTIVE,
     PREPROCESS,
     RUN_INFO,
     SPLIT,
@@ -330,6 +331,9 @@ def _train(
     loss_fn = _training_loss(run)  # before a resume loads trained weights (L2-SP's reference)
     if where.main:
         _write_run_files(run, first=resume_state is None)
+        if objective != Objective():  # more than the labels: not continued as a plain run
+            save_json(Path(cfg.out) / OBJECTIVE, {"extra_loss": objective.extra_loss is not None,
+                                                  "select": objective.select is not None})  # fmt: skip
     progress = _Progress.resume(resume_state, run.model) if resume_state else _Progress()
     if resume_state and resume_state.get("task_loss") and isinstance(run.task_loss, nn.Module):
         run.task_loss.load_state_dict(resume_state["task_loss"])
@@ -456,7 +460,7 @@ def resume_config(run_dir: str | Path) -> TrainConfig:
     return TrainConfig.from_dict({**saved, "resume": True, "out": str(run_dir)}).validate()
 
 
-_SET_UP_FILES = (CONFIG, DATA_REPORT, SPLIT, LABELS, PREPROCESS, EVENTS)
+_SET_UP_FILES = (CONFIG, DATA_REPORT, SPLIT, LABELS, PREPROCESS, EVENTS, OBJECTIVE)
 
 
 def _never_set_up(run_dir: Path) -> bool:
