@@ -149,8 +149,8 @@ class Embedder:
             feats = pooled.flatten(1).double().numpy()
             logits = (self.model.get_classifier()(pooled).double().numpy()
                       if self.classes is not None else None)  # fmt: skip
-            for row, i in enumerate(index):
-                rows[i] = (feats[row], None if logits is None else logits[row])
+            for row, i in enumerate(index):  # copies: a kept row must not hold its whole batch
+                rows[i] = (feats[row].copy(), None if logits is None else logits[row].copy())
                 REMEMBERED.put(self._key(pictures.paths[i]), rows[i])
             batch.clear()
             index.clear()
