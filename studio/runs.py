@@ -44,6 +44,7 @@ __all__ = [
     "EXPORTS",
     "CHECKPOINT",
     "OBJECTIVE",
+    "ADAPTATION_SETTINGS",
     "INT8_GRAPH",
     "FP16_GRAPH",
     "COMPRESSION",
@@ -59,6 +60,7 @@ __all__ = [
     "list_runs",
     "describe_run",
     "can_resume",
+    "can_resume_adaptation",
 ]
 
 CONFIG = "config.json"
@@ -78,6 +80,7 @@ CHECKPOINT = "checkpoint.pt"
 # Written when a run trains with more than its labels (a teacher, new pictures): only the
 # command that made it can continue it (`studio adapt --resume`), not a plain training.
 OBJECTIVE = "objective.json"
+ADAPTATION_SETTINGS = "adaptation-settings.json"  # what continuing an adaptation must repeat
 INT8_GRAPH = "model.int8.onnx"  # an int8 run's model, run by ONNX Runtime (models.onnx_graph)
 FP16_GRAPH = "model.fp16.onnx"  # an fp16 run's model, the same way
 COMPRESSION = (
@@ -205,6 +208,12 @@ def can_resume(run_dir: str | Path) -> bool:
     return (
         (run / CHECKPOINT).is_file() and (run / CONFIG).is_file() and not (run / OBJECTIVE).exists()
     )
+
+
+def can_resume_adaptation(run_dir: str | Path) -> bool:
+    """Whether the run is an adaptation stopped or killed with a checkpoint to continue from."""
+    run = Path(run_dir)
+    return (run / CHECKPOINT).is_file() and (run / ADAPTATION_SETTINGS).is_file()
 
 
 def describe_run(run_dir: str | Path) -> dict:

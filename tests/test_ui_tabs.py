@@ -207,3 +207,25 @@ def test_pages_of_a_gallery_never_hold_more_than_a_page():
     assert page_of(items, 0)[1] == 1 and page_of(items, None)[1] == 1
     assert page_of(items[:5], 1) == (items[:5], 1, "")  # one page: nothing to say
     assert page_of([], 3) == ([], 1, "")
+
+
+def test_only_stopped_adaptations_are_offered_on_the_domain_tab(tmp_path):
+    from types import SimpleNamespace
+
+    from studio.ui.domain_tab import KIND, continue_adapting, stopped_choices
+
+    ctx = Context(tmp_path)
+    _, ws = ctx.open(None)
+    for name, files in {"trained": ["config.json", "checkpoint.pt"],
+                        "adapted": ["config.json", "adaptation-settings.json"],
+                        "adapting": ["config.json", "checkpoint.pt", "adaptation-settings.json",
+                                     "objective.json"]}.items():  # fmt: skip
+        (ws.runs_dir / name).mkdir(parents=True)
+        for file in files:
+            (ws.runs_dir / name / file).write_text("{}")
+    shown, button = stopped_choices(ctx, ws.id)
+    assert shown["choices"] == ["adapting"] and button["visible"] is True
+    ctx.jobs.hand_over(ws.id, KIND, SimpleNamespace(done=False))  # one adapting now
+    assert stopped_choices(ctx, ws.id)[0]["visible"] is False
+    with pytest.raises(gr.Error, match="no stopped adaptation"):
+        next(continue_adapting(ctx, ws.id, None))

@@ -47,7 +47,14 @@ from ..inspection.evaluate import evaluate_samples
 from ..models.backbones import data_config, on_classifier_input
 from ..models.freeze import HEAD_ONLY
 from ..models.kinds import LoadedRun, load_run, mark_derived
-from ..runs import METRICS, read_optional, require_empty_folder, save_json
+from ..runs import (
+    ADAPTATION_SETTINGS,
+    CHECKPOINT,
+    METRICS,
+    read_optional,
+    require_empty_folder,
+    save_json,
+)
 from ..training.config import TrainConfig
 from ..training.loop import Objective, Step, epoch_seed
 from ..training.train import train
@@ -55,11 +62,11 @@ from .losses import GradientReversal, coral_loss, dann_weight, mk_mmd_loss
 from .pictures import PictureSet, load_pictures
 from .shift import Embedder, permutation_test
 
-__all__ = ["METHODS", "ADAPTATION", "adapt_run", "density_weights"]
+__all__ = ["METHODS", "ADAPTATION", "adapt_run", "resume_adaptation", "density_weights"]
 
 METHODS = ("dan", "dann", "coral", "reweight")
 ADAPTATION = "adaptation.json"
-SETTINGS = "adaptation-settings.json"  # what a resume must repeat
+SETTINGS = ADAPTATION_SETTINGS  # what a resume must repeat
 
 
 def _readable(pictures: PictureSet) -> PictureSet:
@@ -300,7 +307,7 @@ def adapt_run(
         raise StudioError("adaptation works on single-label runs; this run is multi-label")
     out = Path(out)
     settings = {"run": str(parent.run_dir), "target": str(Path(target_dir)), "method": method,
-                "weight": weight}  # fmt: skip
+                "weight": weight, "eval": str(Path(eval_dir)) if eval_dir else None}  # fmt: skip
     _check_folder(out, settings, resume)
     target = _readable(load_pictures(target_dir, "--target"))
     if len(target.paths) < 2:
@@ -335,3 +342,16 @@ def adapt_run(
     save_json(out / ADAPTATION, record)
     metrics = read_optional(out, METRICS) or {}
     yield ev.Finished(str(out), metrics, done.best_epoch, time.perf_counter() - begin)
+
+
+def resume_adaptation(out: str | Path, stop=None) -> Iterator[ev.Event]:
+    """Continue the stopped (or killed) adaptation in ``out`` with the run, new pictures,
+    method, weight and labelled pictures it was started with (the events of
+    :func:`adapt_run`). Raises :class:`StudioError` when there is nothing to continue."""
+    out = Path(out)
+    saved = read_optional(out, SETTINGS)
+    if not isinstance(saved, dict) or not (out / CHECKPOINT).is_file():
+        raise StudioError(f"nothing to resume: {out.name} is not a stopped adaptation")
+    return adapt_run(saved["run"], saved["target"], out, saved["method"],
+                     eval_dir=saved.get("eval"), weight=saved["weight"], resume=True,
+                     stop=stop)  # fmt: skip

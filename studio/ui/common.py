@@ -15,7 +15,7 @@ import gradio as gr
 from ..errors import StudioError
 from ..jobs import JobRegistry
 from ..owners import Owners
-from ..runs import METRICS, WEIGHTS, load_json
+from ..runs import HISTORY, METRICS, WEIGHTS, load_json
 from ..workspace import Workspace
 
 __all__ = [
@@ -193,6 +193,17 @@ def run_metrics(ws: Workspace, name: str) -> dict:
     return load_json(ws.resolve_run(name) / METRICS)
 
 
+def history_rows(run_dir: Path) -> list[dict]:
+    """A run's epochs as ``history.csv`` holds them (none yet: an empty list)."""
+    import csv
+
+    path = run_dir / HISTORY
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def run_choices(ws: Workspace) -> list[str]:
     """Finished runs, newest first, by folder name."""
     return [p.name for p in ws.runs() if (p / WEIGHTS).exists()]
@@ -258,19 +269,22 @@ def start_job(ctx: Context, ws_id, kind: str, make_stream, planned_epochs: int =
     return job
 
 
-def follow_job(job, status, curves_name: str, extra_outputs: int):
+def follow_job(job, status, curves_name: str, extra_outputs: int,
+               earlier: list[dict] | None = None):  # fmt: skip
     """Yield ``(status text, training curves, *no change)`` while ``job`` runs, redrawn when
-    the text or the epochs change; returns the last snapshot (a failure is a plain message)."""
+    the text or the epochs change (after ``earlier``: the epochs a continued run had run);
+    returns the last snapshot (a failure is a plain message)."""
     from ..inspection import charts
 
-    said, shown = "", -1
+    said, shown, earlier = "", -1, earlier or []
     while not job.done:
         snap = job.snapshot()
         text = status(snap)
         if text != said or len(snap.epochs) != shown:
             said, shown = text, len(snap.epochs)
-            curves = charts.training_curves({curves_name: [e.to_dict() for e in snap.epochs]})
-            yield text, curves if snap.epochs else gr.update(), *[gr.update()] * extra_outputs
+            epochs = earlier + [e.to_dict() for e in snap.epochs]
+            curves = charts.training_curves({curves_name: epochs})
+            yield text, curves if epochs else gr.update(), *[gr.update()] * extra_outputs
         time.sleep(0.5)
     snap = job.snapshot()
     if snap.state == "failed":

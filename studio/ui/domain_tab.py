@@ -9,11 +9,13 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import StudioError
+from ..runs import CONFIG, can_resume_adaptation, load_json
 from .common import (
     Context,
     as_text,
     follow_job,
     friendly,
+    history_rows,
     job_status,
     load_engine,
     run_picker,
@@ -34,7 +36,8 @@ the model's classes, whether that costs accuracy."""
 ADAPT_HELP = """#### Teach the model the new pictures
 Training again with your labelled pictures *and* the new ones (their labels are not used to
 train): the model learns features that look alike on both. The result is a new model beside the
-old one. When the new pictures are labelled, both models are measured on them."""
+old one. When the new pictures are labelled, both models are measured on them. **Stop** keeps
+the best epoch so far; **Continue it** goes on with a stopped one from where it stopped."""
 METHODS = [
     ("Match the features' statistics (Deep CORAL)", "coral"),
     ("Match the features' distributions (DAN)", "dan"),
@@ -167,8 +170,43 @@ def adapt(ctx: Context, ws_id, run_name, method, epochs):
                                       eval_dir=ws.new_dir if labelled else None, stop=stop)  # fmt: skip
 
     job = start_job(ctx, ws_id, KIND, stream, int(epochs))
-    snap = yield from follow_job(job, job_status, "adapted", 2)
-    yield job_status(snap), gr.update(), *adaptation_results(out)
+    snap = yield from follow_job(job, job_status, "adapted", 4)
+    yield job_status(snap), gr.update(), *adaptation_results(out), *stopped_choices(ctx, ws_id)
+
+
+def stopped_choices(ctx: Context, ws_id: str) -> tuple:
+    """The stopped adaptations that can go on (newest first) and their button, shown only
+    when there are any and no adaptation is running (the running one has a checkpoint too)."""
+    job = ctx.jobs.get(ws_id, KIND)
+    busy = job is not None and not job.done
+    names = [] if busy else [p.name for p in ctx.workspace(ws_id).runs()
+                             if can_resume_adaptation(p)]  # fmt: skip
+    return (
+        gr.update(choices=names, value=names[0] if names else None, visible=bool(names)),
+        gr.update(visible=bool(names)),
+    )
+
+
+def continue_adapting(ctx: Context, ws_id, name: str | None):
+    """Go on with a stopped adaptation from its last finished epoch, with the run, new
+    pictures and method it was started with; its curves show the epochs it had run too."""
+    try:
+        if not name:
+            raise StudioError("there is no stopped adaptation to continue")
+        out = ctx.workspace(ws_id).resolve_run(name)
+        planned = int(load_json(out / CONFIG).get("epochs", 1))
+    except (StudioError, OSError, ValueError, AttributeError) as exc:
+        raise gr.Error(as_text(exc), print_exception=False) from None
+    earlier = history_rows(out)
+
+    def stream():
+        from ..domain.adapt import resume_adaptation
+
+        return lambda stop: resume_adaptation(out, stop)
+
+    job = start_job(ctx, ws_id, KIND, stream, planned)
+    snap = yield from follow_job(job, job_status, "adapted", 4, earlier)
+    yield job_status(snap), gr.update(), *adaptation_results(out), *stopped_choices(ctx, ws_id)
 
 
 def adaptation_results(out: Path) -> tuple[list[list], list[list]]:
@@ -240,6 +278,10 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
     with gr.Row():
         adapt_go = gr.Button("Teach the model the new pictures", elem_id="domain-adapt")
         stop = gr.Button("Stop", variant="stop", elem_id="domain-stop")
+    with gr.Row():
+        stopped = gr.Dropdown([], label="Stopped adaptation", visible=False, scale=3,
+                              elem_id="domain-stopped")  # fmt: skip
+        go_on = gr.Button("Continue it", visible=False, elem_id="domain-continue", scale=1)
     adapt_status = gr.Markdown(elem_id="domain-adapt-status")
     curves = gr.Plot(label="Training with the new pictures", elem_id="domain-curves")
     results = gr.Dataframe(headers=RESULT_HEADERS, interactive=False, elem_id="domain-results",
@@ -248,9 +290,11 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
                              elem_id="domain-results-classes",
                              label="Per class: share of each class's new pictures recognised")  # fmt: skip
     bind = functools.partial
-    adapt_go.click(bind(adapt, ctx), [ws_state, run, method, epochs],
-                   [adapt_status, curves, results, per_class], concurrency_limit=None,
-                   show_progress="hidden")  # fmt: skip
+    followed = [adapt_status, curves, results, per_class, stopped, go_on]
+    adapt_go.click(bind(adapt, ctx), [ws_state, run, method, epochs], followed,
+                   concurrency_limit=None, show_progress="hidden")  # fmt: skip
+    go_on.click(bind(continue_adapting, ctx), [ws_state, stopped], followed,
+                concurrency_limit=None, show_progress="hidden")  # fmt: skip
     stop.click(bind(stop_adapting, ctx), ws_state, None, concurrency_limit=None)
     files.upload(friendly(bind(add_new, ctx)), [ws_state, files], status)
     # The tick is cleared only after a removal: a refusal leaves the box free to be ticked
@@ -264,6 +308,6 @@ def build_domain_tab(ctx: Context, ws_state: gr.State, tab: gr.Tab, built: dict)
     picked.change(show_point, [map_paths, picked], picture)
 
     def refresh(ws_id):
-        return refresh_run(ws_id), new_pictures_status(ctx, ws_id)
+        return refresh_run(ws_id), new_pictures_status(ctx, ws_id), *stopped_choices(ctx, ws_id)
 
-    return TabParts([run, status], refresh, exposes={"run": run})
+    return TabParts([run, status, stopped, go_on], refresh, exposes={"run": run})

@@ -3,7 +3,6 @@ run history."""
 
 from __future__ import annotations
 
-import csv
 import functools
 import time
 from pathlib import Path
@@ -12,9 +11,17 @@ import gradio as gr
 
 from ..errors import StudioError
 from ..inspection import charts
-from ..runs import HISTORY, can_resume, describe_run
+from ..runs import can_resume, describe_run
 from ..training.presets import PRESETS  # no torch: presets imports it only when applied
-from .common import Context, as_text, friendly, load_engine, run_choices, stop_job
+from .common import (
+    Context,
+    as_text,
+    friendly,
+    history_rows,
+    load_engine,
+    run_choices,
+    stop_job,
+)
 from .model_tab import freeze_spec
 from .tabs import TabParts
 
@@ -40,14 +47,6 @@ PRESET_FIELDS = (
     "epochs", "lr", "layer_decay", "head_epochs", "patience", "weight_decay",
     "label_smoothing", "augment",
 )  # fmt: skip
-
-
-def _history_rows(run_dir) -> list[dict]:
-    path = run_dir / HISTORY
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def history_table(ctx: Context, ws_id: str) -> list[list]:
@@ -222,7 +221,7 @@ def continue_training(ctx: Context, ws_id, name: str | None, devices):
         from ..training.train import resume_config
 
         job = TrainingJob(resume_config(run_dir), devices=max(1, int(devices or 1)))
-        earlier = _history_rows(run_dir)
+        earlier = history_rows(run_dir)
         return job.start(), f"continuing {name} after its epoch {len(earlier)}", earlier
 
     yield from _run_job(ctx, ws_id, make)
@@ -255,7 +254,7 @@ def stop_training(ctx: Context, ws_id) -> str:
 def overlay_runs(ctx: Context, ws_id, names) -> object:
     """The chosen runs' curves on one chart (nothing when none is ticked)."""
     ws = ctx.workspace(ws_id)
-    runs = {name: _history_rows(ws.resolve_run(name)) for name in names or []}
+    runs = {name: history_rows(ws.resolve_run(name)) for name in names or []}
     return charts.training_curves(runs) if runs else None
 
 

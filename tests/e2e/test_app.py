@@ -719,7 +719,8 @@ def new_pictures_on_the_data_tab(page) -> None:
     expect(report).to_contain_text("No new pictures yet")
 
 
-def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, tmp_path):
+def phone_zip(tmp_path: Path) -> Path:
+    """The example's pictures as another camera took them (a seeded shifted copy), zipped."""
     from studio.data.example import example_dataset
     from studio.domain.example import shifted_copy
 
@@ -728,6 +729,11 @@ def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, t
     with zipfile.ZipFile(archive, "w") as z:
         for picture in sorted(phone.rglob("*.jpg")):
             z.write(picture, picture.relative_to(phone))
+    return archive
+
+
+def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, tmp_path):
+    archive = phone_zip(tmp_path)
     load_example(page)
     new_pictures_on_the_data_tab(page)
     start_training(page, "1")
@@ -770,6 +776,42 @@ def test_domain_new_pictures_from_another_camera_show_a_shift_then_adapt(page, t
     page.locator("#domain-remove").click()
     expect(page.locator("#domain-status")).to_contain_text("Removed 108 new pictures")
     expect(page.locator("#domain-sure input")).not_to_be_checked()  # cleared after removing
+
+
+@pytest.mark.slow
+def test_a_stopped_adaptation_goes_on_from_the_domain_tab(page, tmp_path):
+    """Slow (~60 s; the default Domain test adapts once): an adaptation stopped after its
+    first epoch is offered under Stopped adaptation and goes on from there."""
+    load_example(page)
+    start_training(page, "1")
+    expect(page.locator("#train-status")).to_contain_text("Done: accuracy", timeout=180_000)
+    page.get_by_role("tab", name="8 · Domain").click()
+    expect(page.locator("#domain-run input")).not_to_have_value("", timeout=30_000)
+    page.locator("#domain-files input[type=file]").set_input_files(str(phone_zip(tmp_path)))
+    expect(page.locator("#domain-status")).to_contain_text("108 new pictures", timeout=60_000)
+    # Adapting: far more epochs than the test waits for (it cannot end first), stopped after
+    # its first epoch, continued from there, and stopped again; each stop measures what it kept.
+    page.locator("#domain-method").get_by_label("Match the features' distributions (DAN)").check()
+    set_number(page, "Adaptation epochs", "20")
+    page.locator("#domain-adapt").click()
+    grown = ("(n) => { const p = document.querySelector('#domain-curves .js-plotly-plot');"
+             " return p && p.data && p.data.length && p.data[0].x.length > n; }")  # fmt: skip
+    page.wait_for_function(grown, arg=0, timeout=300_000)
+    page.locator("#domain-stop").click()
+    results = page.locator("#domain-results")
+    expect(results).to_contain_text("adapted", timeout=300_000)
+    expect(results).to_contain_text("before (the model you trained)")
+    expect(page.locator("#domain-results-classes")).to_contain_text("gravel")
+    status = page.locator("#domain-adapt-status")
+    expect(status).to_contain_text("stopped by user")
+    stopped_at = plot_points(page, "domain-curves")
+    expect(page.locator("#domain-stopped input")).not_to_have_value("", timeout=30_000)
+    page.locator("#domain-continue").click()
+    page.wait_for_function(grown, arg=stopped_at, timeout=300_000)
+    page.locator("#domain-stop").click()
+    expect(status).to_contain_text("stopped by user", timeout=300_000)
+    assert stopped_at < plot_points(page, "domain-curves") < 20
+    expect(results).to_contain_text("adapted")
 
 
 @pytest.mark.slow
