@@ -204,6 +204,15 @@ def history_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def offer_runs(names: list[str]) -> tuple:
+    """A dropdown of ``names`` (the first chosen) and its button, both shown only when there
+    are any: how a tab offers the stopped runs it can continue."""
+    return (
+        gr.update(choices=names, value=names[0] if names else None, visible=bool(names)),
+        gr.update(visible=bool(names)),
+    )
+
+
 def run_choices(ws: Workspace) -> list[str]:
     """Finished runs, newest first, by folder name."""
     return [p.name for p in ws.runs() if (p / WEIGHTS).exists()]

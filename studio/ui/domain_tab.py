@@ -18,6 +18,7 @@ from .common import (
     history_rows,
     job_status,
     load_engine,
+    offer_runs,
     run_picker,
     start_job,
     stop_job,
@@ -179,12 +180,8 @@ def stopped_choices(ctx: Context, ws_id: str) -> tuple:
     when there are any and no adaptation is running (the running one has a checkpoint too)."""
     job = ctx.jobs.get(ws_id, KIND)
     busy = job is not None and not job.done
-    names = [] if busy else [p.name for p in ctx.workspace(ws_id).runs()
-                             if can_resume_adaptation(p)]  # fmt: skip
-    return (
-        gr.update(choices=names, value=names[0] if names else None, visible=bool(names)),
-        gr.update(visible=bool(names)),
-    )
+    runs = [] if busy else ctx.workspace(ws_id).runs()
+    return offer_runs([p.name for p in runs if can_resume_adaptation(p)])
 
 
 def continue_adapting(ctx: Context, ws_id, name: str | None):

@@ -19,6 +19,7 @@ from .common import (
     friendly,
     history_rows,
     load_engine,
+    offer_runs,
     run_choices,
     stop_job,
 )
@@ -123,10 +124,8 @@ def continue_choices(ctx: Context, ws_id: str) -> tuple:
     job = ctx.jobs.get(ws_id, "training")
     config = getattr(job, "config", None) if job is not None and not job.done else None
     running = Path(config.out).name if config is not None else None
-    names = [p.name for p in ctx.workspace(ws_id).runs() if can_resume(p) and p.name != running]
-    return (
-        gr.update(choices=names, value=names[0] if names else None, visible=bool(names)),
-        gr.update(visible=bool(names)),
+    return offer_runs(
+        [p.name for p in ctx.workspace(ws_id).runs() if can_resume(p) and p.name != running]
     )
 
 
