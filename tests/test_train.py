@@ -150,7 +150,13 @@ def test_resume_after_kill_gives_the_uninterrupted_result(small_example, tmp_pat
     assert (run / "checkpoint.pt").exists() and not (run / "model.safetensors").exists()
     with pytest.raises(StudioError, match="--resume"):
         run_training(_config(small_example, run, epochs=4, cache=False))
-    resumed_events = list(train(TrainConfig(out=str(run), resume=True)))
+    stale = run / ".cache" / "killed.features"  # what a killed run's spilled features leave
+    stale.parent.mkdir()
+    stale.write_bytes(b"\0" * 1024)
+    resumed_events = []
+    for event in train(TrainConfig(out=str(run), resume=True)):
+        resumed_events.append(event)
+        assert not isinstance(event, ev.Epoch) or not stale.exists()  # freed at the start
     assert resumed_events[0].resumed_from_epoch >= 1  # the last checkpoint written before the kill
     epochs = [e.epoch for e in resumed_events if isinstance(e, ev.Epoch)]
     assert epochs and epochs[-1] == 4 and epochs[0] == resumed_events[0].resumed_from_epoch + 1

@@ -87,6 +87,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = 1
+CACHE_FOLDER = ".cache"  # in the run folder: frozen features spilled past the memory bound
 
 
 def _l2sp_penalty(model: nn.Module, reference: dict[str, torch.Tensor], head: set[str]):
@@ -412,7 +413,7 @@ def _run_phases(run: RunSetup, phases, progress, losses, resume_state, stop, cac
 def _feeder_for(run: RunSetup, frozen: list[str], cache_frozen: list[str] | None, stop):
     """The phase's feeder; with ``cache_frozen``, one caching that prefix, which the cache plan
     reads from ``requires_grad``: that freeze is applied while planning, then the phase's own."""
-    folder, views = Path(run.cfg.out) / ".cache", _auto_views(run)
+    folder, views = Path(run.cfg.out) / CACHE_FOLDER, _auto_views(run)
     # The pretrained backbone's features are shared between runs and the ranking.
     memo = (FeatureMemo(run.cfg.backbone, run.weights, run.data_config)
             if run.cfg.pretrained and run.weights.available else None)  # fmt: skip
@@ -431,7 +432,10 @@ def _open_run(cfg: TrainConfig, main: bool = True) -> tuple[TrainConfig, dict | 
     run_dir = Path(cfg.out)
     checkpoint_path = run_dir / CHECKPOINT
     if cfg.resume:
-        return resume_config(run_dir), load_checkpoint(checkpoint_path)
+        config, state = resume_config(run_dir), load_checkpoint(checkpoint_path)
+        if main:  # a killed run's spilled features: computed again, never read (can be GBs)
+            shutil.rmtree(run_dir / CACHE_FOLDER, ignore_errors=True)
+        return config, state
     if not main:
         return cfg, None
     if (run_dir / CONFIG).exists() and not _never_set_up(run_dir):
@@ -707,7 +711,7 @@ def _finish(run: RunSetup, progress: _Progress, stopped: str | None, seconds: fl
     write_model_card(run_dir)
     if stopped != _STOPPED_BY_USER:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / ".cache", ignore_errors=True)
+    shutil.rmtree(run_dir / CACHE_FOLDER, ignore_errors=True)
     return ev.Finished(str(run_dir), metrics, progress.kept_epoch, seconds)
 
 
