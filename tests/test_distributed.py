@@ -186,3 +186,25 @@ def test_the_several_machines_command_works_as_two_machines_on_one_computer(exam
     assert json.loads((run / "run_info.json").read_text())["processes"] == 2
     assert json.loads((run / "metrics.json").read_text())["accuracy"] >= 0.9
     assert any((tmp_path / "memo").rglob("*.npy"))  # the features were computed, not found
+
+
+@pytest.mark.slow
+def test_the_apps_stop_ends_a_two_process_run_cleanly(example, tmp_path):
+    """Slow (~25 s): Stop on a run of two processes (the app's job for two GPUs, here on the
+    CPU) reaches both through the launcher; the run ends as stopped, keeps its best epoch and
+    can go on. Far more epochs than the test waits for: it cannot end first."""
+    from studio.jobs import TrainingJob
+    from studio.runs import can_resume
+
+    run = tmp_path / "run"
+    settings = dict(data=str(example), head_solver="sgd", augment="none", batch_size=16,
+                    epochs=100_000, patience=0)  # fmt: skip
+    job = TrainingJob(TrainConfig(out=str(run), **settings), devices=2).start()
+    wait_for(lambda: len(job.snapshot().epochs) >= 2 or job.done, "two epochs in the app's job")
+    assert not job.done, job.snapshot().message
+    job.stop()
+    assert job.wait(300)
+    snap = job.snapshot()
+    assert snap.state == "stopped" and "stopped by user" in snap.message, snap.message
+    assert (run / "metrics.json").is_file() and can_resume(run)
+    assert worker_pid(0) is None and worker_pid(1) is None  # no process left behind
