@@ -188,11 +188,14 @@ class Workspace:
 
     # ------------------------------------------------------------------ a table of labels
 
-    def import_table(self, folder: str | Path) -> AddReport:
+    def import_table(
+        self, folder: str | Path, progress: Callable[[int, int], None] | None = None
+    ) -> AddReport:
         """Add the pictures a folder's ``labels.csv`` lists (and its rows) to the table set,
-        which becomes the set worked on (studio.data.table.merge_table)."""
+        which becomes the set worked on (studio.data.table.merge_table; ``progress`` while
+        its pictures are checked)."""
         self.use(TABLE_SET)
-        added, skipped = merge_table(Path(folder), self.data_dir)
+        added, skipped = merge_table(Path(folder), self.data_dir, progress)
         report = AddReport(added=added, skipped=skipped)
         self._remember_refused(skipped, TABLE)
         return report
@@ -339,7 +342,7 @@ class Workspace:
         with tempfile.TemporaryDirectory(dir=self.root) as tmp:
             content = extract_zip(zip_path, Path(tmp) / "zip")
             if has_table(content):  # pictures with a table of labels: the table set
-                return self.import_table(content)
+                return self.import_table(content, progress)
             if content.name != "zip" and not any(p.is_dir() for p in content.iterdir()):
                 # extract_zip unwraps a lone top folder; one holding only pictures is itself a
                 # class (a zip of one class's folder), not a wrapper around class folders.

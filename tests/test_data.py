@@ -341,3 +341,32 @@ def test_many_pictures_are_checked_in_worker_processes_with_progress(
     n = len(paths)
     assert said[-1] == (1.0, f"checking pictures: {n:,} of {n:,}")
     assert app_ws.counts() == ws.counts()
+
+
+def test_a_tables_pictures_are_checked_in_one_pass_and_every_refused_row_is_named(tmp_path):
+    from studio.data import facts
+    from studio.data.table import merge_table
+
+    source, target = tmp_path / "zip", tmp_path / "set"
+    (source / "pics").mkdir(parents=True)
+    target.mkdir()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(source / "pics" / "red.png")
+    (source / "pics" / "broken.jpg").write_bytes(b"not a jpeg")
+    (source / "notes.txt").write_text("hello")
+    (tmp_path / "outside.png").write_bytes((source / "pics" / "red.png").read_bytes())
+    rows = ["path,colour", "pics/red.png,red", "pics/broken.jpg,red", "notes.txt,red",
+            "../outside.png,red", "pics/gone.png,red", ",red"]  # fmt: skip
+    (source / "labels.csv").write_text("\n".join(rows) + "\n")
+    seen = []
+    added, refused = merge_table(source, target, lambda done, total: seen.append((done, total)))
+    assert added == 1 and (target / "pics" / "red.png").is_file()
+    assert seen and seen[-1] == (2, 2)  # the two picture files, checked in one pass
+    why = dict(refused)
+    assert why["pics/broken.jpg"] == "not an image, or a format that cannot be read"
+    assert why["notes.txt"].startswith("not a picture file")
+    assert why["../outside.png"] == "the path points outside the table's folder"
+    assert why["pics/gone.png"] == "listed in labels.csv but not in the zip"
+    assert why["(empty path)"] == "the row has no path"
+    decoded = facts.MEMO.decoded
+    facts.facts_of(target / "pics" / "red.png")  # the copy's facts are the check's
+    assert facts.MEMO.decoded == decoded

@@ -38,7 +38,6 @@ __all__ = [
     "facts_of_many",
     "decode",
     "usable_facts",
-    "remember",
     "remember_facts",
 ]
 
@@ -221,10 +220,3 @@ def remember_facts(
     """Keep ``facts`` for the picture just written to ``path`` (a copy of a file whose facts
     are known: an upload checked before it was copied in)."""
     MEMO.put(Path(path), max_pixels, facts)
-
-
-def remember(path: str | Path, img: Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-    """Keep the facts of a picture just written to ``path`` from its decoded ``img`` (the
-    upload's check decoded it already), so loading the dataset does not decode it again."""
-    path = Path(path)
-    MEMO.put(path, max_pixels, PictureFacts.of(img, path.read_bytes()))

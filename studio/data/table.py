@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DataError
-from .facts import remember
-from .images import ImageProblem, is_image_name, open_rgb
+from .facts import facts_of_many, remember_facts
+from .images import is_image_name
 
 __all__ = ["TABLE", "has_table", "merge_table", "table_columns"]
 
@@ -48,9 +49,13 @@ def _path_column(columns: list[str]) -> str:
     raise DataError(f"{TABLE} needs a 'path' column (found: {', '.join(columns) or 'nothing'})")
 
 
-def merge_table(source: Path, target: Path) -> tuple[int, list[tuple[str, str]]]:
+def merge_table(
+    source: Path, target: Path, progress: Callable[[int, int], None] | None = None
+) -> tuple[int, list[tuple[str, str]]]:
     """Copy the pictures ``source/labels.csv`` lists into ``target`` and merge its rows into
-    ``target/labels.csv``; ``(pictures added, [(file, why it was refused)])``."""
+    ``target/labels.csv``; ``(pictures added, [(file, why it was refused)])``. The listed
+    pictures are checked in one pass (:func:`studio.data.facts.facts_of_many`, calling
+    ``progress(checked, pictures)``), whose facts the copies keep for the data report."""
     columns, rows = _read(source / TABLE)
     path_key = _path_column(columns)
     have_columns, have_rows = _read(target / TABLE) if has_table(target) else (columns, [])
@@ -60,18 +65,21 @@ def merge_table(source: Path, target: Path) -> tuple[int, list[tuple[str, str]]]
             f"{', '.join(columns)}: empty the table set first, or give it the same columns"
         )
     base, kept, refused = source.resolve(), {}, []
-    for row in rows:
-        relative = (row.get(path_key) or "").strip()
-        picture = (base / relative).resolve()
-        image = _decoded(picture, base, relative)
-        if isinstance(image, str):
-            refused.append((relative or "(empty path)", image))
+    listed = [(row, (row.get(path_key) or "").strip()) for row in rows]
+    listed = [(row, relative, (base / relative).resolve()) for row, relative in listed]
+    why_not = [_not_a_listed_picture(picture, base, relative) for _, relative, picture in listed]
+    pictures = [picture for (_, _, picture), why in zip(listed, why_not) if why is None]
+    found = dict(zip(pictures, facts_of_many(pictures, progress=progress)))
+    for (row, relative, picture), why in zip(listed, why_not):
+        facts = why or found[picture]
+        if isinstance(facts, str):
+            refused.append((relative or "(empty path)", facts))
             continue
         key = picture.relative_to(base).as_posix()
         destination = target / key
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_bytes(picture.read_bytes())
-        remember(destination, image)  # the data report's decode, done now
+        remember_facts(destination, facts)  # the data report's decode, done now
         kept[key] = {**row, path_key: key}
     merged = {Path((r.get(path_key) or "").strip()).as_posix(): r for r in have_rows}
     merged.update(kept)
@@ -83,8 +91,9 @@ def merge_table(source: Path, target: Path) -> tuple[int, list[tuple[str, str]]]
     return len(kept), refused
 
 
-def _decoded(picture: Path, base: Path, relative: str):
-    """The listed picture, decoded, or why it cannot be taken (a string)."""
+def _not_a_listed_picture(picture: Path, base: Path, relative: str) -> str | None:
+    """Why a row's path cannot be taken, before any decoding (None: it names a picture file
+    inside the table's folder)."""
     if not relative:
         return "the row has no path"
     if not picture.is_relative_to(base):
@@ -93,7 +102,4 @@ def _decoded(picture: Path, base: Path, relative: str):
         return f"listed in {TABLE} but not in the zip"
     if not is_image_name(picture):
         return f"not a picture file ({picture.suffix or 'no extension'})"
-    try:
-        return open_rgb(picture)
-    except ImageProblem as exc:
-        return str(exc)
+    return None
