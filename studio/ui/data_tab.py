@@ -39,10 +39,8 @@ def _views(ctx: Context, ws_id: str, selected: str | None = None):
     return (_sets_update(ws), *_set_views(ws, selected))
 
 
-def _dataset_or_problem(ws, counts: dict):
+def _dataset_or_problem(ws):
     """The workspace's dataset, loaded once per refresh, or why it is not ready (a sentence)."""
-    if sum(counts.values()) == 0:
-        return None, "there are no pictures yet"
     try:
         return ws.dataset(), None
     except StudioError as exc:
@@ -53,7 +51,7 @@ def _set_views(ws, selected: str | None):
     classes = ws.classes()
     shown = classes
     counts = ws.counts()
-    dataset, problem = _dataset_or_problem(ws, counts)
+    dataset, problem = _dataset_or_problem(ws)
     if ws.is_table:  # a table's classes are its tasks' values, known once it is read
         shown = dataset.classes if dataset is not None else []
     pick = selected if selected in classes else (classes[0] if classes else None)
