@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, measured, table  # noqa: E402
+from common import machine, table  # noqa: E402
 
 SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
            "hubble_deep_field", "retina")  # fmt: skip
@@ -99,16 +99,14 @@ def timed(cwd: Path, data: Path, cache: Path, train: bool = False) -> tuple[floa
     """Seconds and peak resident memory (MB) of ``studio data DATA`` (or, with ``train``, the
     3-epoch frozen training of ``bench_scale.py``) run from ``cwd``."""
     from bench_scale import TRAIN
+    from bench_scale import timed as studio_timed
 
     env = {**os.environ, "STUDIO_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd)}
     shutil.rmtree(cache, ignore_errors=True)
     command = (
         ["train", str(data), "--out", str(cache / "run"), *TRAIN] if train else ["data", str(data)]
     )
-    seconds, peak, status, tail = measured([sys.executable, "-m", "studio", *command], cwd, env)
-    if status != 0:
-        raise SystemExit(f"studio {command[0]} {data} failed in {cwd}:\n{tail}")
-    return seconds, peak
+    return studio_timed(command, env, cwd)
 
 
 def main() -> None:

@@ -62,11 +62,12 @@ def write_sample(images, labels, n: int, dest: Path, seed: int = 0) -> Path:
     return dest
 
 
-def timed(args: list[str], env: dict) -> tuple[float, float]:
-    """Seconds and peak resident memory (MB) of ``python -m studio ARGS`` in a fresh process."""
-    seconds, peak, status, tail = measured([sys.executable, "-m", "studio", *args], ROOT, env)
+def timed(args: list[str], env: dict, cwd: Path = ROOT) -> tuple[float, float]:
+    """Seconds and peak resident memory (MB) of ``python -m studio ARGS`` in a fresh process,
+    run from ``cwd`` (another checkout's, to compare versions)."""
+    seconds, peak, status, tail = measured([sys.executable, "-m", "studio", *args], cwd, env)
     if status != 0:
-        raise SystemExit(f"studio {' '.join(args)} failed:\n{tail}")
+        raise SystemExit(f"studio {' '.join(args)} failed in {cwd}:\n{tail}")
     return seconds, peak
 
 
