@@ -32,6 +32,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageProblem, open_reduced
 
 __all__ = [
     "PictureFacts",
+    "FileMemo",
     "FactsMemo",
     "MEMO",
     "facts_of",
@@ -67,40 +68,37 @@ def _hash_bits(image_hash: imagehash.ImageHash) -> int:
     return int("".join("1" if b else "0" for b in image_hash.hash.flatten()), 2)
 
 
-class FactsMemo:
-    """Facts (or the reason a file is not a usable picture) by file identity, bounded."""
+class FileMemo:
+    """Values by file identity (path, size, modification time, and whatever else the caller
+    keys on), bounded: least recently used first out; shared by threads. A file changed in
+    place has a new size or time, so its old value is never returned."""
 
-    def __init__(self, max_entries: int = 200_000):
+    def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self._items: OrderedDict[tuple, PictureFacts | str] = OrderedDict()
+        self._items: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()
-        self.decoded = 0  # pictures decoded through the memo: what a test counts
 
     @staticmethod
-    def _key(path: Path, max_pixels: int) -> tuple | None:
+    def key(path: str | Path, *extra) -> tuple | None:
+        """The file as it is now, with ``extra``; None when it cannot be read."""
+        path = Path(path)
         try:
             st = path.stat()
         except OSError:
             return None
-        return (str(path.resolve()), st.st_size, st.st_mtime_ns, max_pixels)
+        return (str(path.resolve()), st.st_size, st.st_mtime_ns, *extra)
 
-    def get(self, path: Path, max_pixels: int) -> PictureFacts | str | None:
-        key = self._key(path, max_pixels)
+    def get(self, key: tuple | None):
         with self._lock:
             if key is None or key not in self._items:
                 return None
             self._items.move_to_end(key)
             return self._items[key]
 
-    def put(
-        self, path: Path, max_pixels: int, value: PictureFacts | str, decoded: bool = False
-    ) -> None:
-        """Keep ``value`` for the file as it is now (``decoded``: it was decoded for this)."""
-        key = self._key(path, max_pixels)
+    def put(self, key: tuple | None, value) -> None:
         if key is None:
             return
         with self._lock:
-            self.decoded += decoded
             self._items[key] = value
             self._items.move_to_end(key)
             while len(self._items) > self.max_entries:
@@ -109,6 +107,28 @@ class FactsMemo:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+class FactsMemo(FileMemo):
+    """Facts (or the reason a file is not a usable picture) by file identity and the pixel
+    limit it was checked under, bounded."""
+
+    def __init__(self, max_entries: int = 200_000):
+        super().__init__(max_entries)
+        self.decoded = 0  # pictures decoded through the memo: what a test counts
+
+    def get(self, path: Path, max_pixels: int) -> PictureFacts | str | None:  # type: ignore[override]
+        return super().get(self.key(path, max_pixels))
+
+    def put(  # type: ignore[override]
+        self, path: Path, max_pixels: int, value: PictureFacts | str, decoded: bool = False
+    ) -> None:
+        """Keep ``value`` for the file as it is now (``decoded``: it was decoded for this)."""
+        key = self.key(path, max_pixels)
+        if key is not None and decoded:
+            with self._lock:
+                self.decoded += 1
+        super().put(key, value)
 
 
 MEMO = FactsMemo()

@@ -27,8 +27,6 @@ are labelled with the run's classes.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ import numpy as np
 import torch
 
 from ..data.duplicates import copies_between
-from ..data.facts import usable_facts
+from ..data.facts import FileMemo, usable_facts
 from ..data.images import ImageProblem
 from ..data.loaders import build_transform, prepared
 from ..errors import StudioError
@@ -58,45 +56,13 @@ COST_POINTS = 5  # accuracy lost (points) that the verdict calls a cost
 ALPHA = 0.05  # the test's level
 
 
-class _Remembered:
-    """Embeddings by (network, picture file), bounded, in this process.
-
-    Measuring a shift embeds the run's training and new pictures; adapting the run then
-    measures the model it started from on the same pictures again, and reweighting embeds the
-    training pictures to weigh them: each picture went through the same network two or three
-    times. A file is known by its path, size and modification time, a network by its run
-    folder and model files' times (or the backbone's name and weights), so a changed picture or
-    a run trained again into its folder is embedded afresh."""
-
-    def __init__(self, max_entries: int = 4000):  # 1280 float64 features: ~40 MB at most
-        self.max_entries, self._items = max_entries, OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(network: tuple, path: str) -> tuple | None:
-        try:
-            st = Path(path).stat()
-        except OSError:
-            return None
-        return (network, str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-    def get(self, key: tuple | None):
-        with self._lock:
-            if key is None or key not in self._items:
-                return None
-            self._items.move_to_end(key)
-            return self._items[key]
-
-    def put(self, key: tuple | None, value: tuple) -> None:
-        if key is None:
-            return
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.max_entries:
-                self._items.popitem(last=False)
-
-
-REMEMBERED = _Remembered()
+# Embeddings by (picture file, network), in this process. Measuring a shift embeds the run's
+# training and new pictures; adapting the run then measures the model it started from on the
+# same pictures again, and reweighting embeds the training pictures to weigh them: each picture
+# went through the same network two or three times. A network is known by its run folder and
+# model files' times (or the backbone's name and weights), so a changed picture or a run
+# trained again into its folder is embedded afresh. 1280 float64 features: ~40 MB at most.
+REMEMBERED = FileMemo(4000)
 
 
 def _run_identity(loaded: LoadedRun) -> tuple:
@@ -178,7 +144,7 @@ class Embedder:
         return np.stack([rows[i][0] for i in kept]), logits, pictures.keep(kept, skipped)
 
     def _key(self, path: str) -> tuple | None:
-        return None if self.identity is None else REMEMBERED.key(self.identity, path)
+        return None if self.identity is None else REMEMBERED.key(path, self.identity)
 
 
 # --------------------------------------------------------------------------- the statistics
