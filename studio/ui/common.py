@@ -30,6 +30,7 @@ __all__ = [
     "run_picker",
     "stop_job",
     "start_job",
+    "claim_and_start",
     "follow_job",
     "job_status",
 ]
@@ -259,15 +260,26 @@ def start_job(ctx: Context, ws_id, kind: str, make_stream, planned_epochs: int =
     """Claim the workspace's slot for ``kind``, then start ``make_stream()``'s event stream as
     a :class:`~studio.jobs.Job` in it; a refusal (one job of a kind per workspace, bad
     settings) is a plain message in the page."""
+
+    def make():
+        load_engine()
+        from ..jobs import Job
+
+        return Job(kind, make_stream(), planned_epochs).start()
+
+    return claim_and_start(ctx, ws_id, kind, make)
+
+
+def claim_and_start(ctx: Context, ws_id, kind: str, make_job):
+    """Claim the workspace's slot for ``kind`` (before the seconds of set-up, so a double
+    click cannot start two), then put ``make_job()``'s started job in it; only a failed
+    set-up gives the slot back, and a refusal is a plain message in the page."""
     try:
         ctx.jobs.claim(ws_id, kind)
     except StudioError as exc:
         raise gr.Error(as_text(exc), print_exception=False) from None
     try:
-        load_engine()
-        from ..jobs import Job
-
-        job = Job(kind, make_stream(), planned_epochs).start()
+        job = make_job()
     except StudioError as exc:
         ctx.jobs.release(ws_id, kind)
         raise gr.Error(as_text(exc), print_exception=False) from None

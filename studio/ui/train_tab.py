@@ -16,6 +16,7 @@ from ..training.presets import PRESETS  # no torch: presets imports it only when
 from .common import (
     Context,
     as_text,
+    claim_and_start,
     friendly,
     history_rows,
     load_engine,
@@ -227,22 +228,16 @@ def continue_training(ctx: Context, ws_id, name: str | None, devices):
 
 
 def _run_job(ctx: Context, ws_id: str, make):
-    """Claim the workspace's training slot (before the seconds of set-up, so a double click
-    cannot start two runs), make the job (``make() -> (job, note, earlier epochs)``) and
-    follow it; only a failed set-up gives the slot back."""
-    try:
-        ctx.jobs.claim(ws_id, "training")
-    except StudioError as exc:
-        raise gr.Error(as_text(exc), print_exception=False) from None
-    try:
-        job, note, earlier = make()
-    except BaseException as exc:
-        ctx.jobs.release(ws_id, "training")
-        if isinstance(exc, StudioError):
-            raise gr.Error(as_text(exc), print_exception=False) from None
-        raise
-    ctx.jobs.hand_over(ws_id, "training", job)
-    yield from _follow(ctx, ws_id, job, note, earlier)
+    """Start the job ``make()`` sets up (``-> (started job, note, earlier epochs)``) in the
+    workspace's training slot and follow it."""
+    made: dict = {}
+
+    def started():
+        job, made["note"], made["earlier"] = make()
+        return job
+
+    job = claim_and_start(ctx, ws_id, "training", started)
+    yield from _follow(ctx, ws_id, job, made["note"], made["earlier"])
 
 
 def stop_training(ctx: Context, ws_id) -> str:
