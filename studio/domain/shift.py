@@ -105,7 +105,7 @@ class Embedder:
         rows: dict[int, tuple] = {}
         skipped: list[tuple[str, str]] = []
         batch: list[torch.Tensor] = []
-        index: list[int] = []
+        index: list[tuple[int, tuple | None]] = []  # (position, memo key as the file was read)
 
         def flush():
             # Channels-last input makes the convolutions run channels-last whatever the
@@ -115,20 +115,21 @@ class Embedder:
             feats = pooled.flatten(1).double().numpy()
             logits = (self.model.get_classifier()(pooled).double().numpy()
                       if self.classes is not None else None)  # fmt: skip
-            for row, i in enumerate(index):  # copies: a kept row must not hold its whole batch
+            for row, (i, key) in enumerate(index):  # copies: a row must not hold its batch
                 rows[i] = (feats[row].copy(), None if logits is None else logits[row].copy())
-                REMEMBERED.put(self._key(pictures.paths[i]), rows[i])
+                REMEMBERED.put(key, rows[i])
             batch.clear()
             index.clear()
 
         for i, path in enumerate(pictures.paths):
-            known = REMEMBERED.get(self._key(path))
+            key = None if self.identity is None else REMEMBERED.key(path, self.identity)
+            known = REMEMBERED.get(key)
             try:
                 if known is not None:
                     rows[i] = known
                 else:
                     batch.append(prepared(path, self.transform))
-                    index.append(i)
+                    index.append((i, key))
             except (ImageProblem, OSError) as exc:
                 skipped.append((path, str(exc)))
             if len(batch) == 32:
@@ -142,9 +143,6 @@ class Embedder:
         kept = sorted(rows)
         logits = np.stack([rows[i][1] for i in kept]) if self.classes is not None else None
         return np.stack([rows[i][0] for i in kept]), logits, pictures.keep(kept, skipped)
-
-    def _key(self, path: str) -> tuple | None:
-        return None if self.identity is None else REMEMBERED.key(path, self.identity)
 
 
 # --------------------------------------------------------------------------- the statistics
