@@ -170,8 +170,13 @@ def adapt(ctx: Context, ws_id, run_name, method, epochs):
         return lambda stop: adapt_run(run, ws.new_dir, out, method, epochs=int(epochs),
                                       eval_dir=ws.new_dir if labelled else None, stop=stop)  # fmt: skip
 
-    job = start_job(ctx, ws_id, KIND, stream, int(epochs))
-    snap = yield from follow_job(job, job_status, "adapted", 4)
+    yield from _follow(ctx, ws_id, start_job(ctx, ws_id, KIND, stream, int(epochs)), out)
+
+
+def _follow(ctx: Context, ws_id: str, job, out: Path, earlier: list[dict] | None = None):
+    """(status, curves, results, per class, stopped adaptations, their button) while the
+    adaptation into ``out`` runs (after ``earlier`` epochs, when continued), then its results."""
+    snap = yield from follow_job(job, job_status, "adapted", 4, earlier)
     yield job_status(snap), gr.update(), *adaptation_results(out), *stopped_choices(ctx, ws_id)
 
 
@@ -201,9 +206,7 @@ def continue_adapting(ctx: Context, ws_id, name: str | None):
 
         return lambda stop: resume_adaptation(out, stop)
 
-    job = start_job(ctx, ws_id, KIND, stream, planned)
-    snap = yield from follow_job(job, job_status, "adapted", 4, earlier)
-    yield job_status(snap), gr.update(), *adaptation_results(out), *stopped_choices(ctx, ws_id)
+    yield from _follow(ctx, ws_id, start_job(ctx, ws_id, KIND, stream, planned), out, earlier)
 
 
 def adaptation_results(out: Path) -> tuple[list[list], list[list]]:
