@@ -316,7 +316,8 @@ def _train_config(args):
     """``(config, dataset, note)``: the preset laid over the defaults, then the options given;
     the dataset is loaded here once (the automatic preset counts its pictures)."""
 
-    from .training.presets import apply_preset, lay_over
+    from .training import distributed
+    from .training.presets import apply_preset, lay_over, possible_configs
     from .training.train import TrainConfig, load_training_data
 
     overrides = {
@@ -335,16 +336,23 @@ def _train_config(args):
     config = TrainConfig(data=args.data, **overrides).validate()  # before the data is read
     if args.resume:
         return config, None, ""  # the run's own config.json decides
-    dataset = load_training_data(config)
+    defaults = TrainConfig()
+    given = {  # what the command line set, beyond what a flag's absence leaves as it is
+        k: v
+        for k, v in overrides.items()
+        if k not in ("out", "preset", "resume")
+        and not (isinstance(v, bool) and v == getattr(defaults, k))
+    }
+    # The check's decode of each picture gives the backbone's features too, when every config
+    # the preset can give reads them (with several processes each computes its share later).
+    features = not distributed.ranks().many and all(
+        c.reads_pooled_features() for c in possible_configs(config, args.preset, given)
+    )
+    title = "checking pictures" + (" and computing features" if features else "")
+    with _count_bar(title, "img") as progress:
+        dataset = load_training_data(config, progress=progress, features=features)
     config, note = apply_preset(config, args.preset, dataset)
     if args.preset != "custom":
-        defaults = TrainConfig()
-        given = {  # what the command line set, beyond what a flag's absence leaves as it is
-            k: v
-            for k, v in overrides.items()
-            if k not in ("out", "preset", "resume")
-            and not (isinstance(v, bool) and v == getattr(defaults, k))
-        }
         config, more = lay_over(config, given)
         note += more
     return config, dataset, note

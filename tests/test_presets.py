@@ -157,3 +157,22 @@ def test_settings_given_by_hand_lie_over_the_preset_and_the_head_phase_fits():
     with pytest.raises(StudioError, match="head epochs must be fewer"):
         config.validate()
     assert lay_over(balanced, {}) == (balanced, "")
+
+
+def test_the_check_computes_features_only_where_every_possible_preset_reads_them():
+    """``studio train`` has the data check compute the backbone's features when the run will
+    read them whichever preset ``auto`` chooses, not for a run that fine-tunes from the start."""
+    from dataclasses import replace
+
+    from studio.training.config import TrainConfig
+    from studio.training.presets import possible_configs
+
+    config = TrainConfig(data="pictures")
+    assert [c.preset for c in possible_configs(config, "auto", {})] == ["quick", "balanced"]
+    assert all(c.reads_pooled_features() for c in possible_configs(config, "auto", {}))
+    # Balanced's head-only epochs do not fit in one epoch: it fine-tunes from the start.
+    assert not possible_configs(config, "balanced", {"epochs": 1})[0].reads_pooled_features()
+    assert not possible_configs(config, "auto", {"cache": False})[0].reads_pooled_features()
+    whole = replace(config, freeze="none")
+    assert not possible_configs(whole, "custom", {})[0].reads_pooled_features()
+    assert not replace(config, pretrained=False).reads_pooled_features()

@@ -344,3 +344,47 @@ def test_a_dataset_handed_in_must_be_the_one_the_settings_describe(tmp_path, sma
     with pytest.raises(StudioError, match="the settings name"):
         list(train(elsewhere, load_dataset(small_example)))
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_one_decode_checks_the_pictures_and_gives_the_training_their_features(
+    small_example, tmp_path, monkeypatch
+):
+    """``studio train DATA`` decodes each picture once (issue 13): the check's worker processes
+    run the frozen backbone on what they have just decoded, the training computes no feature
+    again, and pictures whose features are known are not run through the backbone again."""
+    import numpy as np
+
+    from studio.data import facts
+    from studio.data.dataset import load_dataset
+    from studio.domain.pictures import PictureSet
+    from studio.domain.shift import Embedder
+    from studio.training.feature_pass import PooledFeatures
+    from studio.training.train import load_training_data
+
+    monkeypatch.setattr(facts, "PROCESSES_FROM", 1)  # worker processes for 36 pictures
+    facts.MEMO.clear()
+    cfg = TrainConfig(data=str(small_example), out=str(tmp_path / "run"), epochs=2,
+                      augment="none").validate()  # fmt: skip
+    seen: list[tuple[int, int]] = []
+    dataset = load_training_data(cfg, progress=lambda d, t: seen.append((d, t)), features=True)
+    samples = dataset.train + dataset.val + dataset.test
+    assert seen[-1] == (len(samples), len(samples))
+    kept = PooledFeatures(cfg.backbone).memo().get_many([facts.facts_of(s.path).sha1
+                                                         for s in samples])  # fmt: skip
+    assert sorted(kept) == list(range(len(samples)))
+    pictures = PictureSet(dataset.root, [s.path for s in samples], [None] * len(samples))
+    own, _, _ = Embedder.from_backbone(cfg.backbone).embed(pictures)
+    np.testing.assert_allclose(np.stack([kept[i] for i in range(len(samples))]), own,
+                               rtol=1e-3, atol=1e-4)  # fmt: skip
+
+    events = list(train(cfg, dataset))
+    assert max(e.of for e in events if isinstance(e, ev.Caching)) == 0  # nothing to compute
+    reused = len(dataset.train) + len(dataset.val)
+    assert any(e.message.startswith(f"{reused} picture(s) already seen by this backbone")
+               for e in events if isinstance(e, ev.Notice))  # fmt: skip
+    assert events[-1].kind == "finished" and events[-1].metrics["accuracy"] > 0.8
+
+    facts.MEMO.clear()  # checked again: decoded, but not run through the backbone again
+    again = PooledFeatures(cfg.backbone)
+    load_dataset(small_example, looker=again)
+    assert again.computed == 0 and facts.MEMO.decoded >= len(samples)

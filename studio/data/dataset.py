@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import DataError
 from ..paths import cache_dir
 from .duplicates import LARGE_GROUP, duplicate_groups
-from .facts import PictureFacts, facts_of_many
+from .facts import Looker, PictureFacts, facts_of_many
 from .images import DEFAULT_MAX_PIXELS, is_image_name
 from .safezip import extract_zip
 from .tasks import Tasks, flat_name, kind_words
@@ -471,6 +471,7 @@ def load_dataset(
     workers: int = 4,
     progress: Callable[[int, int], None] | None = None,
     tasks: Sequence[str] | None = None,
+    looker: Looker | None = None,
 ) -> Dataset:
     """Load a labelled image collection and check every file in it.
 
@@ -485,6 +486,8 @@ def load_dataset(
         progress: Called as ``progress(done, total)`` while images are checked.
         tasks: The label columns of a CSV to learn, one task each (``["material", "colour"]``);
             None: every column but the path and the split (see :mod:`studio.data.tasks`).
+        looker: Also looks at each picture as it is decoded for the check (a model's
+            features: :mod:`studio.training.feature_pass`).
 
     Returns:
         The :class:`Dataset`, whose ``report`` lists everything found.
@@ -508,7 +511,7 @@ def load_dataset(
             f"tasks ({', '.join(tasks)}) come from a CSV's columns; {source.name} has no CSV"
         )
     layout, candidates, columns = _collect(root, csv_path, skipped, empty, tasks)
-    checked = _check_all(candidates, max_pixels, workers, progress, skipped)
+    checked = _check_all(candidates, max_pixels, workers, progress, skipped, looker)
 
     classes = sorted({label for c in checked for label in c.candidate.labels})
     if layout != "csv":  # a class folder whose every image was skipped is empty too
@@ -681,11 +684,13 @@ def _check_all(
     workers: int,
     progress: Callable[[int, int], None] | None,
     skipped: list[Skipped],
+    looker: Looker | None = None,
 ) -> list[_Checked]:
     """Decode every picture the memo does not know once (in worker processes when there are
     many: :func:`studio.data.facts.facts_of_many`); what cannot be used is skipped, by name."""
     checked: list[_Checked] = []
-    found = facts_of_many([c.path for c in candidates], max_pixels, workers, progress)
+    paths = [c.path for c in candidates]
+    found = facts_of_many(paths, max_pixels, workers, progress, looker)
     for candidate, facts in zip(candidates, found):
         if isinstance(facts, str):
             skipped.append(Skipped(str(candidate.path), facts))

@@ -114,6 +114,15 @@ class TrainConfig:
                 raise StudioError(message)
         return self
 
+    def reads_pooled_features(self) -> bool:
+        """Whether some phase learns from the pretrained backbone's pooled features of the
+        plain pictures, cached: a head on the whole frozen backbone (``freeze`` says so, or
+        head-only epochs come first, as :func:`studio.training.train` runs its phases)."""
+        from ..models.freeze import HEAD_ONLY
+
+        frozen = str(self.freeze).strip().lower() in HEAD_ONLY or self.head_epochs > 0
+        return self.pretrained and self.cache and frozen
+
     def task_columns(self) -> list[str] | None:
         """The CSV columns asked for as tasks, or None for the data's own (all of them)."""
         return [c.strip() for c in self.tasks.split(",")] if self.tasks.strip() else None

@@ -56,6 +56,10 @@ class FeatureMemo:
     def _path(self, sha1: str) -> Path:
         return self.folder / sha1[:2] / f"{sha1}.npy"
 
+    def holds(self, sha1: str) -> bool:
+        """Whether the memo has an entry for this picture (not read: it may still be damaged)."""
+        return self._path(sha1).is_file()
+
     def get_many(self, sha1s: Sequence[str]) -> dict[int, np.ndarray]:
         """``{position: vector}`` for the pictures of ``sha1s`` the memo holds."""
         found = {}

@@ -61,6 +61,7 @@ from .distributed import (
     sum_all,
 )
 from .feature_memo import FeatureMemo
+from .feature_pass import PooledFeatures
 from .multitask import MultiTaskLoss, count_correct_tasks
 
 __all__ = [
@@ -434,9 +435,17 @@ class RunSetup:
         return self.cfg.amp and self.device.type == "cuda"
 
 
-def load_training_data(cfg: TrainConfig, dataset: Dataset | None = None) -> Dataset:
+def load_training_data(
+    cfg: TrainConfig,
+    dataset: Dataset | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    features: bool = False,
+) -> Dataset:
     """The config's dataset, split by its fractions and seed; a ``dataset`` already loaded
-    (to save decoding it again) is checked to be that one and returned."""
+    (to save decoding it again) is checked to be that one and returned. ``progress(done,
+    total)`` follows the check of the pictures. With ``features``, the check's decode of each
+    picture also gives the pretrained backbone's features, when the run will read them
+    (:mod:`studio.training.feature_pass`): the training then finds them computed."""
     if dataset is not None:
         _check_same_data(cfg, dataset)
         return dataset
@@ -448,6 +457,8 @@ def load_training_data(cfg: TrainConfig, dataset: Dataset | None = None) -> Data
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
         tasks=cfg.task_columns(),
+        progress=progress,
+        looker=PooledFeatures.for_config(cfg) if features else None,
     )
 
 
@@ -624,8 +635,9 @@ def make_feeder(
         return ImageFeeder(train_ds, val_ds, cfg, run.device, run.channels_last, where)
     known = _from_memo(run, plan, memo, (train_ds, val_ds), frozen)
     if known.reused:
-        yield ev.Notice(f"{known.reused} picture(s) already seen by this backbone (when ranking "
-                        "or in an earlier run): their features are reused")  # fmt: skip
+        yield ev.Notice(f"{known.reused} picture(s) already seen by this backbone (as they "
+                        "were checked, ranked or trained on before): their features are "
+                        "reused")  # fmt: skip
 
     def known_in(part: int) -> int:
         return len(known.found[part]) if part < len(known.found) else 0

@@ -195,6 +195,20 @@ def lay_over(config, given: dict):
     return config, note
 
 
+def possible_configs(config, name: str, given: dict) -> list:
+    """Every config that ``name`` laid over ``config``, then ``given`` (:func:`lay_over`),
+    can give, before the data is read: one, or for ``auto`` one per preset it may choose
+    (Quick or Balanced). What the data check can prepare for all of them is worth doing."""
+    from dataclasses import replace
+
+    if name not in CHOICES:
+        raise ValueError(f"preset must be one of {', '.join(CHOICES)}")
+    if name == "custom":
+        return [config]
+    names = ["quick", "balanced"] if name == "auto" else [name]
+    return [lay_over(replace(config, **PRESETS[n].settings, preset=n), given)[0] for n in names]
+
+
 def _auto(backbone: str, dataset, ms_per_image: float | None) -> tuple[str, str]:
     from collections import Counter
 
