@@ -358,6 +358,7 @@ def test_one_decode_checks_the_pictures_and_gives_the_training_their_features(
     from studio.data.dataset import load_dataset
     from studio.domain.pictures import PictureSet
     from studio.domain.shift import Embedder
+    from studio.inspection.evaluate import evaluate_run
     from studio.training.feature_pass import PooledFeatures
     from studio.training.train import load_training_data
 
@@ -377,12 +378,22 @@ def test_one_decode_checks_the_pictures_and_gives_the_training_their_features(
     np.testing.assert_allclose(np.stack([kept[i] for i in range(len(samples))]), own,
                                rtol=1e-3, atol=1e-4)  # fmt: skip
 
-    events = list(train(cfg, dataset))
+    def not_again(*args, **kwargs):
+        raise AssertionError("the test pictures were run through the backbone again")
+
+    with monkeypatch.context() as patched:  # measured on the check's features of them
+        patched.setattr("studio.training.train.evaluate_samples", not_again)
+        events = list(train(cfg, dataset))
     assert max(e.of for e in events if isinstance(e, ev.Caching)) == 0  # nothing to compute
     reused = len(dataset.train) + len(dataset.val)
     assert any(e.message.startswith(f"{reused} picture(s) already seen by this backbone")
                for e in events if isinstance(e, ev.Notice))  # fmt: skip
-    assert events[-1].kind == "finished" and events[-1].metrics["accuracy"] > 0.8
+    finished = events[-1]
+    assert finished.kind == "finished" and finished.metrics["accuracy"] > 0.8
+    measured, _ = evaluate_run(cfg.out, small_example)  # the saved model on the pictures
+    assert measured["split"] == finished.metrics["split"] == "test"
+    for a, b in zip(measured["predictions"], finished.metrics["predictions"], strict=True):
+        assert a["predicted"] == b["predicted"] and abs(a["confidence"] - b["confidence"]) < 1e-4
 
     facts.MEMO.clear()  # checked again: decoded, but not run through the backbone again
     again = PooledFeatures(cfg.backbone)

@@ -15,12 +15,19 @@ A JPEG is decoded for its facts at the size EfficientNet-Lite0's preparation nee
 pixels a side, :data:`~studio.data.facts.FACTS_DECODE`); a backbone that needs another size
 decodes a JPEG again at its own (other formats decode the same whatever the size asked).
 Pictures whose features the memo already holds are not run through the backbone.
+
+The check cannot know which pictures the split will hold back, so it computes the test
+pictures' features too; a run that keeps the whole pretrained backbone frozen (Quick) is
+measured on them at its end (:func:`held_out_probabilities`) instead of decoding and running
+its test pictures through the backbone a second time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,7 +36,11 @@ from ..data.images import ImageProblem
 from .config import TrainConfig
 from .feature_memo import FeatureMemo
 
-__all__ = ["PooledFeatures"]
+if TYPE_CHECKING:
+    from ..data.dataset import Sample
+    from .loop import RunSetup
+
+__all__ = ["PooledFeatures", "held_out_probabilities"]
 
 # Worker processes that each hold a backbone (EfficientNet-Lite0 with a batch of 32 on its way
 # through: about 0.4 GB a process); on a 2-core laptop there are two.
@@ -125,3 +136,35 @@ class PooledFeatures:
         if found:
             self.memo().put_many([sha1 for sha1, _ in found], np.stack([v for _, v in found]))
             self.computed += len(found)
+
+
+def held_out_probabilities(run: RunSetup, samples: Sequence[Sample]) -> np.ndarray | None:
+    """The finished model's probabilities for ``samples`` from the memo's features, when the
+    whole run kept the pretrained backbone frozen (the classifier then reads exactly those
+    features) and the memo holds every picture's; None otherwise, or when two of them do not
+    give the model's own answer (then the pictures are run through the model as usual)."""
+    import torch
+
+    from ..data.facts import facts_of
+    from ..data.loaders import prepared
+    from ..inspection.evaluate import probabilities
+    from ..models.freeze import HEAD_ONLY
+
+    cfg = run.cfg
+    frozen = str(cfg.freeze).strip().lower() in HEAD_ONLY
+    if not (samples and frozen and cfg.pretrained and run.weights.available):
+        return None
+    found = FeatureMemo(cfg.backbone, run.weights, run.data_config).get_many(
+        [facts_of(s.path).sha1 for s in samples]
+    )
+    if len(found) < len(samples):
+        return None
+    features = torch.from_numpy(np.stack([found[i] for i in range(len(samples))]))
+    model = run.model.eval()
+    with torch.no_grad():
+        logits = model.get_classifier()(features.to(run.device)).float()
+        two = torch.stack([prepared(s.path, run.eval_tf) for s in samples[:2]]).to(run.device)
+        own = model(two).float()
+    if not torch.allclose(own, logits[: len(two)], rtol=1e-3, atol=1e-3):
+        return None
+    return probabilities(logits, run.dataset.multilabel, run.dataset.tasks).cpu().numpy()

@@ -32,7 +32,7 @@ from torch import nn
 from .. import events as ev
 from ..data.dataset import Dataset
 from ..errors import RunError, StudioError
-from ..inspection.evaluate import evaluate_samples
+from ..inspection.evaluate import compute_metrics, evaluate_samples
 from ..models.backbones import on_classifier_input
 from ..models.freeze import apply_freeze, optimizer_groups, parse_freeze
 from ..models.kinds import save_model
@@ -57,6 +57,7 @@ from ..runs import (
 from .config import TrainConfig
 from .distributed import barrier, check_same, ranks, wrap
 from .feature_memo import FeatureMemo
+from .feature_pass import held_out_probabilities
 from .loop import (
     FeederForward,
     Objective,
@@ -692,19 +693,25 @@ def _finish(run: RunSetup, progress: _Progress, stopped: str | None, seconds: fl
     split, held_out = dataset.held_out()
     if not held_out:
         split, held_out = "train", dataset.train
-    metrics = evaluate_samples(
-        run.model,
-        held_out,
-        run.eval_tf,
-        dataset.classes,
-        dataset.multilabel,
-        run.device,
-        threshold=cfg.threshold,
-        batch_size=cfg.batch_size,
-        channels_last=run.channels_last,
-        split=split,
-        tasks=dataset.tasks,
-    )
+    probs = held_out_probabilities(run, held_out)  # the data check's features, when they are
+    if probs is not None:
+        metrics = compute_metrics(held_out, probs, dataset.classes, dataset.multilabel,
+                                  cfg.threshold, dataset.tasks)  # fmt: skip
+        metrics["split"] = split
+    else:
+        metrics = evaluate_samples(
+            run.model,
+            held_out,
+            run.eval_tf,
+            dataset.classes,
+            dataset.multilabel,
+            run.device,
+            threshold=cfg.threshold,
+            batch_size=cfg.batch_size,
+            channels_last=run.channels_last,
+            split=split,
+            tasks=dataset.tasks,
+        )
     save_model(run_dir, run.model.cpu(), backbone=cfg.backbone, num_classes=len(dataset.classes))
     save_json(run_dir / METRICS, metrics)
     save_json(run_dir / RUN_INFO, _run_info(run, progress))
