@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .training.presets import CHOICES as PRESET_CHOICES  # names only: no torch
@@ -316,6 +316,7 @@ def _train_config(args):
     """``(config, dataset, note)``: the preset laid over the defaults, then the options given;
     the dataset is loaded here once (the automatic preset counts its pictures)."""
 
+    from .data.facts import PROCESSES_FROM
     from .training import distributed
     from .training.presets import apply_preset, lay_over, possible_configs
     from .training.train import TrainConfig, load_training_data
@@ -348,8 +349,12 @@ def _train_config(args):
     features = not distributed.ranks().many and all(
         c.reads_pooled_features() for c in possible_configs(config, args.preset, given)
     )
-    title = "checking pictures" + (" and computing features" if features else "")
-    with _count_bar(title, "img") as progress:
+
+    def title(total: int) -> str:  # the features are computed where worker processes pay
+        pays = features and total >= PROCESSES_FROM
+        return "checking pictures" + (" and computing features" if pays else "")
+
+    with _count_bar(title, "img", off_terminal=False) as progress:
         dataset = load_training_data(config, progress=progress, features=features)
     config, note = apply_preset(config, args.preset, dataset)
     if args.preset != "custom":
@@ -608,8 +613,10 @@ def _progress_bar(title: str):
 
 
 @contextlib.contextmanager
-def _count_bar(title: str, unit: str) -> Iterator:
-    """A tqdm bar on stderr driven by ``progress(done, total)`` calls."""
+def _count_bar(title: str | Callable[[int], str], unit: str, off_terminal: bool = True) -> Iterator:
+    """A tqdm bar on stderr driven by ``progress(done, total)`` calls; ``title`` may depend on
+    the total. ``off_terminal=False``: no bar when stderr is not a terminal (a command whose
+    bad input must be one line on stderr, even after the bar started)."""
     from tqdm import tqdm
 
     bar = None
@@ -617,7 +624,9 @@ def _count_bar(title: str, unit: str) -> Iterator:
     def progress(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc=title, unit=unit, leave=False)
+            desc = title(total) if callable(title) else title
+            bar = tqdm(total=total, desc=desc, unit=unit, leave=False,
+                       disable=False if off_terminal else None)  # fmt: skip
         bar.update(done - bar.n)
 
     try:

@@ -352,6 +352,8 @@ def test_one_decode_checks_the_pictures_and_gives_the_training_their_features(
     """``studio train DATA`` decodes each picture once (issue 13): the check's worker processes
     run the frozen backbone on what they have just decoded, the training computes no feature
     again, and pictures whose features are known are not run through the backbone again."""
+    from dataclasses import replace
+
     import numpy as np
 
     from studio.data import facts
@@ -370,8 +372,8 @@ def test_one_decode_checks_the_pictures_and_gives_the_training_their_features(
     dataset = load_training_data(cfg, progress=lambda d, t: seen.append((d, t)), features=True)
     samples = dataset.train + dataset.val + dataset.test
     assert seen[-1] == (len(samples), len(samples))
-    kept = PooledFeatures(cfg.backbone).memo().get_many([facts.facts_of(s.path).sha1
-                                                         for s in samples])  # fmt: skip
+    kept = PooledFeatures.for_config(cfg).memo().get_many([facts.facts_of(s.path).sha1
+                                                           for s in samples])  # fmt: skip
     assert sorted(kept) == list(range(len(samples)))
     pictures = PictureSet(dataset.root, [s.path for s in samples], [None] * len(samples))
     own, _, _ = Embedder.from_backbone(cfg.backbone).embed(pictures)
@@ -395,7 +397,14 @@ def test_one_decode_checks_the_pictures_and_gives_the_training_their_features(
     for a, b in zip(measured["predictions"], finished.metrics["predictions"], strict=True):
         assert a["predicted"] == b["predicted"] and abs(a["confidence"] - b["confidence"]) < 1e-4
 
+    # Weights that cannot be loaded are refused in one sentence before any worker starts.
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not weights")
+    facts.MEMO.clear()
+    with pytest.raises(StudioError, match="bad.safetensors"):
+        load_training_data(replace(cfg, weights_file=str(bad)), features=True)
+
     facts.MEMO.clear()  # checked again: decoded, but not run through the backbone again
-    again = PooledFeatures(cfg.backbone)
+    again = PooledFeatures.for_config(cfg)
     load_dataset(small_example, looker=again)
     assert again.computed == 0 and facts.MEMO.decoded >= len(samples)

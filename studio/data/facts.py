@@ -191,6 +191,10 @@ class Looker(Protocol):
 
     processes: int  # the most worker processes (each may hold a model)
 
+    def ready(self) -> None:
+        """In the calling process, before the workers start (raise here what the user must
+        mend: a worker's failure would end the pool without a reason)."""
+
     def start(self) -> None:
         """In a worker process, before its first pictures."""
 
@@ -256,6 +260,8 @@ def _decoded(paths: list[Path], max_pixels: int, workers: int, looker: Looker | 
             for chunk in chunks:
                 yield [next(found) for _ in chunk]
         return
+    if looker is not None:
+        looker.ready()
     # spawn, not fork: the app and training hold threads (and torch) that a fork would copy.
     context = multiprocessing.get_context("spawn")
     processes = min(cores, looker.processes) if looker is not None else cores

@@ -54,6 +54,7 @@ class PooledFeatures:
 
     backbone: str
     weights_file: str | None = None
+    data_config: dict = field(default_factory=dict)  # the backbone's preprocessing
     processes: int = MOST_PROCESSES
     computed: int = 0
     _model: object = field(default=None, repr=False)
@@ -72,13 +73,24 @@ class PooledFeatures:
             return None  # no weights, or weights still to download: the training says why
         return cls(cfg.backbone, cfg.weights_file)
 
+    def ready(self) -> None:
+        """In the calling process, before any worker starts: the backbone built once, so that
+        weights that cannot be loaded are refused in one sentence
+        (:class:`~studio.models.backbones.BackboneError`), and its preprocessing read."""
+        from ..models.backbones import create_backbone, data_config
+
+        if not self.data_config:
+            model, _ = create_backbone(self.backbone, weights_file=self.weights_file)
+            self.data_config = data_config(model)
+
     def memo(self) -> FeatureMemo:
         """The memo that :func:`studio.training.train` reads for this backbone."""
         if self._memo is None:
-            from ..models.backbones import preprocess_config, weights_info
+            from ..models.backbones import weights_info
 
+            self.ready()
             info = weights_info(self.backbone, self.weights_file)
-            self._memo = FeatureMemo(self.backbone, info, preprocess_config(self.backbone))
+            self._memo = FeatureMemo(self.backbone, info, self.data_config)
         return self._memo
 
     def __getstate__(self) -> dict:
@@ -90,12 +102,12 @@ class PooledFeatures:
         import torch
 
         from ..data.loaders import build_transform
-        from ..models.backbones import create_backbone, data_config
+        from ..models.backbones import create_backbone
 
         torch.set_num_threads(1)
         model, _ = create_backbone(self.backbone, weights_file=self.weights_file)
         self._model = model.eval().to(memory_format=torch.channels_last)
-        self._transform = build_transform(data_config(model), "none")
+        self._transform = build_transform(self.data_config, "none")
 
     def look(self, decoded: list) -> list[np.ndarray | None]:
         """In a worker: the features of each decoded picture the memo does not hold."""
