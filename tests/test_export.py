@@ -81,6 +81,12 @@ def test_the_zip_works_as_received(trained_run, tmp_path):
     assert "model.onnx.data" not in names  # the weights live inside model.onnx
     # No absolute paths: where the run lives on this computer is nobody else's business.
     assert not any(str(trained_run.parent) in t for t in texts)
+    # Nor the run's pictures: a torch.export program keeps the inputs it was traced on, and
+    # those are zeros (the pictures once travelled in model.pt2, 19 MB of them).
+    import torch
+
+    (traced,), _ = torch.export.load(str(tmp_path / trained_run.name / "model.pt2")).example_inputs
+    assert traced.shape[0] == 2 and not traced.any()
     # Independently of the check: the ONNX sample as shown, in the unpacked folder.
     folder = tmp_path / trained_run.name
     shutil.copy(check_images(trained_run, 1)[0], folder / "photo.jpg")
@@ -120,7 +126,7 @@ def test_an_interrupted_export_keeps_the_checked_file(trained_run, monkeypatch):
         export_run(trained_run, "pt2")
     before = (trained_run / "model.pt2").read_bytes()
 
-    def dies_halfway(loaded, fmt, target, example):
+    def dies_halfway(reference, fmt, target):
         target.write_bytes(b"half a file")
         raise KeyboardInterrupt  # as good as kill -9 for what is on disk
 

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import StudioError
 from ..models.kinds import LoadedRun, load_run
 from ..runs import CONFIG, EXPORTS, LABELS, METRICS, MODEL_CARD, MODEL_RECORD, PREPROCESS, WEIGHTS
-from .export import FILE_NAMES, FORMATS, check_images, checked_exports, export_run
+from .export import FILE_NAMES, FORMATS, check_images, checked_exports, export_formats
 from .samples import samples_for
 
 __all__ = ["Package", "FormatCheck", "build_package", "check_zip"]
@@ -136,10 +136,12 @@ def build_package(run_dir: str | Path, progress: Progress | None = None) -> Pack
     formats = [f for f in FORMATS if f in loaded.kind.exports]  # what this kind can be
     steps = len(formats) + 2
     records = checked_exports(run)
-    for i, fmt in enumerate(formats):
-        if fmt not in records:
-            say(i / steps, f"exporting {fmt} and checking it against PyTorch")
-            export_run(loaded, fmt)  # loaded once for every format
+    to_make = [f for f in formats if f not in records]
+    export_formats(  # loaded and traced once for every format
+        loaded,
+        to_make,
+        lambda i, fmt: say(i / steps, f"exporting {fmt} and checking it against PyTorch"),
+    )
     records = {f: r for f, r in checked_exports(run).items() if f in formats}
     missing = [f for f in formats if f not in records]
     if missing:
