@@ -32,7 +32,7 @@ from ..runs import CONFIG, EXPORTS, LABELS, METRICS, MODEL_CARD, MODEL_RECORD, P
 from .export import FILE_NAMES, FORMATS, check_images, checked_exports, export_formats
 from .samples import samples_for
 
-__all__ = ["Package", "FormatCheck", "build_package", "check_zip"]
+__all__ = ["Package", "FormatCheck", "SampleRunner", "build_package", "check_zip"]
 
 ZIPPED = [
     WEIGHTS,
@@ -48,9 +48,15 @@ ZIPPED = [
 ]
 
 # Runs the samples in the unpacked folder; prints one JSON line: answers and logits per format.
+# It imports the libraries the samples use first, then waits for its job: started before the
+# exports (see SampleRunner), those imports (about 7 s on a 2-core laptop) overlap with them.
 _RUNNER = """
-import contextlib, io, json, shutil, sys
+import contextlib, importlib, io, json, os, shutil, sys
+for name in ("numpy", "PIL.Image", "onnxruntime", "torch", "timm", "safetensors.torch"):
+    with contextlib.suppress(Exception):
+        importlib.import_module(name)
 job = json.loads(sys.stdin.read())
+os.chdir(job["folder"])
 out = {}
 for fmt, code in job["samples"].items():
     rows = []
@@ -67,6 +73,44 @@ for fmt, code in job["samples"].items():
     out[fmt] = rows
 print(json.dumps(out))
 """
+
+
+class SampleRunner:
+    """A fresh Python that will run the shown code samples on an unpacked zip: started early
+    (its imports take seconds), given its one job by :meth:`run`; use it as a context manager
+    so that it never outlives the download it was started for."""
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _RUNNER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tempfile.gettempdir(),  # no project folder on its path: it knows only the zip
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+
+    def run(self, folder: Path, samples: dict[str, str], pictures: list[str]) -> dict:
+        """Each format's rows (answer and logits, or an error) for each picture."""
+        job = {
+            "folder": str(folder),
+            "samples": samples,
+            "pictures": [str(Path(p).resolve()) for p in pictures],
+        }
+        out, err = self._process.communicate(json.dumps(job))
+        if self._process.returncode != 0:
+            last = (err.strip().splitlines() or ["no message"])[-1]
+            return {fmt: [{"error": last}] for fmt in samples}
+        return json.loads(out.strip().splitlines()[-1])
+
+    def __enter__(self) -> SampleRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.communicate()
 
 
 @dataclass
@@ -132,6 +176,12 @@ def build_package(run_dir: str | Path, progress: Progress | None = None) -> Pack
     """
     say = progress or (lambda _f, _t: None)
     loaded = load_run(run_dir)
+    with SampleRunner() as runner:  # importing its libraries while the formats are exported
+        return _build(loaded, say, runner)
+
+
+def _build(loaded: LoadedRun, say: Progress, runner: SampleRunner) -> Package:
+    """:func:`build_package` for a loaded run, the zip checked by ``runner``."""
     run = loaded.run_dir
     formats = [f for f in FORMATS if f in loaded.kind.exports]  # what this kind can be
     steps = len(formats) + 2
@@ -150,7 +200,7 @@ def build_package(run_dir: str | Path, progress: Progress | None = None) -> Pack
     target = run / f"{run.name}.zip"
     _write_zip(run, target, with_weights=loaded.kind.python_sample)
     say((len(formats) + 1) / steps, "unpacking the zip and running the code samples on it")
-    return Package(target, records, check_zip(target, loaded))
+    return Package(target, records, check_zip(target, loaded, runner))
 
 
 def _without_paths(value):
@@ -186,9 +236,12 @@ def _write_zip(run: Path, target: Path, with_weights: bool = True) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def check_zip(zip_path: str | Path, loaded: LoadedRun) -> list[FormatCheck]:
+def check_zip(
+    zip_path: str | Path, loaded: LoadedRun, runner: SampleRunner | None = None
+) -> list[FormatCheck]:
     """Unpack ``zip_path`` into an empty folder and run :data:`SAMPLES` there on the run's
-    pictures, in a separate Python; compare with the app's model (``loaded``)."""
+    pictures, in a separate Python (``runner``, or one started now); compare with the app's
+    model (``loaded``)."""
     import torch
 
     from ..data.loaders import prepared
@@ -210,7 +263,8 @@ def check_zip(zip_path: str | Path, loaded: LoadedRun) -> list[FormatCheck]:
         }
         with tempfile.TemporaryDirectory(prefix="studio-zip-check-") as empty:
             zf.extractall(empty)
-            results = _run_samples(Path(empty) / top, samples, pictures)
+            with runner or SampleRunner() as python:
+                results = python.run(Path(empty) / top, samples, pictures)
     answer = _answer_words(loaded)
     return [_compare(fmt, results.get(fmt), expected, answer) for fmt in samples]
 
@@ -235,22 +289,6 @@ def _noise_picture(near: str | Path) -> str:
         pixels = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(path)
     return str(path)
-
-
-def _run_samples(folder: Path, samples: dict[str, str], pictures: list[str]) -> dict:
-    job = json.dumps({"samples": samples, "pictures": [str(Path(p).resolve()) for p in pictures]})
-    done = subprocess.run(
-        [sys.executable, "-c", _RUNNER],
-        input=job,
-        capture_output=True,
-        text=True,
-        cwd=folder,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        return {fmt: [{"error": last}] for fmt in samples}
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _compare(fmt: str, rows: list[dict] | None, expected: np.ndarray, answer) -> FormatCheck:
