@@ -14,7 +14,7 @@ from studio.cli import main
 from studio.compress.prune import prune_run
 from studio.compress.quantize import quantize_run
 from studio.compress.report import comparison, pareto_front
-from studio.deployment.export import export_run
+from studio.deployment.export import checked_exports, export_run
 from studio.deployment.package import build_package
 from studio.deployment.predict import Predictor
 from studio.errors import StudioError
@@ -231,8 +231,9 @@ def test_pruning_removes_channels_physically_and_the_model_loads_by_its_widths(
     assert loaded.kind.name == "pruned" and loaded.record["parent"] == trained_run.name
     widths = loaded.record["widths"]
     assert widths["conv_head"][1] < 1280  # narrower than Lite0's head
-    result = export_run(loaded, "onnx")  # the pruned model's forward equals its ONNX's
-    assert result.agreement == 1.0 and result.max_abs_diff < 1e-3
+    # The ONNX graph it was timed as is in its folder, checked: its download reuses it.
+    (record,) = [r for f, r in checked_exports(pruned_run).items() if f == "onnx"]
+    assert record["agreement"] == 1.0 and record["max_abs_diff"] < 1e-3  # forward == ONNX's
     explainer = Explainer.from_run(pruned_run)  # gradients flow: Explain works
     picture = json.loads((pruned_run / "metrics.json").read_text())["predictions"][0]["path"]
     assert explainer.explain(picture, ["gradcam"]).maps["gradcam"].shape == (224, 224)

@@ -142,6 +142,19 @@ def _evaluate_both(parent: LoadedRun, variant: LoadedRun, dataset: Dataset) -> d
     return out
 
 
+def _variant_graph(variant: LoadedRun, scratch: Path) -> Path:
+    """The variant's ONNX graph to time. A model that PyTorch runs (pruned, distilled) is
+    exported into its own folder and checked there, as the Export tab would do: its download
+    then reuses it instead of exporting it again. A variant that already is a graph (int8,
+    fp16) is copied to ``scratch`` for the timing alone."""
+    if variant.kind.write is None:
+        export_run(variant, "onnx")
+        return variant.run_dir / FILE_NAMES["onnx"]
+    target = scratch / "variant.onnx"
+    export_run(variant, "onnx", out=target)
+    return target
+
+
 def finish(
     run: Path,
     method: str,
@@ -164,8 +177,7 @@ def finish(
     save_json(run / METRICS, metrics["variant"])
     graphs = None
     if runtime == "onnx":
-        graphs = {"parent": parent_graph(parent), "variant": scratch / "variant.onnx"}
-        export_run(variant, "onnx", out=graphs["variant"])
+        graphs = {"parent": parent_graph(parent), "variant": _variant_graph(variant, scratch)}
     write_report(run, method, parent, variant, metrics, graphs, threads, extra)
     write_model_card(run)
     return metrics["variant"]

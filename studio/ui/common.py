@@ -292,9 +292,11 @@ def claim_and_start(ctx: Context, ws_id, kind: str, make_job):
 
 def follow_job(job, status, curves_name: str, extra_outputs: int,
                earlier: list[dict] | None = None):  # fmt: skip
-    """Yield ``(status text, training curves, *no change)`` while ``job`` runs, redrawn when
-    the text or the epochs change (after ``earlier``: the epochs a continued run had run);
-    returns the last snapshot (a failure is a plain message)."""
+    """Yield ``(status text, training curves, *no change)`` while ``job`` runs: the text when
+    it changes, the curves only when an epoch was added (after ``earlier``: the epochs a
+    continued run had run; a chart sent twice a second with every batch's text is redrawn by
+    the browser each time, on the same cores as the training); returns the last snapshot (a
+    failure is a plain message)."""
     from ..inspection import charts
 
     said, shown, earlier = "", -1, earlier or []
@@ -302,10 +304,13 @@ def follow_job(job, status, curves_name: str, extra_outputs: int,
         snap = job.snapshot()
         text = status(snap)
         if text != said or len(snap.epochs) != shown:
-            said, shown = text, len(snap.epochs)
-            epochs = earlier + [e.to_dict() for e in snap.epochs]
-            curves = charts.training_curves({curves_name: epochs})
-            yield text, curves if epochs else gr.update(), *[gr.update()] * extra_outputs
+            curves = gr.update()
+            if len(snap.epochs) != shown:
+                shown = len(snap.epochs)
+                epochs = earlier + [e.to_dict() for e in snap.epochs]
+                curves = charts.training_curves({curves_name: epochs}) if epochs else curves
+            said = text
+            yield text, curves, *[gr.update()] * extra_outputs
         time.sleep(0.5)
     snap = job.snapshot()
     if snap.state == "failed":

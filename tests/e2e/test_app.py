@@ -194,6 +194,9 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     assert traces == 6  # deletion + insertion for two methods and the random floor
     page.evaluate("document.querySelector('#explain-answer').scrollIntoView()")
     shot(page, "5-explain")
+    # Back to Grad-CAM alone, which the jump from Predict below then draws (two pictures: the
+    # photo and its map; three would still be this comparison's, so the wait cannot pass early).
+    page.locator("#explain-methods").get_by_label("Integrated Gradients").uncheck()
 
     page.get_by_role("tab", name="6 · Predict").click()
     page.locator("#predict-image input[type=file]").set_input_files(EXAMPLE_PICTURE)
@@ -201,7 +204,8 @@ def test_walkthrough_from_pictures_to_exported_model(page, tmp_path):
     shot(page, "6-predict")
     page.locator("#predict-explain").click()
     expect(page.locator("#explain-origin")).to_contain_text("From the Predict tab")
-    expect(page.locator("#explain-answer")).to_contain_text("explaining grass", timeout=120_000)
+    expect(page.locator("#explain-maps .thumbnail-item")).to_have_count(2, timeout=120_000)
+    expect(page.locator("#explain-answer")).to_contain_text("explaining grass")
     page.get_by_role("tab", name="6 · Predict").click()
     many = ["assets/example/brick/brick_35.jpg", "assets/example/gravel/gravel_35.jpg"]
     page.locator("#predict-many input[type=file]").set_input_files(many)
