@@ -483,10 +483,11 @@ def _follow(events, as_json: bool, printer: _EventPrinter, every: bool = False) 
 def _cmd_train(args) -> int:
     from . import events as ev
     from .training import distributed
-    from .training.train import train
 
     if args.devices > 1 and not distributed.wanted():
-        return _launch_processes(args)
+        return _launch_processes(args)  # the launcher itself trains nothing: no timm import
+    from .training.train import train
+
     where = distributed.start(args.device or "auto")  # one of torchrun's processes, or alone
     try:
         # Rank 0 decides the settings (the automatic preset measures this computer) for all.
