@@ -11,8 +11,10 @@ import zipfile
 import pytest
 
 from studio.deployment.export import (
+    FORMATS,
     check_images,
     checked_exports,
+    export_formats,
     export_run,
     load_run,
     refresh_model_card,
@@ -23,9 +25,15 @@ from studio.deployment.samples import SAMPLES
 from studio.errors import RunError, StudioError
 
 
+@pytest.fixture(scope="module")
+def exported(trained_run) -> dict:
+    """Every format of the shared run, made in one go as the download makes them."""
+    return {r.format: r for r in export_formats(trained_run, list(FORMATS))}
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "pt2", "torchscript"])
-def test_export_agrees_with_pytorch(trained_run, fmt):
-    result = export_run(trained_run, fmt)
+def test_export_agrees_with_pytorch(trained_run, exported, fmt):
+    result = exported[fmt]
     assert result.images >= 6  # real validation/test images were used, not noise
     assert result.agreement == 1.0
     assert result.max_abs_diff < 1e-3
@@ -33,6 +41,15 @@ def test_export_agrees_with_pytorch(trained_run, fmt):
     assert any(r["format"] == fmt and r["agreement"] == 1.0 for r in records)
     card = (trained_run / "MODEL_CARD.md").read_text()
     assert f"| {fmt} |" in card
+
+
+def test_one_format_alone_is_exported_and_checked(trained_run, tmp_path):
+    """export_run (the CLI's --format) outside the run folder: checked, not recorded there."""
+    result = export_run(trained_run, "torchscript", out=tmp_path / "alone.pt")
+    assert result.agreement == 1.0 and result.max_abs_diff < 1e-3
+    assert (tmp_path / "alone.pt").is_file()
+    records = json.loads((trained_run / "exports.json").read_text())
+    assert not any("alone" in r["path"] for r in records)
 
 
 def test_model_card_and_files_describe_the_run(trained_run):
