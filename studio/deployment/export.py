@@ -244,7 +244,8 @@ def export_run(
         file is written into the run folder).
     """
     loaded = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
-    return _export(_Reference(loaded), _known(fmt), out)
+    _exportable(loaded, fmt)
+    return _export(_Reference(loaded), fmt, out)
 
 
 def export_formats(
@@ -256,6 +257,8 @@ def export_formats(
     model's own answers and the traced program shared between them (one trace for ONNX and
     pt2 instead of one each). ``starting(i, fmt)`` is called before each format."""
     loaded = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
+    for fmt in formats:
+        _exportable(loaded, fmt)
     if not formats:
         return []
     ref = _Reference(loaded)
@@ -263,20 +266,21 @@ def export_formats(
     for i, fmt in enumerate(formats):
         if starting is not None:
             starting(i, fmt)
-        results.append(_export(ref, _known(fmt)))
+        results.append(_export(ref, fmt))
     return results
 
 
-def _known(fmt: str) -> str:
+def _exportable(loaded: LoadedRun, fmt: str) -> None:
+    """Refuse a format that does not exist or that this kind of model cannot be, before any
+    picture is run through the model."""
     if fmt not in FORMATS:
         raise StudioError(f"unknown export format {fmt!r}; choose {', '.join(FORMATS)}")
-    return fmt
+    loaded.kind.require(f"exporting to {fmt}", fmt in loaded.kind.exports)
 
 
 def _export(ref: _Reference, fmt: str, out: str | Path | None = None) -> ExportResult:
     """One format written, loaded back as its users load it, and compared with ``ref``."""
     loaded = ref.loaded
-    loaded.kind.require(f"exporting to {fmt}", fmt in loaded.kind.exports)
     run = loaded.run_dir
     target = Path(out) if out else run / FILE_NAMES[fmt]
     target.parent.mkdir(parents=True, exist_ok=True)
